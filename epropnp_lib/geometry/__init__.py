@@ -1,0 +1,1 @@
+"""Geometry: rotations, poses and their manifolds, pinhole projection with Jacobians."""

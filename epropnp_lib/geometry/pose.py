@@ -1,0 +1,152 @@
+"""6DoF and 4DoF pose spaces: parameterisation, retraction and point Jacobians.
+
+A pose space bundles everything the solver, the covariance and the Monte Carlo layer need to
+know about a pose parameterisation, so each piece of math exists once for both kinds of pose:
+
+========  ===========================  ============================  ==========================
+space     pose vector                   tangent increment ``delta``   retraction
+========  ===========================  ============================  ==========================
+6DoF      ``(tx, ty, tz, qw, qx, qy,    ``(dtx, dty, dtz, phi_x,      ``t + dt``,
+          qz)``  ``(..., 7)``           phi_y, phi_z)``  ``(..., 6)`` ``q <- Exp(phi) * q``
+4DoF      ``(tx, ty, tz, yaw)``         ``(dtx, dty, dtz, dyaw)``     ``t + dt``,
+          ``(..., 4)``                  ``(..., 4)``                  ``yaw + dyaw`` (wrapped)
+========  ===========================  ============================  ==========================
+
+The rotation increment multiplies on the left: it rotates about the camera's fixed axes, which
+is the ROS covariance convention (see :mod:`epropnp_lib.conventions`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from epropnp_lib.geometry.rotations import (
+    quat_angle_between,
+    quat_exp,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+    wrap_angle,
+    yaw_to_matrix,
+)
+
+
+class PoseSpace(ABC):
+    """Interface of a pose parameterisation (see the module docstring)."""
+
+    #: Length of the pose vector.
+    dim: ClassVar[int]
+    #: Dimension of the tangent space (degrees of freedom).
+    tangent_dim: ClassVar[int]
+    #: Smallest number of 2D-3D correspondences the solver accepts.
+    min_points: ClassVar[int]
+
+    @staticmethod
+    @abstractmethod
+    def rotation(pose: torch.Tensor) -> torch.Tensor:
+        """Rotation matrices ``(..., 3, 3)`` of poses ``(..., dim)``."""
+
+    @staticmethod
+    @abstractmethod
+    def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Pose ``(..., dim)`` moved by the tangent increment ``delta: (..., tangent_dim)``."""
+
+    @staticmethod
+    @abstractmethod
+    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
+        """Chain rule from camera-frame points to the tangent increment.
+
+        Args:
+            p_rot: ``(..., N, 3)`` rotated object points ``R x`` (camera frame minus ``t``).
+            jac_cam: ``(..., N, 2, 3)`` derivative of the projection w.r.t. the camera point.
+
+        Returns:
+            ``(..., N, 2, tangent_dim)`` derivative of the projection w.r.t. ``delta`` at 0.
+        """
+
+    @staticmethod
+    @abstractmethod
+    def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Rotation angle (rad) between the orientations of poses ``a, b: (..., dim)``."""
+
+    @staticmethod
+    @abstractmethod
+    def canonical(pose: torch.Tensor) -> torch.Tensor:
+        """A canonical representative (unit quaternion with w >= 0; wrapped yaw)."""
+
+
+class Pose6DoF(PoseSpace):
+    """Full 6DoF pose ``(t, q_wxyz)``; see the module docstring."""
+
+    dim = 7
+    tangent_dim = 6
+    min_points = 4
+
+    @staticmethod
+    def rotation(pose: torch.Tensor) -> torch.Tensor:
+        return quat_to_matrix(pose[..., 3:])
+
+    @staticmethod
+    def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        q = quat_normalize(quat_multiply(quat_exp(delta[..., 3:]), pose[..., 3:]))
+        return torch.cat((pose[..., :3] + delta[..., :3], q), dim=-1)
+
+    @staticmethod
+    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
+        # d(Exp(phi) p)/dphi = -[p]x, and a^T (-[p]x) = (p x a)^T for each Jacobian row a.
+        p = p_rot.unsqueeze(-2).expand_as(jac_cam)
+        return torch.cat((jac_cam, torch.linalg.cross(p, jac_cam, dim=-1)), dim=-1)
+
+    @staticmethod
+    def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return quat_angle_between(a[..., 3:], b[..., 3:])
+
+    @staticmethod
+    def canonical(pose: torch.Tensor) -> torch.Tensor:
+        q = quat_normalize(pose[..., 3:])
+        q = torch.where(q[..., :1] < 0, -q, q)
+        return torch.cat((pose[..., :3], q), dim=-1)
+
+
+class Pose4DoF(PoseSpace):
+    """Translation + yaw about the camera y axis ``(t, yaw)``; see the module docstring."""
+
+    dim = 4
+    tangent_dim = 4
+    min_points = 3
+
+    @staticmethod
+    def rotation(pose: torch.Tensor) -> torch.Tensor:
+        return yaw_to_matrix(pose[..., 3])
+
+    @staticmethod
+    def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            (pose[..., :3] + delta[..., :3], wrap_angle(pose[..., 3:] + delta[..., 3:])), dim=-1
+        )
+
+    @staticmethod
+    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
+        # d(R_y(dyaw) p)/dyaw = e_y x p = (p_z, 0, -p_x).
+        jy = jac_cam[..., 0] * p_rot[..., None, 2] - jac_cam[..., 2] * p_rot[..., None, 0]
+        return torch.cat((jac_cam, jy.unsqueeze(-1)), dim=-1)
+
+    @staticmethod
+    def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return wrap_angle(a[..., 3] - b[..., 3]).abs()
+
+    @staticmethod
+    def canonical(pose: torch.Tensor) -> torch.Tensor:
+        return torch.cat((pose[..., :3], wrap_angle(pose[..., 3:])), dim=-1)
+
+
+def pose_space(dof: int) -> type[PoseSpace]:
+    """The pose space class for ``dof`` in {4, 6}."""
+    if dof == 6:
+        return Pose6DoF
+    if dof == 4:
+        return Pose4DoF
+    raise ValueError(f"dof must be 4 or 6, got {dof}")

@@ -1,0 +1,1 @@
+"""PnP: robust cost, closed-form initialisation, LM solver, Laplace covariance."""

@@ -1,0 +1,235 @@
+"""Batched closed-form initial poses that need no external solver.
+
+6DoF: two candidates per problem, both from one batched eigen-decomposition each,
+  (a) the normalised weighted DLT (Hartley normalisation; exact for >= 6 non-coplanar points),
+  (b) a plane-induced homography on the best-fit plane of the 3D points (exact for coplanar
+      points, >= 4), decomposed into (R, t).
+  The solver keeps the candidate of lower robust cost, so near-planar sets get the better one.
+4DoF: the yaw-only problem is linear in ``(cos, sin, t)``: weighted linear least squares, then
+  the translation is re-solved for the normalised yaw.
+
+Everything runs in float64 internally (12x12 and 9x9 systems) and returns the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
+
+
+def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
+    """``(B, N, 2)`` pixel points to normalised camera coordinates ``K^-1 [u, v, 1]``."""
+    homog = torch.cat((x2d, torch.ones_like(x2d[..., :1])), dim=-1)
+    xn = homog @ torch.linalg.inv(cam_mats).transpose(-1, -2)
+    return xn[..., :2] / xn[..., 2:]
+
+
+def _weighted_center_scale(
+    pts: torch.Tensor, w: torch.Tensor, target: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted centroid ``(B, D)`` and isotropic scale ``(B,)`` making the mean distance
+    ``target``, for ``pts: (B, N, D)``, ``w: (B, N)``."""
+    wsum = w.sum(-1, keepdim=True).clamp_min(1e-30)
+    c = (pts * w[..., None]).sum(-2) / wsum
+    dist = (pts - c[..., None, :]).norm(dim=-1)
+    mean_dist = (dist * w).sum(-1) / wsum[..., 0]
+    return c, target / mean_dist.clamp_min(1e-12)
+
+
+def _smallest_eigvec(m: torch.Tensor) -> torch.Tensor:
+    """Eigenvector ``(B, D)`` of the smallest eigenvalue of symmetric ``m: (B, D, D)``."""
+    scale = m.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)[..., None, None]
+    _, vecs = torch.linalg.eigh(m / scale)
+    return vecs[..., 0]
+
+
+def _polar_rotation(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closest rotation ``(B, 3, 3)`` to ``m: (B, 3, 3)`` and the mean singular value ``(B,)``."""
+    u, s, vh = torch.linalg.svd(m)
+    d = torch.linalg.det(u @ vh)
+    fix = torch.ones_like(s)
+    fix[..., 2] = d
+    return (u * fix[..., None, :]) @ vh, s.mean(-1)
+
+
+def _image_normalizer(xn: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Hartley similarity ``(B, 3, 3)`` mapping normalised image points to zero mean, mean
+    distance sqrt(2)."""
+    c2, s2 = _weighted_center_scale(xn, w, 2.0**0.5)
+    t2 = torch.zeros(xn.shape[:-2] + (3, 3), dtype=xn.dtype, device=xn.device)
+    t2[..., 0, 0] = s2
+    t2[..., 1, 1] = s2
+    t2[..., :2, 2] = -s2[..., None] * c2
+    t2[..., 2, 2] = 1.0
+    return t2
+
+
+def _apply_h(t: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Apply the affine ``t: (B, 3, 3)`` to ``pts: (B, N, 2)``."""
+    return pts @ t[..., :2, :2].transpose(-1, -2) + t[..., None, :2, 2]
+
+
+def dlt_6dof(
+    x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised weighted DLT.
+
+    Args:
+        x3d: ``(B, N, 3)`` object points (float64).
+        xn: ``(B, N, 2)`` normalised image points.
+        w: ``(B, N)`` non-negative point weights.
+
+    Returns:
+        ``rot: (B, 3, 3)``, ``t: (B, 3)``.
+    """
+    c3, s3 = _weighted_center_scale(x3d, w, 3.0**0.5)
+    t2 = _image_normalizer(xn, w)
+    xs = (x3d - c3[..., None, :]) * s3[..., None, None]
+    xi = _apply_h(t2, xn)
+    xh = torch.cat((xs, torch.ones_like(xs[..., :1])), dim=-1)  # (B, N, 4)
+    zeros = torch.zeros_like(xh)
+    row_u = torch.cat((xh, zeros, -xi[..., :1] * xh), dim=-1)  # (B, N, 12)
+    row_v = torch.cat((zeros, xh, -xi[..., 1:] * xh), dim=-1)
+    rows = torch.stack((row_u, row_v), dim=-2) * w[..., None, None]  # (B, N, 2, 12)
+    rows = rows.flatten(-3, -2)
+    p = _smallest_eigvec(rows.transpose(-1, -2) @ rows).unflatten(-1, (3, 4))
+    # Undo the normalisations: P = T2^-1 P~ T3, T3 = [[s3 I, -s3 c3], [0, 1]].
+    t3 = torch.zeros(x3d.shape[:-2] + (4, 4), dtype=x3d.dtype, device=x3d.device)
+    t3[..., :3, :3] = torch.eye(3, dtype=x3d.dtype, device=x3d.device) * s3[..., None, None]
+    t3[..., :3, 3] = -s3[..., None] * c3
+    t3[..., 3, 3] = 1.0
+    p = torch.linalg.solve(t2, p) @ t3
+    m = p[..., :3]
+    sign = torch.where(torch.linalg.det(m) < 0, -1.0, 1.0).to(p.dtype)
+    p = p * sign[..., None, None]
+    rot, lam = _polar_rotation(p[..., :3])
+    return rot, p[..., 3] / lam.clamp_min(1e-30)[..., None]
+
+
+def homography_6dof(
+    x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pose from the homography of the best-fit plane of ``x3d``; shapes as :func:`dlt_6dof`."""
+    c3, _ = _weighted_center_scale(x3d, w, 1.0)
+    xc = x3d - c3[..., None, :]
+    cov = (xc * w[..., None]).transpose(-1, -2) @ xc
+    _, evecs = torch.linalg.eigh(cov)
+    e1, e2 = evecs[..., 2], evecs[..., 1]
+    basis = torch.stack((e1, e2, torch.linalg.cross(e1, e2, dim=-1)), dim=-1)  # columns
+    ab = (xc.unsqueeze(-2) @ basis[..., :2].unsqueeze(-3)).squeeze(-2)  # (B, N, 2)
+    tp = _image_normalizer(ab, w)
+    t2 = _image_normalizer(xn, w)
+    abn = _apply_h(tp, ab)
+    xi = _apply_h(t2, xn)
+    ah = torch.cat((abn, torch.ones_like(abn[..., :1])), dim=-1)  # (B, N, 3)
+    zeros = torch.zeros_like(ah)
+    row_u = torch.cat((ah, zeros, -xi[..., :1] * ah), dim=-1)  # (B, N, 9)
+    row_v = torch.cat((zeros, ah, -xi[..., 1:] * ah), dim=-1)
+    rows = (torch.stack((row_u, row_v), dim=-2) * w[..., None, None]).flatten(-3, -2)
+    h = _smallest_eigvec(rows.transpose(-1, -2) @ rows).unflatten(-1, (3, 3))
+    h = torch.linalg.solve(t2, h) @ tp  # maps (a, b, 1) to normalised image points
+    # h = lam [R e1, R e2, R c3 + t]; the plane centre has positive depth.
+    h = h * torch.where(h[..., 2, 2] < 0, -1.0, 1.0).to(h.dtype)[..., None, None]
+    r1, r2 = h[..., 0], h[..., 1]
+    lam = (r1.norm(dim=-1) * r2.norm(dim=-1)).sqrt().clamp_min(1e-30)
+    r1 = r1 / lam[..., None]
+    r2 = r2 / lam[..., None]
+    rp, _ = _polar_rotation(torch.stack((r1, r2, torch.linalg.cross(r1, r2, dim=-1)), dim=-1))
+    rot = rp @ basis.transpose(-1, -2)
+    t = h[..., 2] / lam[..., None] - (rot @ c3.unsqueeze(-1)).squeeze(-1)
+    return rot, t
+
+
+def init_6dof(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor
+) -> torch.Tensor:
+    """Candidate initial 6DoF poses ``(2, B, 7)`` (DLT, homography) in the input dtype.
+
+    Args:
+        x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3, 3)``.
+    """
+    dtype = x3d.dtype
+    x3d64, x2d64, k64 = x3d.double(), x2d.double(), cam_mats.double()
+    w = w2d.double().mean(-1)
+    xn = _normalized_image_points(x2d64, k64)
+    cands = []
+    for solver in (dlt_6dof, homography_6dof):
+        rot, t = solver(x3d64, xn, w)
+        cands.append(torch.cat((t, matrix_to_quat(rot)), dim=-1))
+    return torch.stack(cands).to(dtype)
+
+
+def init_4dof(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor
+) -> torch.Tensor:
+    """Initial 4DoF poses ``(1, B, 4)`` by linear least squares; shapes as :func:`init_6dof`.
+
+    With ``c = cos(yaw)``, ``s = sin(yaw)`` and normalised image point ``(xn, yn)``, each point
+    gives two equations linear in ``u = (c, s, tx, ty, tz)``:
+    ``c (xn Z - X) - s (xn X + Z) - tx + xn tz = 0`` and ``c yn Z - s yn X - ty + yn tz = Y``.
+    """
+    dtype = x3d.dtype
+    x3d64, k64 = x3d.double(), cam_mats.double()
+    xn = _normalized_image_points(x2d.double(), k64)
+    wrow = w2d.double() * torch.stack((k64[..., 0, 0], k64[..., 1, 1]), -1)[..., None, :]
+    big_x, big_y, big_z = x3d64.unbind(-1)
+    u, v = xn.unbind(-1)
+    o, z = torch.ones_like(u), torch.zeros_like(u)
+    row_u = torch.stack((u * big_z - big_x, -(u * big_x + big_z), -o, z, u), dim=-1)
+    row_v = torch.stack((v * big_z, -v * big_x, z, -o, v), dim=-1)
+    a = torch.stack((row_u, row_v), dim=-2) * wrow[..., None]  # (B, N, 2, 5)
+    b = torch.stack((z, big_y), dim=-1) * wrow  # (B, N, 2)
+    a, b = a.flatten(-3, -2), b.flatten(-2, -1)
+    ata = a.transpose(-1, -2) @ a
+    ridge = 1e-9 * ata.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
+    ata = ata + ridge[..., None, None] * torch.eye(5, dtype=ata.dtype, device=ata.device)
+    sol = torch.linalg.solve_ex(ata, (a.transpose(-1, -2) @ b.unsqueeze(-1)))[0].squeeze(-1)
+    yaw = torch.atan2(sol[..., 1], sol[..., 0])
+    # Re-solve the translation with the normalised (cos, sin).
+    c, s = torch.cos(yaw)[..., None], torch.sin(yaw)[..., None]
+    const_u = c * (u * big_z - big_x) - s * (u * big_x + big_z)
+    const_v = c * v * big_z - s * v * big_x - big_y
+    at = torch.stack(
+        (torch.stack((-o, z, u), -1), torch.stack((z, -o, v), -1)), dim=-2
+    ) * wrow[..., None]
+    bt = -torch.stack((const_u, const_v), dim=-1) * wrow
+    at, bt = at.flatten(-3, -2), bt.flatten(-2, -1)
+    atat = at.transpose(-1, -2) @ at
+    atat = atat + 1e-12 * torch.eye(3, dtype=atat.dtype, device=atat.device)
+    t = torch.linalg.solve_ex(atat, at.transpose(-1, -2) @ bt.unsqueeze(-1))[0].squeeze(-1)
+    return torch.cat((t, yaw[..., None]), dim=-1).unsqueeze(0).to(dtype)
+
+
+def _octahedral_quats(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 24 rotations of the cube ``(24, 4)``, well spread over SO(3) (max gap ~63 deg)."""
+    s = 0.5**0.5
+    q: list[list[float]] = [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]
+    q += [[0.5, 0.5 * b, 0.5 * c, 0.5 * d] for b in (1, -1) for c in (1, -1) for d in (1, -1)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            for sign in (1, -1):
+                v = [0.0] * 4
+                v[i], v[j] = s, sign * s
+                q.append(v)
+    return torch.tensor(q, dtype=dtype, device=device)
+
+
+def hypotheses_6dof(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor
+) -> torch.Tensor:
+    """24 multi-start poses ``(24, B, 7)``: the cube rotations, each with the translation that
+    puts the weighted 3D centroid on the ray of the weighted 2D centroid at the depth implied by
+    the ratio of 3D to 2D spread.  Shapes as :func:`init_6dof`."""
+    w = w2d.mean(-1)
+    c3, s3 = _weighted_center_scale(x3d, w, 1.0)
+    c2, s2 = _weighted_center_scale(x2d, w, 1.0)
+    focal = 0.5 * (cam_mats[..., 0, 0] + cam_mats[..., 1, 1])
+    depth = focal * s2 / s3.clamp_min(1e-30)  # mean-distance ratio (s = 1 / mean distance)
+    ray = torch.cat((c2, torch.ones_like(c2[..., :1])), -1)
+    ray = (torch.linalg.inv(cam_mats) @ ray.unsqueeze(-1)).squeeze(-1)
+    quats = _octahedral_quats(x3d.dtype, x3d.device)
+    rot = quat_to_matrix(quats)  # (24, 3, 3)
+    t = (depth[..., None] * ray).unsqueeze(0) - (rot.unsqueeze(1) @ c3[..., None]).squeeze(-1)
+    q = quats[:, None, :].expand(-1, x3d.shape[0], 4)
+    return torch.cat((t, q), dim=-1)

@@ -1,0 +1,159 @@
+"""Rotations, projection and the hand-written Jacobians (float64 gradcheck + manifold FD)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from epropnp_lib.conventions import MIN_DEPTH
+from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
+from epropnp_lib.geometry.rotations import (
+    matrix_to_quat,
+    quat_angle_between,
+    quat_exp,
+    quat_log,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+    yaw_to_matrix,
+    yaw_to_quat,
+)
+from epropnp_lib.pnp.cost import HuberConfig, evaluate_cost
+from epropnp_lib.pnp.problems import random_problems
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_quaternion_matrix_round_trip() -> None:
+    q = quat_normalize(torch.randn(1000, 4, generator=_gen(), dtype=torch.float64))
+    q = torch.where(q[:, :1] < 0, -q, q)
+    rot = quat_to_matrix(q)
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(rot @ rot.mT, eye.expand_as(rot), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(1000, dtype=torch.float64))
+    assert torch.allclose(matrix_to_quat(rot), q, atol=1e-12)
+
+
+def test_quaternion_product_matches_matrix_product() -> None:
+    a = quat_normalize(torch.randn(100, 4, generator=_gen(1), dtype=torch.float64))
+    b = quat_normalize(torch.randn(100, 4, generator=_gen(2), dtype=torch.float64))
+    assert torch.allclose(
+        quat_to_matrix(quat_multiply(a, b)), quat_to_matrix(a) @ quat_to_matrix(b), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-3, 1.0, 3.0])
+def test_exp_log_round_trip_and_angle(scale: float) -> None:
+    phi = torch.randn(200, 3, generator=_gen(3), dtype=torch.float64)
+    phi = phi / phi.norm(dim=-1, keepdim=True) * scale
+    q = quat_exp(phi)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(200, dtype=torch.float64))
+    assert torch.allclose(quat_log(q), phi, atol=1e-10, rtol=1e-8)
+    ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64).expand_as(q)
+    assert torch.allclose(quat_angle_between(q, ident), phi.norm(dim=-1), atol=1e-12)
+
+
+def test_quat_exp_has_finite_gradient_at_zero() -> None:
+    phi = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(quat_exp, (phi,))
+
+
+def test_yaw_is_rotation_about_camera_y() -> None:
+    yaw = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    rot = yaw_to_matrix(yaw)
+    assert torch.allclose(rot, quat_to_matrix(yaw_to_quat(yaw)), atol=1e-12)
+    # +90 deg yaw maps the camera z axis (forward) onto +x (right).
+    r90 = yaw_to_matrix(torch.tensor(torch.pi / 2, dtype=torch.float64))
+    assert torch.allclose(
+        r90 @ torch.tensor([0, 0, 1.0], dtype=torch.float64),
+        torch.tensor([1.0, 0, 0], dtype=torch.float64),
+        atol=1e-12,
+    )
+    assert torch.allclose(rot[:, 1, 1], torch.ones(13, dtype=torch.float64))
+
+
+def test_projection_jacobian_gradcheck() -> None:
+    p = random_problems(3, 5, dtype=torch.float64, generator=_gen(4))
+    x_cam = transform_points(p.x3d, Pose6DoF.rotation(p.pose), p.pose[:, :3])
+    proj = project(x_cam, p.cam_mats, with_jacobian=True)
+    assert proj.jac_cam is not None
+    auto = torch.autograd.functional.jacobian(lambda x: project(x, p.cam_mats).x2d, x_cam)
+    # auto: (B, N, 2, B, N, 3) -> diagonal blocks
+    b, n = x_cam.shape[:2]
+    blocks = torch.stack([torch.stack([auto[i, j, :, i, j] for j in range(n)]) for i in range(b)])
+    assert torch.allclose(blocks, proj.jac_cam, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x: project(x, p.cam_mats).x2d, (x_cam.clone().requires_grad_(),)
+    )
+
+
+def test_points_behind_camera_are_clamped() -> None:
+    x_cam = torch.tensor(
+        [[[0.1, 0.2, -1.0], [0.3, 0.1, 0.0], [0.0, 0.0, 2.0]]], dtype=torch.float64
+    )
+    k = torch.eye(3, dtype=torch.float64)[None]
+    proj = project(x_cam, k, with_jacobian=True)
+    assert torch.isfinite(proj.x2d).all() and proj.jac_cam is not None
+    assert torch.allclose(proj.x2d[0, 0], torch.tensor([0.1, 0.2], dtype=torch.float64) / MIN_DEPTH)
+    assert torch.all(proj.jac_cam[0, :2, :, 2] == 0)  # no depth gradient where clamped
+    assert torch.allclose(proj.depth, x_cam[..., 2])
+
+
+@pytest.mark.parametrize("space", [Pose6DoF, Pose4DoF])
+@pytest.mark.parametrize("huber", [HuberConfig(), HuberConfig(relative_delta=0.02)])
+def test_cost_jacobian_matches_autograd_and_manifold_fd(
+    space: type[PoseSpace], huber: HuberConfig
+) -> None:
+    dof = space.tangent_dim
+    p = random_problems(4, 7, dof=dof, noise_std=2.0, dtype=torch.float64, generator=_gen(5))
+    w2d = torch.rand(p.w2d.shape, generator=_gen(6), dtype=torch.float64) + 0.1
+    delta = huber.threshold(p.x2d, w2d)
+    terms = evaluate_cost(space, p.pose, p.x3d, p.x2d, w2d, p.cam_mats, delta, True)
+    assert terms.jacobian is not None
+
+    def residual_at(inc: torch.Tensor) -> torch.Tensor:
+        pose = space.retract(p.pose, inc)
+        return evaluate_cost(space, pose, p.x3d, p.x2d, w2d, p.cam_mats, delta).residual
+
+    zero = torch.zeros(4, dof, dtype=torch.float64)
+    auto = torch.autograd.functional.jacobian(residual_at, zero)  # (B, N, 2, B, D)
+    auto = torch.stack([auto[i, :, :, i] for i in range(4)])
+    assert torch.allclose(auto, terms.jacobian, atol=1e-9, rtol=1e-7)
+    # Central finite differences on the manifold.
+    h = 1e-6
+    fd = torch.stack(
+        [
+            (residual_at(zero + h * e) - residual_at(zero - h * e)) / (2 * h)
+            for e in torch.eye(dof, dtype=torch.float64)
+        ],
+        dim=-1,
+    )
+    assert torch.allclose(fd, terms.jacobian, atol=1e-5, rtol=1e-5)
+    # The robust gradient sum_i rho'_i J_i^T f_i equals d cost / d delta.
+    grad_auto = torch.autograd.functional.jacobian(
+        lambda inc: evaluate_cost(
+            space, space.retract(p.pose, inc), p.x3d, p.x2d, w2d, p.cam_mats, delta
+        ).cost.sum(),
+        zero,
+    )
+    jw = terms.jacobian * terms.robust_weight[..., None, None]
+    grad = torch.einsum("bnkd,bnk->bd", jw, terms.residual)
+    assert torch.allclose(grad, grad_auto, atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("space", [Pose6DoF, Pose4DoF])
+def test_cost_gradcheck_wrt_correspondences(space: type[PoseSpace]) -> None:
+    p = random_problems(
+        2, 6, dof=space.tangent_dim, noise_std=3.0, dtype=torch.float64, generator=_gen(7)
+    )
+    huber = HuberConfig(relative_delta=0.01)  # some points beyond the threshold
+
+    def cost(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
+        delta = huber.threshold(x2d, w2d)
+        return evaluate_cost(space, p.pose, x3d, x2d, w2d, p.cam_mats, delta).cost
+
+    args = tuple(t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+    assert torch.autograd.gradcheck(cost, args)

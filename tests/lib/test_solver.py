@@ -1,0 +1,231 @@
+"""The batched LM solver: exact recovery, parity with OpenCV, calibration, bad input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from epropnp_lib.errors import DegenerateInputError, DeviceError, DTypeError, ShapeError
+from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
+from epropnp_lib.geometry.rotations import quat_log, quat_multiply, quat_to_matrix
+from epropnp_lib.pnp.covariance import from_ros_covariance, to_ros_covariance
+from epropnp_lib.pnp.problems import random_problems
+from epropnp_lib.pnp.solver import SolverConfig, SolverMode, SolveStatus, solve_pnp
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("num_points", [4, 5, 6, 8, 64, 1024])
+@pytest.mark.parametrize("flatness", [1.0, 1e-3, 0.0])
+@pytest.mark.parametrize("dof", [6, 4])
+def test_noise_free_recovery_float64(num_points: int, flatness: float, dof: int) -> None:
+    p = random_problems(
+        64, num_points, dof=dof, flatness=flatness, dtype=torch.float64, generator=_gen(num_points)
+    )
+    sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=dof)
+    space = Pose6DoF if dof == 6 else Pose4DoF
+    rot_err = torch.rad2deg(space.rotation_error(sol.pose, p.pose))
+    rel_t = (sol.pose[:, :3] - p.pose[:, :3]).norm(dim=-1) / p.pose[:, :3].norm(dim=-1)
+    assert rot_err.max() < 1e-3
+    assert rel_t.max() < 1e-5
+    assert (sol.status == SolveStatus.CONVERGED).all()
+
+
+def test_gauss_newton_mode_and_given_initial_pose() -> None:
+    p = random_problems(32, 32, noise_std=0.5, dtype=torch.float64, generator=_gen(1))
+    lm = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    gn = solve_pnp(
+        p.x3d, p.x2d, p.w2d, p.cam_mats, config=SolverConfig(mode=SolverMode.GAUSS_NEWTON)
+    )
+    assert torch.allclose(lm.pose, gn.pose, atol=1e-7)
+    # Starting from a perturbed truth converges to the same optimum.
+    init = Pose6DoF.retract(
+        p.pose, 0.05 * torch.randn(32, 6, generator=_gen(2), dtype=torch.float64)
+    )
+    warm = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=init)
+    assert torch.allclose(lm.pose, warm.pose, atol=1e-7)
+
+
+def _rotation_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
+    c = (np.trace(rot_a.T @ rot_b) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def test_noisy_accuracy_matches_opencv_iterative() -> None:
+    p = random_problems(500, 32, noise_std=1.0, dtype=torch.float32, generator=_gen(3))
+    ones = torch.ones_like(p.w2d)
+    sol = solve_pnp(p.x3d, p.x2d, ones, p.cam_mats)
+    assert (sol.status == SolveStatus.CONVERGED).all()
+    ours_r = torch.rad2deg(Pose6DoF.rotation_error(sol.pose.double(), p.pose.double())).numpy()
+    ours_t = (sol.pose[:, :3] - p.pose[:, :3]).double().norm(dim=-1).numpy()
+    cv_r, cv_t = [], []
+    true_rot = quat_to_matrix(p.pose[:, 3:].double()).numpy()
+    for i in range(500):
+        ok, rvec, tvec = cv2.solvePnP(
+            p.x3d[i].double().numpy(),
+            p.x2d[i].double().numpy(),
+            p.cam_mats[i].double().numpy(),
+            None,
+            flags=cv2.SOLVEPNP_ITERATIVE,
+        )
+        assert ok
+        cv_r.append(_rotation_deg(cv2.Rodrigues(rvec)[0], true_rot[i]))
+        cv_t.append(np.linalg.norm(tvec.ravel() - p.pose[i, :3].double().numpy()))
+    ratio_r = np.median(ours_r) / np.median(cv_r)
+    ratio_t = np.median(ours_t) / np.median(cv_t)
+    assert abs(ratio_r - 1) < 0.05, ratio_r
+    assert abs(ratio_t - 1) < 0.05, ratio_t
+
+
+def _tangent_error(est: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """``(B, 6)`` left-tangent error: est = Exp(phi) * true."""
+    conj = true[:, 3:] * true.new_tensor([1.0, -1.0, -1.0, -1.0])
+    phi = quat_log(quat_multiply(est[:, 3:], conj))
+    return torch.cat((est[:, :3] - true[:, :3], phi), dim=-1)
+
+
+@pytest.mark.parametrize("dof", [6, 4])
+def test_laplace_covariance_is_calibrated(dof: int) -> None:
+    sigma = 2.0
+    p = random_problems(
+        1000, 16, dof=dof, noise_std=sigma, dtype=torch.float64, generator=_gen(4 + dof)
+    )
+    sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=dof)
+    assert (sol.status == SolveStatus.CONVERGED).all()
+    if dof == 6:
+        err = _tangent_error(sol.pose, p.pose)
+    else:
+        err = sol.pose - p.pose
+        err[:, 3] = torch.remainder(err[:, 3] + torch.pi, 2 * torch.pi) - torch.pi
+    maha = (err[:, None, :] @ torch.linalg.solve(sol.covariance, err[..., None]))[:, 0, 0]
+    assert abs(maha.mean().item() - dof) < 0.1 * dof, maha.mean().item()
+
+
+def test_ros_covariance_layout_round_trip() -> None:
+    a = torch.randn(5, 6, 6, generator=_gen(8), dtype=torch.float64)
+    cov6 = a @ a.mT
+    ros6 = to_ros_covariance(cov6)
+    assert ros6.shape == (5, 36)
+    assert torch.equal(from_ros_covariance(ros6, 6), cov6)
+    b = torch.randn(5, 4, 4, generator=_gen(9), dtype=torch.float64)
+    cov4 = b @ b.mT
+    ros4 = to_ros_covariance(cov4).unflatten(-1, (6, 6))
+    assert torch.equal(ros4[:, 4, 4], cov4[:, 3, 3])  # yaw is rotation about y (index 4)
+    assert torch.equal(ros4[:, 0, 4], cov4[:, 0, 3])
+    assert (ros4[:, 3, 3] > 1e5).all() and (ros4[:, 5, 5] > 1e5).all()
+    assert torch.linalg.eigvalsh(ros4).min() > 0  # positive definite, never zero variances
+    assert torch.equal(from_ros_covariance(ros4.flatten(-2), 4), cov4)
+    with pytest.raises(ShapeError):
+        to_ros_covariance(torch.zeros(3, 5, 5))
+
+
+def test_boundary_errors() -> None:
+    p = random_problems(2, 8, generator=_gen(10))
+    with pytest.raises(DegenerateInputError):
+        solve_pnp(p.x3d[:, :3], p.x2d[:, :3], p.w2d[:, :3], p.cam_mats)
+    with pytest.raises(DegenerateInputError):
+        solve_pnp(p.x3d[:, :2], p.x2d[:, :2], p.w2d[:, :2], p.cam_mats, dof=4)
+    with pytest.raises(ShapeError):
+        solve_pnp(p.x3d, p.x2d[:, :7], p.w2d, p.cam_mats)
+    with pytest.raises(ShapeError):
+        solve_pnp(p.x3d[..., :2], p.x2d, p.w2d, p.cam_mats)
+    with pytest.raises(ShapeError):
+        solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats[:1])
+    with pytest.raises(DTypeError):
+        solve_pnp(p.x3d.double(), p.x2d, p.w2d, p.cam_mats)
+    with pytest.raises(DTypeError):
+        solve_pnp(p.x3d.int(), p.x2d, p.w2d, p.cam_mats)
+    if torch.cuda.is_available():
+        with pytest.raises(DeviceError):
+            solve_pnp(p.x3d.cuda(), p.x2d, p.w2d, p.cam_mats)
+    with pytest.raises(ShapeError):
+        solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=torch.zeros(2, 4))
+
+
+def _bad_batch(kind: str) -> tuple[torch.Tensor, ...]:
+    p = random_problems(512, 16, noise_std=0.5, generator=_gen(11))
+    x3d, x2d, w2d, k = (t.clone() for t in (p.x3d, p.x2d, p.w2d, p.cam_mats))
+    i = 137
+    if kind == "nan_x2d":
+        x2d[i, 3, 0] = float("nan")
+    elif kind == "inf_x3d":
+        x3d[i, 0, 2] = float("inf")
+    elif kind == "nan_cam":
+        k[i, 0, 0] = float("nan")
+    elif kind == "bad_cam":
+        k[i, 2] = torch.tensor([0.0, 1.0, 1.0])
+    elif kind == "negative_weight":
+        w2d[i, 5, 1] = -1.0
+    elif kind == "zero_weights":
+        w2d[i] = 0.0
+    elif kind == "collinear":
+        s = torch.linspace(-1, 1, 16)
+        x3d[i] = torch.stack((s, 0.5 * s, 0.2 * s), -1)
+        # project the line with the true pose so the data are consistent but degenerate
+        rot = Pose6DoF.rotation(p.pose[i : i + 1])
+        x_cam = transform_points(x3d[i : i + 1], rot, p.pose[i : i + 1, :3])
+        x2d[i] = project(x_cam, k[i : i + 1]).x2d[0]
+    return x3d, x2d, w2d, k, p.pose
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("nan_x2d", SolveStatus.INVALID_INPUT),
+        ("inf_x3d", SolveStatus.INVALID_INPUT),
+        ("nan_cam", SolveStatus.INVALID_INPUT),
+        ("bad_cam", SolveStatus.INVALID_INPUT),
+        ("negative_weight", SolveStatus.INVALID_INPUT),
+        ("zero_weights", SolveStatus.DEGENERATE),
+        ("collinear", SolveStatus.DEGENERATE),
+    ],
+)
+def test_one_bad_element_in_512(kind: str, expected: SolveStatus) -> None:
+    x3d, x2d, w2d, k, pose = _bad_batch(kind)
+    sol = solve_pnp(x3d, x2d, w2d, k)
+    i = 137
+    assert sol.status[i] == expected
+    assert torch.isnan(sol.covariance[i]).all()
+    if expected == SolveStatus.INVALID_INPUT:
+        assert torch.isnan(sol.pose[i]).all()
+    others = torch.arange(512) != i
+    assert (sol.status[others] == SolveStatus.CONVERGED).all()
+    assert torch.isfinite(sol.covariance[others]).all()
+    rot_err = torch.rad2deg(Pose6DoF.rotation_error(sol.pose[others], pose[others]))
+    assert rot_err.max() < 2.0
+    # The good elements are solved exactly as they are without the bad one.
+    alone = solve_pnp(x3d[others], x2d[others], w2d[others], k[others])
+    assert torch.allclose(alone.pose, sol.pose[others], atol=1e-5)
+
+
+def test_solver_config_rejects_bad_values() -> None:
+    from epropnp_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        SolverConfig(max_iterations=-1)
+    with pytest.raises(ConfigError):
+        SolverConfig(tolerance=0.0)
+    with pytest.raises(TypeError):
+        SolverConfig(unknown_key=1)  # type: ignore[call-arg]
+
+
+def test_initial_pose_behind_camera() -> None:
+    """An initial pose that puts every point behind the camera: the element either recovers
+    (all points in front, exact pose) or is reported DEGENERATE; the others are unaffected."""
+    p = random_problems(64, 16, dtype=torch.float64, generator=_gen(12))
+    init = p.pose.clone()
+    init[5, 2] = -init[5, 2]
+    sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=init)
+    rot_err = torch.rad2deg(Pose6DoF.rotation_error(sol.pose, p.pose))
+    others = torch.arange(64) != 5
+    assert (sol.status[others] == SolveStatus.CONVERGED).all()
+    assert rot_err[others].max() < 1e-6
+    if sol.status[5] != SolveStatus.DEGENERATE:
+        x_cam = transform_points(p.x3d[5], Pose6DoF.rotation(sol.pose[5]), sol.pose[5, :3])
+        assert (x_cam[:, 2] > 0).all()
+        assert rot_err[5] < 1e-6
