@@ -36,6 +36,7 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import quat_multiply
 from epropnp_lib.pnp.cost import CostTerms, evaluate_cost
+from epropnp_lib.pnp.sample_cost import sample_cost
 from epropnp_lib.pnp.solver import (
     PnPSolution,
     SolverConfig,
@@ -214,7 +215,8 @@ class EProPnPBase(nn.Module, ABC):
         for it in range(n_it):
             new = self._sample(proposals[it], k, generator)  # (K', B, dim)
             samples.append(new)
-            log_p.append(-cost_at(new).cost)
+            log_p.append(-sample_cost(space, new, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
+                                      delta))
             with torch.no_grad():
                 for tau in range(it):
                     log_q[tau].append(self._log_prob(proposals[it], samples[tau]))

@@ -97,8 +97,10 @@ class Pose6DoF(PoseSpace):
     @staticmethod
     def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
         # d(Exp(phi) p)/dphi = -[p]x, and a^T (-[p]x) = (p x a)^T for each Jacobian row a.
-        p = p_rot.unsqueeze(-2).expand_as(jac_cam)
-        return torch.cat((jac_cam, torch.linalg.cross(p, jac_cam, dim=-1)), dim=-1)
+        p0, p1, p2 = (c.unsqueeze(-1) for c in p_rot.unbind(-1))  # (..., N, 1)
+        a0, a1, a2 = jac_cam.unbind(-1)  # (..., N, 2)
+        rot = torch.stack((p1 * a2 - p2 * a1, p2 * a0 - p0 * a2, p0 * a1 - p1 * a0), dim=-1)
+        return torch.cat((jac_cam, rot), dim=-1)
 
     @staticmethod
     def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.geometry.camera import project
+from epropnp_lib.geometry.camera import project, rotate_points
 from epropnp_lib.geometry.pose import PoseSpace
 
 
@@ -49,13 +49,17 @@ class HuberConfig:
                 raise ConfigError(f"HuberConfig.{name} must be positive or None, got {v}")
 
     def threshold(self, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor | None:
-        """Per-element threshold ``(B,)`` for ``x2d, w2d: (B, N, 2)``, or ``None`` (no kernel)."""
+        """Per-element threshold ``(B,)`` for ``x2d, w2d: (B, N, 2)``, or ``None`` (no kernel).
+
+        The threshold is a statistic of the inputs that sets the scale of the kernel; it is
+        detached, i.e. a constant of the cost (no gradient flows through it).
+        """
         if self.delta is not None:
             return x2d.new_full(x2d.shape[:-2], self.delta)
         if self.relative_delta is None:
             return None
-        spread = x2d.var(dim=-2).sum(dim=-1).sqrt()
-        return self.relative_delta * w2d.mean(dim=(-2, -1)) * spread
+        spread = x2d.detach().var(dim=-2).sum(dim=-1).sqrt()
+        return self.relative_delta * w2d.detach().mean(dim=(-2, -1)) * spread
 
 
 #: The plain squared cost of Eq. (1), without the robust kernel.
@@ -123,8 +127,7 @@ def evaluate_cost(
     Returns:
         :class:`CostTerms`.
     """
-    rot = space.rotation(pose)
-    p_rot = x3d @ rot.transpose(-1, -2)
+    p_rot = rotate_points(x3d, space.rotation(pose))
     x_cam = p_rot + pose[..., None, :3]
     proj = project(x_cam, cam_mats, with_jacobian=with_jacobian)
     residual = (proj.x2d - x2d) * w2d

@@ -1,6 +1,6 @@
 """Batched closed-form initial poses that need no external solver.
 
-6DoF: two candidates per problem, both from one batched eigen-decomposition each,
+6DoF: two candidates per problem, each one batched linear least-squares solve,
   (a) the normalised weighted DLT (Hartley normalisation; exact for >= 6 non-coplanar points),
   (b) a plane-induced homography on the best-fit plane of the 3D points (exact for coplanar
       points, >= 4), decomposed into (R, t).
@@ -37,11 +37,50 @@ def _weighted_center_scale(
     return c, target / mean_dist.clamp_min(1e-12)
 
 
-def _smallest_eigvec(m: torch.Tensor) -> torch.Tensor:
-    """Eigenvector ``(B, D)`` of the smallest eigenvalue of symmetric ``m: (B, D, D)``."""
-    scale = m.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)[..., None, None]
-    _, vecs = torch.linalg.eigh(m / scale)
-    return vecs[..., 0]
+def _dlt_normal_matrix(xh: torch.Tensor, xi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Normal matrix ``A^T A`` ``(B, 3k, 3k)`` of the weighted DLT system, built from moments.
+
+    Each point contributes the rows ``w [X^T, 0, -u X^T]`` and ``w [0, X^T, -v X^T]`` for the
+    homogeneous point ``X = xh_i: (k,)`` and image point ``(u, v) = xi_i``; with
+    ``M = sum w^2 X X^T`` (and its ``u``-, ``v``- and ``u^2 + v^2``-weighted versions) the matrix
+    is ``[[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]``, so no ``(B, 2N, 3k)`` design
+    matrix is ever formed.
+
+    Args:
+        xh: ``(B, N, k)`` homogeneous points; xi: ``(B, N, 2)``; w: ``(B, N)`` weights.
+    """
+    w2 = (w * w).unsqueeze(-1)
+    u, v = xi[..., :1], xi[..., 1:]
+    xt = xh.transpose(-1, -2)
+    m = xt @ (w2 * xh)
+    mu = xt @ (w2 * u * xh)
+    mv = xt @ (w2 * v * xh)
+    muv = xt @ (w2 * (u * u + v * v) * xh)
+    z = torch.zeros_like(m)
+    return torch.cat(
+        (torch.cat((m, z, -mu), -1), torch.cat((z, m, -mv), -1), torch.cat((-mu, -mv, muv), -1)),
+        dim=-2,
+    )
+
+
+def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
+    """Least-squares null vector ``(B, D)`` of a design matrix given its normal matrix
+    ``ata: (B, D, D)``, with the last entry fixed to 1 (solved by Cholesky; small batched
+    Cholesky is far cheaper than an eigen-decomposition on the CPU).
+
+    Both uses below fix an entry that equals ``lambda * depth`` of the (weighted) centroid, which
+    is non-zero for any object in front of the camera.
+    """
+    a = ata[..., :-1, :-1]
+    b = ata[..., :-1, -1:]
+    diag = a.diagonal(dim1=-2, dim2=-1)
+    ridge = 1e-12 * diag.sum(-1).clamp_min(1e-300)
+    a = a + torch.diag_embed(ridge[..., None].expand_as(diag))
+    chol, info = torch.linalg.cholesky_ex(a)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    chol = torch.where((info == 0)[..., None, None], chol, eye)
+    x = -torch.cholesky_solve(b, chol).squeeze(-1)
+    return torch.cat((x, torch.ones_like(x[..., :1])), dim=-1)
 
 
 def _polar_rotation(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,12 +127,7 @@ def dlt_6dof(
     xs = (x3d - c3[..., None, :]) * s3[..., None, None]
     xi = _apply_h(t2, xn)
     xh = torch.cat((xs, torch.ones_like(xs[..., :1])), dim=-1)  # (B, N, 4)
-    zeros = torch.zeros_like(xh)
-    row_u = torch.cat((xh, zeros, -xi[..., :1] * xh), dim=-1)  # (B, N, 12)
-    row_v = torch.cat((zeros, xh, -xi[..., 1:] * xh), dim=-1)
-    rows = torch.stack((row_u, row_v), dim=-2) * w[..., None, None]  # (B, N, 2, 12)
-    rows = rows.flatten(-3, -2)
-    p = _smallest_eigvec(rows.transpose(-1, -2) @ rows).unflatten(-1, (3, 4))
+    p = _null_vector_last_fixed(_dlt_normal_matrix(xh, xi, w)).unflatten(-1, (3, 4))
     # Undo the normalisations: P = T2^-1 P~ T3, T3 = [[s3 I, -s3 c3], [0, 1]].
     t3 = torch.zeros(x3d.shape[:-2] + (4, 4), dtype=x3d.dtype, device=x3d.device)
     t3[..., :3, :3] = torch.eye(3, dtype=x3d.dtype, device=x3d.device) * s3[..., None, None]
@@ -123,11 +157,7 @@ def homography_6dof(
     abn = _apply_h(tp, ab)
     xi = _apply_h(t2, xn)
     ah = torch.cat((abn, torch.ones_like(abn[..., :1])), dim=-1)  # (B, N, 3)
-    zeros = torch.zeros_like(ah)
-    row_u = torch.cat((ah, zeros, -xi[..., :1] * ah), dim=-1)  # (B, N, 9)
-    row_v = torch.cat((zeros, ah, -xi[..., 1:] * ah), dim=-1)
-    rows = (torch.stack((row_u, row_v), dim=-2) * w[..., None, None]).flatten(-3, -2)
-    h = _smallest_eigvec(rows.transpose(-1, -2) @ rows).unflatten(-1, (3, 3))
+    h = _null_vector_last_fixed(_dlt_normal_matrix(ah, xi, w)).unflatten(-1, (3, 3))
     h = torch.linalg.solve(t2, h) @ tp  # maps (a, b, 1) to normalised image points
     # h = lam [R e1, R e2, R c3 + t]; the plane centre has positive depth.
     h = h * torch.where(h[..., 2, 2] < 0, -1.0, 1.0).to(h.dtype)[..., None, None]
@@ -141,10 +171,19 @@ def homography_6dof(
     return rot, t
 
 
+#: Point sets whose smallest/largest 3D covariance eigenvalue ratio is below this (or with
+#: fewer than 6 points) also get the homography candidate; for clearly non-planar sets the DLT
+#: alone is exact and the homography is skipped to save time.
+PLANARITY_RATIO = 0.05
+
+
 def init_6dof(
     x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor
 ) -> torch.Tensor:
     """Candidate initial 6DoF poses ``(2, B, 7)`` (DLT, homography) in the input dtype.
+
+    For clearly non-planar point sets (see :data:`PLANARITY_RATIO`) the second candidate
+    repeats the DLT.
 
     Args:
         x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3, 3)``.
@@ -153,11 +192,21 @@ def init_6dof(
     x3d64, x2d64, k64 = x3d.double(), x2d.double(), cam_mats.double()
     w = w2d.double().mean(-1)
     xn = _normalized_image_points(x2d64, k64)
-    cands = []
-    for solver in (dlt_6dof, homography_6dof):
-        rot, t = solver(x3d64, xn, w)
-        cands.append(torch.cat((t, matrix_to_quat(rot)), dim=-1))
-    return torch.stack(cands).to(dtype)
+    rot, t = dlt_6dof(x3d64, xn, w)
+    dlt = torch.cat((t, matrix_to_quat(rot)), dim=-1)
+    if x3d.shape[-2] < 6:
+        need = torch.ones_like(w[..., 0], dtype=torch.bool)
+    else:
+        c3, _ = _weighted_center_scale(x3d64, w, 1.0)
+        xc = x3d64 - c3[..., None, :]
+        evals = torch.linalg.eigvalsh((xc * w[..., None]).transpose(-1, -2) @ xc)
+        need = ~(evals[..., 0] > PLANARITY_RATIO * evals[..., 2])  # NaN-safe
+    homog = dlt.clone()
+    idx = need.nonzero().squeeze(-1)
+    if idx.numel() > 0:
+        rot_h, t_h = homography_6dof(x3d64[idx], xn[idx], w[idx])
+        homog[idx] = torch.cat((t_h, matrix_to_quat(rot_h)), dim=-1)
+    return torch.stack((dlt, homog)).to(dtype)
 
 
 def init_4dof(

@@ -279,16 +279,24 @@ def solve_pnp(
     prob = validate_problem(space, x3d, x2d, w2d, cam_mats, pose_init)
     delta = cfg.huber.threshold(prob.x2d, prob.w2d)
 
-    def evaluator(reps: int) -> Callable[[torch.Tensor, bool], CostTerms]:
+    def evaluator(reps: int) -> Evaluate:
         def rep(t: torch.Tensor) -> torch.Tensor:
             return t.repeat(reps, *([1] * (t.dim() - 1))) if reps > 1 else t
 
         a3, a2, aw, ak = (rep(t) for t in (prob.x3d, prob.x2d, prob.w2d, prob.cam_mats))
         d = None if delta is None else rep(delta)
-        return lambda pose, jac: evaluate_cost(space, pose, a3, a2, aw, ak, d, jac)
+
+        def evaluate(pose: torch.Tensor, idx: torch.Tensor | None) -> CostTerms:
+            if idx is None:
+                return evaluate_cost(space, pose, a3, a2, aw, ak, d, True)
+            di = None if d is None else d[idx]
+            return evaluate_cost(space, pose, a3[idx], a2[idx], aw[idx], ak[idx], di, True)
+
+        return evaluate
 
     evaluate = evaluator(1)
     batch = x3d.shape[0]
+    w_point = prob.w2d.sum(-1)  # (B, N)
     # Cost if every residual were as large as the 2D spread, times relative round-off squared.
     spread2 = prob.x2d.var(dim=-2).sum(-1)
     cost_scale = 0.5 * (prob.w2d * prob.w2d).sum(dim=(-2, -1)) * spread2
@@ -303,107 +311,138 @@ def solve_pnp(
             hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
             starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
             n_starts = starts.shape[0]
-            flat, terms_all, _, _ = _optimize(
-                space, starts.flatten(0, 1), evaluator(n_starts), cfg, cost_floor.repeat(n_starts)
+            st_all, _, _ = _optimize(
+                space, starts.flatten(0, 1), evaluator(n_starts), w_point.repeat(n_starts, 1),
+                cfg, cost_floor.repeat(n_starts),
             )
-            cost_all = terms_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
+            cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
             best = cost_all.argmin(0)
             cands = torch.take_along_dim(
-                flat.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
+                st_all.pose.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
             )
-        cand_cost = evaluate(cands, False).cost.nan_to_num(torch.inf)
-        best = cand_cost.argmin(0)
-        pose = torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
-    pose, terms, iters, converged = _optimize(space, pose, evaluate, cfg, cost_floor)
+        if cands.shape[0] > 1:
+            cand_cost = evaluate_cost(space, cands, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
+                                      delta).cost.nan_to_num(torch.inf)
+            best = cand_cost.argmin(0)
+            pose = torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
+        else:
+            pose = cands[0]
+    st, iters, converged = _optimize(space, pose, evaluate, w_point, cfg, cost_floor)
+    pose = st.pose
 
-    hess, _ = normal_equations(terms)
     # The Hessian carries the round-off of the input dtype: scale the threshold with it.
     rcond = max(cfg.degenerate_rcond, 10.0 * torch.finfo(x3d.dtype).eps)
-    cov, degenerate = laplace_covariance(hess.double(), rcond)
+    cov, degenerate = laplace_covariance(st.hess.double(), rcond)
     cov = cov.to(pose.dtype)
     # Most of the weight behind the camera is degenerate too.
-    wpt = prob.w2d.sum(-1)
-    behind = ((terms.depth <= MIN_DEPTH) * wpt).sum(-1) > 0.5 * wpt.sum(-1)
-    degenerate |= behind | ~torch.isfinite(pose).all(-1) | ~torch.isfinite(terms.cost)
+    degenerate |= st.behind | ~torch.isfinite(pose).all(-1) | ~torch.isfinite(st.cost)
     status = torch.where(converged, SolveStatus.CONVERGED, SolveStatus.MAX_ITERATIONS)
     status = torch.where(degenerate, SolveStatus.DEGENERATE, status)
     status = torch.where(prob.valid, status, SolveStatus.INVALID_INPUT).to(torch.int64)
     cov = torch.where(degenerate[:, None, None] | ~prob.valid[:, None, None], torch.nan, cov)
     pose = torch.where(prob.valid[:, None], pose, torch.nan)
-    cost = torch.where(prob.valid, terms.cost, torch.nan)
+    cost = torch.where(prob.valid, st.cost, torch.nan)
     return PnPSolution(pose, cost, cov, status, iters)
+
+
+class _State(NamedTuple):
+    """What the LM loop keeps per element (all ``(B, ...)``)."""
+
+    pose: torch.Tensor
+    cost: torch.Tensor
+    hess: torch.Tensor
+    grad: torch.Tensor
+    behind: torch.Tensor  # bool: most of the weight at or behind the camera
+
+
+def _state(pose: torch.Tensor, terms: CostTerms, w_point: torch.Tensor) -> _State:
+    hess, grad = normal_equations(terms)
+    behind = ((terms.depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
+    return _State(pose, terms.cost, hess, grad, behind)
+
+
+#: The evaluate callback of :func:`_optimize`: cost terms (with Jacobian) at poses
+#: ``(n, dim)`` of the elements ``idx`` (``None``: all elements).
+Evaluate = Callable[[torch.Tensor, torch.Tensor | None], CostTerms]
 
 
 def _optimize(
     space: type[PoseSpace],
     pose: torch.Tensor,
-    evaluate: Callable[[torch.Tensor, bool], CostTerms],
+    evaluate: Evaluate,
+    w_point: torch.Tensor,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
-) -> tuple[torch.Tensor, CostTerms, torch.Tensor, torch.Tensor]:
-    """The LM / GN loop.  Returns the pose, the cost terms at it, the iteration counts and the
-    converged flags (all per element).  ``cost_floor: (B,)`` is the cost change below which
-    round-off dominates (relevant for noise-free problems whose optimum has zero cost)."""
+) -> tuple[_State, torch.Tensor, torch.Tensor]:
+    """The LM / GN loop with per-element early exit.
+
+    Only the still-active elements are evaluated in each iteration (the batch is compacted),
+    and an element whose next near-Gauss-Newton step is already below the tolerance stops
+    without evaluating it.  ``w_point: (B, N)`` are the per-point weights (for the
+    behind-camera test) and ``cost_floor: (B,)`` the cost change below which round-off
+    dominates (noise-free problems have zero cost at the optimum).
+
+    Returns:
+        the final :class:`_State`, iteration counts ``(B,)`` and converged flags ``(B,)``.
+    """
     batch = pose.shape[0]
     device = pose.device
-    terms = evaluate(pose, True)
+    st = _state(pose, evaluate(pose, None), w_point)
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
-    damping = pose.new_full((batch,), cfg.initial_damping if lm else 0.0)
+    damping = pose.new_full((batch,), cfg.initial_damping if lm else 1e-9)
     nu = pose.new_full((batch,), 2.0)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     converged = torch.zeros(batch, dtype=torch.bool, device=device)
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
     tol = max(cfg.tolerance, 100.0 * torch.finfo(pose.dtype).eps)
     for _ in range(cfg.max_iterations):
-        hess, grad = normal_equations(terms)
-        a = _damped(hess, damping if lm else torch.full_like(damping, 1e-9))
-        step, ok = _solve_spd(a, -grad)
-        new_pose = space.retract(pose, step)
-        new_terms = evaluate(new_pose, True)
-        decrease = terms.cost - new_terms.cost
-        finite = torch.isfinite(new_terms.cost) & torch.isfinite(new_pose).all(-1)
-        scale = terms.cost.abs().clamp_min(1e-30)
-        small_cost = decrease.abs() <= tol * scale + cost_floor
-        small_step = step.norm(dim=-1) <= tol * (1.0 + pose[:, :3].norm(dim=-1))
+        idx = active.nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            break
+        iters[idx] += 1
+        s_pose, s_cost, s_hess, s_grad = st.pose[idx], st.cost[idx], st.hess[idx], st.grad[idx]
+        s_damp, s_nu = damping[idx], nu[idx]
+        step, ok = _solve_spd(_damped(s_hess, s_damp), -s_grad)
+        small_step = step.norm(dim=-1) <= tol * (1.0 + s_pose[:, :3].norm(dim=-1))
+        # Converged without evaluating: the next near-Gauss-Newton step is negligible.
+        done_now = ok & small_step & (s_damp < 1.0)
+        converged[idx[done_now]] = True
+        active[idx[done_now]] = False
+        go = ~done_now
+        idx, step, ok, small_step = idx[go], step[go], ok[go], small_step[go]
+        s_pose, s_cost, s_hess, s_grad = s_pose[go], s_cost[go], s_hess[go], s_grad[go]
+        s_damp, s_nu = s_damp[go], s_nu[go]
+        if idx.numel() == 0:
+            break
+        new_pose = space.retract(s_pose, step)
+        new = _state(new_pose, evaluate(new_pose, idx), w_point[idx])
+        decrease = s_cost - new.cost
+        finite = torch.isfinite(new.cost) & torch.isfinite(new_pose).all(-1)
+        small_cost = decrease.abs() <= tol * s_cost.abs().clamp_min(1e-30) + cost_floor[idx]
         if lm:
-            h_step = (hess @ step.unsqueeze(-1)).squeeze(-1)
-            predicted = -(grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
+            h_step = (s_hess @ step.unsqueeze(-1)).squeeze(-1)
+            predicted = -(s_grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
             rho = decrease / predicted.clamp_min(1e-300)
-            near_gn = damping < 1.0
-            accept = ok & finite & (decrease >= 0) & active
+            near_gn = s_damp < 1.0
+            accept = ok & finite & (decrease >= 0)
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
             stalled = ~accept & ok & small_cost & small_step
-            damping = torch.where(
+            damping[idx] = torch.where(
                 accept,
-                damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
-                damping * nu,
+                s_damp * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
+                s_damp * s_nu,
             ).clamp(1e-12, 1e12)
-            nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2.0)
-            hopeless = damping >= 1e12
+            nu[idx] = torch.where(accept, torch.full_like(s_nu, 2.0), s_nu * 2.0)
+            hopeless = damping[idx] >= 1e12
         else:
-            accept = ok & finite & active
+            accept = ok & finite
             near_gn = accept
             stalled = ~accept & ok & small_cost
             hopeless = ~ok
-        iters = iters + active.to(torch.int64)
-        pose = torch.where(accept[:, None], new_pose, pose)
-        terms = _select(accept, new_terms, terms)
-        now_converged = active & ((accept & (small_step | (small_cost & near_gn))) | stalled)
-        converged |= now_converged
-        active &= ~(now_converged | hopeless)
-        if not bool(active.any()):
-            break
-    return pose, terms, iters, converged
-
-
-def _select(mask: torch.Tensor, a: CostTerms, b: CostTerms) -> CostTerms:
-    """Per element (leading dim): ``a`` where ``mask`` else ``b``."""
-
-    def pick(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.where(mask.reshape(mask.shape + (1,) * (x.dim() - 1)), x, y)
-
-    jac = None
-    if a.jacobian is not None and b.jacobian is not None:
-        jac = pick(a.jacobian, b.jacobian)
-    return CostTerms(pick(a.cost, b.cost), pick(a.residual, b.residual),
-                     pick(a.robust_weight, b.robust_weight), jac, pick(a.depth, b.depth))
+        acc = idx[accept]
+        for full, part in zip(st, new, strict=True):
+            full[acc] = part[accept]
+        now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
+        converged[idx[now_converged]] = True
+        active[idx[now_converged | hopeless]] = False
+    return st, iters, converged

@@ -149,10 +149,10 @@ def test_cost_gradcheck_wrt_correspondences(space: type[PoseSpace]) -> None:
     p = random_problems(
         2, 6, dof=space.tangent_dim, noise_std=3.0, dtype=torch.float64, generator=_gen(7)
     )
-    huber = HuberConfig(relative_delta=0.01)  # some points beyond the threshold
+    # Some points beyond the threshold; the threshold is a (detached) constant of the cost.
+    delta = HuberConfig(relative_delta=0.01).threshold(p.x2d, p.w2d)
 
     def cost(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
-        delta = huber.threshold(x2d, w2d)
         return evaluate_cost(space, p.pose, x3d, x2d, w2d, p.cam_mats, delta).cost
 
     args = tuple(t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))

@@ -42,13 +42,13 @@ def test_gauss_newton_mode_and_given_initial_pose() -> None:
     gn = solve_pnp(
         p.x3d, p.x2d, p.w2d, p.cam_mats, config=SolverConfig(mode=SolverMode.GAUSS_NEWTON)
     )
-    assert torch.allclose(lm.pose, gn.pose, atol=1e-7)
+    assert torch.allclose(lm.pose, gn.pose, atol=1e-5)
     # Starting from a perturbed truth converges to the same optimum.
     init = Pose6DoF.retract(
         p.pose, 0.05 * torch.randn(32, 6, generator=_gen(2), dtype=torch.float64)
     )
     warm = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=init)
-    assert torch.allclose(lm.pose, warm.pose, atol=1e-7)
+    assert torch.allclose(lm.pose, warm.pose, atol=1e-5)
 
 
 def _rotation_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
