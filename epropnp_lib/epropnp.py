@@ -63,6 +63,8 @@ class MonteCarloConfig:
             the fitted proposals are too narrow).
         kappa_scale: factor on the fitted von Mises concentration (reference: 0.33, a wider
             proposal for the same reason).
+        acg_fit_iterations: Tyler fixed-point iterations when fitting the quaternion proposal
+            (it is a proposal: a few iterations from the weighted second moment suffice).
         step_eps: relative damping ``eps`` of the one-step pose of Eq. 9 (times the mean
             diagonal of ``J^T J``).
         solver: settings of the PnP solve that gives ``y*``.
@@ -74,6 +76,7 @@ class MonteCarloConfig:
     uniform_mix: float = 0.25
     moment_match: bool = False
     kappa_scale: float = 0.33
+    acg_fit_iterations: int = 3
     step_eps: float = 1e-5
     solver: SolverConfig = field(default_factory=SolverConfig)
 
@@ -341,7 +344,9 @@ class EProPnP6DoF(EProPnPBase):
     def _fit_orientation(
         self, samples: torch.Tensor, log_weights: torch.Tensor
     ) -> AngularCentralGaussian:
-        return AngularCentralGaussian.fit(samples, log_weights)
+        return AngularCentralGaussian.fit(
+            samples, log_weights, num_iter=self.config.acg_fit_iterations
+        )
 
 
 class EProPnP4DoF(EProPnPBase):

@@ -48,3 +48,29 @@ def test_sample_cost_matches_generic_cost_and_gradients(
     # remaining poses against numerical derivatives.
     poses = poses[2:]
     assert torch.autograd.gradcheck(fused, args)
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_saved_and_recomputed_residuals_agree_and_backward_twice(
+    save: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both backward strategies give the same gradient, also on a second backward
+    (``retain_graph``), where the saved residuals have been consumed and are recomputed."""
+    import epropnp_lib.pnp.sample_cost as module
+
+    monkeypatch.setattr(module, "SAVE_RESIDUALS", save)
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 64)  # several chunks, split over samples too
+    gen = torch.Generator().manual_seed(3)
+    p = random_problems(3, 20, noise_std=2.0, dtype=torch.float64, generator=gen)
+    poses = p.pose + 0.05 * torch.randn((7,) + p.pose.shape, generator=gen, dtype=torch.float64)
+    delta = HuberConfig(relative_delta=0.05).threshold(p.x2d, p.w2d)
+    args = tuple(t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+    cost = sample_cost(Pose6DoF, poses, *args, p.cam_mats, delta)
+    ref = evaluate_cost(Pose6DoF, poses, *args, p.cam_mats, delta).cost
+    assert torch.allclose(cost, ref)
+    up = torch.randn(cost.shape, generator=gen, dtype=torch.float64)
+    expected = torch.autograd.grad((ref * up).sum(), args)
+    first = torch.autograd.grad((cost * up).sum(), args, retain_graph=True)
+    second = torch.autograd.grad((cost * up).sum(), args)
+    for e, a, b in zip(expected, first, second, strict=True):
+        assert torch.allclose(e, a) and torch.allclose(e, b)
