@@ -2,54 +2,24 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from epropnp_lib.diagnostics import dense_log_normalizer_4dof
 from epropnp_lib.epropnp import EProPnP4DoF, EProPnP6DoF, MonteCarloConfig
-from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.geometry.rotations import wrap_angle
 from epropnp_lib.losses import (
     MonteCarloPoseLoss,
     derivative_regularization_loss,
     kl_loss_per_element,
 )
-from epropnp_lib.pnp.cost import NO_KERNEL, HuberConfig, evaluate_cost
+from epropnp_lib.pnp.cost import NO_KERNEL, evaluate_cost
 from epropnp_lib.pnp.problems import random_problems
 from epropnp_lib.pnp.solver import SolverConfig, SolveStatus
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _dense_log_normalizer(
-    p, sol_pose, sol_cov, huber: HuberConfig, width: float = 7.0, n: int = 36
-) -> torch.Tensor:
-    """log int exp(-cost) d(x, y, z, yaw) on a dense grid around the optimum, float64."""
-    out = []
-    for b in range(p.x3d.shape[0]):
-        std = sol_cov[b].diagonal().sqrt()
-        axes = []
-        for d in range(4):
-            half = width * std[d]
-            if d == 3 and half > math.pi:
-                axes.append(torch.linspace(-math.pi, math.pi, n + 1, dtype=torch.float64)[:-1])
-            else:
-                axes.append(sol_pose[b, d] + torch.linspace(-half, half, n, dtype=torch.float64))
-        cell = math.prod(float(a[1] - a[0]) for a in axes)
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 1, 4)
-        x3d, x2d, w2d, k = (t[b : b + 1].double() for t in (p.x3d, p.x2d, p.w2d, p.cam_mats))
-        delta = huber.threshold(x2d, w2d)
-        costs = torch.cat(
-            [
-                evaluate_cost(Pose4DoF, chunk, x3d, x2d, w2d, k, delta).cost[:, 0]
-                for chunk in grid.split(200_000)
-            ]
-        )
-        out.append(torch.logsumexp(-costs, 0) + math.log(cell))
-    return torch.stack(out)
 
 
 def test_amis_log_normalizer_matches_dense_integration() -> None:
@@ -59,7 +29,8 @@ def test_amis_log_normalizer_matches_dense_integration() -> None:
     huber = layer.config.solver.huber
     sol = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats)
     assert (sol.status == SolveStatus.CONVERGED).all()
-    exact = _dense_log_normalizer(p, sol.pose, sol.covariance, huber)
+    exact = dense_log_normalizer_4dof(p.x3d, p.x2d, p.w2d, p.cam_mats, sol.pose,
+                                      sol.covariance, huber)
     estimates = torch.stack(
         [
             layer(
