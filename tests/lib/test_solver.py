@@ -140,6 +140,9 @@ def test_boundary_errors() -> None:
         solve_pnp(p.x3d.double(), p.x2d, p.w2d, p.cam_mats)
     with pytest.raises(DTypeError):
         solve_pnp(p.x3d.int(), p.x2d, p.w2d, p.cam_mats)
+    # Mixed devices: "meta" tensors stand in for a second device on a CPU-only machine.
+    with pytest.raises(DeviceError):
+        solve_pnp(p.x3d.to("meta"), p.x2d, p.w2d, p.cam_mats)
     if torch.cuda.is_available():
         with pytest.raises(DeviceError):
             solve_pnp(p.x3d.cuda(), p.x2d, p.w2d, p.cam_mats)

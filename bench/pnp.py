@@ -1,0 +1,179 @@
+"""Benchmark of the EPro-PnP layer against OpenCV, on the CPU (2 threads) or a GPU.
+
+One command produces the table in ``bench/README.md``::
+
+    .venv/bin/python bench/pnp.py                 # CPU, 2 threads
+    .venv/bin/python bench/pnp.py --device cuda   # where a GPU exists
+    .venv/bin/python bench/pnp.py --write-readme  # also replace the table in bench/README.md
+
+Each case runs in its own child process so that its peak memory (max RSS on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU) is its own.  Times are the median of ``--repeats``
+runs after a warm-up; per-problem times divide by the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CASES = {
+    "solve6_b1": "solve 6DoF (LM, init incl.), B=1, N=64",
+    "solve6_b32": "solve 6DoF (LM, init incl.), B=32, N=64",
+    "solve6_b512": "solve 6DoF (LM, init incl.), B=512, N=64",
+    "solve6_gn_b512": "solve 6DoF (Gauss-Newton, init incl.), B=512, N=64",
+    "solve4_b512": "solve 4DoF (LM, init incl.), B=512, N=64",
+    "cv_iterative": "OpenCV SOLVEPNP_ITERATIVE, N=64 (loop)",
+    "cv_sqpnp": "OpenCV SOLVEPNP_SQPNP, N=64 (loop)",
+    "cv_epnp": "OpenCV SOLVEPNP_EPNP, N=64 (loop)",
+    "mc6_b32": "Monte Carlo KL loss fwd+bwd 6DoF, B=32, N=512, T=4, K'=128",
+    "mc4_b32": "Monte Carlo KL loss fwd+bwd 4DoF, B=32, N=512, T=4, K'=128",
+}
+
+
+def _timed(
+    fn: Callable[[], object], repeats: int, sync: Callable[[], None]
+) -> tuple[float, float]:
+    """Median and best of ``repeats`` timed calls after a warm-up (seconds)."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def run_case(case: str, device: str, repeats: int) -> dict[str, float | int | str]:
+    """Run one case in this process and return its measurements."""
+    from epropnp_lib.epropnp import EProPnP4DoF, EProPnP6DoF
+    from epropnp_lib.losses import MonteCarloPoseLoss
+    from epropnp_lib.pnp.problems import random_problems
+    from epropnp_lib.pnp.solver import SolverConfig, SolverMode, solve_pnp
+
+    gen = torch.Generator().manual_seed(0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    batch = 1
+    if case.startswith("solve"):
+        batch = int(case.rsplit("_b", 1)[1])
+        dof = 4 if case.startswith("solve4") else 6
+        mode = SolverMode.GAUSS_NEWTON if "_gn" in case else SolverMode.LEVENBERG_MARQUARDT
+        p = random_problems(batch, 64, dof=dof, noise_std=1.0, generator=gen, device=device)
+        cfg = SolverConfig(mode=mode)
+        seconds = _timed(
+            lambda: solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=dof, config=cfg),
+            repeats, sync,
+        )
+    elif case.startswith("cv_"):
+        import cv2
+
+        cv2.setNumThreads(1)
+        flag = {"cv_iterative": cv2.SOLVEPNP_ITERATIVE, "cv_sqpnp": cv2.SOLVEPNP_SQPNP,
+                "cv_epnp": cv2.SOLVEPNP_EPNP}[case]
+        batch = 512
+        p = random_problems(batch, 64, noise_std=1.0, dtype=torch.float64, generator=gen)
+        arrays = [(p.x3d[i].numpy(), p.x2d[i].numpy(), p.cam_mats[i].numpy())
+                  for i in range(batch)]
+
+        def loop() -> None:
+            for x3d, x2d, k in arrays:
+                cv2.solvePnP(x3d, x2d, k, None, flags=flag)
+
+        seconds = _timed(loop, max(3, repeats // 4), sync)
+    else:
+        batch = 32
+        layer = EProPnP6DoF() if case.startswith("mc6") else EProPnP4DoF()
+        dof = layer.space.tangent_dim
+        p = random_problems(batch, 512, dof=dof, noise_std=1.0, generator=gen, device=device)
+        loss_fn = MonteCarloPoseLoss()
+
+        def step() -> None:
+            x3d, x2d, w2d = (t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+            g = torch.Generator(device=device).manual_seed(1)
+            res = layer(x3d, x2d, w2d, p.cam_mats, pose_target=p.pose, generator=g,
+                        with_step=False)
+            loss_fn(res).backward()
+
+        seconds = _timed(step, max(3, repeats // 2), sync)
+    if device.startswith("cuda"):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median, best = seconds
+    return {"case": case, "ms_total": median * 1e3, "ms_best": best * 1e3,
+            "ms_per_problem": median * 1e3 / batch, "ms_per_problem_best": best * 1e3 / batch,
+            "batch": batch, "peak_mb": peak_mb}
+
+
+def table(rows: list[dict[str, float | int | str]], device: str, threads: int) -> str:
+    """Markdown table of the measurements."""
+    cpu = platform.processor() or platform.machine()
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name()
+        mem = "peak GPU memory (MiB)"
+    else:
+        where = f"CPU {cpu}, {threads} threads"
+        mem = "peak RSS (MiB)"
+    out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats.", "",
+           f"| case | ms per call | ms per problem | {mem} |", "|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(
+            f"| {CASES[str(r['case'])]} | {float(r['ms_total']):.2f} ({float(r['ms_best']):.2f}) "
+            f"| {float(r['ms_per_problem']):.4f} ({float(r['ms_per_problem_best']):.4f}) "
+            f"| {float(r['peak_mb']):.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="EPro-PnP benchmark")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--write-readme", action="store_true",
+                        help="replace the table between the markers in bench/README.md")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.case:
+        print(json.dumps(run_case(args.case, args.device, args.repeats)))
+        return
+    rows = []
+    for case in args.cases:
+        if case.startswith("cv_") and args.device != "cpu":
+            continue
+        cmd = [sys.executable, __file__, "--case", case, "--device", args.device,
+               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"{case}: {rows[-1]['ms_total']:.2f} ms", file=sys.stderr)
+    md = table(rows, args.device, args.threads)
+    print(md)
+    if args.write_readme:
+        readme = Path(__file__).with_name("README.md")
+        text = readme.read_text()
+        marker = f"<!-- table:{args.device.split(':')[0]} -->"
+        end = f"<!-- /table:{args.device.split(':')[0]} -->"
+        pattern = re.compile(re.escape(marker) + ".*?" + re.escape(end), re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"markers {marker} ... {end} not found in {readme}")
+        readme.write_text(pattern.sub(lambda _: f"{marker}\n{md}\n{end}", text))
+
+
+if __name__ == "__main__":
+    main()
