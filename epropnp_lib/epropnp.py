@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions import (
     AngularCentralGaussian,
     MultivariateT,
@@ -43,6 +44,7 @@ from epropnp_lib.pnp.solver import (
     SolveStatus,
     normal_equations,
     solve_pnp,
+    solve_validated,
     validate_problem,
 )
 
@@ -193,13 +195,14 @@ class EProPnPBase(nn.Module, ABC):
         """
         cfg = self.config
         space = self.space
+        # Checked once; invalid elements are replaced by benign problems (never NaN gradients).
+        prob = validate_problem(space, x3d, x2d, w2d, cam_mats, pose_init)
         if pose_target is not None:
-            validate_problem(space, x3d, x2d, w2d, cam_mats, pose_target)
-        sol = self.solve(x3d, x2d, w2d, cam_mats, pose_init)
-        valid = sol.status <= SolveStatus.MAX_ITERATIONS
-        # Work on sanitised inputs so invalid elements never produce NaN gradients.
-        prob = validate_problem(space, x3d, x2d, w2d, cam_mats)
-        keep = valid & prob.valid
+            dims = check_shape(x3d, ["B", "N", 3], "x3d")
+            check_shape(pose_target, ["B", space.dim], "pose_target", dims)
+            check_float_tensors(x3d=x3d, pose_target=pose_target)
+        sol = solve_validated(space, prob, cfg.solver)
+        keep = sol.status <= SolveStatus.MAX_ITERATIONS
         pose_star = torch.where(keep[:, None], sol.pose, self._fallback_pose(prob.x3d, sol.pose))
         delta = cfg.solver.huber.threshold(prob.x2d, prob.w2d)
 
@@ -214,7 +217,7 @@ class EProPnPBase(nn.Module, ABC):
         log_q: list[list[torch.Tensor]] = []
         proposals = [proposal]
         n_it, k = cfg.num_iterations, cfg.num_samples
-        log_v = pose_star.new_zeros(0)
+        log_mix = pose_star.new_zeros(0)
         for it in range(n_it):
             new = self._sample(proposals[it], k, generator)  # (K', B, dim)
             samples.append(new)
@@ -224,14 +227,15 @@ class EProPnPBase(nn.Module, ABC):
                 for tau in range(it):
                     log_q[tau].append(self._log_prob(proposals[it], samples[tau]))
                 log_q.append([self._log_prob(p, new) for p in proposals])
-                mix = torch.stack([torch.stack(row).logsumexp(0) for row in log_q]) - math.log(
-                    it + 1
-                )  # (it + 1, K', B)
-                log_v = torch.cat(log_p).detach() - mix.flatten(0, 1)
+                # log of the mixture of all proposals so far at every sample: (it + 1) K', B
+                log_mix = torch.stack(
+                    [torch.stack(row).logsumexp(0) for row in log_q]
+                ).flatten(0, 1) - math.log(it + 1)
                 if it + 1 < n_it:
+                    log_v = torch.cat(log_p).detach() - log_mix
                     proposals.append(self._fit(torch.cat(samples), log_v))
         pose_samples = torch.cat(samples)
-        log_weights = torch.cat(log_p) - (torch.cat(log_p).detach() - log_v)
+        log_weights = torch.cat(log_p) - log_mix
         log_normalizer = log_weights.logsumexp(0) - math.log(n_it * k)
 
         target_cost = None

@@ -274,9 +274,18 @@ def solve_pnp(
         >>> bool((sol.pose - p.pose).abs().max() < 1e-3)
         True
     """
-    cfg = config or SolverConfig()
     space = pose_space(dof)
     prob = validate_problem(space, x3d, x2d, w2d, cam_mats, pose_init)
+    return solve_validated(space, prob, config or SolverConfig())
+
+
+@torch.no_grad()
+def solve_validated(
+    space: type[PoseSpace], prob: ValidatedProblem, cfg: SolverConfig
+) -> PnPSolution:
+    """:func:`solve_pnp` on a problem already checked by :func:`validate_problem` (for
+    callers that need the sanitised tensors themselves, so the checks run once)."""
+    dof = space.tangent_dim
     delta = cfg.huber.threshold(prob.x2d, prob.w2d)
 
     def evaluator(reps: int) -> Evaluate:
@@ -295,19 +304,19 @@ def solve_pnp(
         return evaluate
 
     evaluate = evaluator(1)
-    batch = x3d.shape[0]
+    batch, num_points = prob.x3d.shape[:2]
     w_point = prob.w2d.sum(-1)  # (B, N)
     # Cost if every residual were as large as the 2D spread, times relative round-off squared.
     spread2 = prob.x2d.var(dim=-2).sum(-1)
     cost_scale = 0.5 * (prob.w2d * prob.w2d).sum(dim=(-2, -1)) * spread2
-    cost_floor = cost_scale * (100.0 * torch.finfo(x3d.dtype).eps) ** 2
+    cost_floor = cost_scale * (100.0 * torch.finfo(prob.x3d.dtype).eps) ** 2
     if prob.pose_init is not None:
         pose = space.canonical(prob.pose_init)
     else:
         init = init_6dof if dof == 6 else init_4dof
         cands = init(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # (C, B, dim)
         cands = torch.where(torch.isfinite(cands), cands, cands[:1].nan_to_num(0.0))
-        if dof == 6 and x3d.shape[1] < cfg.multi_start_below:
+        if dof == 6 and num_points < cfg.multi_start_below:
             hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
             starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
             n_starts = starts.shape[0]
@@ -331,7 +340,7 @@ def solve_pnp(
     pose = st.pose
 
     # The Hessian carries the round-off of the input dtype: scale the threshold with it.
-    rcond = max(cfg.degenerate_rcond, 10.0 * torch.finfo(x3d.dtype).eps)
+    rcond = max(cfg.degenerate_rcond, 10.0 * torch.finfo(prob.x3d.dtype).eps)
     cov, degenerate = laplace_covariance(st.hess.double(), rcond)
     cov = cov.to(pose.dtype)
     # Most of the weight behind the camera is degenerate too.

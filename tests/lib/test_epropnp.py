@@ -161,3 +161,18 @@ def test_running_norm_factor_updates_only_in_training() -> None:
     loss_fn.eval()
     loss_fn(res, norm_factor=100.0)
     assert loss_fn.norm_factor.item() == pytest.approx(2.0)
+
+
+def test_layer_boundary_errors_name_the_argument() -> None:
+    from epropnp_lib.errors import DegenerateInputError, DTypeError, ShapeError
+
+    p = random_problems(2, 16, generator=_gen(14))
+    layer = EProPnP6DoF(MonteCarloConfig(num_iterations=1, num_samples=8))
+    with pytest.raises(ShapeError, match="pose_target"):
+        layer(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_target=p.pose[:, :4])
+    with pytest.raises(DTypeError):
+        layer(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_target=p.pose.double())
+    with pytest.raises(ShapeError, match="w2d"):
+        layer(p.x3d, p.x2d, p.w2d[:, :, :1], p.cam_mats)
+    with pytest.raises(DegenerateInputError):
+        layer(p.x3d[:, :3], p.x2d[:, :3], p.w2d[:, :3], p.cam_mats)
