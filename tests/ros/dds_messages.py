@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
 DETECTIONS_TOPIC = "epropnp_test/detections"
 TF_TOPIC = "epropnp_test/tf"
+
+#: Both sides' QoS: reliable and transient-local, so a message sent before the match arrives.
+QOS = QoSProfile(
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 #: A symmetric positive-definite 6x6 pose covariance (x, y, z, rot_x, rot_y, rot_z), row-major,
 #: with distinct diagonal entries and non-zero off-diagonal couplings.

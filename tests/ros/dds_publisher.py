@@ -17,23 +17,17 @@ import time
 
 import rclpy
 from rclpy.duration import Duration
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
 from dds_messages import (
     DETECTIONS_TOPIC,
+    QOS,
     TF_TOPIC,
     build_detections,
     build_tf,
     detections_to_data,
     tf_to_data,
-)
-
-QOS = QoSProfile(
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 
 

@@ -16,17 +16,10 @@ import time
 from typing import Any
 
 import rclpy
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
-from dds_messages import DETECTIONS_TOPIC, TF_TOPIC, detections_to_data, tf_to_data
-
-QOS = QoSProfile(
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
+from dds_messages import DETECTIONS_TOPIC, QOS, TF_TOPIC, detections_to_data, tf_to_data
 
 
 def main() -> int:
