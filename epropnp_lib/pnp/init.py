@@ -83,9 +83,18 @@ def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
     return torch.cat((x, torch.ones_like(x[..., :1])), dim=-1)
 
 
+def _finite_or_identity(m: torch.Tensor) -> torch.Tensor:
+    """``m: (B, D, D)`` with non-finite matrices replaced by the identity: LAPACK routines
+    (SVD, eigh) may fail for a whole batch on one NaN matrix.  Such elements end up with a
+    poor initial pose, which the solver reports; the batch is never aborted."""
+    ok = torch.isfinite(m).flatten(-2).all(-1)
+    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+    return torch.where(ok[..., None, None], m, eye)
+
+
 def _polar_rotation(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Closest rotation ``(B, 3, 3)`` to ``m: (B, 3, 3)`` and the mean singular value ``(B,)``."""
-    u, s, vh = torch.linalg.svd(m)
+    u, s, vh = torch.linalg.svd(_finite_or_identity(m))
     d = torch.linalg.det(u @ vh)
     fix = torch.ones_like(s)
     fix[..., 2] = d
@@ -148,7 +157,7 @@ def homography_6dof(
     c3, _ = _weighted_center_scale(x3d, w, 1.0)
     xc = x3d - c3[..., None, :]
     cov = (xc * w[..., None]).transpose(-1, -2) @ xc
-    _, evecs = torch.linalg.eigh(cov)
+    _, evecs = torch.linalg.eigh(_finite_or_identity(cov))
     e1, e2 = evecs[..., 2], evecs[..., 1]
     basis = torch.stack((e1, e2, torch.linalg.cross(e1, e2, dim=-1)), dim=-1)  # columns
     ab = (xc.unsqueeze(-2) @ basis[..., :2].unsqueeze(-3)).squeeze(-2)  # (B, N, 2)
@@ -199,7 +208,9 @@ def init_6dof(
     else:
         c3, _ = _weighted_center_scale(x3d64, w, 1.0)
         xc = x3d64 - c3[..., None, :]
-        evals = torch.linalg.eigvalsh((xc * w[..., None]).transpose(-1, -2) @ xc)
+        evals = torch.linalg.eigvalsh(
+            _finite_or_identity((xc * w[..., None]).transpose(-1, -2) @ xc)
+        )
         need = ~(evals[..., 0] > PLANARITY_RATIO * evals[..., 2])  # NaN-safe
     homog = dlt.clone()
     idx = need.nonzero().squeeze(-1)

@@ -232,9 +232,13 @@ def laplace_covariance(
     scale = torch.where(d_ok, d, torch.ones_like(d)).rsqrt()
     hs = hess * scale[..., :, None] * scale[..., None, :]
     hs = 0.5 * (hs + hs.transpose(-1, -2))
+    # A non-finite Hessian (overflow) must not make eigh fail for the whole batch.
+    finite = torch.isfinite(hs).flatten(-2).all(-1)
+    hs = torch.where(finite[..., None, None], hs, torch.eye(hs.shape[-1], dtype=hs.dtype,
+                                                             device=hs.device))
     evals, evecs = torch.linalg.eigh(hs)
     degenerate = ~d_ok.all(-1) | (evals[..., 0] <= rcond * evals[..., -1].clamp_min(1e-300))
-    degenerate |= ~torch.isfinite(evals).all(-1)
+    degenerate |= ~finite
     inv_evals = torch.where(degenerate[..., None], torch.nan, 1.0 / evals.clamp_min(1e-300))
     cov_s = (evecs * inv_evals[..., None, :]) @ evecs.transpose(-1, -2)
     cov = cov_s * scale[..., :, None] * scale[..., None, :]

@@ -232,3 +232,30 @@ def test_initial_pose_behind_camera() -> None:
         x_cam = transform_points(p.x3d[5], Pose6DoF.rotation(sol.pose[5]), sol.pose[5, :3])
         assert (x_cam[:, 2] > 0).all()
         assert rot_err[5] < 1e-6
+
+
+def test_laplace_covariance_survives_non_finite_hessians() -> None:
+    from epropnp_lib.pnp.solver import laplace_covariance
+
+    a = torch.randn(4, 6, 6, generator=_gen(13), dtype=torch.float64)
+    hess = a @ a.mT + torch.eye(6, dtype=torch.float64)
+    hess[1, 2, 3] = float("nan")
+    hess[2, 0, 0] = float("inf")
+    cov, degenerate = laplace_covariance(hess, 1e-10)
+    assert degenerate.tolist() == [False, True, True, False]
+    assert torch.isnan(cov[1:3]).all()
+    assert torch.allclose(cov[[0, 3]], torch.linalg.inv(hess[[0, 3]]))
+
+
+@pytest.mark.parametrize("value", [1e30, -1e30, 1e-30])
+def test_extreme_finite_values_in_one_element_never_abort_the_batch(value: float) -> None:
+    p = random_problems(64, 16, noise_std=0.5, generator=_gen(14))
+    x2d, x3d = p.x2d.clone(), p.x3d.clone()
+    x2d[9] = value
+    x3d[9, :4] = value
+    sol = solve_pnp(x3d, x2d, p.w2d, p.cam_mats)
+    others = torch.arange(64) != 9
+    assert (sol.status[others] == SolveStatus.CONVERGED).all()
+    assert torch.isfinite(sol.pose[others]).all()
+    if sol.status[9] != SolveStatus.DEGENERATE:  # if it claims success, its numbers are finite
+        assert torch.isfinite(sol.pose[9]).all() and torch.isfinite(sol.covariance[9]).all()
