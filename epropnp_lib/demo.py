@@ -33,7 +33,7 @@ def run(batch: int, points: int, noise: float, seed: int, device: str) -> None:
         gen = torch.Generator().manual_seed(seed)
         prob = random_problems(batch, points, dof=dof, noise_std=noise, generator=gen,
                                device=device)
-        layer.solve(prob.x3d[:2], prob.x2d[:2], prob.w2d[:2], prob.cam_mats[:2])  # warm-up
+        layer.solve(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # warm-up (first-call costs)
         t0 = time.perf_counter()
         sol = layer.solve(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
         solve_ms = (time.perf_counter() - t0) * 1e3
@@ -42,7 +42,8 @@ def run(batch: int, points: int, noise: float, seed: int, device: str) -> None:
         counts = {s.name: int((sol.status == s).sum()) for s in SolveStatus}
         print(f"=== EPro-PnP {dof}DoF: B={batch} problems, N={points} points, "
               f"{noise} px noise, weights 1/sigma, device {device} ===")
-        print(f"solve: {solve_ms:.1f} ms for the batch ({solve_ms / batch * 1e3:.1f} us/problem), "
+        print(f"solve (second call): {solve_ms:.1f} ms for the batch "
+              f"({solve_ms / batch * 1e3:.1f} us/problem), "
               f"status {counts}")
         print(f"median error: rotation {rot_err.median():.4f} deg, "
               f"translation {t_err.median():.5f} (units of the object points)")
@@ -54,11 +55,12 @@ def run(batch: int, points: int, noise: float, seed: int, device: str) -> None:
             print("   " + " ".join(f"{v:11.3e}" for v in row.tolist()))
         gen_mc = torch.Generator(device=device).manual_seed(seed)
         sub = slice(0, min(batch, 32))
-        t0 = time.perf_counter()
-        res = layer(prob.x3d[sub], prob.x2d[sub], prob.w2d[sub], prob.cam_mats[sub],
-                    pose_target=prob.pose[sub], generator=gen_mc)
-        loss = MonteCarloPoseLoss()(res)
-        mc_ms = (time.perf_counter() - t0) * 1e3
+        for _ in range(2):  # the second call is timed
+            t0 = time.perf_counter()
+            res = layer(prob.x3d[sub], prob.x2d[sub], prob.w2d[sub], prob.cam_mats[sub],
+                        pose_target=prob.pose[sub], generator=gen_mc.manual_seed(seed))
+            loss = MonteCarloPoseLoss()(res)
+            mc_ms = (time.perf_counter() - t0) * 1e3
         post = layer.posterior_samples(prob.x3d[:1], prob.x2d[:1], prob.w2d[:1],
                                        prob.cam_mats[:1], 1000, gen_mc)[:, 0]
         pos_std = post[:, :3].std(dim=0)
