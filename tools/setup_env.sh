@@ -10,6 +10,7 @@
 # Environment:
 #   EPROPNP_VENV    venv location (default: <repo>/.venv)
 #   EPROPNP_PYTHON  Python 3.11 interpreter to build the venv from (default: python3.11)
+#   EPROPNP_LOCK    pinned requirements to install (default: <repo>/requirements/lock.txt)
 #
 # Idempotent. A stamp file in the venv holds a hash of everything the venv is built from
 # (lock.txt, the interface definitions, this script's SETUP_VERSION, the interpreter, ROS_DISTRO).
@@ -28,7 +29,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EPROPNP_VENV:-$REPO/.venv}"
 VENV="${VENV%/}"
 PYTHON="${EPROPNP_PYTHON:-python3.11}"
-LOCK="$REPO/requirements/lock.txt"
+LOCK="${EPROPNP_LOCK:-$REPO/requirements/lock.txt}"
 STAMP="$VENV/.epropnp-setup-stamp"
 PROJECT_STAMP="$VENV/.epropnp-project-stamp"
 INTERFACE_PKGS=(vision_msgs tf2_msgs)

@@ -157,3 +157,27 @@ def test_missing_build_tools_fail_before_anything_is_created(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "needs cmake >= 3.22, ninja" in result.stderr
     assert not venv.exists()
+
+
+def test_failed_wheel_install_stops_with_the_step_and_package_and_no_stamp(
+    tmp_path: Path,
+) -> None:
+    """A pinned package that cannot be installed stops the set-up, naming the step (and pip
+    names the package); the half-built venv carries no stamp, so the next run rebuilds it."""
+    lock = tmp_path / "lock.txt"
+    lock.write_text("epropnp-no-such-package==0.0.1\n")
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"_ROS_WHEELS_BOOTSTRAP_COMPLETE", "EPROPNP_PYTHON"}}
+    env.update(EPROPNP_VENV=str(venv), EPROPNP_LOCK=str(lock),
+               EPROPNP_PYTHON=getattr(sys, "_base_executable", "") or sys.executable)
+    result = subprocess.run(
+        ["bash", str(SCRIPT)], env=env, cwd=str(REPO), capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert result.returncode != 0
+    assert "step 'pip install -r requirements/lock.txt' failed" in result.stderr
+    assert "epropnp-no-such-package" in result.stdout + result.stderr
+    assert not (venv / STAMP_NAME).exists()
+    check = _run(venv, getattr(sys, "_base_executable", "") or sys.executable, "--check")
+    assert check.returncode == 1  # not up to date: would be rebuilt
