@@ -14,8 +14,58 @@ def quat_normalize(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def _constant(key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached copy of one of the bilinear-form constants below on ``dtype``/``device``."""
+    cache_key = (key, dtype, device)
+    value = _CONSTANTS.get(cache_key)
+    if value is None:
+        value = _CONSTANT_VALUES[key].to(dtype=dtype, device=device)
+        _CONSTANTS[cache_key] = value
+    return value
+
+
+def _product_table() -> torch.Tensor:
+    """``(16, 4)``: row ``4 j + k`` holds the coefficients of ``a_j b_k`` in ``a * b``."""
+    table = torch.zeros(4, 4, 4, dtype=torch.float64)
+    # (w, x, y, z) Hamilton product written as sum_jk T[j, k, i] a_j b_k.
+    entries = [
+        (0, 0, 0, 1), (1, 1, 0, -1), (2, 2, 0, -1), (3, 3, 0, -1),
+        (0, 1, 1, 1), (1, 0, 1, 1), (2, 3, 1, 1), (3, 2, 1, -1),
+        (0, 2, 2, 1), (1, 3, 2, -1), (2, 0, 2, 1), (3, 1, 2, 1),
+        (0, 3, 3, 1), (1, 2, 3, 1), (2, 1, 3, -1), (3, 0, 3, 1),
+    ]
+    for j, k, i, sign in entries:
+        table[j, k, i] = sign
+    return table.reshape(16, 4)
+
+
+def _rotation_table() -> torch.Tensor:
+    """``(16, 9)``: ``R.flatten() = I.flatten() + vec(q q^T) @ table`` for unit ``q``."""
+    table = torch.zeros(4, 4, 9, dtype=torch.float64)
+    # (row-major index of R, [(j, k, coefficient of q_j q_k)])
+    terms = {
+        0: [(2, 2, -2), (3, 3, -2)], 1: [(1, 2, 2), (0, 3, -2)], 2: [(1, 3, 2), (0, 2, 2)],
+        3: [(1, 2, 2), (0, 3, 2)], 4: [(1, 1, -2), (3, 3, -2)], 5: [(2, 3, 2), (0, 1, -2)],
+        6: [(1, 3, 2), (0, 2, -2)], 7: [(2, 3, 2), (0, 1, 2)], 8: [(1, 1, -2), (2, 2, -2)],
+    }
+    for idx, items in terms.items():
+        for j, k, c in items:
+            table[j, k, idx] = c
+    return table.reshape(16, 9)
+
+
+_CONSTANT_VALUES = {
+    "product": _product_table(),
+    "rotation": _rotation_table(),
+    "identity": torch.eye(3, dtype=torch.float64).reshape(9),
+}
+_CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``(..., 3, 3)`` of unit quaternions ``q: (..., 4)`` (w, x, y, z).
+
+    Computed as one bilinear form of ``q`` (few kernel launches; this is on every hot path).
 
     Example::
 
@@ -24,16 +74,10 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
                 [0., 1., 0.],
                 [0., 0., 1.]])
     """
-    w, x, y, z = q.unbind(-1)
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    wx, wy, wz = w * x, w * y, w * z
-    rows = (
-        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
-    )
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
+    outer = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)  # (..., 16)
+    table = _constant("rotation", q.dtype, q.device)
+    eye = _constant("identity", q.dtype, q.device)
+    return torch.addmm(eye, outer.reshape(-1, 16), table).reshape(q.shape[:-1] + (3, 3))
 
 
 def matrix_to_quat(rot: torch.Tensor) -> torch.Tensor:
@@ -69,17 +113,8 @@ def matrix_to_quat(rot: torch.Tensor) -> torch.Tensor:
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamilton product ``a * b`` of quaternions ``(..., 4)`` (broadcasting)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        (
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ),
-        dim=-1,
-    )
+    outer = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (..., 16)
+    return outer @ _constant("product", outer.dtype, outer.device)
 
 
 def quat_exp(phi: torch.Tensor) -> torch.Tensor:
