@@ -54,7 +54,36 @@ def _rotation_table() -> torch.Tensor:
     return table.reshape(16, 9)
 
 
+def _m2q_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(9, 16)`` map and ``(16,)`` offset from ``R.flatten()`` to the rows ``4 q_k q``."""
+    table = torch.zeros(9, 4, 4, dtype=torch.float64)
+    offset = torch.zeros(4, 4, dtype=torch.float64)
+    m = {(i, j): 3 * i + j for i in range(3) for j in range(3)}
+    # row k, column c: [(entry of R, sign)] + constant
+    spec = {
+        (0, 0): ([((0, 0), 1), ((1, 1), 1), ((2, 2), 1)], 1.0),
+        (0, 1): ([((2, 1), 1), ((1, 2), -1)], 0.0),
+        (0, 2): ([((0, 2), 1), ((2, 0), -1)], 0.0),
+        (0, 3): ([((1, 0), 1), ((0, 1), -1)], 0.0),
+        (1, 1): ([((0, 0), 1), ((1, 1), -1), ((2, 2), -1)], 1.0),
+        (1, 2): ([((1, 0), 1), ((0, 1), 1)], 0.0),
+        (1, 3): ([((0, 2), 1), ((2, 0), 1)], 0.0),
+        (2, 2): ([((0, 0), -1), ((1, 1), 1), ((2, 2), -1)], 1.0),
+        (2, 3): ([((2, 1), 1), ((1, 2), 1)], 0.0),
+        (3, 3): ([((0, 0), -1), ((1, 1), -1), ((2, 2), 1)], 1.0),
+    }
+    for (k, c), (entries, const) in spec.items():
+        for (k2, c2) in {(k, c), (c, k)}:  # the rows form a symmetric matrix
+            for idx, sign in entries:
+                table[m[idx], k2, c2] = sign
+            offset[k2, c2] = const
+    return table.reshape(9, 16), offset.reshape(16)
+
+
+_M2Q, _M2Q_OFFSET = _m2q_tables()
 _CONSTANT_VALUES = {
+    "m2q": _M2Q,
+    "m2q_offset": _M2Q_OFFSET,
     "product": _product_table(),
     "rotation": _rotation_table(),
     "identity": torch.eye(3, dtype=torch.float64).reshape(9),
@@ -83,32 +112,18 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
 def matrix_to_quat(rot: torch.Tensor) -> torch.Tensor:
     """Unit quaternions ``(..., 4)`` (w >= 0) of rotation matrices ``rot: (..., 3, 3)``.
 
-    Uses the numerically stable branch selection (largest of the four squared components).
+    Shepperd's method without branches: the four rows ``4 q_k q`` (each linear in the entries
+    of ``R``) are formed with one matrix product, and the row with the largest ``4 q_k^2`` --
+    the best-conditioned one -- is normalised.
     """
-    m = rot
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # 4 * squared components, each from the best-conditioned combination.
-    sq = torch.stack(
-        (1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22),
-        dim=-1,
-    ).clamp_min(0.0)
-    cand = torch.stack(
-        (
-            torch.stack((sq[..., 0], m[..., 2, 1] - m[..., 1, 2],
-                         m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]), -1),
-            torch.stack((m[..., 2, 1] - m[..., 1, 2], sq[..., 1],
-                         m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]), -1),
-            torch.stack((m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1],
-                         sq[..., 2], m[..., 2, 1] + m[..., 1, 2]), -1),
-            torch.stack((m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0],
-                         m[..., 2, 1] + m[..., 1, 2], sq[..., 3]), -1),
-        ),
-        dim=-2,
-    )  # (..., 4, 4): row k is 4 * q_k * q
-    best = sq.argmax(dim=-1, keepdim=True)
-    q = torch.take_along_dim(cand, best[..., None], dim=-2).squeeze(-2)
+    flat = rot.reshape(-1, 9)
+    rows = torch.addmm(_constant("m2q_offset", rot.dtype, rot.device), flat,
+                       _constant("m2q", rot.dtype, rot.device)).view(-1, 4, 4)
+    best = rows.diagonal(dim1=-2, dim2=-1).argmax(-1)  # (M,)
+    q = torch.take_along_dim(rows, best[:, None, None], dim=-2).squeeze(-2)
     q = quat_normalize(q)
-    return torch.where(q[..., :1] < 0, -q, q)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(rot.shape[:-2] + (4,))
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -408,30 +408,48 @@ def _optimize(
     converged = torch.zeros(batch, dtype=torch.bool, device=device)
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
     tol = max(cfg.tolerance, 100.0 * torch.finfo(pose.dtype).eps)
-    for _ in range(cfg.max_iterations):
-        idx = active.nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            break
-        iters[idx] += 1
-        s_pose, s_cost, s_hess, s_grad = st.pose[idx], st.cost[idx], st.hess[idx], st.grad[idx]
-        s_damp, s_nu = damping[idx], nu[idx]
+    for it in range(cfg.max_iterations):
+        # idx: the active elements, or None while all are active (no gathers needed).
+        idx: torch.Tensor | None = None
+        if it > 0:
+            idx = active.nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                break
+            if idx.numel() == batch:
+                idx = None
+
+        def where_(mask: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+            """Indexer of the elements selected by ``mask`` (over the current subset)."""
+            return mask if idx is None else idx[mask]
+
+        def sub(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+            return t if idx is None else t[idx]
+
+        if idx is None:
+            iters += 1
+        else:
+            iters[idx] += 1
+        s_pose, s_cost, s_hess, s_grad = (sub(t, idx) for t in st[:4])
+        s_damp, s_nu = sub(damping, idx), sub(nu, idx)
         step, ok = _solve_spd(_damped(s_hess, s_damp), -s_grad)
         small_step = step.norm(dim=-1) <= tol * (1.0 + s_pose[:, :3].norm(dim=-1))
         # Converged without evaluating: the next near-Gauss-Newton step is negligible.
         done_now = ok & small_step & (s_damp < 1.0)
-        converged[idx[done_now]] = True
-        active[idx[done_now]] = False
-        go = ~done_now
-        idx, step, ok, small_step = idx[go], step[go], ok[go], small_step[go]
-        s_pose, s_cost, s_hess, s_grad = s_pose[go], s_cost[go], s_hess[go], s_grad[go]
-        s_damp, s_nu = s_damp[go], s_nu[go]
-        if idx.numel() == 0:
-            break
+        if bool(done_now.any()):
+            converged[where_(done_now, idx)] = True
+            active[where_(done_now, idx)] = False
+            go = ~done_now
+            idx = go.nonzero().squeeze(-1) if idx is None else idx[go]
+            if idx.numel() == 0:
+                break
+            step, ok, small_step = step[go], ok[go], small_step[go]
+            s_pose, s_cost, s_hess, s_grad = s_pose[go], s_cost[go], s_hess[go], s_grad[go]
+            s_damp, s_nu = s_damp[go], s_nu[go]
         new_pose = space.retract(s_pose, step)
-        new = _state(new_pose, evaluate(new_pose, idx), w_point[idx])
+        new = _state(new_pose, evaluate(new_pose, idx), sub(w_point, idx))
         decrease = s_cost - new.cost
         finite = torch.isfinite(new.cost) & torch.isfinite(new_pose).all(-1)
-        small_cost = decrease.abs() <= tol * s_cost.abs().clamp_min(1e-30) + cost_floor[idx]
+        small_cost = decrease.abs() <= tol * s_cost.abs().clamp_min(1e-30) + sub(cost_floor, idx)
         if lm:
             h_step = (s_hess @ step.unsqueeze(-1)).squeeze(-1)
             predicted = -(s_grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
@@ -440,22 +458,29 @@ def _optimize(
             accept = ok & finite & (decrease >= 0)
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
             stalled = ~accept & ok & small_cost & small_step
-            damping[idx] = torch.where(
+            new_damp = torch.where(
                 accept,
                 s_damp * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
                 s_damp * s_nu,
             ).clamp(1e-12, 1e12)
-            nu[idx] = torch.where(accept, torch.full_like(s_nu, 2.0), s_nu * 2.0)
-            hopeless = damping[idx] >= 1e12
+            new_nu = torch.where(accept, torch.full_like(s_nu, 2.0), s_nu * 2.0)
+            if idx is None:
+                damping, nu = new_damp, new_nu
+            else:
+                damping[idx], nu[idx] = new_damp, new_nu
+            hopeless = new_damp >= 1e12
         else:
             accept = ok & finite
             near_gn = accept
             stalled = ~accept & ok & small_cost
             hopeless = ~ok
-        acc = idx[accept]
-        for full, part in zip(st, new, strict=True):
-            full[acc] = part[accept]
+        if idx is None and bool(accept.all()):
+            st = new
+        else:
+            target = where_(accept, idx)
+            for full, part in zip(st, new, strict=True):
+                full[target] = part[accept]
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
-        converged[idx[now_converged]] = True
-        active[idx[now_converged | hopeless]] = False
+        converged[where_(now_converged, idx)] = True
+        active[where_(now_converged | hopeless, idx)] = False
     return st, iters, converged

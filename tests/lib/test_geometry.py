@@ -157,3 +157,19 @@ def test_cost_gradcheck_wrt_correspondences(space: type[PoseSpace]) -> None:
 
     args = tuple(t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
     assert torch.autograd.gradcheck(cost, args)
+
+
+def test_matrix_to_quat_at_half_turns_and_identity() -> None:
+    """Every branch of Shepperd's method: identity and half turns about each axis and a
+    diagonal axis (where w = 0 and the w-row is useless)."""
+    s = 0.5**0.5
+    quats = torch.tensor(
+        [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0], [0, s, s, 0],
+         [0, 0, s, -s], [s, 0, 0, s]],
+        dtype=torch.float64,
+    )
+    back = matrix_to_quat(quat_to_matrix(quats))
+    # q and -q are the same rotation: compare up to sign.
+    dots = (back * quats).sum(-1).abs()
+    assert torch.allclose(dots, torch.ones_like(dots), atol=1e-12)
+    assert torch.allclose(quat_to_matrix(back), quat_to_matrix(quats), atol=1e-12)
