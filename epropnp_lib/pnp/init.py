@@ -189,10 +189,11 @@ PLANARITY_RATIO = 0.05
 def init_6dof(
     x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor
 ) -> torch.Tensor:
-    """Candidate initial 6DoF poses ``(2, B, 7)`` (DLT, homography) in the input dtype.
+    """Candidate initial 6DoF poses ``(C, B, 7)`` (DLT, homography) in the input dtype.
 
     For clearly non-planar point sets (see :data:`PLANARITY_RATIO`) the second candidate
-    repeats the DLT.
+    repeats the DLT; when that holds for the whole batch only the DLT is returned (``C = 1``),
+    so the solver does not evaluate the same pose twice.
 
     Args:
         x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3, 3)``.
@@ -212,11 +213,12 @@ def init_6dof(
             _finite_or_identity((xc * w[..., None]).transpose(-1, -2) @ xc)
         )
         need = ~(evals[..., 0] > PLANARITY_RATIO * evals[..., 2])  # NaN-safe
-    homog = dlt.clone()
     idx = need.nonzero().squeeze(-1)
-    if idx.numel() > 0:
-        rot_h, t_h = homography_6dof(x3d64[idx], xn[idx], w[idx])
-        homog[idx] = torch.cat((t_h, matrix_to_quat(rot_h)), dim=-1)
+    if idx.numel() == 0:
+        return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
+    homog = dlt.clone()
+    rot_h, t_h = homography_6dof(x3d64[idx], xn[idx], w[idx])
+    homog[idx] = torch.cat((t_h, matrix_to_quat(rot_h)), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)
 
 
