@@ -1,0 +1,1 @@
+"""Dataset readers, format-faithful generators and synthetic data (ROS-free)."""

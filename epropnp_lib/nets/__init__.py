@@ -1,0 +1,1 @@
+"""Networks that predict 2D-3D correspondences and weights for the EPro-PnP layer."""

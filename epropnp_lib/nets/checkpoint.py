@@ -1,0 +1,131 @@
+"""Checkpoint files: a model's weights together with the config that builds it.
+
+A checkpoint is a ``torch.save`` of a plain dict::
+
+    {"format": "epropnp-checkpoint", "format_version": 1, "kind": str,
+     "config": dict (plain values), "state_dict": {name: Tensor}, "extra": dict}
+
+so that it loads with ``torch.load(weights_only=True)`` (no pickled classes, no code runs on
+load).  ``kind`` names what the file holds (``"dense_correspondence_net"``,
+``"deformable_correspondence_net"``, ``"training_state"``, ...): loading a file of the wrong kind
+is an error, not a silent partial load.  Files are written to a temporary name in the same
+directory and renamed, so an interrupted save never leaves a truncated checkpoint under the
+final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from epropnp_lib.errors import ConfigError
+
+__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+_FORMAT = "epropnp-checkpoint"
+#: Version of the file layout above; bumped on incompatible changes.
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file is missing, unreadable, malformed, of the wrong kind or mismatched."""
+
+
+class Checkpoint(NamedTuple):
+    """Contents of a checkpoint file."""
+
+    kind: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    format_version: int
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically (temporary file in the same directory, then rename).
+
+    Args:
+        path: destination file; parent directories are created.
+        kind: what the file holds, checked again by :func:`load_checkpoint`.
+        config: plain-value config (``epropnp_lib.dataclass_io.to_dict`` of the model config).
+        state_dict: ``model.state_dict()``; tensors are stored on the CPU.
+        extra: further plain values and tensors (metrics, optimiser state, step, RNG state).
+    """
+    if not kind:
+        raise CheckpointError("checkpoint kind must be a non-empty string")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "extra": dict(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    kind: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
+
+    Args:
+        path: checkpoint file.
+        kind: expected kind, or None to accept any.
+        map_location: device for the tensors.
+
+    Raises:
+        CheckpointError: the file does not exist, cannot be unpickled (truncated, not a torch
+            file), is not an epropnp checkpoint, has a newer format version, lacks a field, or
+            holds another kind; the message names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, ...: name the file, keep the cause
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise CheckpointError(f"{p} is not an epropnp checkpoint (no '{_FORMAT}' marker)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} has checkpoint format version {version!r}; this code reads <= {FORMAT_VERSION}"
+        )
+    for key, typ in (("kind", str), ("config", dict), ("state_dict", dict), ("extra", dict)):
+        if not isinstance(payload.get(key), typ):
+            raise CheckpointError(f"{p}: field {key!r} is missing or not a {typ.__name__}")
+    if kind is not None and payload["kind"] != kind:
+        raise CheckpointError(f"{p} holds a {payload['kind']!r} checkpoint, expected {kind!r}")
+    state = payload["state_dict"]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{p}: state_dict entries are not tensors: {bad[:5]}")
+    return Checkpoint(payload["kind"], payload["config"], state, payload["extra"], version)
