@@ -1,0 +1,299 @@
+"""Node parameters: validated dataclasses and their ROS parameter descriptors (ROS-free core).
+
+Each node's parameters are one frozen dataclass (:class:`DetectorParams`,
+:class:`PoseEstimatorParams`). Every field carries its description and its allowed range or
+choices in the field metadata; :func:`param_specs` turns them into :class:`ParamSpec` objects,
+which the nodes declare with :meth:`ParamSpec.descriptor` (a ``rcl_interfaces/ParameterDescriptor``
+with description, ``floating_point_range`` / ``integer_range`` and ``additional_constraints``).
+``__post_init__`` rejects out-of-range values with :class:`~epropnp_lib.errors.ConfigError`;
+the nodes call :func:`validate_change` from their set-parameters callback and return its reason
+in the ``SetParametersResult``, so an out-of-range ``ros2 param set`` is refused with a reason.
+
+Which parameters take effect when (documented in each description):
+
+* load-time (``checkpoint``, ``device``, ``torch_threads``): read in ``on_configure``;
+* subscription-time (topics' transport, pairing, QoS overrides): read in ``on_activate``;
+* everything else is live: read for every frame.
+
+ROS parameter types are strict: a float parameter must be written with a decimal point in YAML
+(``0.0``, not ``0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from epropnp_lib.dataclass_io import from_dict
+from epropnp_lib.errors import ConfigError
+
+ParamValue = bool | int | float | str | tuple[int, ...] | tuple[float, ...]
+P = TypeVar("P", bound="CommonParams")
+
+DEVICES = ("cpu", "cuda")
+TRANSPORTS = ("raw", "compressed")
+
+
+def _p(
+    default: Any,
+    description: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field with the parameter's description and range in its metadata."""
+    meta = {"description": description, "range": (lo, hi), "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared ROS parameter.
+
+    Attributes:
+        name: parameter name.
+        default: default value (its Python type is the parameter type; tuples are arrays).
+        description: what it does and when it takes effect.
+        lo, hi: inclusive numeric range (``None``: unbounded on that side).
+        choices: allowed string values (empty: any string).
+    """
+
+    name: str
+    default: ParamValue
+    description: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> str | None:
+        """``None`` when ``value`` is allowed, else the reason why not."""
+        if isinstance(self.default, bool):
+            return None if isinstance(value, bool) else f"{self.name} must be a bool"
+        if isinstance(self.default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"{self.name} must be a number, got {value!r}"
+            if isinstance(self.default, int) and not isinstance(value, int):
+                return f"{self.name} must be an integer, got {value!r}"
+            if not math.isfinite(value):
+                return f"{self.name} must be finite, got {value!r}"
+            if self.lo is not None and value < self.lo:
+                return f"{self.name}={value!r} is below its minimum {self.lo!r}"
+            if self.hi is not None and value > self.hi:
+                return f"{self.name}={value!r} is above its maximum {self.hi!r}"
+            return None
+        if isinstance(self.default, str):
+            if not isinstance(value, str):
+                return f"{self.name} must be a string, got {value!r}"
+            if self.choices and value not in self.choices:
+                return f"{self.name}={value!r} is not one of {', '.join(self.choices)}"
+            return None
+        # arrays
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            return f"{self.name} must be an array, got {value!r}"
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                return f"{self.name} must hold finite numbers, got {list(value)!r}"
+            if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+                return f"{self.name} entries must lie in [{self.lo}, {self.hi}], got {v!r}"
+        return None
+
+    def descriptor(self) -> Any:
+        """The ``rcl_interfaces/msg/ParameterDescriptor`` declaring this parameter (needs the
+        ROS message packages; imported here so the rest of the module stays ROS-free)."""
+        from rcl_interfaces.msg import (  # type: ignore[import-untyped]
+            FloatingPointRange,
+            IntegerRange,
+            ParameterDescriptor,
+        )
+
+        desc = ParameterDescriptor(name=self.name, description=self.description)
+        scalar_num = isinstance(self.default, int | float) and not isinstance(self.default, bool)
+        if scalar_num and self.lo is not None and self.hi is not None:
+            if isinstance(self.default, int):
+                desc.integer_range = [
+                    IntegerRange(from_value=int(self.lo), to_value=int(self.hi), step=1)
+                ]
+            else:
+                desc.floating_point_range = [
+                    FloatingPointRange(from_value=float(self.lo), to_value=float(self.hi), step=0.0)
+                ]
+        constraints = []
+        if self.choices:
+            constraints.append("one of: " + ", ".join(self.choices))
+        if isinstance(self.default, tuple) and (self.lo is not None or self.hi is not None):
+            constraints.append(f"each entry in [{self.lo}, {self.hi}]")
+        if scalar_num and (self.lo is None) != (self.hi is None):
+            constraints.append(f">= {self.lo}" if self.lo is not None else f"<= {self.hi}")
+        desc.additional_constraints = "; ".join(constraints)
+        return desc
+
+
+@dataclass(frozen=True)
+class CommonParams:
+    """Parameters shared by the detector and the pose estimator (see each field's description)."""
+
+    checkpoint: str = _p(
+        "",
+        "Path of the model checkpoint (epropnp_lib.nets.checkpoint format). Required: "
+        "configure fails without a valid one (never random weights). Read in on_configure.",
+    )
+    device: str = _p(
+        "cpu", "Inference device. Read in on_configure.", choices=DEVICES
+    )
+    torch_threads: int = _p(
+        0, "torch intra-op threads on CPU (0: leave torch's default). Read in on_configure.",
+        lo=0, hi=256,
+    )
+    autostart: bool = _p(
+        False,
+        "Console entry point only: configure and activate the lifecycle node at start-up "
+        "(there is no lifecycle manager in a plain venv).",
+    )
+    image_transport: str = _p(
+        "raw",
+        "'raw': subscribe sensor_msgs/Image on 'image'; 'compressed': "
+        "sensor_msgs/CompressedImage on 'image/compressed'. Read in on_activate.",
+        choices=TRANSPORTS,
+    )
+    pairing_tolerance: float = _p(
+        0.0,
+        "Largest |stamp(CameraInfo) - stamp(Image)| in seconds for the two to pair (0: equal "
+        "stamps). Read in on_activate.",
+        lo=0.0, hi=1.0,
+    )
+    use_latest_camera_info: bool = _p(
+        False,
+        "Pair each image with the newest CameraInfo whatever its stamp (drivers that publish "
+        "the calibration rarely). Read in on_activate.",
+    )
+    rectified: bool = _p(
+        False,
+        "The images are rectified (image_proc output): use CameraInfo P as the intrinsics and "
+        "ignore the distortion. Otherwise K and D are used and 2D points are undistorted.",
+    )
+    num_posterior_samples: int = _p(
+        32, "Equally-weighted pose samples per object on the 'pose_samples' PoseArray (0: none).",
+        lo=0, hi=1024,
+    )
+    publish_markers: bool = _p(True, "Publish the 'markers' MarkerArray.")
+    publish_tf: bool = _p(False, "Broadcast one TF frame per object on /tf.")
+    tf_child_prefix: str = _p(
+        "epropnp_object_", "Prefix of the per-object TF child frame ids (followed by the index)."
+    )
+    marker_lifetime: float = _p(
+        0.5, "Lifetime of the markers in seconds (0: forever).", lo=0.0, hi=60.0
+    )
+    diagnostics_period: float = _p(
+        1.0, "Period in seconds of the '~/diagnostics' status message.", lo=0.05, hi=60.0
+    )
+    warn_throttle: float = _p(
+        5.0, "Least seconds between two warnings of the same kind (bad input).", lo=0.0, hi=3600.0
+    )
+    seed: int = _p(
+        0, "Seed of the torch.Generator of the posterior sampling (reproducible output).",
+        lo=0, hi=2**31 - 1,
+    )
+
+    def __post_init__(self) -> None:
+        for spec in param_specs(type(self)):
+            reason = spec.check(getattr(self, spec.name))
+            if reason is not None:
+                raise ConfigError(reason)
+
+
+@dataclass(frozen=True)
+class DetectorParams(CommonParams):
+    """Parameters of the ``detector`` node (deformable correspondence network, 4DoF)."""
+
+    score_threshold: float = _p(
+        0.3, "Least detection score that is published.", lo=0.0, hi=1.0
+    )
+    max_detections: int = _p(50, "Most detections published per image.", lo=1, hi=1000)
+    input_scale: float = _p(
+        1.0,
+        "Resize factor applied to the image before the network (intrinsics scaled to match); "
+        "< 1 trades accuracy for speed.",
+        lo=0.05, hi=4.0,
+    )
+
+
+@dataclass(frozen=True)
+class PoseEstimatorParams(CommonParams):
+    """Parameters of the ``pose_estimator`` node (dense correspondence network, 6DoF)."""
+
+    object_class: str = _p(
+        "object", "class_id of the published hypotheses (the object the checkpoint was trained on)."
+    )
+    use_roi_topic: bool = _p(
+        True,
+        "Take regions of interest from the 'rois' vision_msgs/Detection2DArray (the newest one "
+        "within roi_max_age of the image). Read in on_activate.",
+    )
+    roi_max_age: float = _p(
+        0.5, "Largest age in seconds of a Detection2DArray relative to the image.", lo=0.0, hi=60.0
+    )
+    roi_class: str = _p(
+        "", "Use only Detection2D results with this class_id ('' = any)."
+    )
+    default_roi: tuple[int, ...] = _p(
+        (0, 0, 0, 0),
+        "Region [x, y, width, height] in pixels used without a Detection2DArray "
+        "([0, 0, 0, 0]: the whole image).",
+        lo=0, hi=100000,
+    )
+    roi_padding: float = _p(
+        1.2, "Scale of the region (about its centre) before cropping.", lo=1.0, hi=4.0
+    )
+    max_objects: int = _p(10, "Most regions processed per image.", lo=1, hi=100)
+    min_score: float = _p(
+        0.0, "Least Detection2D score of a region that is processed.", lo=0.0, hi=1.0
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.default_roi) != 4:
+            raise ConfigError(
+                "default_roi must have 4 entries [x, y, width, height], "
+                f"got {list(self.default_roi)}"
+            )
+
+
+def param_specs(cls: type[CommonParams]) -> tuple[ParamSpec, ...]:
+    """The :class:`ParamSpec` of every field of ``cls`` (in field order)."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        lo, hi = f.metadata["range"]
+        default: ParamValue = f.default  # type: ignore[assignment]  # every field has one
+        specs.append(
+            ParamSpec(f.name, default, f.metadata["description"], lo, hi, f.metadata["choices"])
+        )
+    return tuple(specs)
+
+
+def params_from_values(cls: type[P], values: Mapping[str, Any], *, where: str = "parameters") -> P:
+    """Build ``cls`` from parameter values (arrays may be lists); ``ConfigError`` names the bad
+    key and ``where``."""
+    return from_dict(cls, dict(values), where=where)
+
+
+def validate_change(current: P, changes: Mapping[str, Any]) -> str | None:
+    """``None`` when ``current`` with ``changes`` applied is valid, else the reason.
+
+    Unknown names are allowed (other parameters of the node, e.g. QoS overrides, are checked by
+    rclpy itself).
+    """
+    known = {f.name for f in dataclasses.fields(current)}
+    mine = {k: v for k, v in changes.items() if k in known}
+    if not mine:
+        return None
+    try:
+        values = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+        values.update(mine)
+        params_from_values(type(current), values)
+    except ConfigError as exc:
+        return str(exc)
+    return None
