@@ -85,6 +85,7 @@ __all__ = [
     "ObjectPose3D",
     "SUPPORTED_ENCODINGS",
     "array_to_image",
+    "as_float64",
     "box_extents_from_wlh",
     "camera_info_to_model",
     "compressed_to_rgb",
@@ -131,8 +132,12 @@ class CameraInfoError(ConversionError):
 # --------------------------------------------------------------------------------------------
 
 
-def _np(x: Any, name: str) -> np.ndarray:
-    """``x`` as a float64 NumPy array (torch tensors are detached and moved to the CPU)."""
+def as_float64(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 NumPy array (torch tensors are detached and moved to the CPU).
+
+    Raises:
+        ShapeError: ``x`` is not numeric (the message names ``name``).
+    """
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", torch.float64).numpy()
     try:
@@ -556,7 +561,7 @@ def undistort_points(model: CameraModel, pts: ArrayLike, *, rectified: bool = Fa
     Returns:
         ``(N, 2)`` float64 undistorted pixel coordinates.
     """
-    x = _np(pts, "pts")
+    x = as_float64(pts, "pts")
     _check(x, (None, 2), "pts")
     # Undo binning and ROI (image_geometry convention: u_full = u * binning + offset).
     full = x * (model.binning_x, model.binning_y) + model.roi[:2]
@@ -580,7 +585,7 @@ def undistort_points(model: CameraModel, pts: ArrayLike, *, rectified: bool = Fa
 
 def _pose_vector(pose: ArrayLike, name: str = "pose") -> np.ndarray:
     """``pose`` as a finite float64 ``(7,)`` or ``(4,)`` vector."""
-    p = _np(pose, name)
+    p = as_float64(pose, name)
     if p.shape not in ((7,), (4,)):
         raise ShapeError(f"{name}: expected (7,) (t, q_wxyz) or (4,) (t, yaw), got {p.shape}")
     _finite(p, name)
@@ -651,7 +656,7 @@ def msg_to_pose(msg: Any, dof: int = 6, *, yaw_tolerance: float = 1e-3) -> np.nd
 
 def pose_rotation(pose: ArrayLike) -> np.ndarray:
     """Rotation matrices ``(..., 3, 3)`` of poses ``(..., 7)`` or ``(..., 4)`` (float64)."""
-    p = _np(pose, "pose")
+    p = as_float64(pose, "pose")
     if p.ndim == 0 or p.shape[-1] not in (7, 4):
         raise ShapeError(f"pose: expected (..., 7) or (..., 4), got {p.shape}")
     t = torch.from_numpy(p)
@@ -675,7 +680,7 @@ def covariance_to_msg(cov: ArrayLike) -> np.ndarray:
     Raises:
         ShapeError, NonFiniteError: wrong shape or NaN/infinite entries.
     """
-    c = _np(cov, "cov")
+    c = as_float64(cov, "cov")
     if c.shape not in ((6, 6), (4, 4)):
         raise ShapeError(f"cov: expected (6, 6) or (4, 4), got {c.shape}")
     _finite(c, "cov")
@@ -686,7 +691,7 @@ def covariance_to_msg(cov: ArrayLike) -> np.ndarray:
 def msg_to_covariance(ros_cov: ArrayLike, dof: int) -> np.ndarray:
     """Library ``(dof, dof)`` covariance of a ROS ``(36,)`` covariance (inverse of
     :func:`covariance_to_msg`)."""
-    c = _np(ros_cov, "ros_cov")
+    c = as_float64(ros_cov, "ros_cov")
     _check(c, (36,), "ros_cov")
     return from_ros_covariance(torch.from_numpy(c), dof).numpy().copy()
 
@@ -694,10 +699,10 @@ def msg_to_covariance(ros_cov: ArrayLike, dof: int) -> np.ndarray:
 def pose_with_covariance(pose: ArrayLike, cov: ArrayLike) -> PoseWithCovariance:
     """``geometry_msgs/PoseWithCovariance`` of a ``(7,)``/``(4,)`` pose and its covariance."""
     p = _pose_vector(pose)
-    c = _np(cov, "cov")
-    if c.shape != (p.shape[0] - 1,) * 2:
-        raise ShapeError(f"cov: a {p.shape} pose needs a {(p.shape[0] - 1,) * 2} covariance, "
-                         f"got {c.shape}")
+    c = as_float64(cov, "cov")
+    want = (6, 6) if p.shape[0] == 7 else (4, 4)
+    if c.shape != want:
+        raise ShapeError(f"cov: a {p.shape} pose needs a {want} covariance, got {c.shape}")
     return PoseWithCovariance(pose=pose_to_msg(p), covariance=covariance_to_msg(c))
 
 
@@ -716,7 +721,7 @@ def pose_array(header: Any, samples: ArrayLike) -> PoseArray:
         header: copied into the message.
         samples: ``(S, 7)`` 6DoF or ``(S, 4)`` 4DoF poses (e.g. resampled posterior samples).
     """
-    s = _np(samples, "samples")
+    s = as_float64(samples, "samples")
     if s.ndim != 2 or s.shape[1] not in (7, 4):
         raise ShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
     _finite(s, "samples")
@@ -781,7 +786,7 @@ def box_extents_from_wlh(wlh: ArrayLike) -> np.ndarray:
     The 4DoF object frame has x along the box length, y along the camera y axis (down, the
     height) and z = x cross y (the width), so ``BoundingBox3D.size = (l, h, w)``.
     """
-    s = _np(wlh, "wlh")
+    s = as_float64(wlh, "wlh")
     if s.ndim == 0 or s.shape[-1] != 3:
         raise ShapeError(f"wlh: expected (..., 3), got {s.shape}")
     return s[..., [1, 2, 0]]
@@ -797,13 +802,13 @@ def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike, class_names: Se
         covariances: ``(M, 4, 4)`` 4DoF tangent covariances.
         class_names: name of each class index (e.g. ``NUSCENES_CLASSES``).
     """
-    center = _np(boxes.center, "boxes.center").reshape(-1, 3)
+    center = as_float64(boxes.center, "boxes.center").reshape(-1, 3)
     m = center.shape[0]
-    size = box_extents_from_wlh(_np(boxes.size, "boxes.size").reshape(-1, 3))
-    yaw = _np(boxes.yaw, "boxes.yaw").reshape(-1)
-    labels = _np(boxes.labels, "boxes.labels").reshape(-1).astype(np.int64)
-    scores = _np(boxes.scores, "boxes.scores").reshape(-1)
-    cov = _np(covariances, "covariances")
+    size = box_extents_from_wlh(as_float64(boxes.size, "boxes.size").reshape(-1, 3))
+    yaw = as_float64(boxes.yaw, "boxes.yaw").reshape(-1)
+    labels = as_float64(boxes.labels, "boxes.labels").reshape(-1).astype(np.int64)
+    scores = as_float64(boxes.scores, "boxes.scores").reshape(-1)
+    cov = as_float64(covariances, "covariances")
     _check(cov, (m, 4, 4), "covariances")
     for name, arr in (("size", size), ("yaw", yaw), ("labels", labels), ("scores", scores)):
         if arr.shape[0] != m:
@@ -833,7 +838,7 @@ def detection3d_array(header: Any, objects: Sequence[ObjectPose3D]) -> Detection
     out = Detection3DArray(header=copy_header(header))
     for i, obj in enumerate(objects):
         pwc = pose_with_covariance(obj.pose, obj.covariance)
-        size = _np(obj.size, "size")
+        size = as_float64(obj.size, "size")
         _check(size, (3,), "size")
         hyp = ObjectHypothesisWithPose()
         hyp.hypothesis.class_id = str(obj.class_id)
