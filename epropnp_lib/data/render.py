@@ -31,12 +31,13 @@ Rules:
   position (e.g. object coordinates) is therefore exactly the 3D point seen through the pixel
   centre.
 
-Algorithm: for every valid triangle the integer pixel centres inside its clipped screen
-bounding box are enumerated (no dense pixels x faces product), barycentrics and depth are
-evaluated for these candidate pairs, and a scatter-min z-buffer keeps the nearest.  Candidate
-pairs are processed in chunks of at most ``max_chunk`` so memory stays bounded for big images
-(e.g. 1600 x 900 with hundreds of large faces).  The rasteriser is not differentiable (it runs
-under ``torch.no_grad``).
+Algorithm: for every valid triangle and every row of its clipped screen bounding box, the run
+of pixel centres between the triangle's edges is computed (a scanline span; no dense pixels x
+faces product), barycentrics and depth are evaluated at these candidate pixels, and a
+scatter-min z-buffer keeps the nearest.  Spans and candidate pixels are processed in chunks of
+at most ``max_chunk`` (or one triangle's rows / one row, if larger) so memory stays bounded for
+big images (e.g. 1600 x 900 with hundreds of large faces).  The rasteriser is not
+differentiable (it runs under ``torch.no_grad``).
 
 Example::
 
@@ -65,7 +66,8 @@ from epropnp_lib.geometry.rotations import quat_normalize, quat_to_matrix
 
 logger = logging.getLogger(__name__)
 
-#: Default number of (triangle, pixel) candidate pairs evaluated at once (~100 bytes each).
+#: Default number of (triangle, pixel) candidate pairs (and of (triangle, row) spans)
+#: evaluated at once (~100 bytes each).
 DEFAULT_MAX_CHUNK = 1 << 20
 
 # Per-triangle coefficient layout (see _triangle_coefficients).
@@ -146,6 +148,136 @@ def _evaluate(
     l2 = du * coef[:, _L2X] + dv * coef[:, _L2Y]
     inv_z = coef[:, _IZA] + du * coef[:, _DX] + dv * coef[:, _DY]
     return l1, l2, inv_z
+
+
+class _TriangleData(NamedTuple):
+    """Per-triangle screen data (``T = B * F`` triangles, image-major)."""
+
+    coef: torch.Tensor  # (T, 11) see _triangle_coefficients
+    x0: torch.Tensor  # (T,) clipped bounding box, int64
+    y0: torch.Tensor
+    x1: torch.Tensor
+    rows: torch.Tensor  # (T,) rows of the bounding box (0 for dropped triangles)
+    first_row: torch.Tensor  # (T,) exclusive cumulative sum of rows
+    num_faces: int
+    height: int
+    width: int
+
+
+class _Spans(NamedTuple):
+    """Horizontal runs of candidate pixel centres, one per (triangle, row).
+
+    All ``(S,)``: ``length`` pixels starting at buffer index ``base`` (image, row, column
+    ``xs``); barycentrics ``l1, l2`` and inverse depth at ``xs`` and their steps per pixel.
+    """
+
+    length: torch.Tensor
+    base: torch.Tensor
+    face: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
+    inv_z: torch.Tensor
+    dl1: torch.Tensor
+    dl2: torch.Tensor
+    dinv_z: torch.Tensor
+
+
+#: Pixels within this distance (px) outside a triangle's scanline interval are still tested
+#: (the barycentric test decides; this only absorbs the rounding of the interval ends).
+_SPAN_MARGIN = 1e-3
+
+
+def _ranges(cum: torch.Tensor, limit: int) -> list[tuple[int, int]]:
+    """Split items ``0..n`` with inclusive cumulative sizes ``cum: (n,)`` into contiguous
+    ranges ``[lo, hi)`` whose total size is at most ``limit`` (or a single item)."""
+    out: list[tuple[int, int]] = []
+    n = cum.shape[0]
+    lo, before = 0, 0
+    while lo < n:
+        hi = int(torch.searchsorted(cum, torch.tensor(before + limit, device=cum.device),
+                                    right=True))
+        hi = min(max(hi, lo + 1), n)
+        out.append((lo, hi))
+        before = int(cum[hi - 1])
+        lo = hi
+    return out
+
+
+def _spans(tri: _TriangleData, t0: int, t1: int) -> _Spans:
+    """Scanline runs of the triangles ``t0..t1``: for each row of a triangle's bounding box,
+    the interval of pixel centres where all three barycentrics are non-negative."""
+    rows = tri.rows[t0:t1]
+    total = int(rows.sum())
+    device = rows.device
+    t = torch.repeat_interleave(torch.arange(t0, t1, device=device), rows, output_size=total)
+    r = torch.arange(total, device=device) - (tri.first_row[t] - tri.first_row[t0])
+    c = tri.coef.index_select(0, t)
+    ax, ay, l1u, l1v, l2u, l2v, iza, _, _, dzu, dzv = c.unbind(-1)
+    v = tri.y0[t] + r
+    dv = v.to(c.dtype) - ay
+    # Edge functions along the row as functions of du = u - ax: l_k = a_k du + b_k.
+    a = torch.stack((-(l1u + l2u), l1u, l2u), dim=-1)
+    b1, b2 = l1v * dv, l2v * dv
+    b = torch.stack((1.0 - b1 - b2, b1, b2), dim=-1)
+    root = -b / torch.where(a == 0, torch.ones_like(a), a)
+    inf = torch.full_like(root, torch.inf)
+    lower = torch.where(a > 0, root, -inf).amax(-1)
+    upper = torch.where(a < 0, root, inf).amin(-1)
+    # An edge parallel to the row excludes the whole row when the row is on its outer side.
+    outside = ((a == 0) & (b < 0)).any(-1)
+    xs = torch.maximum((lower + ax - _SPAN_MARGIN).clamp(-1, tri.width).ceil().long(), tri.x0[t])
+    xe = torch.minimum((upper + ax + _SPAN_MARGIN).clamp(-1, tri.width).floor().long(),
+                       tri.x1[t])
+    length = torch.where(outside, 0, (xe - xs + 1).clamp_min(0))
+    keep = (length > 0).nonzero().squeeze(-1)
+    t, v, xs, length = t[keep], v[keep], xs[keep], length[keep]
+    l1u, l2u, dzu = l1u[keep], l2u[keep], dzu[keep]
+    du = xs.to(c.dtype) - ax[keep]
+    dv = dv[keep]
+    b_idx = t // tri.num_faces
+    return _Spans(
+        length=length,
+        base=(b_idx * tri.height + v) * tri.width + xs,
+        face=t - b_idx * tri.num_faces,
+        l1=l1u * du + l1v[keep] * dv,
+        l2=l2u * du + l2v[keep] * dv,
+        inv_z=iza[keep] + dzu * du + dzv[keep] * dv,
+        dl1=l1u,
+        dl2=l2u,
+        dinv_z=dzu,
+    )
+
+
+def _zbuffer_spans(
+    spans: _Spans, s0: int, s1: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest depth and face per buffer pixel over the candidate pixels of spans ``s0..s1``.
+
+    Returns:
+        ``depth: (size,)`` (+inf where none) and ``face: (size,)`` (-1 where none; the largest
+        face index among exact depth ties).
+    """
+    length = spans.length[s0:s1]
+    total = int(length.sum())
+    device = length.device
+    sid = torch.repeat_interleave(torch.arange(s0, s1, device=device), length,
+                                  output_size=total)
+    first = torch.cumsum(length, 0) - length
+    off_i = torch.arange(total, device=device) - first.index_select(0, sid - s0)
+    off = off_i.to(spans.l1.dtype)
+    l1 = spans.l1.index_select(0, sid) + spans.dl1.index_select(0, sid) * off
+    l2 = spans.l2.index_select(0, sid) + spans.dl2.index_select(0, sid) * off
+    inv_z = spans.inv_z.index_select(0, sid) + spans.dinv_z.index_select(0, sid) * off
+    inside = (l1 >= 0) & (l2 >= 0) & (l1 + l2 <= 1) & (inv_z > 0)
+    depth = torch.where(inside, 1.0 / inv_z, torch.inf)
+    pix = spans.base.index_select(0, sid) + off_i
+    zbuf = torch.full((size,), torch.inf, dtype=depth.dtype, device=device)
+    zbuf.scatter_reduce_(0, pix, depth, "amin")
+    win = inside & (depth == zbuf.index_select(0, pix))
+    face = torch.where(win, spans.face.index_select(0, sid), -1)
+    fbuf = torch.full((size,), -1, dtype=torch.long, device=device)
+    fbuf.scatter_reduce_(0, pix, face, "amax")
+    return zbuf, fbuf
 
 
 def _check_inputs(
@@ -248,38 +380,26 @@ def rasterize(
     y0 = lo[:, 1].clamp(-1, height).ceil().long().clamp_min(0)
     x1 = hi[:, 0].clamp(-1, width).floor().long().clamp_max(width - 1)
     y1 = hi[:, 1].clamp(-1, height).floor().long().clamp_max(height - 1)
-    nx = (x1 - x0 + 1).clamp_min(0)
-    ny = (y1 - y0 + 1).clamp_min(0)
-    count = torch.where(valid, nx * ny, torch.zeros_like(nx))
-    cum = torch.cumsum(count, 0)
-    total = int(cum[-1]) if cum.numel() else 0
+    rows = torch.where(valid & (x1 >= x0), (y1 - y0 + 1).clamp_min(0), 0)
+    cum_rows = torch.cumsum(rows, 0)
+    tri_data = _TriangleData(coef, x0, y0, x1, rows, cum_rows - rows, num_faces, height, width)
 
     zbuf = torch.full((batch * hw,), torch.inf, dtype=dtype, device=device)
     fbuf = torch.full((batch * hw,), -1, dtype=torch.long, device=device)
-    for start in range(0, total, max_chunk):
-        idx = torch.arange(start, min(start + max_chunk, total), device=device)
-        tri = torch.searchsorted(cum, idx, right=True)
-        off = idx - (cum[tri] - count[tri])
-        nxt = nx[tri]
-        px_i = x0[tri] + off % nxt
-        py_i = y0[tri] + off // nxt
-        l1, l2, inv_z = _evaluate(coef[tri], px_i.to(dtype), py_i.to(dtype))
-        inside = (l1 >= 0) & (l2 >= 0) & (l1 + l2 <= 1) & (inv_z > 0)
-        tri, px_i, py_i, inv_z = tri[inside], px_i[inside], py_i[inside], inv_z[inside]
-        depth = 1.0 / inv_z
-        b = tri // num_faces
-        pix = b * hw + py_i * width + px_i
-        chunk_z = torch.full_like(zbuf, torch.inf).scatter_reduce_(0, pix, depth, "amin")
-        win = depth == chunk_z[pix]
-        chunk_f = torch.full_like(fbuf, -1).scatter_reduce_(
-            0, pix[win], (tri % num_faces)[win], "amax")
-        # Later chunks hold larger face indices of the same image, so ties go to them.
-        better = (chunk_f >= 0) & (chunk_z <= zbuf)
-        zbuf = torch.where(better, chunk_z, zbuf)
-        fbuf = torch.where(better, chunk_f, fbuf)
-    if total > max_chunk:
-        logger.debug("rasterize: %d candidate pairs in %d chunks", total,
-                     -(-total // max_chunk))
+    num_pairs = 0
+    # Triangles are processed in index order (image-major, then face), so ties between chunks
+    # go to the later chunk, i.e. to the larger face index, as within a chunk.
+    for t0, t1 in _ranges(cum_rows, max_chunk):
+        spans = _spans(tri_data, t0, t1)
+        cum_len = torch.cumsum(spans.length, 0)
+        for s0, s1 in _ranges(cum_len, max_chunk):
+            num_pairs += int(cum_len[s1 - 1] - (cum_len[s0 - 1] if s0 else 0))
+            chunk_z, chunk_f = _zbuffer_spans(spans, s0, s1, zbuf.shape[0])
+            better = (chunk_f >= 0) & (chunk_z <= zbuf)
+            zbuf = torch.where(better, chunk_z, zbuf)
+            fbuf = torch.where(better, chunk_f, fbuf)
+    logger.debug("rasterize: %d candidate pairs for %d covered pixels", num_pairs,
+                 int((fbuf >= 0).sum()))
 
     # Interpolate the attributes of the visible face at each covered pixel.
     out = torch.zeros(batch * hw, chans, dtype=attributes.dtype, device=device)
