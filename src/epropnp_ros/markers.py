@@ -1,0 +1,298 @@
+"""RViz ``visualization_msgs/MarkerArray`` of detected objects and their pose uncertainty.
+
+:func:`detection_markers` builds one array per frame:
+
+=========================  ===========  ===========================================================
+namespace                  type         content
+=========================  ===========  ===========================================================
+(none)                     DELETEALL    first marker: clears the previous frame's markers
+``epropnp/boxes``          LINE_LIST    the 12 edges of each 3D box, class colour
+``epropnp/labels``         TEXT         ``"<class> <score>"`` above each box
+``epropnp/covariance``     SPHERE       position covariance ellipsoid at ``n_sigma`` (default 2)
+``epropnp/orientations``   LINE_LIST    orientation fan: one segment per posterior sample from
+                                        the object centre along the sample's heading (x axis)
+=========================  ===========  ===========================================================
+
+Marker ids are the object's index in the list, so ids are stable within a namespace and the
+DELETEALL first removes objects that disappeared. All markers are in the header frame (the
+camera optical frame); poses follow :mod:`epropnp_lib.conventions` (see
+:mod:`epropnp_ros.conversions`).
+
+Covariance ellipsoid
+    The 3x3 position block ``Sigma`` of the object's covariance is eigen-decomposed,
+    ``Sigma = V diag(lambda) V^T``. The SPHERE marker is oriented by ``V`` (made a proper rotation)
+    and scaled to the **diameters** ``2 * n_sigma * sqrt(lambda)``, i.e. it is the surface
+    ``(x - t)^T Sigma^-1 (x - t) = n_sigma^2``. With the default ``n_sigma = 2`` it holds 73.9 %
+    of a 3D Gaussian's mass (``n_sigma = 1``: 19.9 %, ``2.796``: 95 %). Diameters below
+    :data:`MIN_MARKER_SCALE` are raised to it (RViz rejects zero scales).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point, Pose
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_ros.conversions import (
+    ArrayLike,
+    ObjectPose3D,
+    as_float64,
+    copy_header,
+    pose_rotation,
+    rotation_to_quat_msg,
+)
+
+__all__ = [
+    "BOX_EDGES",
+    "CLASS_PALETTE",
+    "Ellipsoid",
+    "MIN_MARKER_SCALE",
+    "MarkerStyle",
+    "NS_BOXES",
+    "NS_COVARIANCE",
+    "NS_LABELS",
+    "NS_ORIENTATIONS",
+    "box_corners",
+    "box_marker",
+    "class_color",
+    "covariance_ellipsoid",
+    "covariance_ellipsoid_marker",
+    "delete_all_marker",
+    "detection_markers",
+    "label_marker",
+    "orientation_fan_marker",
+]
+
+NS_BOXES = "epropnp/boxes"
+NS_LABELS = "epropnp/labels"
+NS_COVARIANCE = "epropnp/covariance"
+NS_ORIENTATIONS = "epropnp/orientations"
+
+#: Smallest marker scale (m) written; RViz refuses markers with a zero scale.
+MIN_MARKER_SCALE = 1.0e-4
+
+#: Ten distinguishable colours (RGB in [0, 1]); class ``i`` of ``class_names`` gets entry
+#: ``i % 10``, names outside the list a colour chosen by a stable hash (CRC-32) of the name.
+CLASS_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.122, 0.467, 0.706), (1.000, 0.498, 0.055), (0.173, 0.627, 0.173), (0.839, 0.153, 0.157),
+    (0.580, 0.404, 0.741), (0.549, 0.337, 0.294), (0.890, 0.467, 0.761), (0.498, 0.498, 0.498),
+    (0.737, 0.741, 0.133), (0.090, 0.745, 0.812),
+)
+
+#: Corner index pairs of the 12 box edges; corners as in :func:`box_corners`.
+BOX_EDGES: tuple[tuple[int, int], ...] = (
+    (0, 1), (1, 3), (3, 2), (2, 0),  # x = -l/2 face
+    (4, 5), (5, 7), (7, 6), (6, 4),  # x = +l/2 face
+    (0, 4), (1, 5), (2, 6), (3, 7),  # along x
+)
+
+
+@dataclass(frozen=True)
+class MarkerStyle:
+    """Appearance of :func:`detection_markers` (validated on construction).
+
+    Attributes:
+        line_width: box and fan line width (m), > 0.
+        text_height: label text height (m), > 0.
+        n_sigma: covariance ellipsoid size in standard deviations, > 0 (see module docstring).
+        ellipsoid_alpha: ellipsoid opacity in (0, 1].
+        fan_length: orientation fan segment length (m); ``None`` = half the box's x extent.
+        fan_alpha: fan line opacity in (0, 1].
+        lifetime_s: marker lifetime (s), >= 0; 0 = until replaced (DELETEALL clears them).
+        class_names: class order for the palette (e.g. ``NUSCENES_CLASSES``).
+    """
+
+    line_width: float = 0.03
+    text_height: float = 0.4
+    n_sigma: float = 2.0
+    ellipsoid_alpha: float = 0.35
+    fan_length: float | None = None
+    fan_alpha: float = 0.6
+    lifetime_s: float = 0.0
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        positive = {"line_width": self.line_width, "text_height": self.text_height,
+                    "n_sigma": self.n_sigma}
+        if self.fan_length is not None:
+            positive["fan_length"] = self.fan_length
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"MarkerStyle.{name} must be > 0, got {value}")
+        for name, value in (("ellipsoid_alpha", self.ellipsoid_alpha),
+                            ("fan_alpha", self.fan_alpha)):
+            if not 0 < value <= 1:
+                raise ConfigError(f"MarkerStyle.{name} must be in (0, 1], got {value}")
+        if not (math.isfinite(self.lifetime_s) and self.lifetime_s >= 0):
+            raise ConfigError(f"MarkerStyle.lifetime_s must be >= 0, got {self.lifetime_s}")
+
+
+def class_color(class_id: str, class_names: Sequence[str] = (), alpha: float = 1.0
+                ) -> ColorRGBA:
+    """Stable colour of a class (see :data:`CLASS_PALETTE`)."""
+    if class_id in class_names:
+        index = list(class_names).index(class_id)
+    else:
+        index = zlib.crc32(class_id.encode())
+    r, g, b = CLASS_PALETTE[index % len(CLASS_PALETTE)]
+    return ColorRGBA(r=r, g=g, b=b, a=float(alpha))
+
+
+def _marker(header: Any, ns: str, marker_id: int, marker_type: int, style: MarkerStyle
+            ) -> Marker:
+    marker = Marker(header=copy_header(header), ns=ns, id=int(marker_id), type=marker_type,
+                    action=Marker.ADD)
+    sec = math.floor(style.lifetime_s)
+    marker.lifetime = Duration(sec=sec, nanosec=int(round((style.lifetime_s - sec) * 1e9)))
+    marker.pose.orientation.w = 1.0
+    return marker
+
+
+def _points(xyz: np.ndarray) -> list[Point]:
+    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, dtype=np.float64).tolist()]
+
+
+def delete_all_marker(header: Any) -> Marker:
+    """A DELETEALL marker (empty namespace: clears every marker of the display)."""
+    return Marker(header=copy_header(header), action=Marker.DELETEALL)
+
+
+def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
+    """``(8, 3)`` corners in the camera frame of a box ``size: (3,)`` (extents along the object
+    x, y, z axes) at ``pose: (7,)`` or ``(4,)``. Corner ``i`` has object coordinates
+    ``(+-x/2, +-y/2, +-z/2)`` with the signs of bits 2, 1, 0 of ``i`` (0 = minus)."""
+    p = as_float64(pose, "pose")
+    if p.shape not in ((7,), (4,)):
+        raise ShapeError(f"pose: expected (7,) or (4,), got {p.shape}")
+    s = as_float64(size, "size")
+    if s.shape != (3,):
+        raise ShapeError(f"size: expected (3,), got {s.shape}")
+    signs = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)]) - 0.5
+    return (signs * s) @ pose_rotation(p).T + p[:3]
+
+
+def box_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
+               ) -> Marker:
+    """LINE_LIST of the 12 box edges (24 points) in the class colour."""
+    marker = _marker(header, NS_BOXES, marker_id, Marker.LINE_LIST, style)
+    corners = box_corners(obj.pose, obj.size)
+    marker.points = _points(corners[np.asarray(BOX_EDGES).reshape(-1)])
+    marker.scale.x = style.line_width
+    marker.color = class_color(obj.class_id, style.class_names)
+    return marker
+
+
+def label_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
+                 ) -> Marker:
+    """TEXT_VIEW_FACING ``"<class> <score>"`` just above the box (camera -y side)."""
+    marker = _marker(header, NS_LABELS, marker_id, Marker.TEXT_VIEW_FACING, style)
+    corners = box_corners(obj.pose, obj.size)
+    centre = as_float64(obj.pose, "pose")[:3]
+    marker.pose.position = Point(x=float(centre[0]),
+                                 y=float(corners[:, 1].min() - 0.6 * style.text_height),
+                                 z=float(centre[2]))
+    marker.scale.z = style.text_height
+    marker.color = class_color(obj.class_id, style.class_names)
+    marker.text = f"{obj.class_id} {obj.score:.2f}"
+    return marker
+
+
+class Ellipsoid(NamedTuple):
+    """A covariance ellipsoid: ``diameters (3,)`` along the columns of ``rotation (3, 3)``."""
+
+    diameters: np.ndarray
+    rotation: np.ndarray
+
+
+def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
+    """The ``n_sigma`` ellipsoid of a 3x3 position covariance (see module docstring).
+
+    Args:
+        cov: ``(3, 3)`` symmetric positive semi-definite (symmetrised here).
+        n_sigma: > 0.
+
+    Returns:
+        ``diameters = 2 n_sigma sqrt(lambda)`` (floored at :data:`MIN_MARKER_SCALE`) and the
+        proper rotation (det +1) whose columns are the eigenvectors.
+    """
+    c = as_float64(cov, "cov")
+    if c.shape != (3, 3):
+        raise ShapeError(f"cov: expected (3, 3), got {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ShapeError("cov: contains NaN or infinity")
+    eigval, eigvec = np.linalg.eigh(0.5 * (c + c.T))
+    if np.linalg.det(eigvec) < 0:
+        eigvec[:, 2] *= -1.0
+    diameters = np.maximum(2.0 * n_sigma * np.sqrt(np.clip(eigval, 0.0, None)), MIN_MARKER_SCALE)
+    return Ellipsoid(diameters=diameters, rotation=eigvec)
+
+
+def covariance_ellipsoid_marker(header: Any, center: ArrayLike, cov: ArrayLike, marker_id: int,
+                                style: MarkerStyle, class_id: str = "") -> Marker:
+    """SPHERE marker of the position covariance ``cov: (3, 3)`` at ``center: (3,)``."""
+    marker = _marker(header, NS_COVARIANCE, marker_id, Marker.SPHERE, style)
+    ellipsoid = covariance_ellipsoid(cov, style.n_sigma)
+    x, y, z = (float(v) for v in as_float64(center, "center").reshape(3))
+    marker.pose = Pose(position=Point(x=x, y=y, z=z),
+                       orientation=rotation_to_quat_msg(ellipsoid.rotation))
+    marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in ellipsoid.diameters)
+    marker.color = class_color(class_id, style.class_names, style.ellipsoid_alpha)
+    return marker
+
+
+def orientation_fan_marker(header: Any, center: ArrayLike, samples: ArrayLike, marker_id: int,
+                           style: MarkerStyle, length: float, class_id: str = "") -> Marker:
+    """LINE_LIST: for each sample a segment of ``length`` from ``center: (3,)`` along the
+    sample's heading (its object x axis, ``R[:, 0]``); ``samples: (S, 7)`` or ``(S, 4)``."""
+    s = as_float64(samples, "samples")
+    if s.ndim != 2 or s.shape[1] not in (7, 4):
+        raise ShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
+    marker = _marker(header, NS_ORIENTATIONS, marker_id, Marker.LINE_LIST, style)
+    c = as_float64(center, "center").reshape(1, 3)
+    heading = pose_rotation(s)[:, :, 0]  # (S, 3)
+    segments = np.stack((np.repeat(c, len(s), axis=0), c + length * heading), axis=1)
+    marker.points = _points(segments.reshape(-1, 3))
+    marker.scale.x = 0.5 * style.line_width
+    marker.color = class_color(class_id, style.class_names, style.fan_alpha)
+    return marker
+
+
+def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
+                      samples: Sequence[ArrayLike | None] | None = None,
+                      style: MarkerStyle | None = None) -> MarkerArray:
+    """All markers of one frame: DELETEALL, then boxes, labels, ellipsoids and fans.
+
+    Args:
+        header: frame id (camera optical frame) and stamp, copied into every marker.
+        objects: the detections (pose, box extents, class, score, covariance).
+        samples: per object ``(S, 7)`` / ``(S, 4)`` posterior pose samples (or ``None``) for the
+            orientation fans; ``None`` = no fans.
+        style: appearance; default :class:`MarkerStyle()`.
+    """
+    style = style or MarkerStyle()
+    if samples is not None and len(samples) != len(objects):
+        raise ShapeError(f"samples: {len(samples)} entries for {len(objects)} objects")
+    out = MarkerArray(markers=[delete_all_marker(header)])
+    for i, obj in enumerate(objects):
+        pose = as_float64(obj.pose, "pose")
+        cov = as_float64(obj.covariance, "covariance")
+        out.markers.append(box_marker(header, obj, i, style))
+        out.markers.append(label_marker(header, obj, i, style))
+        out.markers.append(covariance_ellipsoid_marker(header, pose[:3], cov[:3, :3], i, style,
+                                                       obj.class_id))
+        obj_samples = None if samples is None else samples[i]
+        if obj_samples is not None:
+            length = style.fan_length or 0.5 * float(as_float64(obj.size, "size")[0])
+            out.markers.append(orientation_fan_marker(
+                header, pose[:3], obj_samples, i, style, max(length, MIN_MARKER_SCALE),
+                obj.class_id))
+    return out
