@@ -29,6 +29,12 @@ Images
     order, C-contiguous copy); :func:`image_to_rgb` returns ``(H, W, 3) uint8`` RGB for the
     networks. Every malformed message raises :class:`ImageConversionError` with the reason.
 
+Errors
+    Everything this module raises for bad input is a :class:`ConversionError` (nodes catch that
+    one class): :class:`ImageConversionError`, :class:`CameraInfoError`, and for arrays handed to
+    the builders :class:`ArrayShapeError` / :class:`NonFiniteValueError`, which are also the
+    library's :class:`~epropnp_lib.errors.ShapeError` / :class:`~epropnp_lib.errors.NonFiniteError`.
+
 Camera
     :func:`camera_info_to_model` validates a ``CameraInfo`` into a :class:`CameraModel`;
     :func:`undistort_points` maps 2D points of the received image to the ideal pinhole camera
@@ -70,6 +76,7 @@ from vision_msgs.msg import (
     ObjectHypothesisWithPose,
 )
 
+from epropnp_lib.data.boxes import NUSCENES_CLASSES
 from epropnp_lib.errors import EProPnPError, NonFiniteError, ShapeError
 from epropnp_lib.geometry.pose import pose_space
 from epropnp_lib.geometry.rotations import matrix_to_quat, yaw_to_quat
@@ -77,11 +84,13 @@ from epropnp_lib.pnp.covariance import from_ros_covariance, to_ros_covariance
 
 __all__ = [
     "ArrayLike",
+    "ArrayShapeError",
     "BoxesLike",
     "CameraInfoError",
     "CameraModel",
     "ConversionError",
     "ImageConversionError",
+    "NonFiniteValueError",
     "ObjectPose3D",
     "SUPPORTED_ENCODINGS",
     "array_to_image",
@@ -127,6 +136,14 @@ class CameraInfoError(ConversionError):
     """A ``CameraInfo`` is invalid (zero/NaN K or P, unknown distortion model, size mismatch)."""
 
 
+class ArrayShapeError(ConversionError, ShapeError):
+    """An array given to a message builder has the wrong shape (also a :class:`ShapeError`)."""
+
+
+class NonFiniteValueError(ConversionError, NonFiniteError):
+    """An array given to a message builder holds NaN/inf (also a :class:`NonFiniteError`)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
@@ -136,14 +153,14 @@ def as_float64(x: Any, name: str) -> np.ndarray:
     """``x`` as a float64 NumPy array (torch tensors are detached and moved to the CPU).
 
     Raises:
-        ShapeError: ``x`` is not numeric (the message names ``name``).
+        ArrayShapeError: ``x`` is not numeric (the message names ``name``).
     """
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", torch.float64).numpy()
     try:
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ShapeError(f"{name}: not a numeric array ({exc})") from exc
+        raise ArrayShapeError(f"{name}: not a numeric array ({exc})") from exc
 
 
 def _check(x: np.ndarray, shape: tuple[int | None, ...], name: str) -> None:
@@ -151,12 +168,12 @@ def _check(x: np.ndarray, shape: tuple[int | None, ...], name: str) -> None:
     if x.ndim != len(shape) or any(w is not None and s != w for s, w in zip(x.shape, shape,
                                                                            strict=True)):
         want = "(" + ", ".join("N" if w is None else str(w) for w in shape) + ")"
-        raise ShapeError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
+        raise ArrayShapeError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
 
 
 def _finite(x: np.ndarray, name: str) -> None:
     if not np.all(np.isfinite(x)):
-        raise NonFiniteError(f"{name}: contains NaN or infinity")
+        raise NonFiniteValueError(f"{name}: contains NaN or infinity")
 
 
 def make_header(frame_id: str, stamp: Time | int | None = None) -> Header:
@@ -207,6 +224,11 @@ _BAYER_TO_RGB = {
     "rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
     "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB,
 }
+
+
+# OpenCV conversions of the other colour layouts to RGB (keys: encoding without bit depth).
+_TO_RGB = {"bgr": cv2.COLOR_BGR2RGB, "rgba": cv2.COLOR_RGBA2RGB, "bgra": cv2.COLOR_BGRA2RGB,
+           "mono": cv2.COLOR_GRAY2RGB}
 
 
 def _encoding_format(encoding: str) -> tuple[np.dtype, int]:
@@ -311,11 +333,10 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     if encoding in ("yuv422_yuy2", "yuyv"):
         return cv2.cvtColor(pixels, cv2.COLOR_YUV2RGB_YUY2)
     pixels = _to_uint8(pixels)
-    if encoding.startswith("mono"):
-        return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))
-    if encoding.startswith("bgr"):
-        return np.ascontiguousarray(pixels[:, :, 2::-1])
-    return np.ascontiguousarray(pixels[:, :, :3])
+    if encoding in ("rgb8", "rgb16"):
+        return pixels
+    return cv2.cvtColor(pixels, _TO_RGB[encoding[:-2] if encoding.endswith("16") else
+                                         encoding[:-1]])
 
 
 def array_to_image(arr: np.ndarray, encoding: str, header: Any | None = None) -> Image:
@@ -587,7 +608,9 @@ def _pose_vector(pose: ArrayLike, name: str = "pose") -> np.ndarray:
     """``pose`` as a finite float64 ``(7,)`` or ``(4,)`` vector."""
     p = as_float64(pose, name)
     if p.shape not in ((7,), (4,)):
-        raise ShapeError(f"{name}: expected (7,) (t, q_wxyz) or (4,) (t, yaw), got {p.shape}")
+        raise ArrayShapeError(
+            f"{name}: expected (7,) (t, q_wxyz) or (4,) (t, yaw), got {p.shape}"
+        )
     _finite(p, name)
     return p
 
@@ -599,7 +622,7 @@ def _quat_wxyz(pose: np.ndarray, name: str) -> np.ndarray:
     q = pose[3:]
     norm = float(np.linalg.norm(q))
     if norm < 1e-12:
-        raise ShapeError(f"{name}: zero quaternion")
+        raise ArrayShapeError(f"{name}: zero quaternion")
     return q / norm
 
 
@@ -644,7 +667,7 @@ def msg_to_pose(msg: Any, dof: int = 6, *, yaw_tolerance: float = 1e-3) -> np.nd
     if dof == 6:
         return np.concatenate((xyz, q))
     if dof != 4:
-        raise ShapeError(f"dof must be 4 or 6, got {dof}")
+        raise ArrayShapeError(f"dof must be 4 or 6, got {dof}")
     rot = pose_rotation(np.concatenate((xyz, q)))
     tilt = math.acos(min(1.0, max(-1.0, float(rot[1, 1]))))
     if tilt > yaw_tolerance:
@@ -658,7 +681,7 @@ def pose_rotation(pose: ArrayLike) -> np.ndarray:
     """Rotation matrices ``(..., 3, 3)`` of poses ``(..., 7)`` or ``(..., 4)`` (float64)."""
     p = as_float64(pose, "pose")
     if p.ndim == 0 or p.shape[-1] not in (7, 4):
-        raise ShapeError(f"pose: expected (..., 7) or (..., 4), got {p.shape}")
+        raise ArrayShapeError(f"pose: expected (..., 7) or (..., 4), got {p.shape}")
     t = torch.from_numpy(p)
     if p.shape[-1] == 7:
         t = torch.cat((t[..., :3], t[..., 3:] / t[..., 3:].norm(dim=-1, keepdim=True)), dim=-1)
@@ -678,11 +701,11 @@ def covariance_to_msg(cov: ArrayLike) -> np.ndarray:
         correlations.
 
     Raises:
-        ShapeError, NonFiniteError: wrong shape or NaN/infinite entries.
+        ArrayShapeError, NonFiniteValueError: wrong shape or NaN/infinite entries.
     """
     c = as_float64(cov, "cov")
     if c.shape not in ((6, 6), (4, 4)):
-        raise ShapeError(f"cov: expected (6, 6) or (4, 4), got {c.shape}")
+        raise ArrayShapeError(f"cov: expected (6, 6) or (4, 4), got {c.shape}")
     _finite(c, "cov")
     c = 0.5 * (c + c.T)
     return to_ros_covariance(torch.from_numpy(c)).numpy().copy()
@@ -702,7 +725,7 @@ def pose_with_covariance(pose: ArrayLike, cov: ArrayLike) -> PoseWithCovariance:
     c = as_float64(cov, "cov")
     want = (6, 6) if p.shape[0] == 7 else (4, 4)
     if c.shape != want:
-        raise ShapeError(f"cov: a {p.shape} pose needs a {want} covariance, got {c.shape}")
+        raise ArrayShapeError(f"cov: a {p.shape} pose needs a {want} covariance, got {c.shape}")
     return PoseWithCovariance(pose=pose_to_msg(p), covariance=covariance_to_msg(c))
 
 
@@ -723,7 +746,7 @@ def pose_array(header: Any, samples: ArrayLike) -> PoseArray:
     """
     s = as_float64(samples, "samples")
     if s.ndim != 2 or s.shape[1] not in (7, 4):
-        raise ShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
+        raise ArrayShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
     _finite(s, "samples")
     if s.shape[1] == 4:
         quats = yaw_to_quat(torch.from_numpy(s[:, 3])).numpy()
@@ -766,7 +789,7 @@ class ObjectPose3D(NamedTuple):
 
 
 class BoxesLike(Protocol):
-    """What :func:`objects_from_boxes` reads (e.g. ``epropnp_lib.data.boxes.CameraBoxes``)."""
+    """What :func:`objects_from_boxes` reads, e.g. :class:`epropnp_lib.data.boxes.CameraBoxes`."""
 
     @property
     def center(self) -> Any: ...  # (M, 3)
@@ -788,19 +811,19 @@ def box_extents_from_wlh(wlh: ArrayLike) -> np.ndarray:
     """
     s = as_float64(wlh, "wlh")
     if s.ndim == 0 or s.shape[-1] != 3:
-        raise ShapeError(f"wlh: expected (..., 3), got {s.shape}")
+        raise ArrayShapeError(f"wlh: expected (..., 3), got {s.shape}")
     return s[..., [1, 2, 0]]
 
 
-def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike, class_names: Sequence[str]
-                       ) -> list[ObjectPose3D]:
+def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike,
+                       class_names: Sequence[str] = NUSCENES_CLASSES) -> list[ObjectPose3D]:
     """:class:`ObjectPose3D` list (4DoF) of one image's camera-frame boxes.
 
     Args:
         boxes: ``center (M, 3)``, ``size (M, 3)`` as ``(w, l, h)``, ``yaw (M,)`` about camera
             y, ``labels (M,)`` class indices, ``scores (M,)`` (numpy or torch, any device).
         covariances: ``(M, 4, 4)`` 4DoF tangent covariances.
-        class_names: name of each class index (e.g. ``NUSCENES_CLASSES``).
+        class_names: name of each class index (default ``NUSCENES_CLASSES``).
     """
     center = as_float64(boxes.center, "boxes.center").reshape(-1, 3)
     m = center.shape[0]
@@ -812,9 +835,9 @@ def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike, class_names: Se
     _check(cov, (m, 4, 4), "covariances")
     for name, arr in (("size", size), ("yaw", yaw), ("labels", labels), ("scores", scores)):
         if arr.shape[0] != m:
-            raise ShapeError(f"boxes.{name}: {arr.shape[0]} entries for {m} boxes")
+            raise ArrayShapeError(f"boxes.{name}: {arr.shape[0]} entries for {m} boxes")
     if m and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ShapeError(f"boxes.labels: values outside [0, {len(class_names)})")
+        raise ArrayShapeError(f"boxes.labels: values outside [0, {len(class_names)})")
     return [
         ObjectPose3D(pose=np.concatenate((center[i], yaw[i:i + 1])), size=size[i],
                      class_id=class_names[labels[i]], score=float(scores[i]), covariance=cov[i],

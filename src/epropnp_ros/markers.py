@@ -41,9 +41,11 @@ from geometry_msgs.msg import Point, Pose
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.errors import ConfigError
 from epropnp_ros.conversions import (
     ArrayLike,
+    ArrayShapeError,
+    NonFiniteValueError,
     ObjectPose3D,
     as_float64,
     copy_header,
@@ -172,10 +174,10 @@ def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
     ``(+-x/2, +-y/2, +-z/2)`` with the signs of bits 2, 1, 0 of ``i`` (0 = minus)."""
     p = as_float64(pose, "pose")
     if p.shape not in ((7,), (4,)):
-        raise ShapeError(f"pose: expected (7,) or (4,), got {p.shape}")
+        raise ArrayShapeError(f"pose: expected (7,) or (4,), got {p.shape}")
     s = as_float64(size, "size")
     if s.shape != (3,):
-        raise ShapeError(f"size: expected (3,), got {s.shape}")
+        raise ArrayShapeError(f"size: expected (3,), got {s.shape}")
     signs = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)]) - 0.5
     return (signs * s) @ pose_rotation(p).T + p[:3]
 
@@ -226,9 +228,9 @@ def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
     """
     c = as_float64(cov, "cov")
     if c.shape != (3, 3):
-        raise ShapeError(f"cov: expected (3, 3), got {c.shape}")
+        raise ArrayShapeError(f"cov: expected (3, 3), got {c.shape}")
     if not np.all(np.isfinite(c)):
-        raise ShapeError("cov: contains NaN or infinity")
+        raise NonFiniteValueError("cov: contains NaN or infinity")
     eigval, eigvec = np.linalg.eigh(0.5 * (c + c.T))
     if np.linalg.det(eigvec) < 0:
         eigvec[:, 2] *= -1.0
@@ -255,7 +257,7 @@ def orientation_fan_marker(header: Any, center: ArrayLike, samples: ArrayLike, m
     sample's heading (its object x axis, ``R[:, 0]``); ``samples: (S, 7)`` or ``(S, 4)``."""
     s = as_float64(samples, "samples")
     if s.ndim != 2 or s.shape[1] not in (7, 4):
-        raise ShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
+        raise ArrayShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
     marker = _marker(header, NS_ORIENTATIONS, marker_id, Marker.LINE_LIST, style)
     c = as_float64(center, "center").reshape(1, 3)
     heading = pose_rotation(s)[:, :, 0]  # (S, 3)
@@ -280,7 +282,7 @@ def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
     """
     style = style or MarkerStyle()
     if samples is not None and len(samples) != len(objects):
-        raise ShapeError(f"samples: {len(samples)} entries for {len(objects)} objects")
+        raise ArrayShapeError(f"samples: {len(samples)} entries for {len(objects)} objects")
     out = MarkerArray(markers=[delete_all_marker(header)])
     for i, obj in enumerate(objects):
         pose = as_float64(obj.pose, "pose")

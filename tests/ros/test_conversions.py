@@ -20,6 +20,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection3DArray
 
 from epropnp_lib.conventions import UNOBSERVED_ROTATION_VARIANCE
+from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.errors import NonFiniteError, ShapeError
 from epropnp_ros import conversions as cv
 
@@ -522,3 +523,33 @@ def test_tf_message_per_object() -> None:
         np.testing.assert_allclose([tr.x, tr.y, tr.z], obj.pose[:3])
         np.testing.assert_allclose(_msg_rotation(t.transform.rotation),
                                    _yaw_matrix(obj.pose[3]), atol=1e-6)
+
+
+def test_bbox_corners_agree_with_camera_boxes() -> None:
+    """BoundingBox3D (centre pose + size along the object axes) spans CameraBoxes.corners()."""
+    boxes, covs = _boxes()
+    m = boxes.center.shape[0]
+    cam_boxes = CameraBoxes(center=boxes.center, size=boxes.size, yaw=boxes.yaw,
+                            labels=torch.tensor([0, 5]), velocity=torch.zeros(m, 2),
+                            attributes=torch.full((m,), -1), scores=boxes.scores).validate()
+    msg = cv.detection3d_array(cv.make_header("cam"), cv.objects_from_boxes(cam_boxes, covs))
+    assert [d.results[0].hypothesis.class_id for d in msg.detections] == [
+        NUSCENES_CLASSES[0], NUSCENES_CLASSES[5]]
+    want = cam_boxes.corners().double().numpy()
+    for det, corners in zip(msg.detections, want, strict=True):
+        rot = _msg_rotation(det.bbox.center.orientation)
+        c = det.bbox.center.position
+        half = np.array([det.bbox.size.x, det.bbox.size.y, det.bbox.size.z]) / 2
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        got = (signs * half) @ rot.T + [c.x, c.y, c.z]
+        # Same 8 points (orders differ): match each corner to its nearest.
+        dist = np.linalg.norm(got[:, None] - corners[None], axis=-1)
+        assert dist.min(axis=1).max() < 1e-5 and len(set(dist.argmin(axis=1))) == 8
+
+
+def test_builder_errors_are_conversion_errors() -> None:
+    for call in (lambda: cv.pose_to_msg([1.0]),
+                 lambda: cv.covariance_to_msg(np.full((6, 6), math.nan)),
+                 lambda: cv.pose_array(cv.make_header("c"), np.zeros((2, 5)))):
+        with pytest.raises(cv.ConversionError):
+            call()
