@@ -1,0 +1,349 @@
+"""Tests of the BOP reader (epropnp_lib.data.bop) and the mini-LineMOD generator.
+
+Two kinds of fixtures, both written into ``tmp_path``:
+
+* hand-written files that follow the official format description (bop_toolkit
+  ``docs/bop_datasets_format.md``; JSON laid out as ``bop_toolkit_lib.inout.save_json`` writes
+  it; PLY headers as in the ``lm`` model files) -- they check the reader against the format,
+  independently of our own writer;
+* a mini dataset from :func:`epropnp_lib.data.bop_generate.generate_bop_lm` -- round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset, crop_transform, read_ply
+from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.rotations import quat_to_matrix
+
+# --------------------------------------------------------------------------------------------
+# PLY
+# --------------------------------------------------------------------------------------------
+
+# A unit square (mm) as one quad plus one triangle, with normals and colours: the property
+# layout of the BOP lm models.
+ASCII_PLY = """ply
+format ascii 1.0
+comment created by hand after the BOP lm model header
+element vertex 5
+property float x
+property float y
+property float z
+property float nx
+property float ny
+property float nz
+property uchar red
+property uchar green
+property uchar blue
+element face 2
+property list uchar int vertex_indices
+end_header
+0 0 0 0 0 1 255 0 0
+10 0 0 0 0 1 0 255 0
+10 10 0 0 0 1 0 0 255
+0 10 0 0 0 1 10 20 30
+5 5 7.5 0 0 1 1 2 3
+4 0 1 2 3
+3 0 1 4
+"""
+
+
+def _binary_ply(endian: str) -> bytes:
+    fmt = "binary_little_endian" if endian == "<" else "binary_big_endian"
+    header = (f"ply\nformat {fmt} 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+              "element face 1\nproperty list uchar int vertex_indices\nend_header\n")
+    rows = [(1.5, 2.0, -3.0, 1, 2, 3), (4.0, 5.0, 6.0, 4, 5, 6), (7.0, 8.0, 9.25, 7, 8, 9)]
+    body = b"".join(struct.pack(endian + "fffBBB", *v) for v in rows)
+    body += struct.pack(endian + "Biii", 3, 0, 1, 2)
+    return header.encode() + body
+
+
+def test_read_ply_ascii_with_quad(tmp_path: Path) -> None:
+    path = tmp_path / "obj_000001.ply"
+    path.write_text(ASCII_PLY)
+    mesh = read_ply(path)
+    assert mesh.vertices.shape == (5, 3)
+    assert mesh.vertices[4].tolist() == [5.0, 5.0, 7.5]
+    assert mesh.normals is not None and mesh.normals[:, 2].tolist() == [1.0] * 5
+    assert mesh.colors is not None and mesh.colors[3].tolist() == [10, 20, 30]
+    # The quad is fan-triangulated.
+    assert mesh.faces.tolist() == [[0, 1, 2], [0, 2, 3], [0, 1, 4]]
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_read_ply_binary(tmp_path: Path, endian: str) -> None:
+    path = tmp_path / "m.ply"
+    path.write_bytes(_binary_ply(endian))
+    mesh = read_ply(path)
+    assert mesh.vertices.tolist() == [[1.5, 2.0, -3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.25]]
+    assert mesh.normals is None
+    assert mesh.colors is not None and mesh.colors[2].tolist() == [7, 8, 9]
+    assert mesh.faces.tolist() == [[0, 1, 2]]
+
+
+def test_read_ply_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(BopDataError, match="missing.ply"):
+        read_ply(tmp_path / "missing.ply")
+    trunc = tmp_path / "trunc.ply"
+    trunc.write_bytes(_binary_ply("<")[:-6])
+    with pytest.raises(BopDataError, match=r"trunc\.ply.*truncated"):
+        read_ply(trunc)
+    short = tmp_path / "short.ply"
+    short.write_text(ASCII_PLY.rsplit("4 0 1 2 3", 1)[0])
+    with pytest.raises(BopDataError, match=r"short\.ply.*truncated"):
+        read_ply(short)
+    bad = tmp_path / "bad.ply"
+    bad.write_text("solid stl\nfacet\n")
+    with pytest.raises(BopDataError, match=r"bad\.ply.*not a PLY"):
+        read_ply(bad)
+    oob = tmp_path / "oob.ply"
+    oob.write_text(ASCII_PLY.replace("3 0 1 4", "3 0 1 9"))
+    with pytest.raises(BopDataError, match=r"oob\.ply.*out of range"):
+        read_ply(oob)
+
+
+# --------------------------------------------------------------------------------------------
+# A hand-written scene in the official format
+# --------------------------------------------------------------------------------------------
+
+# A cube of side 40 mm centred at the origin (8 vertices, 12 triangles).
+_CUBE_V = [(x, y, z) for x in (-20, 20) for y in (-20, 20) for z in (-20, 20)]
+_CUBE_F = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1),
+           (2, 3, 7), (2, 7, 6), (0, 2, 6), (0, 6, 4), (1, 5, 7), (1, 7, 3)]
+CUBE_PLY = (
+    "ply\nformat ascii 1.0\nelement vertex 8\nproperty float x\nproperty float y\n"
+    "property float z\nproperty float nx\nproperty float ny\nproperty float nz\n"
+    "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+    "element face 12\nproperty list uchar int vertex_indices\nend_header\n"
+    + "".join(f"{x} {y} {z} 0 0 1 200 100 50\n" for x, y, z in _CUBE_V)
+    + "".join(f"3 {a} {b} {c}\n" for a, b, c in _CUBE_F))
+
+# models_info.json as save_json writes it; object 10 carries a discrete symmetry like the lm
+# eggbox (a 180 degree rotation about z).
+MODELS_INFO = """{
+  "1": {"diameter": 69.282, "min_x": -20.0, "min_y": -20.0, "min_z": -20.0, "size_x": 40.0, "size_y": 40.0, "size_z": 40.0},
+  "10": {"diameter": 69.282, "min_x": -20.0, "min_y": -20.0, "min_z": -20.0, "size_x": 40.0, "size_y": 40.0, "size_z": 40.0, "symmetries_discrete": [[-1, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]]}
+}"""  # noqa: E501
+
+CAMERA = """{
+  "cx": 40.0,
+  "cy": 30.0,
+  "depth_scale": 1.0,
+  "fx": 100.0,
+  "fy": 100.0,
+  "height": 60,
+  "width": 80
+}"""
+
+# Object 1 at 0.4 m, rotated 90 degrees about the camera z axis; object 10 further right.
+SCENE_GT = """{
+  "0": [{"cam_R_m2c": [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0], "cam_t_m2c": [0.0, 0.0, 400.0], "obj_id": 1}, {"cam_R_m2c": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "cam_t_m2c": [100.0, 0.0, 500.0], "obj_id": 10}]
+}"""  # noqa: E501
+
+SCENE_CAMERA = """{
+  "0": {"cam_K": [100.0, 0.0, 40.0, 0.0, 100.0, 30.0, 0.0, 0.0, 1.0], "depth_scale": 1.0}
+}"""
+
+SCENE_GT_INFO = """{
+  "0": [{"bbox_obj": [35, 25, 10, 10], "bbox_visib": [35, 25, 10, 10], "px_count_all": 121, "px_count_valid": 121, "px_count_visib": 121, "visib_fract": 1.0}, {"bbox_obj": [56, 26, 7, 7], "bbox_visib": [56, 26, 7, 7], "px_count_all": 64, "px_count_valid": 64, "px_count_visib": 64, "visib_fract": 1.0}]
+}"""  # noqa: E501
+
+
+def _box_mask(box: list[int], shape: tuple[int, int] = (60, 80)) -> np.ndarray:
+    x, y, w, h = box
+    m = np.zeros(shape, np.uint8)
+    m[y:y + h + 1, x:x + w + 1] = 255
+    return m
+
+
+def write_hand_scene(root: Path) -> Path:
+    """A one-image ``lm`` dataset written from the literal texts above."""
+    lm = root / "lm"
+    (lm / "models").mkdir(parents=True)
+    (lm / "camera.json").write_text(CAMERA)
+    (lm / "models" / "models_info.json").write_text(MODELS_INFO)
+    (lm / "models" / "obj_000001.ply").write_text(CUBE_PLY)
+    (lm / "models" / "obj_000010.ply").write_text(CUBE_PLY)
+    scene = lm / "test" / "000002"
+    for sub in ("rgb", "mask", "mask_visib", "depth"):
+        (scene / sub).mkdir(parents=True)
+    (scene / "scene_gt.json").write_text(SCENE_GT)
+    (scene / "scene_camera.json").write_text(SCENE_CAMERA)
+    (scene / "scene_gt_info.json").write_text(SCENE_GT_INFO)
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[..., 2] = 255  # red in BGR
+    img[30, 40] = (255, 0, 0)  # one blue pixel at the principal point
+    cv2.imwrite(str(scene / "rgb" / "000000.png"), img)
+    for gt_id, box in enumerate(([35, 25, 10, 10], [56, 26, 7, 7])):
+        for sub in ("mask", "mask_visib"):
+            cv2.imwrite(str(scene / sub / f"000000_{gt_id:06d}.png"), _box_mask(box))
+    return lm
+
+
+def test_hand_written_scene_whole_images(tmp_path: Path) -> None:
+    write_hand_scene(tmp_path)
+    ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False))
+    assert ds.object_ids == (1, 10)
+    assert len(ds) == 2
+    s0, s1 = ds[0], ds[1]
+    # Units: millimetres in the files, metres in the tensors.
+    torch.testing.assert_close(s0.pose[:3], torch.tensor([0.0, 0.0, 0.4]))
+    torch.testing.assert_close(s1.pose[:3], torch.tensor([0.1, 0.0, 0.5]))
+    torch.testing.assert_close(quat_to_matrix(s0.pose[3:]),
+                               torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(s0.cam_K, torch.tensor(
+        [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
+    assert s0.diameter.item() == pytest.approx(0.069282)
+    assert (s0.obj_id.item(), s1.obj_id.item()) == (1, 10)
+    assert (s0.object_index.item(), s1.object_index.item()) == (0, 1)
+    assert s0.scene_id.item() == 2 and s0.im_id.item() == 0 and s1.gt_id.item() == 1
+    # LineMOD protocol: obj 10 (eggbox) is symmetric, obj 1 (ape) is not.
+    assert not bool(s0.symmetric) and bool(s1.symmetric)
+    assert ds.model(10).name == "eggbox"
+    assert ds.model(10).info.symmetries_discrete.shape == (1, 4, 4)
+    assert ds.model(1).vertices.abs().max().item() == pytest.approx(0.02)
+    assert s0.model_points.shape == (8, 3)
+    # Image: RGB order, [0, 1]; masks as written.
+    assert s0.image.shape == (3, 60, 80)
+    torch.testing.assert_close(s0.image[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(s0.image[:, 30, 40], torch.tensor([0.0, 0.0, 1.0]))
+    assert s0.mask.sum().item() == 121 and s1.mask_full.sum().item() == 64
+    # The model projected with the file's pose and K lands in the annotated box.
+    verts = ds.model(1).vertices
+    x_cam = verts @ quat_to_matrix(s0.pose[3:]).T + s0.pose[:3]
+    uv = (x_cam @ s0.cam_K.T)[:, :2] / x_cam[:, 2:]
+    assert uv[:, 0].min().item() >= 35 - 1 and uv[:, 0].max().item() <= 45 + 1
+    assert uv[:, 1].min().item() >= 25 - 1 and uv[:, 1].max().item() <= 35 + 1
+
+
+def test_hand_written_scene_crops(tmp_path: Path) -> None:
+    write_hand_scene(tmp_path)
+    ds = BopDataset(tmp_path, "test", objects=["ape"], config=BopConfig(crop_size=32))
+    assert len(ds) == 1
+    s = ds[0]
+    assert s.image.shape == (3, 32, 32) and s.coords.shape == (3, 32, 32)
+    # The box (35..45, 25..35) has centre (40, 30); with side 1.5 * 11 its crop maps the centre
+    # to the crop centre (15.5, 15.5).
+    a = crop_transform([35, 25, 10, 10], 32, 1.5)
+    torch.testing.assert_close(s.cam_K, torch.from_numpy(a).float() @ torch.tensor(
+        [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
+    centre = a @ np.array([40.0, 30.0, 1.0])
+    assert centre[:2].tolist() == pytest.approx([15.5, 15.5])
+    # The blue pixel at (40, 30) lands at its mapped position in the crop.
+    u, v, _ = a @ np.array([40.0, 30.0, 1.0])
+    blue = s.image[2] - s.image[0]
+    peak = divmod(int(blue.argmax()), 32)
+    assert abs(peak[0] - v) <= 1 and abs(peak[1] - u) <= 1
+    # Coordinates are rendered only where the mask is, and lie on the cube (|c| <= 2 cm).
+    has = s.coords.abs().sum(0) > 0
+    assert bool((has <= (s.mask[0] > 0)).all()) and int(has.sum()) > 100
+    assert s.coords.abs().max().item() <= 0.02 + 1e-5
+    # The camera-facing side of the cube is at object z = -0.02 (R keeps z, t_z = 0.4).
+    torch.testing.assert_close(s.coords[2][has], torch.full((int(has.sum()),), -0.02),
+                               atol=1e-5, rtol=0)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="bbox"):
+        BopConfig(bbox="tight")
+    with pytest.raises(ConfigError, match="min_visib_fract"):
+        BopConfig(min_visib_fract=1.5)
+    with pytest.raises(ConfigError, match="symmetric"):
+        BopConfig(symmetric="yes")
+    with pytest.raises(ConfigError, match="crop_scale"):
+        BopConfig(crop_scale=0)
+
+
+def _scene(root: Path) -> Path:
+    return root / "lm" / "test" / "000002"
+
+
+def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = BopConfig(crop_size=0, render_coords=False)
+    write_hand_scene(tmp_path)
+    # Unknown object id / name requested.
+    with pytest.raises(BopDataError, match=r"models_info\.json.*unknown object id 7"):
+        BopDataset(tmp_path, "test", objects=[7], config=cfg)
+    with pytest.raises(BopDataError, match="unknown object name"):
+        BopDataset(tmp_path, "test", objects=["teapot"], config=cfg)
+    # Missing split.
+    with pytest.raises(BopDataError, match="train.*split folder not found"):
+        BopDataset(tmp_path, "train", config=cfg)
+    # Missing image: at construction, naming the file ...
+    img = _scene(tmp_path) / "rgb" / "000000.png"
+    moved = img.with_suffix(".bak")
+    img.rename(moved)
+    with pytest.raises(BopDataError, match=r"rgb/000000\.png: image not found"):
+        BopDataset(tmp_path, "test", config=cfg)
+    # ... or at access time when file checks are off.
+    ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False,
+                                                       check_files=False))
+    with pytest.raises(BopDataError, match=r"000000\.png: image not found"):
+        ds[0]
+    # A corrupt image.
+    img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(BopDataError, match=r"000000\.png: cannot decode"):
+        ds[0]
+    moved.replace(img)
+    # Missing mask.
+    mask = _scene(tmp_path) / "mask_visib" / "000000_000001.png"
+    mask.unlink()
+    with pytest.raises(BopDataError, match=r"mask_visib/000000_000001\.png: mask not found"):
+        BopDataset(tmp_path, "test", config=cfg)
+    cv2.imwrite(str(mask), _box_mask([56, 26, 7, 7]))
+    # Truncated JSON.
+    gt = _scene(tmp_path) / "scene_gt.json"
+    gt.write_text(SCENE_GT[: len(SCENE_GT) // 2])
+    with pytest.raises(BopDataError, match=r"scene_gt\.json: invalid or truncated JSON"):
+        BopDataset(tmp_path, "test", config=cfg)
+    # Missing key and wrong length.
+    gt.write_text(SCENE_GT.replace('"cam_t_m2c"', '"cam_t"'))
+    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 0: missing "
+                                           r"key 'cam_t_m2c'"):
+        BopDataset(tmp_path, "test", config=cfg)
+    gt.write_text(SCENE_GT.replace("[0.0, 0.0, 400.0]", "[0.0, 400.0]"))
+    with pytest.raises(BopDataError, match=r"cam_t_m2c: expected a list of 3 numbers"):
+        BopDataset(tmp_path, "test", config=cfg)
+    # Unknown object in an annotation.
+    gt.write_text(SCENE_GT.replace('"obj_id": 10', '"obj_id": 99'))
+    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 1: unknown "
+                                           r"object id 99"):
+        BopDataset(tmp_path, "test", config=cfg)
+    # Empty scene.
+    gt.write_text("{}")
+    with pytest.raises(BopDataError, match=r"scene_gt\.json: empty scene"):
+        BopDataset(tmp_path, "test", config=cfg)
+    gt.write_text(SCENE_GT)
+    # gt_info inconsistent with scene_gt.
+    info = _scene(tmp_path) / "scene_gt_info.json"
+    info.write_text('{\n  "0": []\n}')
+    with pytest.raises(BopDataError, match=r"scene_gt_info\.json: image 0 has 0 entries"):
+        BopDataset(tmp_path, "test", config=cfg)
+    # Low visibility: skipped with a counted warning, not an error.
+    info.write_text(SCENE_GT_INFO.replace('"visib_fract": 1.0}, {', '"visib_fract": 0.05}, {'))
+    with caplog.at_level(logging.WARNING, logger="epropnp_lib.data.bop"):
+        ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False,
+                                                           min_visib_fract=0.1))
+    assert len(ds) == 1 and ds[0].obj_id.item() == 10
+    assert ds.skipped == {"visib_fract < 0.1": 1}
+    assert "skipped 1 instance(s): visib_fract < 0.1" in caplog.text
+    # Nothing left at all: a clear error.
+    with pytest.raises(BopDataError, match="no instance of objects"):
+        BopDataset(tmp_path, "test", objects=[1], config=BopConfig(
+            crop_size=0, render_coords=False, min_visib_fract=0.1))
+    # Missing models_info.json / camera.json name the file.
+    (tmp_path / "lm" / "camera.json").unlink()
+    with pytest.raises(BopDataError, match=r"camera\.json: file not found"):
+        BopDataset(tmp_path, "test", config=cfg)
+    (tmp_path / "lm" / "models" / "models_info.json").write_text('{"1": {"diameter": 1}}')
+    with pytest.raises(BopDataError, match=r"models_info\.json: object 1: missing key 'min_x'"):
+        BopDataset(tmp_path, "test", config=cfg)
