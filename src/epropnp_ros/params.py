@@ -172,8 +172,9 @@ class CommonParams:
     )
     rectified: bool = _p(
         False,
-        "The images are rectified (image_proc output): use CameraInfo P as the intrinsics and "
-        "ignore the distortion. Otherwise K and D are used and 2D points are undistorted.",
+        "The images are rectified (image_proc's image_rect): their pixels already belong to "
+        "the camera P, no distortion is applied. Otherwise (image_raw) the network's 2D points "
+        "are undistorted with K and D. Poses are solved with P[:, :3] in both cases.",
     )
     num_posterior_samples: int = _p(
         32, "Equally-weighted pose samples per object on the 'pose_samples' PoseArray (0: none).",
@@ -214,10 +215,10 @@ class DetectorParams(CommonParams):
     )
     max_detections: int = _p(50, "Most detections published per image.", lo=1, hi=1000)
     input_scale: float = _p(
-        1.0,
-        "Resize factor applied to the image before the network (intrinsics scaled to match); "
-        "< 1 trades accuracy for speed.",
-        lo=0.05, hi=4.0,
+        0.0,
+        "Resize factor applied to the image before the network (intrinsics scaled to match; "
+        "< 1 trades accuracy for speed); 0: the checkpoint's own setting.",
+        lo=0.0, hi=4.0,
     )
 
 

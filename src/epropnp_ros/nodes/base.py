@@ -1,0 +1,562 @@
+"""Machinery shared by the detector and pose-estimator lifecycle nodes.
+
+:class:`EstimatorNode` is an ``rclpy`` lifecycle node that is only glue: parameters
+(:mod:`epropnp_ros.params`) -> pipeline (:mod:`epropnp_ros.pipeline`) -> messages
+(:mod:`epropnp_ros.conversions`, :mod:`epropnp_ros.markers`).
+
+Lifecycle
+    * ``on_configure``: read the parameters, load the model (a missing or invalid checkpoint, or
+      an unavailable device, fails the transition with the reason logged -- never random
+      weights), create the publishers and the diagnostics timer.
+    * ``on_activate``: create the subscriptions (image or compressed image, camera info, and the
+      subclass's extra inputs) and start the inference worker thread.
+    * ``on_deactivate``: destroy the subscriptions, stop the worker (the frame in the slot is
+      dropped).
+    * ``on_cleanup`` / ``on_shutdown``: release the model and the publishers.
+
+Threading: the executor thread only pairs image and camera info by stamp
+(:class:`~epropnp_ros.pairing.StampPairer`) and puts the pair into a single-slot mailbox
+(:class:`~epropnp_ros.pairing.LatestSlot`); one worker thread decodes, runs the model and
+publishes. A slow model therefore never blocks the executor's other callbacks (lifecycle and
+parameter services, camera info, diagnostics), and frames that arrive while the model is busy
+replace the waiting one: the newest frame is processed, stale ones are dropped and counted.
+
+Topics (relative names: remap them; ``~`` is the node's private namespace)
+    in: ``image`` (sensor_msgs/Image) or ``image/compressed`` (sensor_msgs/CompressedImage,
+    parameter ``image_transport``), ``camera_info`` (sensor_msgs/CameraInfo); sensor-data QoS
+    (best effort, depth 5), overridable with the standard ``qos_overrides.<topic>.subscription.
+    <policy>`` parameters (history, depth, reliability) at start-up.
+    out: ``detections`` (vision_msgs/Detection3DArray, covariance filled), ``pose``
+    (geometry_msgs/PoseWithCovarianceStamped, the best-scoring object), ``pose_samples``
+    (geometry_msgs/PoseArray, the posterior samples of every object), ``markers``
+    (visualization_msgs/MarkerArray), ``/tf`` (tf2_msgs/TFMessage, parameter ``publish_tf``),
+    ``~/diagnostics`` (std_msgs/String, JSON; see :meth:`EstimatorNode.diagnostics`). Every
+    output has the image's header (frame id and stamp). ``diagnostic_msgs`` is not available
+    as a wheel, hence the JSON status.
+
+Bad input (unsupported encoding, empty or truncated image, invalid/NaN camera info, image size
+different from the calibration, images without a camera info) never stops the node: each case
+is counted in the diagnostics and logged as a warning at most every ``warn_throttle`` seconds per
+kind; the next good frame is processed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from epropnp_lib.errors import EProPnPError
+from epropnp_ros import conversions as conv
+from epropnp_ros.markers import MarkerStyle, detection_markers
+from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
+from epropnp_ros.params import CommonParams, param_specs, params_from_values, validate_change
+from epropnp_ros.pipeline import (
+    Intrinsics,
+    ObjectEstimates,
+    PipelineInputError,
+    intrinsics_from_camera,
+)
+
+ParamsT = TypeVar("ParamsT", bound=CommonParams)
+
+#: Output topics' QoS: reliable, volatile, a few messages deep.
+OUTPUT_QOS = QoSProfile(
+    depth=5, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
+#: ``/tf`` QoS of tf2_ros's broadcaster (reliable, volatile, depth 100).
+TF_QOS = QoSProfile(
+    depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+#: Latency samples kept for the diagnostics percentiles.
+LATENCY_WINDOW = 200
+
+
+def stamp_ns(stamp: Any) -> int:
+    """Nanoseconds of a ``builtin_interfaces/Time``."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class Frame(NamedTuple):
+    """A paired frame waiting for the worker.
+
+    Attributes:
+        pair: image and camera-info messages (see :class:`~epropnp_ros.pairing.Pair`).
+        received: ``time.monotonic()`` when the image arrived (latency reference).
+    """
+
+    pair: Pair[Any, Any]
+    received: float
+
+
+class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
+    """Base of the detector and pose-estimator lifecycle nodes (see the module docstring).
+
+    Subclasses set :attr:`PARAMS` and implement :meth:`load_pipeline`, :meth:`run_pipeline`,
+    :meth:`objects` (and optionally :meth:`create_extra_inputs`).
+
+    Args:
+        node_name: the node's default name.
+        pipeline_factory: builds the pipeline from the parameters instead of
+            :meth:`load_pipeline` (dependency injection for tests; the entry points pass
+            nothing).
+        **kwargs: passed to ``LifecycleNode`` (e.g. ``context``, ``parameter_overrides``).
+    """
+
+    PARAMS: ClassVar[type[CommonParams]]
+
+    def __init__(
+        self,
+        node_name: str,
+        *,
+        pipeline_factory: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(node_name, **kwargs)
+        self._pipeline_factory = pipeline_factory
+        self._specs = {s.name: s for s in param_specs(self.PARAMS)}
+        for spec in self._specs.values():
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            self.declare_parameter(spec.name, default, spec.descriptor())
+        self.params: ParamsT = self._read_params()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+
+        self.pipeline: Any = None
+        self._lock = threading.Lock()
+        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._slot.close()
+        self._pairer: StampPairer[Any, Any] | None = None
+        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
+        self._worker: threading.Thread | None = None
+        self._inputs: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._diag_pub: Any = None
+        self._diag_timer: Any = None
+        self._lc_state = "unconfigured"
+        self._warned: dict[str, float] = {}
+        self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._last_timings: dict[str, float] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "images_received", "camera_infos_received", "frames_paired", "frames_processed",
+                "frames_dropped_stale", "images_unpaired", "camera_infos_unpaired",
+                "bad_image", "bad_camera_info", "size_mismatch", "pipeline_errors",
+                "failed_solves", "objects_published",
+            ),
+            0,
+        )
+
+    # --- to implement --------------------------------------------------------------------
+    @abstractmethod
+    def load_pipeline(self, params: ParamsT) -> Any:
+        """Build the pipeline (raise with a clear message when the model cannot load)."""
+
+    @abstractmethod
+    def run_pipeline(
+        self, rgb: np.ndarray, intrinsics: Intrinsics, header: Header, params: ParamsT
+    ) -> ObjectEstimates:
+        """Run the pipeline on one decoded frame."""
+
+    @abstractmethod
+    def objects(self, output: Any) -> list[conv.ObjectPose3D]:
+        """The published objects of a pipeline output."""
+
+    def apply_live_params(self, params: ParamsT) -> None:  # noqa: B027 - optional hook
+        """Push live parameters into the pipeline (called after every accepted change)."""
+
+    def create_extra_inputs(self, params: ParamsT) -> list[Any]:
+        """Extra subscriptions created in ``on_activate`` (e.g. regions of interest)."""
+        return []
+
+    def marker_class_names(self) -> tuple[str, ...]:
+        """Class order of the marker palette."""
+        return ()
+
+    # --- parameters ----------------------------------------------------------------------
+    def _value(self, name: str) -> Any:
+        value = self.get_parameter(name).value
+        return list(value) if isinstance(self._specs[name].default, tuple) else value
+
+    def _read_params(self) -> ParamsT:
+        values = {name: self._value(name) for name in self._specs}
+        params = params_from_values(self.PARAMS, values, where=f"node {self.get_name()!r}")
+        return params  # type: ignore[return-value]
+
+    def _on_set_parameters(self, parameters: Sequence[Parameter[Any]]) -> Any:
+        from rcl_interfaces.msg import SetParametersResult  # type: ignore[import-untyped]
+
+        changes = {
+            p.name: list(p.value) if p.name in self._specs
+            and isinstance(self._specs[p.name].default, tuple) else p.value
+            for p in parameters
+        }
+        reason = validate_change(self.params, changes)
+        if reason is not None:
+            self.get_logger().warning(f"rejected parameter change: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _on_parameters_set(self, parameters: Sequence[Parameter[Any]]) -> None:
+        if not any(p.name in self._specs for p in parameters):
+            return
+        self.params = self._read_params()
+        if self.pipeline is not None:
+            self.apply_live_params(self.params)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self.params = self._read_params()
+        if params.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(params.torch_threads)
+        try:
+            factory = self._pipeline_factory or self.load_pipeline
+            self.pipeline = factory(params)
+        except Exception as exc:  # noqa: BLE001 - any load failure fails the transition
+            self.get_logger().error(f"configure failed: cannot load the model: {exc}")
+            self.pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        pubs = self._outputs
+        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+        from vision_msgs.msg import Detection3DArray
+        from visualization_msgs.msg import MarkerArray
+
+        for name, msg_type in (
+            ("detections", Detection3DArray), ("pose", PoseWithCovarianceStamped),
+            ("pose_samples", PoseArray), ("markers", MarkerArray),
+        ):
+            pubs[name] = self.create_lifecycle_publisher(
+                msg_type, name, OUTPUT_QOS,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            )
+        if params.publish_tf:
+            from tf2_msgs.msg import TFMessage
+
+            pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", TF_QOS)
+        self._diag_pub = self.create_publisher(String, "~/diagnostics", OUTPUT_QOS)
+        self._diag_timer = self.create_timer(params.diagnostics_period, self.publish_diagnostics)
+        self._lc_state = "inactive"
+        self.get_logger().info(f"configured ({type(self.pipeline).__name__} on {params.device})")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self.params
+        self._pairer = StampPairer(
+            tolerance_ns=round(params.pairing_tolerance * 1e9),
+            latest_info=params.use_latest_camera_info,
+        )
+        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
+        overrides = QoSOverridingOptions.with_default_policies
+        if params.image_transport == "compressed":
+            image_sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
+                qos_overriding_options=overrides(),
+            )
+        else:
+            image_sub = self.create_subscription(
+                Image, "image", self._on_image, qos_profile_sensor_data,
+                qos_overriding_options=overrides(),
+            )
+        info_sub = self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
+            qos_overriding_options=overrides(),
+        )
+        self._inputs = [image_sub, info_sub, *self.create_extra_inputs(params)]
+        self._slot.reopen()
+        self._worker = threading.Thread(target=self._work, name="epropnp-inference", daemon=True)
+        self._worker.start()
+        self._lc_state = "active"
+        self.get_logger().info("activated")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._lc_state = "inactive"
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lc_state = "unconfigured"
+        self.get_logger().info("cleaned up")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        self._lc_state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        self._lc_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            if self._worker.is_alive():
+                self.get_logger().error("inference worker did not stop within 30 s")
+            self._worker = None
+        if self._pairer is not None:
+            self._pairer.clear()
+
+    def _release(self) -> None:
+        for pub in self._outputs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._outputs = {}
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        self.pipeline = None
+
+    @property
+    def lifecycle_state(self) -> str:
+        """Label of the current lifecycle state, as this node tracks it."""
+        return self._lc_state
+
+    # --- input callbacks (executor thread) -----------------------------------------------
+    def _on_image(self, msg: Any) -> None:
+        pairer = self._pairer
+        if pairer is None:
+            return
+        self.counters["images_received"] += 1
+        pair = pairer.add_image(stamp_ns(msg.header.stamp), msg)
+        self._sync_pairing_counters()
+        if pair is not None:
+            self._offer(pair)
+
+    def _on_camera_info(self, msg: Any) -> None:
+        pairer = self._pairer
+        if pairer is None:
+            return
+        self.counters["camera_infos_received"] += 1
+        pair = pairer.add_info(stamp_ns(msg.header.stamp), msg)
+        self._sync_pairing_counters()
+        if pair is not None:
+            self._offer(pair)
+
+    def _sync_pairing_counters(self) -> None:
+        if self._pairer is None:
+            return
+        c = self._pairer.counters
+        new_unpaired = c.images_unpaired - self._unpaired_seen
+        self._unpaired_seen = c.images_unpaired
+        self.counters["frames_paired"] += c.paired - self._paired_seen
+        self._paired_seen = c.paired
+        self.counters["images_unpaired"] += new_unpaired
+        self.counters["camera_infos_unpaired"] += c.infos_unpaired - self._infos_unpaired_seen
+        self._infos_unpaired_seen = c.infos_unpaired
+        if new_unpaired > 0:
+            self.warn(
+                "no_camera_info",
+                f"{new_unpaired} image(s) dropped without a CameraInfo of the same stamp "
+                f"(pairing_tolerance={self.params.pairing_tolerance} s); is 'camera_info' "
+                "published?",
+            )
+
+    def _offer(self, pair: Pair[Any, Any]) -> None:
+        self._slot.put(Frame(pair, time.monotonic()))
+        self.counters["frames_dropped_stale"] = self._slot.dropped
+
+    # --- worker thread -------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            frame = self._slot.take(timeout=None)
+            if frame is None:
+                return
+            try:
+                self.process_frame(frame)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                self.counters["pipeline_errors"] += 1
+                self.warn("pipeline_error", f"frame failed: {type(exc).__name__}: {exc}",
+                          level=logging.ERROR)
+            self.counters["frames_dropped_stale"] = self._slot.dropped
+
+    def process_frame(self, frame: Frame) -> None:
+        """Decode, validate, run the model and publish one paired frame (worker thread)."""
+        image_msg, info_msg = frame.pair.image, frame.pair.info
+        params = self.params
+        try:
+            if isinstance(image_msg, CompressedImage):
+                rgb = conv.compressed_to_rgb(image_msg)
+            else:
+                rgb = conv.image_to_rgb(image_msg)
+        except conv.ConversionError as exc:
+            self.counters["bad_image"] += 1
+            self.warn("bad_image", f"skipping image: {exc}")
+            return
+        try:
+            camera = conv.camera_info_to_model(info_msg)
+        except conv.ConversionError as exc:
+            self.counters["bad_camera_info"] += 1
+            self.warn("bad_camera_info", f"skipping frame, invalid CameraInfo: {exc}")
+            return
+        try:
+            camera.check_image_size(rgb.shape[0], rgb.shape[1])
+        except conv.ConversionError as exc:
+            self.counters["size_mismatch"] += 1
+            self.warn("size_mismatch", f"skipping frame: {exc}")
+            return
+        header = Header(frame_id=image_msg.header.frame_id or camera.frame_id,
+                        stamp=image_msg.header.stamp)
+        try:
+            intrinsics = intrinsics_from_camera(camera, params.rectified)
+            output = self.run_pipeline(rgb, intrinsics, header, params)
+        except (PipelineInputError, conv.ConversionError) as exc:
+            self.counters["bad_image"] += 1
+            self.warn("bad_input", f"skipping frame: {exc}")
+            return
+        self.publish(header, output, params)
+        latency = 1000.0 * (time.monotonic() - frame.received)
+        with self._lock:
+            self._latency_ms.append(latency)
+            self._last_timings = dict(output.timings)
+        self.counters["frames_processed"] += 1
+        self.counters["failed_solves"] += int(output.num_failed)
+
+    def publish(self, header: Header, output: ObjectEstimates, params: ParamsT) -> None:
+        """Publish every output message of one frame (all with ``header``)."""
+        pubs = self._outputs
+        if not pubs:
+            return
+        objects = self.objects(output)
+        pubs["detections"].publish(conv.detection3d_array(header, objects))
+        if objects:
+            best = int(np.argmax(output.scores))
+            pubs["pose"].publish(
+                conv.pose_with_covariance_stamped(header, output.pose[best],
+                                                  output.covariance[best])
+            )
+        samples = output.samples
+        dim = samples.shape[-1]
+        flat = samples.reshape(-1, dim)
+        pubs["pose_samples"].publish(conv.pose_array(header, flat))
+        if params.publish_markers:
+            style = MarkerStyle(lifetime_s=params.marker_lifetime,
+                                class_names=self.marker_class_names())
+            per_object = list(samples) if samples.shape[1] else None
+            pubs["markers"].publish(detection_markers(header, objects, per_object, style))
+        if "tf" in pubs and objects:
+            pubs["tf"].publish(
+                conv.tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
+            )
+        self.counters["objects_published"] += len(objects)
+
+    # --- diagnostics & warnings ----------------------------------------------------------
+    def warn(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+        """Log ``message`` at most every ``warn_throttle`` seconds per ``kind``."""
+        now = time.monotonic()
+        last = self._warned.get(kind)
+        if last is not None and now - last < self.params.warn_throttle:
+            return
+        self._warned[kind] = now
+        log = self.get_logger()
+        text = f"[{kind}] {message} (count: {self.counters.get(kind, '-')})"
+        if level >= logging.ERROR:
+            log.error(text)
+        else:
+            log.warning(text)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The status published on ``~/diagnostics`` (as JSON in a std_msgs/String):
+
+        ``node`` (fully qualified name), ``state`` (lifecycle state), ``device``, ``counters``
+        (monotonic counts: images/camera infos received, frames paired / processed / dropped
+        as stale, unpaired images and infos, bad images, bad camera infos, size mismatches,
+        pipeline errors, failed solves, objects published), ``latency_ms`` (``p50``, ``p95``,
+        ``max``, ``last`` over the last frames: image arrival to published outputs, ``n``) and
+        ``stage_ms`` (the last frame's pipeline timings).
+        """
+        with self._lock:
+            lat = np.asarray(self._latency_ms, dtype=np.float64)
+            stages = dict(self._last_timings)
+        latency: dict[str, float | int] = {"n": int(lat.size)}
+        if lat.size:
+            latency.update(
+                p50=float(np.percentile(lat, 50)), p95=float(np.percentile(lat, 95)),
+                max=float(lat.max()), last=float(lat[-1]),
+            )
+        return {
+            "node": self.get_fully_qualified_name(),
+            "state": self._lc_state,
+            "device": self.params.device,
+            "counters": dict(self.counters),
+            "latency_ms": latency,
+            "stage_ms": stages,
+        }
+
+    def publish_diagnostics(self) -> None:
+        """Publish :meth:`diagnostics` once (the timer calls this every period)."""
+        if self._diag_pub is not None:
+            self._diag_pub.publish(String(data=json.dumps(self.diagnostics())))
+
+
+def param_names(params_cls: type[CommonParams]) -> list[str]:
+    """Names of the node parameters of ``params_cls`` (for YAML checks)."""
+    return [f.name for f in fields(params_cls)]
+
+
+def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | None = None) -> int:
+    """Entry point body: init, build the node, optionally configure + activate it (parameter
+    ``autostart``), spin until Ctrl-C or an external shutdown, then clean up. Returns the exit
+    status (1 when autostart's configure or activate failed)."""
+    rclpy.init(args=None if args is None else list(args))
+    node = None
+    status = 0
+    try:
+        node = node_factory()
+        if node.params.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: configure failed (see above)")
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: activate failed (see above)")
+                return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except EProPnPError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        status = 1
+    finally:
+        if node is not None:
+            node._stop_inputs()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status

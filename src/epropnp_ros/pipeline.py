@@ -1,0 +1,610 @@
+"""The ROS-free inference pipelines of the nodes: RGB image + intrinsics in, poses out.
+
+``DetectorPipeline`` (deformable correspondence network, 4DoF, nuScenes classes) and
+``PoseEstimatorPipeline`` (dense correspondence network, 6DoF, one object, on crops) share one
+path:
+
+1. **Input**: ``rgb: (H, W, 3) uint8`` and :class:`Intrinsics` (pinhole matrix of the image and,
+   for a distorted image, the function that undistorts pixels to that pinhole camera);
+   :func:`intrinsics_from_camera` builds them from a ``CameraInfo`` model: ``K`` and the
+   distortion for raw images, ``P`` (and no distortion) for rectified ones.
+2. **Network input**: the detector resizes the whole image by ``input_scale``; the pose estimator
+   crops square regions of interest (padded, resized to the network's crop size). Either is an
+   axis-aligned affine map ``u_net = s * u_img + t`` (pixel-centre convention), so the network's
+   intrinsics are ``A @ K`` with ``A = [[s, 0, tx], [0, s, ty], [0, 0, 1]]``.
+3. **Correspondences and PnP**: without distortion the network's own correspondences are solved
+   with ``A @ K``. With distortion, the network's 2D points are mapped back to image pixels,
+   undistorted to the pinhole camera ``K``, and solved there (weights times ``s``, so that the
+   cost is unchanged by the change of pixel units): the distortion is never ignored.
+4. **Output** (:class:`DetectorOutput` / :class:`PoseOutput`): per object the pose (4DoF
+   ``(x, y, z, yaw)`` / 6DoF ``(t, q_wxyz)``), the library covariance (the ROS layout is made by
+   :mod:`epropnp_ros.conversions`), equally-weighted posterior samples
+   (:meth:`epropnp_lib.epropnp.EProPnPBase.posterior_samples`, seeded ``torch.Generator``),
+   scores, class names, and per-stage timings (ms). Objects whose solve failed are dropped and
+   counted (``num_failed``).
+
+Errors: bad input (shape/dtype of the image, non-finite intrinsics, image size different from
+the calibration) raises :class:`PipelineInputError`; a missing or malformed checkpoint raises the
+network's ``CheckpointError`` (a :class:`~epropnp_lib.errors.ConfigError`) from
+``from_checkpoint`` -- never random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from epropnp_lib.epropnp import EProPnPBase
+from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
+
+if TYPE_CHECKING:
+    from epropnp_ros.conversions import CameraModel
+
+logger = logging.getLogger(__name__)
+
+#: Undistortion of pixels: ``(N, 2)`` distorted pixels -> ``(N, 2)`` pixels of the pinhole camera.
+UndistortFn = Callable[[np.ndarray], np.ndarray]
+
+
+class PipelineInputError(EProPnPError, ValueError):
+    """An image or its intrinsics cannot be processed (the frame is skipped, the node goes on)."""
+
+
+class Intrinsics(NamedTuple):
+    """Camera of one image as the pipelines need it.
+
+    Attributes:
+        cam_mat: ``(3, 3)`` pinhole intrinsics the poses are solved with.
+        undistort: maps ``(N, 2)`` raw image pixels to pixels of ``cam_mat`` (``None`` for an
+            undistorted / rectified image).
+        width, height: image size of the calibration (0: unknown, not checked).
+    """
+
+    cam_mat: np.ndarray
+    undistort: UndistortFn | None
+    width: int
+    height: int
+
+
+class ObjectEstimates(Protocol):
+    """What the nodes publish, common to :class:`DetectorOutput` (``dim = 4``, ``D = 4``) and
+    :class:`PoseOutput` (``dim = 7``, ``D = 6``); ``M`` objects, ``S`` samples each."""
+
+    @property
+    def pose(self) -> np.ndarray: ...  # (M, dim)
+
+    @property
+    def covariance(self) -> np.ndarray: ...  # (M, D, D) library tangent covariance
+
+    @property
+    def samples(self) -> np.ndarray: ...  # (M, S, dim)
+
+    @property
+    def scores(self) -> np.ndarray: ...  # (M,)
+
+    @property
+    def class_ids(self) -> tuple[str, ...]: ...  # M names
+
+    @property
+    def timings(self) -> dict[str, float]: ...  # ms per stage
+
+    @property
+    def num_failed(self) -> int: ...
+
+
+class DetectorOutput(NamedTuple):
+    """Detections of one image (``M`` objects, ``S`` samples each; numpy, camera frame).
+
+    Attributes:
+        pose: ``(M, 4)`` (x, y, z, yaw about the camera y axis), the box centre.
+        covariance: ``(M, 4, 4)`` library covariance over (tx, ty, tz, yaw).
+        samples: ``(M, S, 4)`` equally-weighted posterior samples.
+        scores: ``(M,)`` detection scores.
+        class_ids: ``M`` class names.
+        boxes: the :class:`~epropnp_lib.data.boxes.CameraBoxes` (CPU) of the kept detections,
+            with the (re-)solved poses written in (``center``, ``yaw``).
+        timings: milliseconds per stage (``preprocess``, ``network``, ``pnp``, ``sampling``,
+            ``total``).
+        num_failed: detections dropped because their PnP solve failed.
+    """
+
+    pose: np.ndarray
+    covariance: np.ndarray
+    samples: np.ndarray
+    scores: np.ndarray
+    class_ids: tuple[str, ...]
+    boxes: Any
+    timings: dict[str, float]
+    num_failed: int
+
+
+class PoseOutput(NamedTuple):
+    """6DoF poses of the regions of one image (``M`` objects, ``S`` samples each).
+
+    Attributes:
+        pose: ``(M, 7)`` (t, q_wxyz).
+        covariance: ``(M, 6, 6)`` library covariance (= ROS order, fixed axes).
+        samples: ``(M, S, 7)``.
+        scores: ``(M,)`` score of the region each pose came from (1 for configured regions).
+        class_ids: ``M`` times the configured object class.
+        size: ``(M, 3)`` extents of the object's box along its own axes
+            (``2 * object_extent`` each: the network's coordinate cube).
+        rois: ``(M, 4)`` regions (x, y, width, height) in image pixels, before padding.
+        timings: milliseconds per stage.
+        num_failed: regions dropped because their PnP solve failed.
+    """
+
+    pose: np.ndarray
+    covariance: np.ndarray
+    samples: np.ndarray
+    scores: np.ndarray
+    class_ids: tuple[str, ...]
+    size: np.ndarray
+    rois: np.ndarray
+    timings: dict[str, float]
+    num_failed: int
+
+
+def intrinsics_from_camera(camera: CameraModel, rectified: bool) -> Intrinsics:
+    """:class:`Intrinsics` of images described by ``camera`` (a validated CameraInfo).
+
+    Poses are solved with ``camera.pinhole_matrix`` (``P[:, :3]``). Image pixels are mapped to
+    that camera by :func:`epropnp_ros.conversions.undistort_points` (undistortion with K and D
+    for raw images; only binning/ROI for rectified ones), skipped when it is the identity.
+    """
+    from epropnp_ros.conversions import undistort_points
+
+    cam = camera.pinhole_matrix
+    plain = camera.binning_x == camera.binning_y == 1 and camera.roi[:2] == (0, 0)
+    if rectified:
+        identity = plain
+    else:
+        identity = (
+            plain and not camera.is_distorted and np.allclose(camera.k, cam)
+            and np.allclose(camera.r, np.eye(3))
+        )
+    undistort = None if identity else partial(undistort_points, camera, rectified=rectified)
+    height, width = camera.image_size
+    return Intrinsics(cam, undistort, width, height)
+
+
+# --- input checks and geometry ---------------------------------------------------------------
+def check_image(rgb: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int]:
+    """Validate ``rgb: (H, W, 3) uint8`` against ``intrinsics``; returns ``(H, W)``.
+
+    Raises:
+        PipelineInputError: wrong shape/dtype, empty image, non-finite or singular intrinsics,
+            or an image size different from the calibration's (when that is known).
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
+            or rgb.shape[2] != 3:
+        desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise PipelineInputError(f"image must be (H, W, 3) uint8 RGB, got {desc}")
+    h, w = rgb.shape[:2]
+    if h == 0 or w == 0:
+        raise PipelineInputError(f"image is empty ({w}x{h})")
+    k = np.asarray(intrinsics.cam_mat, dtype=np.float64)
+    if k.shape != (3, 3) or not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise PipelineInputError(f"intrinsics must be a finite (3, 3) matrix with fx, fy > 0: {k}")
+    if intrinsics.width and intrinsics.height and (intrinsics.width, intrinsics.height) != (w, h):
+        raise PipelineInputError(
+            f"image is {w}x{h} but the camera info says {intrinsics.width}x{intrinsics.height}"
+        )
+    return h, w
+
+
+def affine_matrix(scale: float, tx: float, ty: float) -> np.ndarray:
+    """``(3, 3)`` map ``u_net = scale * u_img + t`` (applied to intrinsics as ``A @ K``)."""
+    return np.array([[scale, 0.0, tx], [0.0, scale, ty], [0.0, 0.0, 1.0]])
+
+
+def crop_affine(roi: Sequence[float], padding: float, crop_size: int) -> np.ndarray:
+    """Affine ``(3, 3)`` of a square crop around ``roi = (x, y, w, h)`` (pixels, padded by
+    ``padding`` about its centre) resized to ``crop_size`` pixels (pixel-centre convention:
+    image pixel centre ``u + 0.5`` maps to crop ``s * (u + 0.5 - x0)``)."""
+    x, y, w, h = (float(v) for v in roi)
+    side = max(w, h, 1.0) * padding
+    x0, y0 = x + 0.5 * w - 0.5 * side, y + 0.5 * h - 0.5 * side
+    s = crop_size / side
+    return affine_matrix(s, s * (0.5 - x0) - 0.5, s * (0.5 - y0) - 0.5)
+
+
+def resize_affine(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """Affine ``(3, 3)`` of resizing an image of ``src_hw`` to ``dst_hw`` (pixel centres; the
+    scale is the width ratio, the height follows to within a pixel)."""
+    sx = dst_hw[1] / src_hw[1]
+    sy = dst_hw[0] / src_hw[0]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def warp_crops(rgb: np.ndarray, affines: Sequence[np.ndarray], crop_size: int) -> np.ndarray:
+    """``(M, S, S, 3)`` uint8 crops of ``rgb`` under each affine (bilinear, black outside)."""
+    out = np.zeros((len(affines), crop_size, crop_size, 3), dtype=np.uint8)
+    for i, a in enumerate(affines):
+        out[i] = cv2.warpAffine(
+            rgb, a[:2], (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+        )
+    return out
+
+
+def to_image_frame(
+    x2d: torch.Tensor, w2d: torch.Tensor, affines: torch.Tensor, undistort: UndistortFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network-pixel correspondences to undistorted image pixels.
+
+    Args:
+        x2d: ``(B, N, 2)`` points in network pixels.
+        w2d: ``(B, N, 2)`` their weights.
+        affines: ``(B, 3, 3)`` network-from-image affines (``diag(s, s, 1)`` plus translation).
+        undistort: raw image pixels ``(N, 2)`` -> pinhole pixels.
+
+    Returns:
+        ``(x2d_img, w2d_img)``, both ``(B, N, 2)``: undistorted pixels and weights times ``s``
+        (a residual of one network pixel is ``1 / s`` image pixels).
+    """
+    scale = affines[:, None, [0, 1], [0, 1]]  # (B, 1, 2)
+    shift = affines[:, None, :2, 2]
+    raw = (x2d - shift) / scale
+    flat = raw.detach().reshape(-1, 2).cpu().double().numpy()
+    und = np.asarray(undistort(flat), dtype=np.float64).reshape(raw.shape)
+    return torch.as_tensor(und, dtype=x2d.dtype, device=x2d.device), w2d * scale
+
+
+def rgb_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in [0, 1] on ``device``."""
+    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class _Timer:
+    """Per-stage wall-clock timings in ms (synchronising CUDA so that the numbers are real)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._t0 = self._last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + 1000.0 * (now - self._last)
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        self.ms["total"] = 1000.0 * (time.perf_counter() - self._t0)
+        return self.ms
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device`` for ``'cpu'`` / ``'cuda'``; ``ConfigError`` when CUDA is asked for but
+    absent (the node then refuses to configure, with this reason)."""
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def _valid(sol: PnPSolution) -> torch.Tensor:
+    """``(B,)`` bool: usable solves with a finite covariance."""
+    finite = torch.isfinite(sol.covariance).flatten(1).all(1) & torch.isfinite(sol.pose).all(1)
+    return (sol.status <= SolveStatus.MAX_ITERATIONS) & finite
+
+
+def _kept(
+    sol: PnPSolution | None, samples: torch.Tensor | None, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(keep (B,), pose (M, dim), covariance (M, D, D), samples (M, S, dim))`` of the valid
+    solves, as float64 numpy."""
+    if sol is None:
+        d = dim - 1
+        return np.zeros(0, bool), np.zeros((0, dim)), np.zeros((0, d, d)), np.zeros((0, 0, dim))
+    valid = _valid(sol)
+    pose = sol.pose[valid].double().cpu().numpy()
+    cov = sol.covariance[valid].double().cpu().numpy()
+    if samples is None:
+        smp = np.zeros((len(pose), 0, dim))
+    else:
+        smp = samples[:, valid].transpose(0, 1).double().cpu().numpy()
+    return valid.cpu().numpy(), pose, cov, smp
+
+
+def _solve_and_sample(
+    layer: EProPnPBase,
+    x3d: torch.Tensor,
+    x2d: torch.Tensor,
+    w2d: torch.Tensor,
+    cam_mats: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator,
+    timer: _Timer,
+) -> tuple[PnPSolution, torch.Tensor | None]:
+    """Solve ``(B,)`` problems (pose, covariance, status) and draw ``(S, B, dim)`` samples."""
+    sol = layer.solve(x3d, x2d, w2d, cam_mats)
+    timer.lap("pnp")
+    samples = None
+    if num_samples > 0 and x3d.shape[0] > 0:
+        samples = layer.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator)
+    timer.lap("sampling")
+    return sol, samples
+
+
+# --- pose estimator (dense net, 6DoF) --------------------------------------------------------
+@dataclass(frozen=True)
+class PoseEstimatorSettings:
+    """Live settings of :class:`PoseEstimatorPipeline`.
+
+    Attributes:
+        num_samples: posterior samples per object (0: none).
+        roi_padding: scale of each region about its centre before cropping (>= 1).
+        object_class: class name of the estimates.
+        seed: seed of the sampling generator (used when the pipeline is built).
+    """
+
+    num_samples: int = 32
+    roi_padding: float = 1.2
+    object_class: str = "object"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 0:
+            raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
+        if not (math.isfinite(self.roi_padding) and self.roi_padding >= 1.0):
+            raise ConfigError(f"roi_padding must be >= 1, got {self.roi_padding}")
+
+
+class PoseEstimatorPipeline:
+    """Regions of an image -> 6DoF poses with covariance and samples (dense network).
+
+    Args:
+        net: a :class:`~epropnp_lib.nets.dense.DenseCorrespondenceNet` (eval mode is set here).
+        device: where it runs.
+        settings: :class:`PoseEstimatorSettings` (replace :attr:`settings` to change them live).
+    """
+
+    def __init__(
+        self, net: Any, device: torch.device, settings: PoseEstimatorSettings | None = None
+    ) -> None:
+        self.net = net.to(device).eval()
+        self.device = device
+        self.settings = settings or PoseEstimatorSettings()
+        self.crop_size = int(net.config.crop_size)
+        self.object_extent = float(net.config.object_extent)
+        self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", settings: PoseEstimatorSettings | None = None
+    ) -> PoseEstimatorPipeline:
+        """Load a dense-network checkpoint (``CheckpointError`` naming the file when it is
+        missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
+        from epropnp_lib.nets.dense import DenseCorrespondenceNet
+
+        dev = resolve_device(device)
+        net, _ = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
+        logger.info("loaded dense correspondence net from %s on %s", path, dev)
+        return cls(net, dev, settings)
+
+    def process(
+        self,
+        rgb: np.ndarray,
+        intrinsics: Intrinsics,
+        rois: np.ndarray | None = None,
+        roi_scores: np.ndarray | None = None,
+    ) -> PoseOutput:
+        """Poses of the objects in ``rois`` of one image.
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB.
+            intrinsics: the image's :class:`Intrinsics`.
+            rois: ``(M, 4)`` regions (x, y, width, height) in pixels; ``None``: the whole image.
+            roi_scores: ``(M,)`` scores of the regions (default 1).
+
+        Returns:
+            :class:`PoseOutput` (``M`` minus the failed solves).
+        """
+        h, w = check_image(rgb, intrinsics)
+        cfg = self.settings
+        timer = _Timer(self.device)
+        if rois is None:
+            rois = np.array([[0.0, 0.0, w, h]])
+        rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
+        scores = np.ones(len(rois)) if roi_scores is None else np.asarray(roi_scores, np.float64)
+        affines = [crop_affine(r, cfg.roi_padding, self.crop_size) for r in rois]
+        crops = warp_crops(rgb, affines, self.crop_size)
+        a = torch.as_tensor(np.stack(affines) if affines else np.zeros((0, 3, 3)),
+                            dtype=torch.float32, device=self.device)
+        k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
+        images = rgb_to_tensor(crops, self.device)
+        timer.lap("preprocess")
+        if len(rois) == 0:
+            return self._output(None, None, rois, scores, timer)
+        with torch.inference_mode():
+            out = self.net(images, a @ k_img)
+        timer.lap("network")
+        x3d, x2d, w2d, cams = out.x3d, out.x2d, out.w2d, out.cam_mats
+        if intrinsics.undistort is not None:
+            x2d, w2d = to_image_frame(x2d, w2d, a, intrinsics.undistort)
+            cams = k_img.expand(len(rois), 3, 3)
+        sol, samples = _solve_and_sample(
+            self.net.pnp, x3d, x2d, w2d, cams, cfg.num_samples, self.generator, timer
+        )
+        return self._output(sol, samples, rois, scores, timer)
+
+    def _output(
+        self,
+        sol: PnPSolution | None,
+        samples: torch.Tensor | None,
+        rois: np.ndarray,
+        scores: np.ndarray,
+        timer: _Timer,
+    ) -> PoseOutput:
+        keep, pose, cov, smp = _kept(sol, samples, dim=7)
+        m = len(pose)
+        return PoseOutput(
+            pose=pose, covariance=cov, samples=smp, scores=scores[keep],
+            class_ids=(self.settings.object_class,) * m,
+            size=np.full((m, 3), 2.0 * self.object_extent), rois=rois[keep],
+            timings=timer.total(), num_failed=int(len(keep) - keep.sum()),
+        )
+
+
+# --- detector (deformable net, 4DoF) ---------------------------------------------------------
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Live settings of :class:`DetectorPipeline`.
+
+    Attributes:
+        score_threshold: least score kept.
+        max_detections: most detections kept (highest scores).
+        input_scale: resize factor of the image before the network (0: the network's own).
+        num_samples: posterior samples per detection (0: none).
+        seed: seed of the sampling generator (used when the pipeline is built).
+    """
+
+    score_threshold: float = 0.3
+    max_detections: int = 50
+    input_scale: float = 0.0
+    num_samples: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1:
+            raise ConfigError(f"max_detections must be >= 1, got {self.max_detections}")
+        if not (math.isfinite(self.input_scale) and 0 <= self.input_scale <= 4):
+            raise ConfigError(f"input_scale must be in [0, 4], got {self.input_scale}")
+        if self.num_samples < 0:
+            raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
+
+
+class DetectorPipeline:
+    """One image -> 4DoF detections with covariance and samples (deformable network).
+
+    The network resizes the image by its ``input_scale`` and applies its own score threshold
+    (a floor: :attr:`DetectorSettings.score_threshold` can only raise it) and top-k; this
+    pipeline adds the undistortion (re-solving each detection with undistorted 2D points), the
+    live score threshold / detection limit and the posterior samples.
+
+    Args:
+        net: a :class:`~epropnp_lib.nets.deformable.DeformableCorrespondenceNet`.
+        device: where it runs.
+        settings: :class:`DetectorSettings` (replace :attr:`settings` to change them live;
+            ``input_scale`` 0 keeps the checkpoint's resize factor).
+    """
+
+    def __init__(
+        self, net: Any, device: torch.device, settings: DetectorSettings | None = None
+    ) -> None:
+        from epropnp_lib.data.boxes import NUSCENES_CLASSES
+
+        self.net = net.to(device).eval()
+        self.device = device
+        self.settings = settings or DetectorSettings()
+        self.class_names: tuple[str, ...] = tuple(NUSCENES_CLASSES)
+        if self.net.config.num_classes != len(self.class_names):
+            raise ConfigError(
+                f"the detector publishes the {len(self.class_names)} nuScenes classes; the "
+                f"network has {self.net.config.num_classes}"
+            )
+        self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
+        self.native_input_scale = float(self.net.config.input_scale)
+        self.set_input_scale(self.settings.input_scale)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", settings: DetectorSettings | None = None
+    ) -> DetectorPipeline:
+        """Load a deformable-network checkpoint (``CheckpointError`` naming the file when it
+        is missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
+        from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
+
+        dev = resolve_device(device)
+        net = DeformableCorrespondenceNet.from_checkpoint(path, map_location=dev)
+        logger.info("loaded deformable correspondence net from %s on %s", path, dev)
+        return cls(net, dev, settings)
+
+    def set_input_scale(self, scale: float) -> None:
+        """Resize factor of the images before the network (the network's config field; 0: the
+        checkpoint's value)."""
+        if not (math.isfinite(scale) and 0 <= scale <= 4):
+            raise ConfigError(f"input_scale must be in [0, 4], got {scale}")
+        scale = scale or self.native_input_scale
+        if self.net.config.input_scale != scale:
+            self.net.config = dataclasses.replace(self.net.config, input_scale=scale)
+
+    def process(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DetectorOutput:
+        """Detections of one image.
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB.
+            intrinsics: the image's :class:`Intrinsics`.
+
+        Returns:
+            :class:`DetectorOutput` (scores descending).
+        """
+        h, w = check_image(rgb, intrinsics)
+        cfg = self.settings
+        timer = _Timer(self.device)
+        self.set_input_scale(cfg.input_scale)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        image = image.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8
+        k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
+        timer.lap("preprocess")
+        distorted = intrinsics.undistort is not None
+        n_samples = 0 if distorted else cfg.num_samples
+        with torch.inference_mode():
+            det = self.net.detect(image, k_img[None], n_samples, self.generator)[0]
+        timer.lap("network")
+        boxes, cov, samples = det.boxes, det.covariance, det.pose_samples
+        num_failed = 0
+        if distorted and boxes.num_boxes > 0:
+            # The network's 2D points are raw image pixels; its weights are per pixel of the
+            # network input (scale s): undistort and re-solve with the pinhole intrinsics.
+            s = self.net.config.input_scale
+            sx, sy = max(1, round(w * s)) / w, max(1, round(h * s)) / h
+            affine = torch.tensor([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]],
+                                  device=self.device).expand(boxes.num_boxes, 3, 3)
+            ident = torch.eye(3, device=self.device).expand_as(affine)
+            x2d, w2d = to_image_frame(det.x2d, det.w2d * affine[:, None, [0, 1], [0, 1]],
+                                      ident, intrinsics.undistort)  # type: ignore[arg-type]
+            cams = k_img.expand(boxes.num_boxes, 3, 3)
+            sol, samples = _solve_and_sample(
+                self.net.epropnp, det.x3d, x2d, w2d, cams, cfg.num_samples, self.generator,
+                timer,
+            )
+            valid = _valid(sol)
+            num_failed = int((~valid).sum())
+            boxes = boxes._replace(center=sol.pose[:, :3], yaw=sol.pose[:, 3]).select(valid)
+            cov = sol.covariance[valid]
+            samples = samples[:, valid] if samples is not None else None
+        keep = (boxes.scores >= cfg.score_threshold).nonzero().squeeze(-1)
+        keep = keep[boxes.scores[keep].argsort(descending=True)][: cfg.max_detections]
+        boxes = boxes.select(keep).to("cpu")
+        cov = cov[keep].double().cpu().numpy()
+        m = boxes.num_boxes
+        pose = torch.cat((boxes.center, boxes.yaw[:, None]), dim=1).double().numpy()
+        smp = (samples[:, keep].transpose(0, 1).double().cpu().numpy()
+               if samples is not None and cfg.num_samples > 0 else np.zeros((m, 0, 4)))
+        timer.lap("postprocess")
+        return DetectorOutput(
+            pose=pose, covariance=cov, samples=smp,
+            scores=boxes.scores.double().numpy(),
+            class_ids=tuple(self.class_names[int(i)] for i in boxes.labels),
+            boxes=boxes, timings=timer.total(), num_failed=num_failed,
+        )

@@ -1,0 +1,468 @@
+"""The detector lifecycle node in its own process, driven over DDS by this test process.
+
+The node process is the real entry point (``python -m epropnp_ros.nodes.detector --ros-args
+--params-file config/detector.yaml ...``). This process publishes ``Image`` + ``CameraInfo``,
+calls the standard lifecycle and parameter services, and checks what comes back.
+
+Test fixture (documented, not a product checkpoint): a deformable correspondence network of
+:func:`~epropnp_lib.nets.deformable.small_config` with weights initialised from a fixed seed
+(``torch.random.fork_rng`` + ``manual_seed(0)``, so the global RNG is untouched), a score
+threshold of 0 and at most 4 detections, saved into ``tmp_path`` with ``net.save``. Its boxes are
+meaningless but deterministic: the test checks the message plumbing (frame ids, stamps,
+covariance layout and positive semi-definiteness, lifecycle, robustness, load behaviour),
+not accuracy.
+
+Synchronisation is by DDS matching, service responses and awaited messages, never by fixed
+sleeps; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "/epropnp_test"
+NODE = "detector"
+FRAME = "test_camera_optical"
+WIDTH, HEIGHT = 160, 120
+K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 60.0], [0.0, 0.0, 1.0]])
+START_TIMEOUT = 60.0
+TIMEOUT = 30.0
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+def make_detector_checkpoint(path: Path) -> Path:
+    """The documented test fixture checkpoint (module docstring)."""
+    import torch
+
+    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DeformableCorrespondenceNet(
+            small_config(score_threshold=0.0, pre_nms_top_k=4, max_detections=4,
+                         input_scale=1.0)
+        )
+    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
+    return path
+
+
+def test_image() -> np.ndarray:
+    """``(HEIGHT, WIDTH, 3)`` uint8: a fixed pseudo-random texture (torch.Generator)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (HEIGHT, WIDTH, 3), generator=g, dtype=torch.uint8).numpy()
+
+
+test_image.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+class Driver:
+    """This process's side: publishers, subscriptions, service clients, and waiting."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+        from lifecycle_msgs.srv import ChangeState, GetState
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import String
+        from tf2_msgs.msg import TFMessage
+        from vision_msgs.msg import Detection3DArray
+        from visualization_msgs.msg import MarkerArray
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("epropnp_test_driver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, f"{NS}/image", reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, f"{NS}/camera_info", reliable)
+        self.received: dict[str, list[Any]] = {
+            k: [] for k in ("detections", "pose", "pose_samples", "markers", "tf")
+        }
+        self.diagnostics: dict[str, Any] | None = None
+        self.arrival: dict[tuple[int, int], float] = {}
+        for key, msg_type, topic in (
+            ("detections", Detection3DArray, f"{NS}/detections"),
+            ("pose", PoseWithCovarianceStamped, f"{NS}/pose"),
+            ("pose_samples", PoseArray, f"{NS}/pose_samples"),
+            ("markers", MarkerArray, f"{NS}/markers"),
+            ("tf", TFMessage, "/tf"),
+        ):
+            self.node.create_subscription(msg_type, topic, self._collector(key), reliable)
+        self.node.create_subscription(
+            String, f"{NS}/{NODE}/diagnostics", self._on_diagnostics, reliable
+        )
+        self.change_state = self.node.create_client(ChangeState, f"{NS}/{NODE}/change_state")
+        self.get_state = self.node.create_client(GetState, f"{NS}/{NODE}/get_state")
+        self.set_params = self.node.create_client(SetParameters, f"{NS}/{NODE}/set_parameters")
+
+    def _collector(self, key: str) -> Callable[[Any], None]:
+        def collect(msg: Any) -> None:
+            self.received[key].append(msg)
+            if key == "detections":
+                stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+                self.arrival.setdefault(stamp, time.monotonic())
+
+        return collect
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        self.diagnostics = json.loads(msg.data)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    # --- waiting ---------------------------------------------------------------------------
+    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT
+                   ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, client: Any, request: Any, timeout: float = TIMEOUT) -> Any:
+        self.wait_until(lambda: client.service_is_ready(), f"service {client.srv_name}",
+                        START_TIMEOUT)
+        future = client.call_async(request)
+        self.wait_until(future.done, f"response of {client.srv_name}", timeout)
+        return future.result()
+
+    # --- lifecycle & parameters ------------------------------------------------------------
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        label: str = self.call(self.get_state, GetState.Request()).current_state.label
+        return label
+
+    def transition(self, transition_id: int) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        ok: bool = self.call(self.change_state, req, timeout=120.0).success
+        return ok
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call(self.set_params, req).results[0]
+
+    def counters(self) -> dict[str, int]:
+        assert self.diagnostics is not None
+        counters: dict[str, int] = self.diagnostics["counters"]
+        return counters
+
+    def wait_counter(self, name: str, at_least: int, what: str) -> None:
+        self.wait_until(
+            lambda: self.diagnostics is not None and self.counters()[name] >= at_least,
+            f"{what} (diagnostics counter {name} >= {at_least})",
+        )
+
+    # --- input -----------------------------------------------------------------------------
+    def wait_for_node_inputs(self) -> None:
+        self.wait_until(
+            lambda: self.image_pub.get_subscription_count() > 0
+            and self.info_pub.get_subscription_count() > 0,
+            "the node's image and camera_info subscriptions",
+        )
+
+    def send(
+        self, sec: int, image: Any = None, info: Any = None, *, with_info: bool = True
+    ) -> tuple[int, int]:
+        """Publish one image (default: the good test image) and its camera info."""
+        from epropnp_ros.conversions import array_to_image, make_header
+
+        header = make_header(FRAME, sec * 1_000_000_000)
+        img = image if image is not None else array_to_image(test_image(), "rgb8", header)
+        img.header = header
+        self.image_pub.publish(img)
+        if with_info:
+            ci = info if info is not None else camera_info()
+            ci.header = header
+            self.info_pub.publish(ci)
+        return (sec, 0)
+
+    def detections_with_stamp(self, stamp: tuple[int, int]) -> Any:
+        for msg in self.received["detections"]:
+            if (msg.header.stamp.sec, msg.header.stamp.nanosec) == stamp:
+                return msg
+        return None
+
+    def wait_output(self, stamp: tuple[int, int], what: str, timeout: float = TIMEOUT) -> Any:
+        self.wait_until(lambda: self.detections_with_stamp(stamp) is not None,
+                        f"detections of {what} (stamp {stamp})", timeout)
+        return self.detections_with_stamp(stamp)
+
+
+def camera_info(width: int = WIDTH, height: int = HEIGHT) -> Any:
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    msg.k = K.reshape(-1).tolist()
+    msg.d = [0.0] * 5
+    msg.r = np.eye(3).reshape(-1).tolist()
+    msg.p = np.hstack((K, np.zeros((3, 1)))).reshape(-1).tolist()
+    return msg
+
+
+@pytest.fixture(scope="module")
+def detector_process(
+    ros_runtime: None, child_env: Mapping[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """The node process, started unconfigured with a checkpoint path that does not exist yet
+    (the test writes it after checking that configure fails); yields (process, checkpoint,
+    log file)."""
+    tmp = tmp_path_factory.mktemp("detector_node")
+    ckpt = tmp / "detector_fixture.ckpt"
+    log = tmp / "node.log"
+    cmd = [
+        sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args",
+        "--params-file", str(REPO / "config" / "detector.yaml"),
+        "-r", f"__ns:={NS}",
+        "-p", f"checkpoint:={ckpt}",
+        "-p", "score_threshold:=0.0",
+        "-p", "num_posterior_samples:=8",
+        "-p", "publish_tf:=true",
+        "-p", "diagnostics_period:=0.1",
+        "-p", "warn_throttle:=0.0",
+        "-p", "torch_threads:=1",
+        # The burst test must not lose frames in DDS: a reliable image subscription, via the
+        # standard QoS override parameters.
+        "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
+        "-p", f"qos_overrides.{NS}/image.subscription.depth:=200",
+        "-p", f"qos_overrides.{NS}/camera_info.subscription.reliability:=reliable",
+        "-p", f"qos_overrides.{NS}/camera_info.subscription.depth:=200",
+    ]
+    env = dict(child_env)
+    env["OMP_NUM_THREADS"] = "1"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        yield proc, ckpt, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def driver(ros_in_process: None, ros_runtime: None) -> Iterator[Driver]:
+    d = Driver()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _log(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]
+
+
+def _check_covariance(cov36: Any) -> np.ndarray:
+    cov = np.asarray(cov36, dtype=np.float64).reshape(6, 6)
+    assert np.all(np.isfinite(cov))
+    np.testing.assert_allclose(cov, cov.T, rtol=1e-9, atol=1e-12)
+    eig = np.linalg.eigvalsh(cov)
+    assert eig.min() >= -1e-9 * max(1.0, eig.max()), eig
+    return cov
+
+
+# --- the test ----------------------------------------------------------------------------------
+def test_detector_node_end_to_end(
+    detector_process: tuple[subprocess.Popen[bytes], Path, Path], driver: Driver
+) -> None:
+    from lifecycle_msgs.msg import Transition
+
+    proc, ckpt, log = detector_process
+
+    # 1. Unconfigured at start; configure fails with the reason logged while the checkpoint
+    #    does not exist (never random weights), and the node stays unconfigured.
+    assert driver.state() == "unconfigured", _log(log)
+    assert driver.transition(Transition.TRANSITION_CONFIGURE) is False
+    assert driver.state() == "unconfigured"
+    assert proc.poll() is None
+    assert "configure failed" in _log(log) and str(ckpt) in _log(log)
+
+    # 2. Out-of-range and invalid parameter values are rejected with a reason.
+    res = driver.set_parameter("score_threshold", 1.5)
+    assert not res.successful and "score_threshold" in res.reason, res.reason
+    res = driver.set_parameter("device", "tpu")
+    assert not res.successful and "tpu" in res.reason, res.reason
+    res = driver.set_parameter("score_threshold", 0.0)
+    assert res.successful, res.reason
+
+    # 3. With the fixture checkpoint: configure -> inactive, activate -> active.
+    make_detector_checkpoint(ckpt)
+    assert driver.transition(Transition.TRANSITION_CONFIGURE) is True, _log(log)
+    assert driver.state() == "inactive"
+    assert driver.transition(Transition.TRANSITION_ACTIVATE) is True, _log(log)
+    assert driver.state() == "active"
+    driver.wait_for_node_inputs()
+
+    # 4. A good frame: every output arrives with the image's frame id and stamp.
+    stamp = driver.send(1000)
+    det = driver.wait_output(stamp, "the first good frame", timeout=60.0)
+    driver.wait_until(
+        lambda: all(
+            any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp for m in driver.received[k])
+            for k in ("pose", "pose_samples")
+        ) and any(
+            mk.header.stamp.sec == stamp[0] for m in driver.received["markers"]
+            for mk in m.markers
+        ) and driver.received["tf"],
+        "pose, pose_samples, markers and tf of the first frame",
+    )
+    assert det.header.frame_id == FRAME
+    assert 1 <= len(det.detections) <= 4
+    for d in det.detections:
+        assert d.header.frame_id == FRAME and (d.header.stamp.sec, d.header.stamp.nanosec) == stamp
+        [hyp] = d.results
+        assert hyp.hypothesis.class_id in {
+            "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
+            "motorcycle", "bicycle", "traffic_cone", "barrier",
+        }
+        cov = _check_covariance(hyp.pose.covariance)
+        # 4DoF: the unobserved rotations (about camera x and z) carry the documented variance.
+        assert cov[3, 3] == cov[5, 5] == 1.0e6
+        assert 0.0 < cov[4, 4] < 1.0e6
+        q = hyp.pose.pose.orientation
+        assert math.isclose(q.x**2 + q.y**2 + q.z**2 + q.w**2, 1.0, rel_tol=1e-6)
+        assert abs(q.x) < 1e-9 and abs(q.z) < 1e-9  # a yaw about the camera y axis
+        assert d.bbox.size.x > 0 and d.bbox.size.y > 0 and d.bbox.size.z > 0
+    [pose] = [m for m in driver.received["pose"]
+              if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp]
+    assert pose.header.frame_id == FRAME
+    _check_covariance(pose.pose.covariance)
+    best = max(det.detections, key=lambda d: d.results[0].hypothesis.score)
+    assert pose.pose.pose.position.x == best.results[0].pose.pose.position.x
+    [samples] = [m for m in driver.received["pose_samples"]
+                 if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp]
+    assert samples.header.frame_id == FRAME
+    assert len(samples.poses) == 8 * len(det.detections)
+    markers = [mk for m in driver.received["markers"] for mk in m.markers
+               if mk.header.stamp.sec == stamp[0]]
+    assert markers and all(mk.header.frame_id == FRAME for mk in markers)
+    assert {mk.ns for mk in markers} >= {"epropnp/boxes", "epropnp/covariance"}
+    tf = driver.received["tf"][-1].transforms
+    assert len(tf) == len(det.detections)
+    assert all(t.header.frame_id == FRAME for t in tf)
+
+    # 5. Bad input never kills the node: each case -> counter (+ warning), then a good frame
+    #    is processed.
+    from epropnp_ros.conversions import array_to_image
+
+    rgb = test_image()
+    unsupported = array_to_image(rgb, "rgb8", None)
+    unsupported.encoding = "nv21"
+    empty = array_to_image(rgb, "rgb8", None)
+    empty.width = empty.height = empty.step = 0
+    empty.data = []
+    truncated = array_to_image(rgb, "rgb8", None)
+    truncated.data = bytes(truncated.data)[: len(truncated.data) // 2]
+    nan_info = camera_info()
+    nan_info.k[0] = float("nan")
+    small = array_to_image(np.ascontiguousarray(rgb[: HEIGHT // 2, : WIDTH // 2]), "rgb8", None)
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("unsupported encoding", "bad_image", {"image": unsupported}),
+        ("zero-size image", "bad_image", {"image": empty}),
+        ("truncated image", "bad_image", {"image": truncated}),
+        ("NaN camera info", "bad_camera_info", {"info": nan_info}),
+        ("size mismatch", "size_mismatch", {"image": small}),
+        ("missing camera info", "images_unpaired", {"with_info": False}),
+    ]
+    driver.wait_until(lambda: driver.diagnostics is not None, "diagnostics")
+    sec = 2000
+    for what, counter, kwargs in cases:
+        before = driver.counters()[counter]
+        driver.send(sec, **kwargs)
+        if counter == "images_unpaired":
+            # The unpaired image is dropped (and counted) once a newer frame pairs.
+            sec += 1
+            good = driver.send(sec)
+            driver.wait_counter(counter, before + 1, what)
+        else:
+            driver.wait_counter(counter, before + 1, what)
+            sec += 1
+            good = driver.send(sec)
+        driver.wait_output(good, f"the good frame after a {what}")
+        sec += 1
+        assert proc.poll() is None, _log(log)
+    text = _log(log)
+    for kind in ("bad_image", "bad_camera_info", "size_mismatch", "no_camera_info"):
+        assert f"[{kind}]" in text, f"no warning of kind {kind} in the node log:\n{text}"
+
+    # 6. A burst of 100 frames at 100 Hz: the newest frame is processed, stale ones are dropped
+    #    and counted, latency stays bounded (no backlog).
+    c0 = dict(driver.counters())
+    frame_ms = float(driver.diagnostics["stage_ms"]["total"])  # type: ignore[index]
+    t_start = time.monotonic()
+    last = None
+    for i in range(100):
+        last = driver.send(3000 + i)
+        driver.executor.spin_once(timeout_sec=0.0)
+        # 100 Hz pacing of the publisher (not a synchronisation).
+        time.sleep(max(0.0, t_start + 0.01 * (i + 1) - time.monotonic()))
+    t_sent = time.monotonic()
+    assert last is not None
+    driver.wait_output(last, "the newest frame of the burst", timeout=60.0)
+    delay = driver.arrival[last] - t_sent
+    driver.wait_until(
+        lambda: driver.counters()["frames_paired"] - c0["frames_paired"] == 100
+        and driver.counters()["frames_processed"] + driver.counters()["frames_dropped_stale"]
+        - c0["frames_processed"] - c0["frames_dropped_stale"] == 100,
+        "burst accounting: 100 pairs, each processed or dropped",
+    )
+    c1 = driver.counters()
+    processed = c1["frames_processed"] - c0["frames_processed"]
+    dropped = c1["frames_dropped_stale"] - c0["frames_dropped_stale"]
+    burst_stamps = sorted(
+        m.header.stamp.sec for m in driver.received["detections"] if m.header.stamp.sec >= 3000
+    )
+    assert burst_stamps[-1] == 3099 and len(burst_stamps) == processed
+    assert dropped > 0 and processed < 100
+    # Bounded latency: the newest frame comes out within a few frame times of the end of the
+    # burst (a backlog of ~100 frames would take ~100 frame times).
+    assert delay < 4 * frame_ms / 1000.0 + 3.0, (delay, frame_ms)
+    latency = driver.diagnostics["latency_ms"]  # type: ignore[index]
+    assert latency["n"] > 0 and latency["p95"] < 4 * frame_ms + 3000.0, latency
+
+    # 7. Deactivate: the inputs are gone (no more subscriptions); cleanup -> unconfigured.
+    assert driver.transition(Transition.TRANSITION_DEACTIVATE) is True
+    assert driver.state() == "inactive"
+    driver.wait_until(lambda: driver.image_pub.get_subscription_count() == 0,
+                      "the node's image subscription to go away")
+    assert driver.transition(Transition.TRANSITION_CLEANUP) is True
+    assert driver.state() == "unconfigured"
+
+    # 8. Clean shutdown on SIGINT (Ctrl-C): exit status 0.
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"node did not exit on SIGINT:\n{_log(log)}")
+    assert rc == 0, _log(log)
+    assert "Traceback" not in _log(log), _log(log)
