@@ -78,7 +78,7 @@ class Driver:
         import rclpy
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters
+        from rcl_interfaces.srv import SetParameters  # type: ignore[import-untyped]
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
@@ -111,9 +111,11 @@ class Driver:
         self.node.create_subscription(
             String, f"{NS}/{NODE}/diagnostics", self._on_diagnostics, reliable
         )
-        self.change_state = self.node.create_client(ChangeState, f"{NS}/{NODE}/change_state")
-        self.get_state = self.node.create_client(GetState, f"{NS}/{NODE}/get_state")
-        self.set_params = self.node.create_client(SetParameters, f"{NS}/{NODE}/set_parameters")
+        self.change_state: Any = self.node.create_client(
+            ChangeState, f"{NS}/{NODE}/change_state")
+        self.get_state: Any = self.node.create_client(GetState, f"{NS}/{NODE}/get_state")
+        self.set_params: Any = self.node.create_client(
+            SetParameters, f"{NS}/{NODE}/set_parameters")
 
     def _collector(self, key: str) -> Callable[[Any], None]:
         def collect(msg: Any) -> None:
@@ -165,10 +167,11 @@ class Driver:
         return ok
 
     def set_parameter(self, name: str, value: Any) -> Any:
-        from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 
-        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        req = self.set_params.srv_type.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]
+        )
         return self.call(self.set_params, req).results[0]
 
     def counters(self) -> dict[str, int]:
@@ -333,7 +336,7 @@ def test_detector_node_end_to_end(
         ) and any(
             mk.header.stamp.sec == stamp[0] for m in driver.received["markers"]
             for mk in m.markers
-        ) and driver.received["tf"],
+        ) and bool(driver.received["tf"]),
         "pose, pose_samples, markers and tf of the first frame",
     )
     assert det.header.frame_id == FRAME
