@@ -1,0 +1,91 @@
+"""Launch the epropnp ``pose_estimator`` lifecycle node (6DoF object pose with uncertainty).
+
+Usage (on a ROS 2 install, after ``colcon build``)::
+
+    ros2 launch epropnp pose_estimator.launch.py checkpoint:=/path/to/dense.ckpt \\
+        camera:=/camera rois:=/detections_2d
+
+The node reads ``config/pose_estimator.yaml`` (installed to ``share/epropnp/config``); the
+arguments below override single entries. Regions of interest come from the ``rois`` topic
+(``vision_msgs/Detection2DArray``), else from the ``default_roi`` parameter. With
+``autostart:=true`` (default) the node configures and activates itself. In a plain venv without
+launch_ros: ``python -m epropnp_ros.nodes.pose_estimator --ros-args --params-file
+config/pose_estimator.yaml -p autostart:=true -p checkpoint:=... -r image:=/camera/image_raw
+-r camera_info:=/camera/camera_info -r rois:=/detections_2d``.
+"""
+
+# ruff: noqa: I001 - isort takes `launch` (the ROS package) for this repository's launch/ folder.
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    camera = LaunchConfiguration("camera")
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("epropnp"), "config", "pose_estimator.yaml"]
+            ),
+            description="ros__parameters YAML of the node (default: the installed "
+                        "config/pose_estimator.yaml).",
+        ),
+        DeclareLaunchArgument(
+            "checkpoint",
+            description="Path of the dense_correspondence_net checkpoint (required: the node "
+                        "never runs with random weights).",
+        ),
+        DeclareLaunchArgument(
+            "device", default_value="cpu", choices=["cpu", "cuda"],
+            description="Inference device.",
+        ),
+        DeclareLaunchArgument(
+            "autostart", default_value="true", choices=["true", "false"],
+            description="Configure and activate the lifecycle node at start-up.",
+        ),
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="Namespace of the node and of its output topics.",
+        ),
+        DeclareLaunchArgument(
+            "camera", default_value="/camera",
+            description="Camera topic prefix: <camera>/image_raw[/compressed] and "
+                        "<camera>/camera_info are subscribed.",
+        ),
+        DeclareLaunchArgument(
+            "image_transport", default_value="raw", choices=["raw", "compressed"],
+            description="Subscribe sensor_msgs/Image (raw) or sensor_msgs/CompressedImage.",
+        ),
+        DeclareLaunchArgument(
+            "rois", default_value="detections_2d",
+            description="vision_msgs/Detection2DArray topic with the regions of interest.",
+        ),
+        LifecycleNode(
+            package="epropnp",
+            executable="pose_estimator_node",
+            name="pose_estimator",
+            namespace=LaunchConfiguration("namespace"),
+            output="screen",
+            parameters=[
+                LaunchConfiguration("params_file"),
+                {
+                    "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"),
+                                                 value_type=str),
+                    "device": LaunchConfiguration("device"),
+                    "autostart": ParameterValue(LaunchConfiguration("autostart"),
+                                                value_type=bool),
+                    "image_transport": LaunchConfiguration("image_transport"),
+                },
+            ],
+            remappings=[
+                ("image", [camera, "/image_raw"]),
+                ("image/compressed", [camera, "/image_raw/compressed"]),
+                ("camera_info", [camera, "/camera_info"]),
+                ("rois", LaunchConfiguration("rois")),
+            ],
+        ),
+    ])
