@@ -1,0 +1,59 @@
+"""Forward + detect latency of the deformable correspondence network on CPU.
+
+Usage::
+
+    python bench/deformable_speed.py --threads 2 --repeats 20
+
+Times ``DeformableCorrespondenceNet.detect`` (preprocessing, backbone, FPN, dense head, the
+deformable attention of the selected queries, the PnP solves and the NMS) on random images at
+1600x900 and 640x480 for :func:`~epropnp_lib.nets.deformable.small_config` with random
+weights.  ``--queries`` sets how many queries pass the score threshold (a trained network on a
+street scene keeps a few tens); the first ``--warmup`` calls are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=30, help="queries solved per image")
+    parser.add_argument("--input-scale", type=float, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    overrides = {} if args.input_scale is None else {"input_scale": args.input_scale}
+    # Threshold 0 with pre_nms_top_k spread over the 3 levels: a fixed number of PnP solves.
+    cfg = small_config(score_threshold=0.0, pre_nms_top_k=max(1, args.queries // 3),
+                       **overrides)
+    net = DeformableCorrespondenceNet(cfg).eval()
+    for width, height in ((1600, 900), (640, 480)):
+        img = torch.rand(1, 3, height, width)
+        f = 0.8 * width
+        cam = torch.tensor([[[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]]])
+        times = []
+        for i in range(args.warmup + args.repeats):
+            t0 = time.perf_counter()
+            dets = net.detect(img, cam)
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times.append(dt * 1000)
+        times.sort()
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        print(f"{width}x{height} input_scale={cfg.input_scale} threads={args.threads} "
+              f"solved={dets[0].boxes.num_boxes}: p50 {statistics.median(times):.1f} ms, "
+              f"p95 {p95:.1f} ms, min {times[0]:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

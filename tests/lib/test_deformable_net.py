@@ -1,0 +1,306 @@
+"""Tests of the deformable correspondence network (epropnp_lib.nets.deformable)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from epropnp_lib.data.boxes import CameraBoxes
+from epropnp_lib.dataclass_io import from_dict, to_dict
+from epropnp_lib.epropnp import MonteCarloConfig
+from epropnp_lib.errors import ConfigError, DTypeError, ShapeError
+from epropnp_lib.geometry.camera import project
+from epropnp_lib.nets.backbone import BackboneConfig
+from epropnp_lib.nets.checkpoint import CheckpointError, save_checkpoint
+from epropnp_lib.nets.deformable import (
+    CHECKPOINT_KIND,
+    DeformableCheckpointError,
+    DeformableCorrespondenceNet,
+    DeformableLossConfig,
+    DeformableNetConfig,
+    _scale_intrinsics,
+    small_config,
+)
+
+H, W = 96, 160
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def tiny_config(**overrides: object) -> DeformableNetConfig:
+    """A network small enough for unit tests on one CPU core."""
+    base: dict[str, object] = dict(
+        backbone=BackboneConfig(depth=18, base_width=8),
+        fpn_channels=16,
+        head_channels=16,
+        embed_dim=16,
+        num_heads=2,
+        num_points=4,
+        point_hidden=16,
+        input_scale=1.0,
+        monte_carlo=MonteCarloConfig(num_iterations=2, num_samples=32),
+        loss=DeformableLossConfig(max_pose_queries=8),
+    )
+    base.update(overrides)
+    return small_config(**base)
+
+
+def camera(batch: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    k = torch.tensor([[120.0, 0.0, 79.5], [0.0, 120.0, 47.5], [0.0, 0.0, 1.0]], dtype=dtype)
+    return k.expand(batch, 3, 3).clone()
+
+
+def make_boxes(centers: list[list[float]], labels: list[int] | None = None,
+               yaw: float = 0.3) -> CameraBoxes:
+    m = len(centers)
+    return CameraBoxes(
+        center=torch.tensor(centers, dtype=torch.float32).view(m, 3),
+        size=torch.tensor([[1.9, 4.6, 1.7]] * m).view(m, 3),
+        yaw=torch.full((m,), yaw),
+        labels=torch.tensor(labels if labels is not None else [0] * m, dtype=torch.long),
+        velocity=torch.tensor([[1.0, -2.0]] * m).view(m, 2),
+        attributes=torch.full((m,), 5, dtype=torch.long),
+        scores=torch.ones(m),
+    )
+
+
+def scene() -> tuple[torch.Tensor, torch.Tensor, list[CameraBoxes]]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, H, W, generator=gen)
+    targets = [make_boxes([[0.0, 0.5, 12.0], [-3.0, 0.5, 20.0]], [0, 5]),
+               make_boxes([[2.0, 0.5, 15.0]], [1])]
+    return images, camera(2), targets
+
+
+# --- configuration ------------------------------------------------------------------------------
+def test_config_round_trip_and_validation() -> None:
+    cfg = DeformableNetConfig()
+    assert cfg.num_correspondences == 64
+    assert from_dict(DeformableNetConfig, to_dict(cfg)) == cfg
+    small = small_config()
+    assert from_dict(DeformableNetConfig, to_dict(small)) == small
+    with pytest.raises(ConfigError, match="regress_edges"):
+        DeformableNetConfig(regress_edges=(10.0, 5.0, 20.0, 30.0))
+    with pytest.raises(ConfigError, match="class_mean_sizes"):
+        DeformableNetConfig(num_classes=3)
+    with pytest.raises(ConfigError, match="divisible"):
+        DeformableNetConfig(embed_dim=30, num_heads=8)
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(DeformableNetConfig, {"bogus": 1})
+    with pytest.raises(ConfigError, match="max_pose_queries"):
+        DeformableLossConfig(max_pose_queries=0)
+
+
+def test_scaled_intrinsics_match_resized_pixels() -> None:
+    k = camera(1, torch.float64)
+    pts = torch.tensor([[[0.3, -0.2, 5.0], [-1.0, 0.4, 8.0]]], dtype=torch.float64)
+    uv = project(pts, k).x2d
+    sx, sy = 0.4, 0.5
+    uv_scaled = project(pts, _scale_intrinsics(k, sx, sy)).x2d
+    expected = (uv + 0.5) * torch.tensor([sx, sy], dtype=torch.float64) - 0.5
+    torch.testing.assert_close(uv_scaled, expected)
+
+
+# --- training -----------------------------------------------------------------------------------
+def test_loss_terms_finite_and_counted() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(loss=DeformableLossConfig(
+        max_pose_queries=8, coord_weight=1.0)))
+    images, cam, targets = scene()
+    out = net.loss(images, cam, targets, torch.Generator().manual_seed(1))
+    assert out.num_positive > 8 and out.num_pose_queries == 8
+    for name in ("total", "cls", "offset", "kl", "reg", "size", "score3d", "velocity",
+                 "attribute", "coord"):
+        value = getattr(out, name)
+        assert value.dim() == 0 and torch.isfinite(value), name
+    assert out.velocity > 0 and out.attribute > 0 and out.coord > 0
+    # An image without boxes only has the classification term.
+    empty = net.loss(images[:1], cam[:1], [CameraBoxes.empty()])
+    assert empty.num_positive == 0 and empty.kl == 0 and empty.total > 0
+    with pytest.raises(ConfigError, match="targets"):
+        net.loss(images, cam, targets[:1])
+
+
+def test_kl_gradients_reach_points_weights_and_backbone() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config())
+    images, cam, targets = scene()
+    x, k = net.preprocess(images, cam)
+    dense = net.forward_dense(x, k)
+    b_idx = torch.tensor([0, 0, 1])
+    l_idx = torch.tensor([10, 50, 70])
+    gt = CameraBoxes(*(torch.cat(f) for f in zip(targets[0], targets[1], strict=True)))
+    out = net.decode_queries(dense, b_idx, l_idx, gt.labels)
+    for t in (out.x2d, out.x3d, out.w2d):
+        t.retain_grad()
+    res = net.epropnp(out.x3d, out.x2d, out.w2d, out.cam_mats, pose_target=gt.pose4(),
+                      pose_init=gt.pose4(), generator=torch.Generator().manual_seed(0))
+    net.kl_loss(res).backward()
+    for name, t in (("x2d", out.x2d), ("x3d", out.x3d), ("w2d", out.w2d)):
+        assert t.grad is not None and t.grad.abs().sum() > 0, name
+    assert net.backbone.conv1.weight.grad is not None
+    assert net.backbone.conv1.weight.grad.abs().sum() > 0
+    assert net.attention.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def test_adam_steps_lower_the_total_loss() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config())
+    images, cam, targets = scene()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    totals, kls = [], []
+    for _ in range(10):
+        # The same Monte Carlo samples at every step: the loss changes only with the weights.
+        out = net.loss(images, cam, targets, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 35.0)
+        opt.step()
+        totals.append(out.total.item())
+        kls.append(out.kl.item())
+    assert all(torch.isfinite(torch.tensor(totals)))
+    assert sum(totals[-3:]) / 3 < 0.85 * totals[0], totals
+    assert sum(kls[-3:]) / 3 < kls[0], kls
+
+
+def test_dcn_network_forward_backward() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(dcn_stages=(3, 4)))
+    n_dcn = sum(type(m).__name__ == "DeformConv2d" for m in net.modules())
+    assert n_dcn == 4  # 2 blocks in each of the two ResNet-18 stages
+    images, cam, targets = scene()
+    out = net.loss(images, cam, targets, torch.Generator().manual_seed(0))
+    out.total.backward()
+    offset_conv = net.backbone.layer4[0].conv2.offset
+    assert offset_conv.weight.grad is not None and torch.isfinite(offset_conv.weight.grad).all()
+
+
+# --- inference ----------------------------------------------------------------------------------
+def check_detections(dets: list, n_points: int, num_samples: int) -> int:
+    total = 0
+    for d in dets:
+        m = d.boxes.num_boxes
+        total += m
+        d.boxes.validate()
+        assert d.covariance.shape == (m, 4, 4)
+        assert d.x2d.shape == (m, n_points, 2) and d.w2d.shape == (m, n_points, 2)
+        assert d.x3d.shape == (m, n_points, 3)
+        assert torch.isfinite(d.boxes.center).all() and torch.isfinite(d.covariance).all()
+        torch.testing.assert_close(d.covariance, d.covariance.transpose(-1, -2))
+        assert ((d.boxes.scores >= 0) & (d.boxes.scores <= 1)).all()
+        assert ((d.boxes.labels >= 0) & (d.boxes.labels < 10)).all()
+        assert (d.boxes.size > 0).all() and (d.w2d >= 0).all()
+        if num_samples:
+            assert d.pose_samples is not None and d.pose_samples.shape == (num_samples, m, 4)
+    return total
+
+
+def test_detect_on_random_weights() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(score_threshold=0.0, pre_nms_top_k=4, input_scale=0.5)
+    net = DeformableCorrespondenceNet(cfg).eval()
+    images, cam, _ = scene()
+    dets = net.detect(images, cam, num_pose_samples=5, generator=torch.Generator().manual_seed(0))
+    assert len(dets) == 2
+    assert check_detections(dets, cfg.num_correspondences, 5) > 0
+    # 2D points come back in the original image's pixels (around the image, not half of it).
+    x2d = torch.cat([d.x2d for d in dets])
+    assert x2d[..., 0].amax() > 0.5 * W
+    # uint8 images of the same content are scaled to [0, 1]: the same network input up to
+    # quantisation.
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    x_float, _ = net.preprocess(as_uint8.float() / 255, cam)
+    x_uint8, _ = net.preprocess(as_uint8, cam)
+    torch.testing.assert_close(x_uint8, x_float)
+    assert check_detections(net.detect(as_uint8, cam), cfg.num_correspondences, 0) > 0
+
+
+def test_detect_empty_results() -> None:
+    torch.manual_seed(0)
+    # Random weights: the class prior (0.01) keeps every location below the threshold.
+    net = DeformableCorrespondenceNet(tiny_config(score_threshold=0.5)).eval()
+    images, cam, _ = scene()
+    dets = net.detect(images, cam, num_pose_samples=3)
+    assert [d.boxes.num_boxes for d in dets] == [0, 0]
+    assert check_detections(dets, 8, 3) == 0
+    assert dets[0].boxes.center.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_detect_preserves_dtype_and_device(device: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(score_threshold=0.0, pre_nms_top_k=2))
+    net = net.to(device=device, dtype=dtype).eval()
+    images, cam, _ = scene()
+    dets = net.detect(images[:1].to(device, dtype), cam[:1].to(device, dtype))
+    d = dets[0]
+    assert d.boxes.num_boxes > 0
+    for t in (d.boxes.center, d.boxes.size, d.covariance, d.x2d, d.x3d, d.w2d):
+        assert t.dtype == dtype and t.device.type == device
+
+
+def test_input_validation() -> None:
+    net = DeformableCorrespondenceNet(tiny_config()).eval()
+    with pytest.raises(ShapeError, match="images"):
+        net.detect(torch.rand(1, 4, H, W), camera(1))
+    with pytest.raises(ShapeError, match="cam_K"):
+        net.detect(torch.rand(2, 3, H, W), camera(1))
+    with pytest.raises(DTypeError, match="images"):
+        net.detect(torch.zeros(1, 3, H, W, dtype=torch.int32), camera(1))
+    bad = camera(1)
+    bad[0, 0, 0] = torch.nan
+    with pytest.raises(DTypeError, match="NaN"):
+        net.detect(torch.rand(1, 3, H, W), bad)
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(score_threshold=0.0, pre_nms_top_k=3)).eval()
+    with torch.no_grad():
+        net.kl_loss.norm_factor.fill_(3.5)
+    path = tmp_path / "det.ckpt"
+    net.save(path, extra={"epoch": 2})
+    loaded = DeformableCorrespondenceNet.from_checkpoint(path).eval()
+    assert loaded.config == net.config
+    assert float(loaded.kl_loss.norm_factor) == 3.5
+    images, cam, _ = scene()
+    a, b = net.detect(images, cam), loaded.detect(images, cam)
+    for da, db in zip(a, b, strict=True):
+        torch.testing.assert_close(da.boxes.center, db.boxes.center)
+        torch.testing.assert_close(da.x3d, db.x3d)
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    net = DeformableCorrespondenceNet(tiny_config())
+    good = tmp_path / "good.ckpt"
+    net.save(good)
+    # Truncated file.
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated.ckpt"):
+        DeformableCorrespondenceNet.from_checkpoint(truncated)
+    # Missing file.
+    with pytest.raises(CheckpointError, match="not found"):
+        DeformableCorrespondenceNet.from_checkpoint(tmp_path / "nope.ckpt")
+    # Another kind of checkpoint.
+    other = tmp_path / "other.ckpt"
+    save_checkpoint(other, kind="dense_correspondence_net", config={}, state_dict={})
+    with pytest.raises(CheckpointError, match="dense_correspondence_net"):
+        DeformableCorrespondenceNet.from_checkpoint(other)
+    # A config the network rejects.
+    bad_cfg = tmp_path / "bad_cfg.ckpt"
+    save_checkpoint(bad_cfg, kind=CHECKPOINT_KIND, config={"embed_dim": "wide"},
+                    state_dict=net.state_dict())
+    with pytest.raises(DeformableCheckpointError, match="embed_dim"):
+        DeformableCorrespondenceNet.from_checkpoint(bad_cfg)
+    # Tensors that do not fit the stored config.
+    wider = dataclasses.replace(net.config, embed_dim=32)
+    mismatch = tmp_path / "mismatch.ckpt"
+    save_checkpoint(mismatch, kind=CHECKPOINT_KIND, config=to_dict(wider),
+                    state_dict=net.state_dict())
+    with pytest.raises(DeformableCheckpointError, match="wrong shape"):
+        DeformableCorrespondenceNet.from_checkpoint(mismatch)
