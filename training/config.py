@@ -60,6 +60,7 @@ ScheduleName = Literal["constant", "step", "cosine"]
 #: registry: a new task is a new module and one line here).
 TASK_MODULES: dict[str, str] = {
     "toy": ".tasks_toy",
+    "linemod": ".tasks_linemod",
 }
 
 
