@@ -715,6 +715,9 @@ class BopDataset(Dataset[BopSample]):
             models_info.json.  Unknown ids raise :class:`BopDataError`.
         config: :class:`BopConfig`.
         scenes: scene ids to read (default: every 6-digit folder of the split).
+        images: optional ``{scene_id: image ids}`` to keep (e.g. the standard LineMOD
+            train/test split of Brachmann et al., which the BOP ``lm`` test folders do not
+            encode); scenes absent from it are read whole.
 
     Attributes:
         object_ids: sorted kept object ids (``object_index`` indexes this).
@@ -730,6 +733,7 @@ class BopDataset(Dataset[BopSample]):
         objects: Iterable[int | str] | None = None,
         config: BopConfig | None = None,
         scenes: Iterable[int] | None = None,
+        images: Mapping[int, Iterable[int]] | None = None,
     ) -> None:
         self.config = cfg = config or BopConfig()
         self.root = Path(root) / cfg.dataset
@@ -747,8 +751,9 @@ class BopDataset(Dataset[BopSample]):
         self.skipped: Counter[str] = Counter()
         self.instances: list[BopInstance] = []
         scene_ids = self._scene_ids(scenes)
+        keep = {int(k): {int(i) for i in v} for k, v in images.items()} if images else {}
         for scene_id in scene_ids:
-            self._index_scene(scene_id, set(infos))
+            self._index_scene(scene_id, set(infos), keep.get(scene_id))
         for reason, n in sorted(self.skipped.items()):
             logger.warning("%s: skipped %d instance(s): %s", self.split_dir, n, reason)
         if not self.instances:
@@ -829,7 +834,8 @@ class BopDataset(Dataset[BopSample]):
                 raise BopDataError(f"{self.split_dir / f'{s:06d}'}: scene folder not found")
         return wanted
 
-    def _index_scene(self, scene_id: int, known_objects: set[int]) -> None:
+    def _index_scene(self, scene_id: int, known_objects: set[int],
+                     keep_images: set[int] | None) -> None:
         scene_dir = self.split_dir / f"{scene_id:06d}"
         gt_path = scene_dir / "scene_gt.json"
         scene_gt = read_scene_gt(gt_path)
@@ -843,7 +849,12 @@ class BopDataset(Dataset[BopSample]):
         rgb_files = self._listing(scene_dir / "rgb")
         mask_files = self._listing(scene_dir / "mask_visib")
         full_files = self._listing(scene_dir / "mask")
+        if keep_images is not None and not keep_images <= set(scene_gt):
+            missing = sorted(keep_images - set(scene_gt))[:5]
+            raise BopDataError(f"{gt_path}: requested images {missing} are not annotated")
         for im_id in sorted(scene_gt):
+            if keep_images is not None and im_id not in keep_images:
+                continue
             gts = scene_gt[im_id]
             if im_id not in scene_cam:
                 raise BopDataError(f"{cam_path}: no entry for image {im_id} of scene_gt.json")

@@ -11,7 +11,9 @@ Two kinds of fixtures, both written into ``tmp_path``:
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import struct
 from pathlib import Path
 
@@ -20,9 +22,14 @@ import numpy as np
 import pytest
 import torch
 
+from epropnp_lib import metrics
+from epropnp_lib.data import bop_generate
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset, crop_transform, read_ply
+from epropnp_lib.data.bop_generate import GeneratedBop, generate_bop_lm
+from epropnp_lib.data.render import rasterize
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.rotations import quat_to_matrix
+from epropnp_lib.pnp.solver import solve_pnp
 
 # --------------------------------------------------------------------------------------------
 # PLY
@@ -347,3 +354,171 @@ def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     (tmp_path / "lm" / "models" / "models_info.json").write_text('{"1": {"diameter": 1}}')
     with pytest.raises(BopDataError, match=r"models_info\.json: object 1: missing key 'min_x'"):
         BopDataset(tmp_path, "test", config=cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Generated mini dataset: the reader reads what the generator writes
+# --------------------------------------------------------------------------------------------
+
+GEN_SIZE = (160, 120)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> GeneratedBop:
+    root = tmp_path_factory.mktemp("bop")
+    return generate_bop_lm(root, num_scenes=2, images_per_scene=2, image_size=GEN_SIZE,
+                           seed=3, objects_per_image=3)
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / max(1.0, float((a | b).sum()))
+
+
+def test_generated_layout_and_json_types(generated: GeneratedBop) -> None:
+    lm = generated.dataset_dir
+    assert generated.object_ids == {"drill": 8, "lblock": 1, "can": 11, "eggbox": 10}
+    assert generated.num_instances == 12 and generated.scene_ids == (1, 2)
+    cam = json.loads((lm / "camera.json").read_text())
+    assert sorted(cam) == ["cx", "cy", "depth_scale", "fx", "fy", "height", "width"]
+    assert (cam["width"], cam["height"]) == GEN_SIZE
+    info = json.loads((lm / "models" / "models_info.json").read_text())
+    assert sorted(info, key=int) == ["1", "8", "10", "11"]
+    assert info["10"]["symmetries_discrete"][0][:3] == [-1.0, 0.0, 0.0]
+    assert info["11"]["symmetries_continuous"] == [{"axis": [0.0, 0.0, 1.0],
+                                                    "offset": [0, 0, 0]}]
+    assert "symmetries_discrete" not in info["8"]
+    scene = lm / "test" / "000001"
+    text = (scene / "scene_gt.json").read_text()
+    assert text.startswith('{\n  "0": [{"cam_R_m2c": [') and text.endswith("\n}")
+    gt = json.loads(text)
+    entry = gt["0"][0]
+    assert sorted(entry) == ["cam_R_m2c", "cam_t_m2c", "obj_id"]
+    assert isinstance(entry["obj_id"], int) and len(entry["cam_R_m2c"]) == 9
+    gi = json.loads((scene / "scene_gt_info.json").read_text())["0"][0]
+    assert sorted(gi) == ["bbox_obj", "bbox_visib", "px_count_all", "px_count_valid",
+                          "px_count_visib", "visib_fract"]
+    assert all(isinstance(v, int) for v in gi["bbox_obj"] + gi["bbox_visib"])
+    assert isinstance(gi["visib_fract"], float)
+    sc = json.loads((scene / "scene_camera.json").read_text())["1"]
+    assert sorted(sc) == ["cam_K", "depth_scale"] and len(sc["cam_K"]) == 9
+    depth = cv2.imread(str(scene / "depth" / "000000.png"), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16 and depth.shape == (120, 160)
+    assert depth[depth > 0].min() > 500 and depth.max() < 1000  # millimetres
+    targets = json.loads((lm / "test_targets_bop19.json").read_text())
+    assert sum(t["inst_count"] for t in targets) == 12
+
+
+def test_generated_whole_images_are_consistent(generated: GeneratedBop) -> None:
+    root = generated.dataset_dir.parent
+    ds = BopDataset(root, "test", config=BopConfig(crop_size=0, render_coords=False))
+    assert len(ds) + sum(ds.skipped.values()) == generated.num_instances
+    assert {o: ds.model(o).symmetric for o in ds.object_ids} == {
+        1: False, 8: False, 10: True, 11: True}
+    assert ds.model(10).name == "eggbox" and ds.model(11).name == "glue"
+    for i in range(len(ds)):
+        s = ds[i]
+        inst = ds.instances[i]
+        model = ds.model(int(s.obj_id))
+        mask, full = s.mask[0] > 0, s.mask_full[0] > 0
+        assert bool((mask <= full).all())
+        assert int(mask.sum()) == inst.info.px_count_visib
+        assert inst.info.px_count_valid == int(full.sum()) <= inst.info.px_count_all
+        assert inst.info.visib_fract == pytest.approx(
+            inst.info.px_count_visib / inst.info.px_count_all)
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert list(inst.info.bbox_visib) == [int(xs.min()), int(ys.min()),
+                                              int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+        # The model read back from the PLY, under the pose and K read back from the JSON,
+        # covers the full mask: its projected vertices span it, its silhouette matches it.
+        x_cam = model.vertices @ quat_to_matrix(s.pose[3:]).T + s.pose[:3]
+        uv = (x_cam @ s.cam_K.T)[:, :2] / x_cam[:, 2:]
+        assert xs.min() >= uv[:, 0].min() - 0.5 and xs.max() <= uv[:, 0].max() + 0.5
+        assert ys.min() >= uv[:, 1].min() - 0.5 and ys.max() <= uv[:, 1].max() + 0.5
+        ras = rasterize(model.vertices, model.faces, model.vertices, s.pose[None],
+                        s.cam_K[None], GEN_SIZE[1], GEN_SIZE[0])
+        assert _iou(ras.mask[0], full) > 0.97
+
+
+def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None:
+    root = generated.dataset_dir.parent
+    ds = BopDataset(root, "test", objects=["driller", "ape"],
+                    config=BopConfig(crop_size=64, min_visib_fract=0.3, num_model_points=100))
+    assert set(ds.object_ids) == {1, 8} and len(ds) >= 2
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    assert batch.image.shape == (len(ds), 3, 64, 64)
+    assert batch.model_points.shape == (len(ds), 100, 3)
+    for i in range(len(ds)):
+        coords, mask = batch.coords[i], batch.mask[i, 0] > 0
+        has = coords.abs().sum(0) > 0
+        assert bool((has <= mask).all()) and int(has.sum()) > 0.9 * int(mask.sum())
+        v, u = has.nonzero(as_tuple=True)
+        x2d = torch.stack((u, v), -1).double()[None]
+        x3d = coords[:, v, u].T.double()[None]
+        sol = solve_pnp(x3d, x2d, torch.ones_like(x2d), batch.cam_K[i].double()[None])
+        pose = batch.pose[i].double()[None]
+        assert metrics.rotation_error_deg(sol.pose, pose).item() < 0.5
+        assert metrics.translation_error(sol.pose, pose).item() < 0.005 * pose[0, 2].item()
+    # ADD(-S) of the ground truth is 0 for every sample (the metrics accept the batch).
+    acc = metrics.add_accuracy(batch.pose, batch.pose, batch.model_points, batch.diameter,
+                               0.02, batch.symmetric)
+    assert bool(acc.all())
+
+
+def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:
+    kw = {"num_scenes": 1, "images_per_scene": 1, "objects": ["eggbox"], "image_size": (64, 48),
+          "seed": 5}
+    a = generate_bop_lm(tmp_path / "a", **kw)  # type: ignore[arg-type]
+    b = generate_bop_lm(tmp_path / "b", binary_ply=True, **kw)  # type: ignore[arg-type]
+    assert a.object_ids == {"eggbox": 10}
+    ply_a, ply_b = (read_ply(g.dataset_dir / "models" / "obj_000010.ply") for g in (a, b))
+    head = (b.dataset_dir / "models" / "obj_000010.ply").read_bytes()[:40]
+    assert b"format binary_little_endian 1.0" in head
+    np.testing.assert_allclose(ply_a.vertices, ply_b.vertices, atol=1e-4)
+    assert np.array_equal(ply_a.faces, ply_b.faces)
+    assert ply_a.colors is not None and ply_b.colors is not None
+    assert np.array_equal(ply_a.colors, ply_b.colors)
+    scene = Path("test") / "000001"
+    for rel in ("scene_gt.json", "scene_gt_info.json", "rgb/000000.png", "mask/000000_000000.png"):
+        assert (a.dataset_dir / scene / rel).read_bytes() == (b.dataset_dir / scene / rel
+                                                              ).read_bytes(), rel
+
+
+def test_generator_cli_and_config_errors(tmp_path: Path) -> None:
+    assert bop_generate.main(["--out", str(tmp_path), "--num-scenes", "1",
+                              "--images-per-scene", "1", "--objects", "lblock",
+                              "--width", "48", "--height", "40"]) == 0
+    ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=16))
+    assert ds.object_ids == (1,) and len(ds) == 1
+    with pytest.raises(ConfigError, match="unknown synthetic objects"):
+        generate_bop_lm(tmp_path, objects=["teapot"])
+    with pytest.raises(ConfigError, match="objects_per_image"):
+        generate_bop_lm(tmp_path, objects=["can"], objects_per_image=2)
+    with pytest.raises(SystemExit):
+        bop_generate.main(["--out", str(tmp_path), "--objects", "teapot"])
+
+
+def test_assign_linemod_ids() -> None:
+    ids = bop_generate.assign_linemod_ids(["can", "duck", "cube", "eggbox"],
+                                          [True, False, False, True])
+    assert ids == {"eggbox": 10, "can": 11, "duck": 9, "cube": 1}
+    with pytest.raises(ConfigError, match="no LineMOD id left"):
+        bop_generate.assign_linemod_ids(["a", "b", "c"], [True, True, True])
+
+
+def test_generated_bad_data(generated: GeneratedBop, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(generated.dataset_dir, copy / "lm")
+    info = copy / "lm" / "test" / "000002" / "scene_gt_info.json"
+    info.write_text(info.read_text()[:-40])
+    with pytest.raises(BopDataError, match=r"000002/scene_gt_info\.json: invalid or truncated"):
+        BopDataset(copy, "test")
+    # Reading only the intact scene works.
+    assert len(BopDataset(copy, "test", scenes=[1], config=BopConfig(render_coords=False))) > 0
+    with pytest.raises(BopDataError, match="000007: scene folder not found"):
+        BopDataset(copy, "test", scenes=[7])
+    # An image subset (e.g. the standard LineMOD split) keeps only those images.
+    sub = BopDataset(copy, "test", scenes=[1], images={1: [1]},
+                     config=BopConfig(render_coords=False))
+    assert {inst.im_id for inst in sub.instances} == {1}
+    with pytest.raises(BopDataError, match=r"scene_gt\.json: requested images \[9\]"):
+        BopDataset(copy, "test", scenes=[1], images={1: [1, 9]})
