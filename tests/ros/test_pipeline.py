@@ -1,0 +1,288 @@
+"""The ROS-free inference pipelines (no DDS): geometry of crops and resizes, undistortion,
+outputs of the detector and pose-estimator pipelines, settings, errors.
+
+The networks are small and explicitly initialised from a fixed seed (``torch.random.fork_rng``
++ ``manual_seed``): test fixtures for the plumbing, not trained models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from epropnp_lib.epropnp import EProPnP6DoF
+from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.rotations import quat_to_matrix
+from epropnp_lib.nets.checkpoint import CheckpointError
+from epropnp_ros.conversions import CameraModel
+from epropnp_ros.pipeline import (
+    DetectorPipeline,
+    DetectorSettings,
+    Intrinsics,
+    PipelineInputError,
+    PoseEstimatorPipeline,
+    PoseEstimatorSettings,
+    check_image,
+    crop_affine,
+    intrinsics_from_camera,
+    resize_affine,
+    to_image_frame,
+    warp_crops,
+)
+
+K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 60.0], [0.0, 0.0, 1.0]])
+W, H = 160, 120
+
+
+def _camera(d: tuple[float, ...] = (0.0,) * 5, binning: int = 1) -> CameraModel:
+    return CameraModel(
+        k=K.copy(), d=np.asarray(d, dtype=np.float64), distortion_model="plumb_bob",
+        r=np.eye(3), p=np.hstack((K, np.zeros((3, 1)))), width=W * binning,
+        height=H * binning, frame_id="cam", binning_x=binning, binning_y=binning,
+    )
+
+
+def _image(seed: int = 1) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def detector_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DeformableCorrespondenceNet(
+            small_config(score_threshold=0.0, pre_nms_top_k=4, max_detections=4,
+                         input_scale=1.0)
+        )
+    path = tmp_path_factory.mktemp("pipeline") / "detector.ckpt"
+    net.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dense_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from epropnp_lib.nets.backbone import BackboneConfig
+    from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DenseCorrespondenceNet(DenseNetConfig(
+            backbone=BackboneConfig(depth=18, base_width=16), crop_size=64, output_stride=8,
+            head_channels=16, object_extent=0.1,
+        ))
+    path = tmp_path_factory.mktemp("pipeline") / "dense.ckpt"
+    net.save(path)
+    return path
+
+
+# --- geometry --------------------------------------------------------------------------------
+def test_crop_affine_maps_roi_to_centred_square() -> None:
+    a = crop_affine((40.0, 20.0, 40.0, 20.0), padding=1.0, crop_size=64)
+    # The ROI centre (pixel-centre convention: 40 + 20 - 0.5 = 59.5) maps to the crop centre.
+    centre = a @ np.array([59.5, 29.5, 1.0])
+    np.testing.assert_allclose(centre[:2], [31.5, 31.5])
+    assert a[0, 0] == a[1, 1] == pytest.approx(64 / 40)  # the longer side fills the crop
+    padded = crop_affine((40.0, 20.0, 40.0, 20.0), padding=2.0, crop_size=64)
+    assert padded[0, 0] == pytest.approx(a[0, 0] / 2)
+
+
+def test_warp_crops_puts_pixels_where_the_affine_says() -> None:
+    img = np.zeros((H, W, 3), dtype=np.uint8)
+    img[50, 70] = 255  # (u, v) = (70, 50)
+    a = crop_affine((60.0, 40.0, 32.0, 32.0), padding=1.0, crop_size=64)  # scale 2
+    crop = warp_crops(img, [a], 64)[0]
+    expected = a @ np.array([70.0, 50.0, 1.0])
+    v, u = np.unravel_index(np.argmax(crop[..., 0].astype(float)), crop.shape[:2])
+    assert abs(u - expected[0]) <= 1.0 and abs(v - expected[1]) <= 1.0
+    # Intrinsics of the crop: projecting with A @ K equals mapping the projection by A.
+    x = np.array([0.3, -0.2, 2.0])
+    uv = K @ x / x[2]
+    np.testing.assert_allclose((a @ K) @ x / x[2], a @ uv)
+
+
+def test_resize_affine_is_pixel_centre_consistent() -> None:
+    a = resize_affine((120, 160), (60, 80))
+    # Image corners (pixel edges -0.5 and W - 0.5) map to the resized image's edges.
+    np.testing.assert_allclose(a @ [-0.5, -0.5, 1.0], [-0.5, -0.5, 1.0])
+    np.testing.assert_allclose(a @ [159.5, 119.5, 1.0], [79.5, 59.5, 1.0])
+
+
+def _problem(n: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Object points (n, 3), a pose (7,) and per-point weights (n, 2)."""
+    g = torch.Generator().manual_seed(3)
+    x3d = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * 0.4
+    pose = torch.tensor([0.05, -0.03, 1.5, 0.96, 0.1, 0.2, 0.15], dtype=torch.float64)
+    pose[3:] /= pose[3:].norm()
+    w2d = 0.5 + torch.rand(n, 2, generator=g, dtype=torch.float64)
+    return x3d, pose, w2d
+
+
+def _project(x3d: torch.Tensor, pose: torch.Tensor, cam: np.ndarray) -> torch.Tensor:
+    xc = x3d @ quat_to_matrix(pose[3:]).T + pose[:3]
+    uvw = xc @ torch.as_tensor(cam).T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def test_crop_frame_and_image_frame_give_the_same_solution() -> None:
+    """Weights times s make the cost independent of the pixel units: same pose and covariance
+    whether solved in crop pixels (A @ K) or mapped back to image pixels (K)."""
+    x3d, pose, w2d = _problem()
+    g = torch.Generator().manual_seed(4)
+    x2d_img = _project(x3d, pose, K) + 0.5 * torch.randn(len(x3d), 2, generator=g,
+                                                         dtype=torch.float64)
+    a = torch.as_tensor(crop_affine((50.0, 30.0, 60.0, 60.0), 1.2, 64))
+    x2d_crop = x2d_img @ a[:2, :2].T + a[:2, 2]
+    layer = EProPnP6DoF()
+    sol_crop = layer.solve(x3d[None], x2d_crop[None], w2d[None], (a @ torch.as_tensor(K))[None])
+    x2d_back, w2d_back = to_image_frame(x2d_crop[None], w2d[None], a[None], lambda p: p)
+    np.testing.assert_allclose(x2d_back[0].numpy(), x2d_img.numpy(), atol=1e-9)
+    sol_img = layer.solve(x3d[None], x2d_back, w2d_back, torch.as_tensor(K)[None])
+    torch.testing.assert_close(sol_img.pose, sol_crop.pose, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sol_img.covariance, sol_crop.covariance, atol=1e-9, rtol=1e-5)
+
+
+def test_undistortion_recovers_the_pose_that_raw_pixels_miss() -> None:
+    d = (-0.3, 0.12, 0.001, -0.002, 0.0)
+    cam = _camera(d)
+    intr = intrinsics_from_camera(cam, rectified=False)
+    assert intr.undistort is not None
+    x3d, pose, w2d = _problem()
+    xc = (x3d @ quat_to_matrix(pose[3:]).T + pose[:3]).numpy()
+    raw, _ = cv2.projectPoints(xc, np.zeros(3), np.zeros(3), K, np.asarray(d))
+    raw_t = torch.as_tensor(raw.reshape(-1, 2))
+    ident = torch.eye(3, dtype=torch.float64)[None]
+    und, w_und = to_image_frame(raw_t[None], w2d[None], ident, intr.undistort)
+    layer = EProPnP6DoF()
+    k = torch.as_tensor(intr.cam_mat)[None]
+    good = layer.solve(x3d[None], und, w_und, k).pose[0]
+    naive = layer.solve(x3d[None], raw_t[None], w2d[None], k).pose[0]
+    assert (good[:3] - pose[:3]).norm() < 1e-4
+    assert (naive[:3] - pose[:3]).norm() > 100 * (good[:3] - pose[:3]).norm()
+
+
+def test_intrinsics_from_camera() -> None:
+    plain = intrinsics_from_camera(_camera(), rectified=False)
+    assert plain.undistort is None and (plain.width, plain.height) == (W, H)
+    np.testing.assert_array_equal(plain.cam_mat, K)
+    assert intrinsics_from_camera(_camera(), rectified=True).undistort is None
+    # A rectified but binned image still needs its pixels mapped (binning undone).
+    binned = intrinsics_from_camera(_camera(binning=2), rectified=True)
+    assert binned.undistort is not None and (binned.width, binned.height) == (W, H)
+    np.testing.assert_allclose(binned.undistort(np.array([[10.0, 20.0]])), [[20.0, 40.0]])
+
+
+def test_check_image_rejects_bad_input() -> None:
+    intr = Intrinsics(K, None, W, H)
+    assert check_image(_image(), intr) == (H, W)
+    with pytest.raises(PipelineInputError, match="uint8"):
+        check_image(_image().astype(np.float32), intr)
+    with pytest.raises(PipelineInputError, match="empty"):
+        check_image(np.zeros((0, W, 3), np.uint8), intr)
+    with pytest.raises(PipelineInputError, match="camera info says"):
+        check_image(np.zeros((H // 2, W, 3), np.uint8), intr)
+    bad_k = K.copy()
+    bad_k[0, 0] = math.nan
+    with pytest.raises(PipelineInputError, match="finite"):
+        check_image(_image(), Intrinsics(bad_k, None, W, H))
+
+
+# --- detector pipeline -----------------------------------------------------------------------
+def test_detector_pipeline_outputs(detector_ckpt: Path) -> None:
+    settings = DetectorSettings(score_threshold=0.0, max_detections=3, num_samples=8, seed=5)
+    pipe = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    out = pipe.process(_image(), Intrinsics(K, None, W, H))
+    m = len(out.pose)
+    assert 1 <= m <= 3
+    assert out.pose.shape == (m, 4) and out.covariance.shape == (m, 4, 4)
+    assert out.samples.shape == (m, 8, 4)
+    assert np.all(np.diff(out.scores) <= 0)
+    assert len(out.class_ids) == m and out.boxes.num_boxes == m
+    np.testing.assert_allclose(out.covariance, out.covariance.transpose(0, 2, 1))
+    assert np.all(np.linalg.eigvalsh(out.covariance) > 0)
+    np.testing.assert_allclose(out.pose[:, :3], out.boxes.center.double().numpy())
+    assert set(out.timings) >= {"preprocess", "network", "total"}
+    # Same seed, same frame: the same samples; live settings take effect at once.
+    again = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    np.testing.assert_array_equal(again.process(_image(), Intrinsics(K, None, W, H)).samples,
+                                  out.samples)
+    pipe.settings = dataclasses.replace(settings, score_threshold=1.0)
+    assert len(pipe.process(_image(), Intrinsics(K, None, W, H)).pose) == 0
+    # input_scale 0 keeps the checkpoint's factor; a positive value replaces it.
+    assert pipe.net.config.input_scale == 1.0
+    pipe.settings = dataclasses.replace(settings, input_scale=0.5)
+    pipe.process(_image(), Intrinsics(K, None, W, H))
+    assert pipe.net.config.input_scale == 0.5
+
+
+def test_detector_pipeline_with_distortion_resolves(detector_ckpt: Path) -> None:
+    settings = DetectorSettings(score_threshold=0.0, max_detections=3, num_samples=4)
+    pipe = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    intr = intrinsics_from_camera(_camera((-0.2, 0.05, 0.0, 0.0, 0.0)), rectified=False)
+    out = pipe.process(_image(), intr)
+    m = len(out.pose)
+    assert m + out.num_failed >= 1
+    assert "pnp" in out.timings and "sampling" in out.timings  # the re-solve ran
+    assert out.samples.shape == (m, 4, 4)
+    assert np.all(np.isfinite(out.pose)) and np.all(np.isfinite(out.covariance))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path: Path, dense_ckpt: Path) -> None:
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointError, match="nope.ckpt"):
+        DetectorPipeline.from_checkpoint(missing)
+    with pytest.raises(CheckpointError, match="dense.ckpt"):
+        DetectorPipeline.from_checkpoint(dense_ckpt)  # a checkpoint of another kind
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.ckpt"):
+        PoseEstimatorPipeline.from_checkpoint(garbage)
+    with pytest.raises(ConfigError, match="device"):
+        PoseEstimatorPipeline.from_checkpoint(dense_ckpt, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cuda"):
+            PoseEstimatorPipeline.from_checkpoint(dense_ckpt, device="cuda")
+    else:
+        assert PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cuda").device.type == "cuda"
+
+
+# --- pose-estimator pipeline -----------------------------------------------------------------
+def test_pose_estimator_pipeline_outputs(dense_ckpt: Path) -> None:
+    settings = PoseEstimatorSettings(num_samples=6, roi_padding=1.2, object_class="duck")
+    pipe = PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cpu", settings)
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 60.0, 60.0]])
+    out = pipe.process(_image(), Intrinsics(K, None, W, H), rois, np.array([0.9, 0.4]))
+    m = len(out.pose)
+    assert m + out.num_failed == 2
+    assert out.pose.shape == (m, 7) and out.covariance.shape == (m, 6, 6)
+    assert out.samples.shape == (m, 6, 7)
+    np.testing.assert_allclose(np.linalg.norm(out.pose[:, 3:], axis=1), 1.0, rtol=1e-6)
+    assert out.class_ids == ("duck",) * m
+    np.testing.assert_allclose(out.size, 0.2)
+    assert out.rois.shape == (m, 4) and out.scores.shape == (m,)
+    # No region: the whole image; an empty set of regions: nothing.
+    whole = pipe.process(_image(), Intrinsics(K, None, W, H))
+    assert len(whole.pose) + whole.num_failed == 1
+    if len(whole.pose):
+        np.testing.assert_array_equal(whole.rois[0], [0, 0, W, H])
+    empty = pipe.process(_image(), Intrinsics(K, None, W, H), np.zeros((0, 4)))
+    assert empty.pose.shape == (0, 7) and empty.samples.shape[0] == 0
+
+
+def test_settings_validate() -> None:
+    with pytest.raises(ConfigError, match="score_threshold"):
+        DetectorSettings(score_threshold=2.0)
+    with pytest.raises(ConfigError, match="input_scale"):
+        DetectorSettings(input_scale=-1.0)
+    with pytest.raises(ConfigError, match="roi_padding"):
+        PoseEstimatorSettings(roi_padding=0.5)
+    with pytest.raises(ConfigError, match="num_samples"):
+        PoseEstimatorSettings(num_samples=-1)
