@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from epropnp_lib import metrics
+from epropnp_lib.data.synthetic_objects import make_object
 from epropnp_lib.errors import DTypeError, ShapeError
 from epropnp_lib.geometry.camera import transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
@@ -311,3 +312,25 @@ def test_chi2_cdf() -> None:
     x = torch.tensor([0.0, 1.0, 10.0], dtype=torch.float64)
     # chi2(2) CDF = 1 - exp(-x/2)
     torch.testing.assert_close(metrics.chi2_cdf(x, 2), 1 - torch.exp(-x / 2))
+
+
+@pytest.mark.parametrize("name", ["eggbox", "can"])
+def test_symmetry_of_the_synthetic_objects(name: str) -> None:
+    """The symmetric synthetic objects (BOP generator: eggbox -> LineMOD 10, can -> 11)."""
+    obj = make_object(name)
+    pts = obj.vertices.double()
+    pose = torch.tensor([[0.05, -0.02, 0.8, 0.9, 0.1, -0.3, 0.2]], dtype=torch.float64)
+    pose = Pose6DoF.canonical(pose)
+
+    def turned(angle: float) -> torch.Tensor:
+        q = quat_multiply(pose[:, 3:], obj.symmetry_quat(angle)[None])
+        return torch.cat((pose[:, :3], q), dim=-1)
+
+    for k in metrics.ADD_THRESHOLDS:
+        flip = turned(math.pi)  # a symmetry of both (2-fold and continuous about z)
+        assert bool(metrics.add_accuracy(flip, pose, pts, obj.diameter, k, symmetric=True))
+        assert not bool(metrics.add_accuracy(flip, pose, pts, obj.diameter, k))
+    # Not a symmetry of the 2-fold eggbox: fails both at 0.1 d.
+    if obj.symmetry_order == 2:
+        off = turned(1.0)
+        assert not bool(metrics.add_accuracy(off, pose, pts, obj.diameter, 0.1, symmetric=True))
