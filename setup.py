@@ -61,6 +61,8 @@ setup(
     entry_points={
         "console_scripts": [
             "epropnp-demo = epropnp_lib.demo:main",
+            "epropnp-nuscenes-to-bag = epropnp_ros.nuscenes_bag:main",
+            "epropnp-bag-play = epropnp_ros.bag_player:main",
             # ROS nodes: one entry per node, `NAME = epropnp_ros.nodes.MODULE:main`, e.g.
             # "detector_node = epropnp_ros.nodes.detector:main",
             # (they land with the nodes; launch/*.launch.py refers to them by these names).

@@ -1,0 +1,379 @@
+"""nuScenes → rosbag2 conversion and the venv bag player.
+
+The bag is read back with rosbags and, independently, with the ``mcap`` reader, and compared
+with what the nuScenes devkit reports for the same (generated, format-faithful) dataset.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+SCENE = "scene-0061"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+
+    root = tmp_path_factory.mktemp("nuscenes")
+    generate_nuscenes_mini(
+        root, scenes=(SCENE,), samples_per_scene=2, image_size=(160, 90), sweeps=True, seed=3
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def nusc(dataset: Path) -> Any:
+    from nuscenes.nuscenes import NuScenes
+
+    return NuScenes(version="v1.0-mini", dataroot=str(dataset), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def bag(dataset: Path, ros_runtime: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+
+    out = tmp_path_factory.mktemp("bags") / "scene"
+    summary = convert(ConversionConfig(dataroot=str(dataset), output=str(out)))
+    assert summary.path == out and summary.scenes == (SCENE,)
+    return out
+
+
+def _typestore() -> Any:
+    from epropnp_ros.nuscenes_bag import _typestore
+
+    return _typestore()
+
+
+def _read_all(path: Path) -> list[tuple[str, int, Any]]:
+    """(topic, bag time, deserialised message) with rosbags."""
+    from rosbags.highlevel import AnyReader
+
+    store = _typestore()
+    with AnyReader([path], default_typestore=store) as reader:
+        return [
+            (c.topic, t, reader.deserialize(raw, c.msgtype))
+            for c, t, raw in reader.messages()
+        ]
+
+
+def _raw_messages(path: Path) -> list[tuple[str, int, bytes]]:
+    from rosbags.rosbag2 import Reader
+
+    with Reader(path) as reader:
+        return [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
+
+
+def _camera_records(nusc: Any, channel: str) -> list[dict[str, Any]]:
+    return sorted(
+        (sd for sd in nusc.sample_data if sd["channel"] == channel),
+        key=lambda sd: sd["timestamp"],
+    )
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def test_topics_counts_frames_stamps_and_camera_info(bag: Path, nusc: Any) -> None:
+    from epropnp_ros.nuscenes_bag import CAMERAS, camera_frame, camera_topics
+
+    messages = _read_all(bag)
+    counts = Counter(topic for topic, _, _ in messages)
+    for channel in CAMERAS:
+        records = _camera_records(nusc, channel)
+        assert len(records) > 2, "sweeps are converted too"
+        image_topic, info_topic = camera_topics(channel)
+        assert counts[image_topic] == counts[info_topic] == len(records)
+        infos = [m for topic, _, m in messages if topic == info_topic]
+        images = [(t, m) for topic, t, m in messages if topic == image_topic]
+        for record, info, (bag_time, image) in zip(records, infos, images, strict=True):
+            calib = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+            assert info.header.frame_id == image.header.frame_id == camera_frame(channel)
+            assert _stamp_ns(info.header) == _stamp_ns(image.header) == bag_time
+            assert bag_time == record["timestamp"] * 1000
+            np.testing.assert_allclose(info.k.reshape(3, 3), calib["camera_intrinsic"])
+            assert (info.width, info.height) == (record["width"], record["height"])
+            assert info.p[3] == 0.0 and info.p[0] == calib["camera_intrinsic"][0][0]
+            jpeg = (Path(nusc.dataroot) / record["filename"]).read_bytes()
+            assert image.format == "jpeg" and bytes(image.data) == jpeg  # passed through
+    assert counts["/tf_static"] == 1
+    assert counts["/ground_truth/detections"] == len(nusc.sample)
+    ego_tokens = {sd["ego_pose_token"] for sd in nusc.sample_data if sd["channel"] in CAMERAS}
+    assert counts["/tf"] == len(ego_tokens)
+    times = [t for _, t, _ in messages]
+    assert times == sorted(times)
+
+
+def test_independent_mcap_reader_agrees(bag: Path) -> None:
+    from mcap.reader import make_reader
+
+    rosbags_view = [(topic, t) for topic, t, _ in _raw_messages(bag)]
+    [mcap_file] = bag.glob("*.mcap")
+    with mcap_file.open("rb") as fh:
+        reader = make_reader(fh)
+        summary = reader.get_summary()
+        assert summary is not None
+        schemas = {s.name for s in summary.schemas.values()}
+        assert {"sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
+                "tf2_msgs/msg/TFMessage", "vision_msgs/msg/Detection3DArray"} <= schemas
+        assert {c.message_encoding for c in summary.channels.values()} == {"cdr"}
+        mcap_view = [(ch.topic, msg.log_time) for _, ch, msg in reader.iter_messages()]
+    assert sorted(mcap_view) == sorted(rosbags_view)
+    metadata = (bag / "metadata.yaml").read_text()
+    assert "version: 8" in metadata and "storage_identifier: mcap" in metadata
+
+
+def _matrix(translation: Any, quat_xyzw: Any) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    m = np.eye(4)
+    m[:3, :3] = Rotation.from_quat(quat_xyzw).as_matrix()
+    m[:3, 3] = translation
+    return m
+
+
+def _tf_matrix(tf: Any) -> np.ndarray:
+    t, r = tf.transform.translation, tf.transform.rotation
+    return _matrix([t.x, t.y, t.z], [r.x, r.y, r.z, r.w])
+
+
+def _nusc_matrix(record: dict[str, Any]) -> np.ndarray:
+    w, x, y, z = record["rotation"]
+    return _matrix(record["translation"], [x, y, z, w])
+
+
+def test_tf_lookup_reproduces_devkit_calibration(bag: Path, nusc: Any) -> None:
+    """map → base_link (/tf at the image time) ∘ base_link → optical frame (/tf_static)."""
+    from epropnp_ros.nuscenes_bag import CAMERAS, camera_frame
+
+    messages = _read_all(bag)
+    [tf_static] = [m for topic, _, m in messages if topic == "/tf_static"]
+    static = {tf.child_frame_id: tf for tf in tf_static.transforms}
+    assert set(static) == {camera_frame(c) for c in CAMERAS}
+    assert {tf.header.frame_id for tf in static.values()} == {"base_link"}
+    ego = {t: m.transforms[0] for topic, t, m in messages if topic == "/tf"}
+    assert {tf.header.frame_id for tf in ego.values()} == {"map"}
+    for channel in CAMERAS:
+        for record in _camera_records(nusc, channel)[:3]:
+            calib = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+            pose = nusc.get("ego_pose", record["ego_pose_token"])
+            base_to_cam = _tf_matrix(static[camera_frame(channel)])
+            np.testing.assert_allclose(base_to_cam, _nusc_matrix(calib), atol=1e-9)
+            map_to_base = _tf_matrix(ego[pose["timestamp"] * 1000])
+            np.testing.assert_allclose(
+                map_to_base @ base_to_cam, _nusc_matrix(pose) @ _nusc_matrix(calib), atol=1e-9
+            )
+
+
+def test_ground_truth_boxes_match_annotations(bag: Path, nusc: Any) -> None:
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    arrays = [(t, m) for topic, t, m in _read_all(bag) if topic == "/ground_truth/detections"]
+    samples = sorted(nusc.sample, key=lambda s: s["timestamp"])
+    for (t, array), sample in zip(arrays, samples, strict=True):
+        assert t == sample["timestamp"] * 1000 and array.header.frame_id == "map"
+        anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
+        anns = [a for a in anns if category_to_detection_name(a["category_name"]) is not None]
+        assert len(array.detections) == len(anns) > 0
+        for det, ann in zip(array.detections, anns, strict=True):
+            assert det.id == ann["instance_token"]
+            assert det.results[0].hypothesis.class_id == category_to_detection_name(
+                ann["category_name"]
+            )
+            c = det.bbox.center
+            np.testing.assert_allclose([c.position.x, c.position.y, c.position.z],
+                                       ann["translation"])
+            w, length, h = ann["size"]
+            np.testing.assert_allclose([det.bbox.size.x, det.bbox.size.y, det.bbox.size.z],
+                                       [length, w, h])
+            q = c.orientation
+            np.testing.assert_allclose([q.w, q.x, q.y, q.z], ann["rotation"])
+
+
+def test_converting_twice_gives_identical_messages(
+    bag: Path, dataset: Path, tmp_path: Path
+) -> None:
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+
+    again = tmp_path / "again"
+    convert(ConversionConfig(dataroot=str(dataset), output=str(again)))
+    assert _raw_messages(again) == _raw_messages(bag)
+
+
+def test_raw_images_in_sqlite3(dataset: Path, nusc: Any, tmp_path: Path) -> None:
+    import cv2
+
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+
+    out = tmp_path / "raw"
+    convert(ConversionConfig(dataroot=str(dataset), output=str(out), storage="sqlite3",
+                             image_format="raw", cameras=("CAM_BACK",), sweeps=False,
+                             ground_truth=False))
+    assert list(out.glob("*.db3"))
+    images = [m for topic, _, m in _read_all(out) if topic == "/cam_back/image_raw"]
+    records = [r for r in _camera_records(nusc, "CAM_BACK") if r["is_key_frame"]]
+    assert len(images) == len(records)
+    for image, record in zip(images, records, strict=True):
+        expected = cv2.imread(str(Path(nusc.dataroot) / record["filename"]))[:, :, ::-1]
+        assert image.encoding == "rgb8" and image.step == image.width * 3
+        assert np.array_equal(image.data.reshape(image.height, image.width, 3), expected)
+
+
+def test_bad_data_gives_clear_errors(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from epropnp_ros.nuscenes_bag import BagConversionError, ConversionConfig, convert
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    out = tmp_path / "out"
+    with pytest.raises(BagConversionError, match="unknown-scene"):
+        convert(ConversionConfig(dataroot=str(broken), output=str(out), scenes=("unknown-scene",)))
+
+    jpg = next((broken / "samples" / "CAM_FRONT").glob("*.jpg"))
+    jpg.unlink()
+    with pytest.raises(BagConversionError, match="image file missing: .*" + re.escape(jpg.name)):
+        convert(ConversionConfig(dataroot=str(broken), output=str(out)))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+    table = broken / "v1.0-mini" / "sample_data.json"
+    table.write_text(table.read_text()[:500])
+    with pytest.raises(BagConversionError, match="sample_data.json is not valid JSON"):
+        convert(ConversionConfig(dataroot=str(broken), output=str(out)))
+    table.unlink()
+    with pytest.raises(BagConversionError, match="table missing: .*sample_data.json"):
+        convert(ConversionConfig(dataroot=str(broken), output=str(out)))
+
+    out.mkdir()
+    with pytest.raises(BagConversionError, match="exists"):
+        convert(ConversionConfig(dataroot=str(dataset), output=str(out)))
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import epropnp_ros.nuscenes_bag as nb
+calls = 0
+original = nb._Builder.image
+def dying_image(*args):
+    global calls
+    calls += 1
+    if calls == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args)
+nb._Builder.image = dying_image
+nb.convert(nb.ConversionConfig(dataroot=sys.argv[1], output=sys.argv[2]))
+"""
+
+
+def test_killed_converter_leaves_no_complete_looking_bag(
+    dataset: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    out = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(dataset), str(out)],
+        env=child_env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.partial-")]
+    assert len(leftovers) == 1  # the hidden staging directory of the killed run, nothing else
+
+
+def test_cli(dataset: Path, tmp_path: Path, child_env: dict[str, str]) -> None:
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "epropnp_ros.nuscenes_bag", "--dataroot", str(dataset), "--out",
+         str(out), "--cameras", "CAM_FRONT", "--key-frames-only", "--quiet"],
+        env=child_env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "/cam_front/image_raw/compressed: 2" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "epropnp_ros.nuscenes_bag", "--dataroot", str(tmp_path / "none"),
+         "--out", str(tmp_path / "x")],
+        env=child_env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "table folder not found" in proc.stderr
+
+
+def test_player_publishes_with_recorded_qos_and_clock(bag: Path, rclpy_node: Any) -> None:
+    """Every message arrives; /tf_static is still delivered to a subscriber that comes late."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+    from tf2_msgs.msg import TFMessage
+
+    from epropnp_ros.bag_player import PlayConfig, play
+
+    node = rclpy_node
+    received: Counter[str] = Counter()
+    clock_stamps: list[int] = []
+    for topic, cls in (("/cam_front/image_raw/compressed", CompressedImage),
+                       ("/cam_front/camera_info", CameraInfo)):
+        node.create_subscription(cls, topic, lambda _m, t=topic: received.update([t]), 100)
+    node.create_subscription(
+        Clock, "/clock", lambda m: clock_stamps.append(m.clock.sec * 10**9 + m.clock.nanosec), 100
+    )
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        player = rclpy.create_node("bag_player_under_test", context=node.context)
+        stats = play(
+            PlayConfig(bag=str(bag), rate=20.0, clock=True,
+                       wait_for=("/cam_front/image_raw/compressed", "/clock")),
+            node=player,
+        )
+        expected = Counter(topic for topic, _, _ in _raw_messages(bag))
+        assert stats.messages == dict(sorted(expected.items()))
+        topics = ("/cam_front/image_raw/compressed", "/cam_front/camera_info")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(received[t] < expected[t] for t in topics):
+            time.sleep(0.05)
+        assert [received[t] for t in topics] == [expected[t] for t in topics]
+        assert clock_stamps == sorted(clock_stamps) and len(clock_stamps) == sum(expected.values())
+
+        late: list[Any] = []
+        node.create_subscription(
+            TFMessage, "/tf_static", late.append,
+            QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL),
+        )
+        deadline = time.monotonic() + 10
+        while not late and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(late) == 1 and len(late[0].transforms) == 6
+        player.destroy_node()
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=5)
+
+
+def test_player_errors(tmp_path: Path, bag: Path, rclpy_node: Any) -> None:
+    from epropnp_lib.errors import ConfigError
+    from epropnp_ros.bag_player import BagPlayError, PlayConfig, play
+
+    with pytest.raises(BagPlayError, match="bag not found"):
+        play(PlayConfig(bag=str(tmp_path / "none")), node=rclpy_node)
+    with pytest.raises(BagPlayError, match="not in"):
+        play(PlayConfig(bag=str(bag), topics=("/nope",)), node=rclpy_node)
+    with pytest.raises(BagPlayError, match="no subscriber on /nobody"):
+        play(PlayConfig(bag=str(bag), wait_for=("/nobody",), wait_timeout=0.2), node=rclpy_node)
+    with pytest.raises(ConfigError):
+        PlayConfig(bag="x", rate=0.0)
