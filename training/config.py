@@ -61,6 +61,7 @@ ScheduleName = Literal["constant", "step", "cosine"]
 TASK_MODULES: dict[str, str] = {
     "toy": ".tasks_toy",
     "linemod": ".tasks_linemod",
+    "nuscenes": ".tasks_nuscenes",
 }
 
 
