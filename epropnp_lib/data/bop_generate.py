@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -358,8 +359,11 @@ def generate_bop_lm(
         objects: synthetic object names (default: all of
             :data:`epropnp_lib.data.synthetic_objects.OBJECT_NAMES`).
         image_size: ``(width, height)``; the LineMOD intrinsics are scaled to it.
-        seed: all randomness comes from one ``torch.Generator`` seeded with it.
-        split: split folder name (``test``, ``train``, ...).
+        seed: all randomness comes from one ``torch.Generator`` seeded from it and the split
+            name (so one seed gives independent train and test images).
+        split: split folder name (``test``, ``train``, ...).  Several calls with different
+            splits may write into the same root (the models and camera are the same);
+            ``test_targets_bop19.json`` is written for the ``test`` split.
         objects_per_image: annotated objects per image (1 = LineMOD, more = occlusions);
             default ``min(2, len(objects))``.
         binary_ply: write binary instead of ASCII PLY models.
@@ -384,7 +388,8 @@ def generate_bop_lm(
     if unknown:
         raise ConfigError(f"unknown synthetic objects {unknown}; known: "
                           f"{list(synthetic_objects.OBJECT_NAMES)}")
-    g = torch.Generator().manual_seed(seed)
+    # Independent streams per split: the same seed gives different train and test images.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
     out = Path(root) / "lm"
     models = _load_models(names)
     _write_models(out / "models", models, binary_ply)
@@ -472,7 +477,8 @@ def generate_bop_lm(
         save_bop_json(scene_dir / "scene_gt.json", scene_gt)
         save_bop_json(scene_dir / "scene_gt_info.json", scene_info)
         save_bop_json(scene_dir / "scene_camera.json", scene_cam)
-    save_bop_json(out / "test_targets_bop19.json", targets)
+    if split == "test":
+        save_bop_json(out / "test_targets_bop19.json", targets)
     mapping = {m.obj.name: m.obj_id for m in models}
     logger.info("wrote %s: %d scenes, %d images, %d instances, objects %s", out, num_scenes,
                 num_scenes * images_per_scene, n_inst, mapping)
