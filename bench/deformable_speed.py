@@ -6,9 +6,10 @@ Usage::
 
 Times ``DeformableCorrespondenceNet.detect`` (preprocessing, backbone, FPN, dense head, the
 deformable attention of the selected queries, the PnP solves and the NMS) on random images at
-1600x900 and 640x480 for :func:`~epropnp_lib.nets.deformable.small_config` with random
-weights.  ``--queries`` sets how many queries pass the score threshold (a trained network on a
-street scene keeps a few tens); the first ``--warmup`` calls are not timed.
+1600x900 and 640x480 (uint8, as the ROS node decodes them; ``--float-images`` for float) for
+:func:`~epropnp_lib.nets.deformable.small_config` with random weights.  ``--queries`` sets how
+many queries pass the score threshold (a trained network on a street scene keeps a few tens);
+the first ``--warmup`` calls are not timed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--queries", type=int, default=30, help="queries solved per image")
     parser.add_argument("--input-scale", type=float, default=None)
+    parser.add_argument("--float-images", action="store_true",
+                        help="float images in [0, 1] instead of uint8 (as decoded by the node)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -38,7 +41,9 @@ def main() -> None:
                        **overrides)
     net = DeformableCorrespondenceNet(cfg).eval()
     for width, height in ((1600, 900), (640, 480)):
-        img = torch.rand(1, 3, height, width)
+        img = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8)
+        if args.float_images:
+            img = img.float() / 255
         f = 0.8 * width
         cam = torch.tensor([[[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]]])
         times = []
@@ -50,7 +55,8 @@ def main() -> None:
                 times.append(dt * 1000)
         times.sort()
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-        print(f"{width}x{height} input_scale={cfg.input_scale} threads={args.threads} "
+        kind = "float" if args.float_images else "uint8"
+        print(f"{width}x{height} {kind} input_scale={cfg.input_scale} threads={args.threads} "
               f"solved={dets[0].boxes.num_boxes}: p50 {statistics.median(times):.1f} ms, "
               f"p95 {p95:.1f} ms, min {times[0]:.1f} ms")
 

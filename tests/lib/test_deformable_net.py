@@ -210,12 +210,14 @@ def test_detect_on_random_weights() -> None:
     # 2D points come back in the original image's pixels (around the image, not half of it).
     x2d = torch.cat([d.x2d for d in dets])
     assert x2d[..., 0].amax() > 0.5 * W
-    # uint8 images of the same content are scaled to [0, 1]: the same network input up to
-    # quantisation.
+    # uint8 images of the same content (resized as uint8, then scaled to [0, 1]) give the
+    # same network input up to quantisation (1 / 255 before the normalisation by ~0.225).
     as_uint8 = (images * 255).round().to(torch.uint8)
-    x_float, _ = net.preprocess(as_uint8.float() / 255, cam)
-    x_uint8, _ = net.preprocess(as_uint8, cam)
-    torch.testing.assert_close(x_uint8, x_float)
+    x_float, k_float = net.preprocess(as_uint8.float() / 255, cam)
+    x_uint8, k_uint8 = net.preprocess(as_uint8, cam)
+    assert x_uint8.dtype == torch.float32 and x_uint8.shape == (2, 3, H // 2, W // 2)
+    torch.testing.assert_close(x_uint8, x_float, atol=0.03, rtol=0)
+    torch.testing.assert_close(k_uint8, k_float)
     assert check_detections(net.detect(as_uint8, cam), cfg.num_correspondences, 0) > 0
 
 
