@@ -66,6 +66,7 @@ __all__ = [
     "render_object",
     "render_samples",
     "render_split",
+    "stride_intrinsics",
 ]
 
 #: Names accepted by :func:`make_object`; ``object_index`` in the samples indexes this tuple.
@@ -807,20 +808,45 @@ def pixel_grid(height: int, width: int, stride: int, dtype: torch.dtype = torch.
                        dim=-1).reshape(-1, 2)
 
 
-def downsample_coords(coords: torch.Tensor, mask: torch.Tensor,
-                      stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stride_intrinsics(cam_mats: torch.Tensor, stride: int) -> torch.Tensor:
+    """Intrinsics ``(..., 3, 3)`` of the output map of ``stride``: pixel ``(j, i)`` of a map
+    rendered with them sees exactly what crop point ``pixel_grid(..., stride)[i * W + j]`` sees.
+
+    ``K' = A K`` with ``A = [[1/s, 0, -(s-1)/(2s)], [0, 1/s, -(s-1)/(2s)], [0, 0, 1]]`` (the
+    inverse of the cell-centre formula of :func:`pixel_grid`).  Rendering the object with
+    ``K'`` at the output size (:func:`render_object`) gives exact ground truth at every cell,
+    an alternative to :func:`downsample_coords` without interpolation across occlusion edges.
+
+    Args:
+        cam_mats: ``(..., 3, 3)`` crop intrinsics.
+        stride: output stride ``s >= 1``.
+    """
+    check_shape(cam_mats, ["*", 3, 3], "cam_mats")
+    if stride < 1:
+        raise ShapeError(f"stride must be >= 1, got {stride}")
+    off = (stride - 1) / (2 * stride)
+    a = cam_mats.new_tensor([[1 / stride, 0.0, -off], [0.0, 1 / stride, -off], [0.0, 0.0, 1.0]])
+    return a @ cam_mats
+
+
+def downsample_coords(coords: torch.Tensor, mask: torch.Tensor, stride: int,
+                      max_spread_ratio: float | None = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground truth at the cell centres of :func:`pixel_grid` with ``stride``.
 
-    For an odd stride the cell centre is a pixel centre and its value is taken; for an even
-    stride it lies between the 2 x 2 central pixels of the cell, whose coordinates are averaged
-    (bilinear interpolation at the centre), and the cell counts as covered only when all four
-    are.  (Where the four straddle an occlusion edge the average lies between the surfaces;
-    such cells are rare at object boundaries of convex parts.)
+    For an odd stride the cell centre is a pixel centre and its value is taken (exact).  For an
+    even stride it lies between the 2 x 2 central pixels of the cell, whose coordinates are
+    averaged (bilinear interpolation at the centre), and the cell counts as covered only when
+    all four are.  Where the four straddle an occlusion edge of the object with itself, their
+    average lies between the two surfaces; such cells are detected by the spread of the four
+    samples (largest distance to their mean) exceeding ``max_spread_ratio`` times the median
+    spread of the map's covered cells, and are left out of the mask (``None`` keeps them).
+    :func:`stride_intrinsics` renders exact ground truth at the cell centres instead.
 
     Args:
         coords: ``(..., 3, H, W)`` object-coordinate maps, ``H, W`` divisible by ``stride``.
         mask: ``(..., 1, H, W)`` float (> 0.5 = covered) or bool masks.
         stride: output stride.
+        max_spread_ratio: occlusion-edge rejection threshold for even strides (see above).
 
     Returns:
         ``coords (..., 3, H / stride, W / stride)`` (0 where not covered) and
@@ -841,7 +867,14 @@ def downsample_coords(coords: torch.Tensor, mask: torch.Tensor,
         sl = [(slice(c + a, None, stride), slice(c + b, None, stride))
               for a in (0, 1) for b in (0, 1)]
         out_m = torch.stack([covered[..., ys, xs] for ys, xs in sl]).all(0)
-        out_c = torch.stack([coords[..., ys, xs] for ys, xs in sl]).mean(0)
+        samples = torch.stack([coords[..., ys, xs] for ys, xs in sl])  # (4, ..., 3, h, w)
+        out_c = samples.mean(0)
+        if max_spread_ratio is not None:
+            spread = (samples - out_c).norm(dim=-3, keepdim=True).amax(0)  # (..., 1, h, w)
+            flat = torch.where(out_m, spread, torch.nan).reshape(-1, out_m[..., 0, :, :].
+                                                                 flatten(-2).shape[-1])
+            ref = flat.nanmedian(dim=-1).values.reshape(out_m.shape[:-3] + (1, 1, 1))
+            out_m = out_m & ~(spread > max_spread_ratio * ref)
     maskf = out_m.to(coords.dtype)
     return out_c * maskf, maskf
 
