@@ -37,7 +37,6 @@ is needed to convert -- so converting twice gives byte-identical messages.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -73,11 +72,6 @@ CAMERAS: tuple[str, ...] = (
     "CAM_BACK",
     "CAM_BACK_LEFT",
     "CAM_FRONT_LEFT",
-)
-#: Tables the devkit loads (``<dataroot>/<version>/<table>.json``).
-TABLES: tuple[str, ...] = (
-    "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
-    "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map",
 )
 MAP_FRAME = "map"
 BASE_FRAME = "base_link"
@@ -162,34 +156,13 @@ class _Event(NamedTuple):
 # --- reading the dataset ------------------------------------------------------------------------
 
 
-def _check_tables(dataroot: Path, version: str) -> None:
-    """Every table file exists and is a JSON list of objects; else an error naming the file."""
-    folder = dataroot / version
-    if not folder.is_dir():
-        raise BagConversionError(f"nuScenes table folder not found: {folder}")
-    for table in TABLES:
-        path = folder / f"{table}.json"
-        if not path.is_file():
-            raise BagConversionError(f"nuScenes table missing: {path}")
-        try:
-            rows = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BagConversionError(f"nuScenes table {path} is not valid JSON: {exc}") from exc
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise BagConversionError(f"nuScenes table {path} is not a list of records")
-
-
 def _load_nuscenes(dataroot: Path, version: str) -> Any:
-    _check_tables(dataroot, version)
-    from nuscenes.nuscenes import NuScenes
+    from epropnp_lib.data.nuscenes import NuScenesFormatError, load_nuscenes
 
     try:
-        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
-    except (KeyError, AssertionError, IndexError, TypeError, ValueError) as exc:
-        raise BagConversionError(
-            f"nuScenes tables under {dataroot / version} are inconsistent "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+        return load_nuscenes(dataroot, version)
+    except NuScenesFormatError as exc:  # names the missing / broken file
+        raise BagConversionError(str(exc)) from exc
 
 
 def _scene_sample_data(
