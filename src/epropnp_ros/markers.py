@@ -49,6 +49,7 @@ from epropnp_ros.conversions import (
     ObjectPose3D,
     as_float64,
     copy_header,
+    points_to_msgs,
     pose_rotation,
     rotation_to_quat_msg,
 )
@@ -111,6 +112,8 @@ class MarkerStyle:
         fan_alpha: fan line opacity in (0, 1].
         lifetime_s: marker lifetime (s), >= 0; 0 = until replaced (DELETEALL clears them).
         class_names: class order for the palette (e.g. ``NUSCENES_CLASSES``).
+        max_fan_samples: most samples drawn per orientation fan, >= 1 (bounds the message
+            size and the per-frame cost: every sample is two points).
     """
 
     line_width: float = 0.03
@@ -121,6 +124,7 @@ class MarkerStyle:
     fan_alpha: float = 0.6
     lifetime_s: float = 0.0
     class_names: tuple[str, ...] = ()
+    max_fan_samples: int = 64
 
     def __post_init__(self) -> None:
         positive = {"line_width": self.line_width, "text_height": self.text_height,
@@ -136,6 +140,9 @@ class MarkerStyle:
                 raise ConfigError(f"MarkerStyle.{name} must be in (0, 1], got {value}")
         if not (math.isfinite(self.lifetime_s) and self.lifetime_s >= 0):
             raise ConfigError(f"MarkerStyle.lifetime_s must be >= 0, got {self.lifetime_s}")
+        if self.max_fan_samples < 1:
+            raise ConfigError(
+                f"MarkerStyle.max_fan_samples must be >= 1, got {self.max_fan_samples}")
 
 
 def class_color(class_id: str, class_names: Sequence[str] = (), alpha: float = 1.0
@@ -159,13 +166,13 @@ def _marker(header: Any, ns: str, marker_id: int, marker_type: int, style: Marke
     return marker
 
 
-def _points(xyz: np.ndarray) -> list[Point]:
-    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, dtype=np.float64).tolist()]
-
-
 def delete_all_marker(header: Any) -> Marker:
     """A DELETEALL marker (empty namespace: clears every marker of the display)."""
     return Marker(header=copy_header(header), action=Marker.DELETEALL)
+
+
+_CORNER_SIGNS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)]) - 0.5
+_EDGE_INDEX = np.asarray(BOX_EDGES).reshape(-1)
 
 
 def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
@@ -178,16 +185,25 @@ def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
     s = as_float64(size, "size")
     if s.shape != (3,):
         raise ArrayShapeError(f"size: expected (3,), got {s.shape}")
-    signs = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)]) - 0.5
-    return (signs * s) @ pose_rotation(p).T + p[:3]
+    return _corners(p[:3], pose_rotation(p), s)
+
+
+def _corners(t: np.ndarray, rot: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """``(8, 3)`` corners of a box with centre ``t: (3,)``, axes ``rot: (3, 3)``, extents
+    ``size: (3,)``."""
+    return (_CORNER_SIGNS * size) @ rot.T + t
 
 
 def box_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
                ) -> Marker:
     """LINE_LIST of the 12 box edges (24 points) in the class colour."""
+    return _box_marker(header, obj, box_corners(obj.pose, obj.size), marker_id, style)
+
+
+def _box_marker(header: Any, obj: ObjectPose3D, corners: np.ndarray, marker_id: int,
+                style: MarkerStyle) -> Marker:
     marker = _marker(header, NS_BOXES, marker_id, Marker.LINE_LIST, style)
-    corners = box_corners(obj.pose, obj.size)
-    marker.points = _points(corners[np.asarray(BOX_EDGES).reshape(-1)])
+    marker.points = points_to_msgs(corners[_EDGE_INDEX])
     marker.scale.x = style.line_width
     marker.color = class_color(obj.class_id, style.class_names)
     return marker
@@ -196,9 +212,13 @@ def box_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyl
 def label_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
                  ) -> Marker:
     """TEXT_VIEW_FACING ``"<class> <score>"`` just above the box (camera -y side)."""
+    return _label_marker(header, obj, box_corners(obj.pose, obj.size), marker_id, style)
+
+
+def _label_marker(header: Any, obj: ObjectPose3D, corners: np.ndarray, marker_id: int,
+                  style: MarkerStyle) -> Marker:
     marker = _marker(header, NS_LABELS, marker_id, Marker.TEXT_VIEW_FACING, style)
-    corners = box_corners(obj.pose, obj.size)
-    centre = as_float64(obj.pose, "pose")[:3]
+    centre = corners.mean(axis=0)
     marker.pose.position = Point(x=float(centre[0]),
                                  y=float(corners[:, 1].min() - 0.6 * style.text_height),
                                  z=float(centre[2]))
@@ -255,17 +275,45 @@ def orientation_fan_marker(header: Any, center: ArrayLike, samples: ArrayLike, m
                            style: MarkerStyle, length: float, class_id: str = "") -> Marker:
     """LINE_LIST: for each sample a segment of ``length`` from ``center: (3,)`` along the
     sample's heading (its object x axis, ``R[:, 0]``); ``samples: (S, 7)`` or ``(S, 4)``."""
-    s = as_float64(samples, "samples")
+    s = _samples(samples, "samples")
+    return _fan_marker(header, as_float64(center, "center").reshape(3),
+                       pose_rotation(s)[:, :, 0], marker_id, style, length, class_id)
+
+
+def _samples(samples: ArrayLike, name: str) -> np.ndarray:
+    s = as_float64(samples, name)
     if s.ndim != 2 or s.shape[1] not in (7, 4):
-        raise ArrayShapeError(f"samples: expected (S, 7) or (S, 4), got {s.shape}")
+        raise ArrayShapeError(f"{name}: expected (S, 7) or (S, 4), got {s.shape}")
+    return s
+
+
+def _fan_marker(header: Any, center: np.ndarray, headings: np.ndarray, marker_id: int,
+                style: MarkerStyle, length: float, class_id: str) -> Marker:
+    """Fan marker from ``center: (3,)`` along unit ``headings: (S, 3)``."""
     marker = _marker(header, NS_ORIENTATIONS, marker_id, Marker.LINE_LIST, style)
-    c = as_float64(center, "center").reshape(1, 3)
-    heading = pose_rotation(s)[:, :, 0]  # (S, 3)
-    segments = np.stack((np.repeat(c, len(s), axis=0), c + length * heading), axis=1)
-    marker.points = _points(segments.reshape(-1, 3))
+    segments = np.empty((len(headings), 2, 3))
+    segments[:, 0] = center
+    segments[:, 1] = center + length * headings
+    marker.points = points_to_msgs(segments.reshape(-1, 3))
     marker.scale.x = 0.5 * style.line_width
     marker.color = class_color(class_id, style.class_names, style.fan_alpha)
     return marker
+
+
+def _batched_rotations(poses: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Rotation matrices of pose arrays ``(..., 7)`` / ``(..., 4)`` with one library call per
+    pose kind (rather than one per object)."""
+    out: list[np.ndarray] = [np.empty(0)] * len(poses)
+    for dim in (7, 4):
+        idx = [i for i, p in enumerate(poses) if p.shape[-1] == dim]
+        if not idx:
+            continue
+        flat = [poses[i].reshape(-1, dim) for i in idx]
+        rots = pose_rotation(np.concatenate(flat))
+        offsets = np.cumsum([0] + [len(f) for f in flat])
+        for k, i in enumerate(idx):
+            out[i] = rots[offsets[k]:offsets[k + 1]].reshape(poses[i].shape[:-1] + (3, 3))
+    return out
 
 
 def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
@@ -277,24 +325,43 @@ def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
         header: frame id (camera optical frame) and stamp, copied into every marker.
         objects: the detections (pose, box extents, class, score, covariance).
         samples: per object ``(S, 7)`` / ``(S, 4)`` posterior pose samples (or ``None``) for the
-            orientation fans; ``None`` = no fans.
+            orientation fans; ``None`` = no fans. At most ``style.max_fan_samples`` of each
+            object's samples are drawn (the first ones; samples are equally weighted).
         style: appearance; default :class:`MarkerStyle()`.
     """
     style = style or MarkerStyle()
     if samples is not None and len(samples) != len(objects):
         raise ArrayShapeError(f"samples: {len(samples)} entries for {len(objects)} objects")
+    poses, sizes = [], []
+    for i, obj in enumerate(objects):
+        pose = as_float64(obj.pose, f"objects[{i}].pose")
+        if pose.shape not in ((7,), (4,)):
+            raise ArrayShapeError(f"objects[{i}].pose: expected (7,) or (4,), got {pose.shape}")
+        size = as_float64(obj.size, f"objects[{i}].size")
+        if size.shape != (3,):
+            raise ArrayShapeError(f"objects[{i}].size: expected (3,), got {size.shape}")
+        poses.append(pose)
+        sizes.append(size)
+    fan_samples: list[np.ndarray] = []
+    fan_index: list[int] = []
+    for i in range(len(objects)) if samples is not None else ():
+        obj_samples = samples[i] if samples is not None else None
+        if obj_samples is not None:
+            fan_samples.append(_samples(obj_samples, f"samples[{i}]")[: style.max_fan_samples])
+            fan_index.append(i)
+    rotations = _batched_rotations(poses)
+    headings = [r[:, :, 0] for r in _batched_rotations(fan_samples)]
+    fans = dict(zip(fan_index, headings, strict=True))
     out = MarkerArray(markers=[delete_all_marker(header)])
     for i, obj in enumerate(objects):
-        pose = as_float64(obj.pose, "pose")
-        cov = as_float64(obj.covariance, "covariance")
-        out.markers.append(box_marker(header, obj, i, style))
-        out.markers.append(label_marker(header, obj, i, style))
-        out.markers.append(covariance_ellipsoid_marker(header, pose[:3], cov[:3, :3], i, style,
-                                                       obj.class_id))
-        obj_samples = None if samples is None else samples[i]
-        if obj_samples is not None:
-            length = style.fan_length or 0.5 * float(as_float64(obj.size, "size")[0])
-            out.markers.append(orientation_fan_marker(
-                header, pose[:3], obj_samples, i, style, max(length, MIN_MARKER_SCALE),
-                obj.class_id))
+        corners = _corners(poses[i][:3], rotations[i], sizes[i])
+        cov = as_float64(obj.covariance, f"objects[{i}].covariance")
+        out.markers.append(_box_marker(header, obj, corners, i, style))
+        out.markers.append(_label_marker(header, obj, corners, i, style))
+        out.markers.append(covariance_ellipsoid_marker(header, poses[i][:3], cov[:3, :3], i,
+                                                       style, obj.class_id))
+        if i in fans:
+            length = style.fan_length or 0.5 * float(sizes[i][0])
+            out.markers.append(_fan_marker(header, poses[i][:3], fans[i], i, style,
+                                           max(length, MIN_MARKER_SCALE), obj.class_id))
     return out

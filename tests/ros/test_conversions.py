@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import torch
-from geometry_msgs.msg import PoseWithCovariance
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovariance, Quaternion
 from rclpy.serialization import deserialize_message, serialize_message
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -553,3 +553,33 @@ def test_builder_errors_are_conversion_errors() -> None:
                  lambda: cv.pose_array(cv.make_header("c"), np.zeros((2, 5)))):
         with pytest.raises(cv.ConversionError):
             call()
+
+
+def test_fast_message_construction_matches_constructors() -> None:
+    """The slot-filling fast path (used in this venv) builds the same messages as __init__."""
+    assert cv.FAST_MESSAGES  # Kilted wheels: the generated classes have the expected layout
+    gen = torch.Generator().manual_seed(10)
+    poses = torch.randn(20, 7, generator=gen, dtype=torch.float64).numpy()
+    fast = cv.poses_to_msgs(poses)
+    unit = poses[:, 3:] / np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
+    slow = [Pose(position=Point(x=p[0], y=p[1], z=p[2]),
+                 orientation=Quaternion(x=q[1], y=q[2], z=q[3], w=q[0]))
+            for p, q in zip(poses.tolist(), unit.tolist(), strict=True)]
+    assert fast == slow
+    assert all(type(m.position.x) is float for m in fast)
+    points = cv.points_to_msgs(poses[:, :3])
+    assert points == [Point(x=x, y=y, z=z) for x, y, z in poses[:, :3].tolist()]
+    # They serialise like constructor-built messages.
+    wire = serialize_message(PoseArray(poses=fast))
+    assert deserialize_message(wire, PoseArray).poses == slow
+    # Mutating one message never touches another.
+    fast[0].position.x = 123.0
+    assert fast[1].position.x != 123.0 and fast[0].orientation == slow[0].orientation
+
+
+def test_covariance_to_msg_batched() -> None:
+    covs = np.stack((_spd(4, 11), _spd(4, 12), _spd(4, 13)))
+    rows = cv.covariance_to_msg(covs)
+    assert rows.shape == (3, 36)
+    for row, cov in zip(rows, covs, strict=True):
+        np.testing.assert_array_equal(row, cv.covariance_to_msg(cov))

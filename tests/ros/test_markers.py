@@ -137,9 +137,16 @@ def test_detection_markers_array() -> None:
     fan = [m for m in rest if m.ns == mk.NS_ORIENTATIONS][0]
     # Default fan length: half the box's x extent (length 4.5 m).
     np.testing.assert_allclose(np.linalg.norm(_xyz(fan.points)[1] - objects[0].pose[:3]), 2.25)
-    # Serialises; float32 fields (colours) make a byte-level round trip the fair comparison.
-    wire = serialize_message(out)
-    assert serialize_message(deserialize_message(wire, MarkerArray)) == wire
+    # Serialises. Colours are float32 on the wire, so compare after one round trip (CDR padding
+    # bytes are not deterministic, so the bytes themselves are not compared).
+    once = deserialize_message(serialize_message(out), MarkerArray)
+    assert deserialize_message(serialize_message(once), MarkerArray) == once
+    assert [(m.ns, m.id, len(m.points)) for m in once.markers] == [
+        (m.ns, m.id, len(m.points)) for m in out.markers]
+    # Fans are capped at style.max_fan_samples segments.
+    capped = mk.detection_markers(header, objects[:1], [np.zeros((100, 4))],
+                                  mk.MarkerStyle(max_fan_samples=10))
+    assert [len(m.points) for m in capped.markers if m.ns == mk.NS_ORIENTATIONS] == [20]
     # No objects: the DELETEALL alone clears the display.
     assert len(mk.detection_markers(header, []).markers) == 1
     with pytest.raises(ShapeError, match="samples"):
@@ -149,7 +156,7 @@ def test_detection_markers_array() -> None:
 def test_style_validation_and_colours() -> None:
     bad: list[dict[str, Any]] = [{"n_sigma": 0.0}, {"line_width": -1.0},
                                  {"ellipsoid_alpha": 1.5}, {"fan_length": 0.0},
-                                 {"lifetime_s": math.nan}]
+                                 {"lifetime_s": math.nan}, {"max_fan_samples": 0}]
     for kwargs in bad:
         with pytest.raises(ConfigError):
             mk.MarkerStyle(**kwargs)
