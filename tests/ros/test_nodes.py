@@ -469,3 +469,185 @@ def test_detector_node_end_to_end(
         pytest.fail(f"node did not exit on SIGINT:\n{_log(log)}")
     assert rc == 0, _log(log)
     assert "Traceback" not in _log(log), _log(log)
+
+
+# --- the pose estimator, in this process -----------------------------------------------------
+def make_dense_checkpoint(path: Path) -> Path:
+    """Test fixture: a tiny dense correspondence network, weights from a fixed seed (last
+    layer rescaled, see below)."""
+    import torch
+
+    from epropnp_lib.nets.backbone import BackboneConfig
+    from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DenseCorrespondenceNet(DenseNetConfig(
+            backbone=BackboneConfig(depth=18, base_width=16), crop_size=64, output_stride=8,
+            head_channels=16, object_extent=0.1,
+        ))
+        # Undo the 0.1 damping of the last layer's initialisation, so that the random object
+        # coordinates span the object cube and the PnP problems are well posed.
+        final = net.head[-1]
+        assert isinstance(final, torch.nn.Conv2d)
+        with torch.no_grad():
+            final.weight.mul_(10.0)
+    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
+    return path
+
+
+def test_rois_from_detections_filters_and_orders() -> None:
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    from epropnp_ros.nodes.pose_estimator import rois_from_detections
+
+    msg = Detection2DArray()
+    for cls, score, (cx, cy, w, h) in (
+        ("duck", 0.5, (50.0, 40.0, 20.0, 10.0)),
+        ("cat", 0.9, (100.0, 60.0, 30.0, 30.0)),
+        ("duck", 0.8, (20.0, 20.0, 0.0, 10.0)),  # zero width: skipped
+        ("duck", 0.95, (120.0, 90.0, 16.0, 16.0)),
+    ):
+        det = Detection2D()
+        det.bbox.center.position.x, det.bbox.center.position.y = cx, cy
+        det.bbox.size_x, det.bbox.size_y = w, h
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id, hyp.hypothesis.score = cls, score
+        det.results.append(hyp)
+        msg.detections.append(det)
+    rois, scores = rois_from_detections(msg)
+    np.testing.assert_allclose(scores, [0.95, 0.9, 0.5])
+    np.testing.assert_allclose(rois[0], [112.0, 82.0, 16.0, 16.0])
+    rois, scores = rois_from_detections(msg, class_id="duck", min_score=0.6)
+    np.testing.assert_allclose(scores, [0.95])
+    rois, scores = rois_from_detections(msg, max_count=1)
+    assert rois.shape == (1, 4) and scores.tolist() == [0.95]
+
+
+def test_pose_estimator_node_in_process(
+    ros_in_process: None, ros_runtime: None, tmp_path: Path
+) -> None:
+    """Lifecycle, compressed input, regions from a Detection2DArray and the default region,
+    6DoF covariance, parameter rejection -- node and driver in one process."""
+    import rclpy
+    from geometry_msgs.msg import PoseArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+    from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray
+
+    from epropnp_ros.conversions import make_header, rgb_to_compressed
+    from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
+
+    ckpt = make_dense_checkpoint(tmp_path / "dense_fixture.ckpt")
+    ns = "/epropnp_pe_test"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = PoseEstimatorNode(
+        context=context, namespace=ns,
+        parameter_overrides=[
+            Parameter("checkpoint", value=str(ckpt)),
+            Parameter("image_transport", value="compressed"),
+            Parameter("object_class", value="duck"),
+            Parameter("num_posterior_samples", value=4),
+            Parameter("roi_max_age", value=0.5),
+            Parameter("diagnostics_period", value=0.1),
+        ],
+    )
+    driver = rclpy.create_node("epropnp_pe_driver", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(driver)
+    try:
+        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = driver.create_publisher(CompressedImage, f"{ns}/image/compressed", reliable)
+        info_pub = driver.create_publisher(CameraInfo, f"{ns}/camera_info", reliable)
+        roi_pub = driver.create_publisher(Detection2DArray, f"{ns}/rois", reliable)
+        got: dict[int, Any] = {}
+        samples: dict[int, Any] = {}
+        driver.create_subscription(Detection3DArray, f"{ns}/detections",
+                                   lambda m: got.setdefault(m.header.stamp.sec, m), reliable)
+        driver.create_subscription(PoseArray, f"{ns}/pose_samples",
+                                   lambda m: samples.setdefault(m.header.stamp.sec, m), reliable)
+
+        def wait(pred: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + TIMEOUT
+            while not pred():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"timed out waiting for {what}")
+                executor.spin_once(timeout_sec=0.05)
+
+        # Parameters: out of range (descriptor range) and invalid (dataclass check) rejected.
+        [res] = node.set_parameters([Parameter("roi_padding", value=0.5)])
+        assert not res.successful and "roi_padding" in res.reason
+        [res] = node.set_parameters([Parameter("default_roi", value=[1, 2, 3])])
+        assert not res.successful and "default_roi" in res.reason
+        [res] = node.set_parameters([Parameter("min_score", value=0.1)])
+        assert res.successful and node.params.min_score == 0.1
+
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "inactive"
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "active"
+        wait(lambda: image_pub.get_subscription_count() > 0
+             and roi_pub.get_subscription_count() > 0, "the node's subscriptions")
+
+        def send(sec: int) -> None:
+            header = make_header(FRAME, sec * 1_000_000_000)
+            image_pub.publish(rgb_to_compressed(test_image(), header, fmt="png"))
+            info = camera_info()
+            info.header = header
+            info_pub.publish(info)
+
+        # Two regions from a Detection2DArray of the same stamp (one below min_score).
+        rois = Detection2DArray(header=make_header(FRAME, 10 * 1_000_000_000))
+        for cx, cy, w, h in ((40.0, 40.0, 40.0, 30.0), (110.0, 70.0, 50.0, 50.0),
+                             (80.0, 60.0, 20.0, 20.0)):
+            det = Detection2D()
+            det.bbox.center.position.x, det.bbox.center.position.y = cx, cy
+            det.bbox.size_x, det.bbox.size_y = w, h
+            det.results.append(ObjectHypothesis(0.05 if cx == 80.0 else 0.9))
+            rois.detections.append(det)
+        roi_pub.publish(rois)
+        wait(lambda: node.counters["rois_received"] == 1, "the regions of interest")
+        send(10)
+        wait(lambda: 10 in got, "detections of frame 10")
+        msg = got[10]
+        assert msg.header.frame_id == FRAME
+        assert len(msg.detections) == 2 and node.counters["failed_solves"] == 0
+        for d in msg.detections:
+            [hyp] = d.results
+            assert hyp.hypothesis.class_id == "duck"
+            cov = _check_covariance(hyp.pose.covariance)
+            assert cov.max() < 1.0e6  # 6DoF: every rotation observed, no placeholder
+            assert d.bbox.size.x == pytest.approx(0.2)
+        wait(lambda: 10 in samples, "pose samples of frame 10")
+        assert len(samples[10].poses) == 4 * len(msg.detections)
+
+        # A frame far from the regions' stamp: the default region (whole image) is used.
+        assert node.counters["frames_with_default_roi"] == 0
+        send(20)
+        wait(lambda: 20 in got, "detections of frame 20")
+        assert node.counters["frames_with_default_roi"] == 1
+        assert len(got[20].detections) <= 1
+
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state == "unconfigured" and node.pipeline is None
+    finally:
+        node._stop_inputs()
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def ObjectHypothesis(score: float) -> Any:  # noqa: N802 - reads like the message it builds
+    """An ``ObjectHypothesisWithPose`` of class "duck" with ``score``."""
+    from vision_msgs.msg import ObjectHypothesisWithPose
+
+    hyp = ObjectHypothesisWithPose()
+    hyp.hypothesis.class_id, hyp.hypothesis.score = "duck", score
+    return hyp
