@@ -72,7 +72,6 @@ DEFAULT_MAX_CHUNK = 1 << 20
 
 # Per-triangle coefficient layout (see _triangle_coefficients).
 _AX, _AY, _L1X, _L1Y, _L2X, _L2Y, _IZA, _IZB, _IZC, _DX, _DY = range(11)
-_NUM_COEF = 11
 
 
 class RasterizeError(EProPnPError, ValueError):
@@ -398,8 +397,9 @@ def rasterize(
             better = (chunk_f >= 0) & (chunk_z <= zbuf)
             zbuf = torch.where(better, chunk_z, zbuf)
             fbuf = torch.where(better, chunk_f, fbuf)
-    logger.debug("rasterize: %d candidate pairs for %d covered pixels", num_pairs,
-                 int((fbuf >= 0).sum()))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("rasterize: %d candidate pairs for %d covered pixels", num_pairs,
+                     int((fbuf >= 0).sum()))
 
     # Interpolate the attributes of the visible face at each covered pixel.
     out = torch.zeros(batch * hw, chans, dtype=attributes.dtype, device=device)
@@ -409,8 +409,8 @@ def rasterize(
         rem = covered % hw
         face = fbuf[covered]
         tri = b * num_faces + face
-        l1, l2, inv_z = _evaluate(coef[tri], (rem % width).to(dtype), (rem // width).to(dtype))
-        c = coef[tri]
+        c = coef.index_select(0, tri)
+        l1, l2, inv_z = _evaluate(c, (rem % width).to(dtype), (rem // width).to(dtype))
         w = torch.stack(((1.0 - l1 - l2) * c[:, _IZA], l1 * c[:, _IZB], l2 * c[:, _IZC]), -1)
         w = w / inv_z.unsqueeze(-1)  # (n, 3) perspective-correct weights
         vidx = faces[face]  # (n, 3)

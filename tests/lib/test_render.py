@@ -235,6 +235,21 @@ def test_triangles_crossing_znear_are_dropped() -> None:
     assert not rasterize(nan_verts, faces, verts, _pose((0, 0, 0)), cam, 40, 40).mask.any()
 
 
+def test_empty_and_degenerate_meshes() -> None:
+    cam = _cam(50.0, 20.0, 20.0)
+    verts = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 1.0, 1.0]],
+                         dtype=torch.float64)
+    empty = rasterize(verts, torch.zeros(0, 3, dtype=torch.long), verts, _pose((0, 0, 0)),
+                      cam, 8, 8)
+    assert not empty.mask.any() and bool((empty.face_index == -1).all())
+    # A triangle seen edge-on (zero screen area) and one with repeated vertices cover nothing.
+    edge_on = torch.tensor([[0.0, -1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 2.0]],
+                           dtype=torch.float64)
+    r = rasterize(edge_on, torch.tensor([[0, 1, 2], [0, 0, 1]]), edge_on, _pose((0, 0, 0)),
+                  cam, 40, 40)
+    assert not r.mask.any()
+
+
 def test_invalid_inputs_raise_typed_errors() -> None:
     verts, faces = _cube()
     pose, cam = _pose((0, 0, 1)), _cam(50.0, 10.0, 10.0)
