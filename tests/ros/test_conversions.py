@@ -22,6 +22,8 @@ from vision_msgs.msg import Detection3DArray
 from epropnp_lib.conventions import UNOBSERVED_ROTATION_VARIANCE
 from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.errors import NonFiniteError, ShapeError
+from epropnp_lib.pnp.problems import random_problems
+from epropnp_lib.pnp.solver import solve_pnp
 from epropnp_ros import conversions as cv
 
 pytestmark = pytest.mark.ros
@@ -122,6 +124,22 @@ def test_covariance_round_trip_4dof_large_unobserved_variances() -> None:
         assert np.count_nonzero(ros[k]) == 1 and np.count_nonzero(ros[:, k]) == 1
     np.testing.assert_array_equal(cv.msg_to_covariance(ros.reshape(-1), dof=4), cov)
     assert np.all(np.linalg.eigvalsh(ros) > 0)
+
+
+@pytest.mark.parametrize("dof", [6, 4])
+def test_solver_covariance_round_trip(dof: int) -> None:
+    """A real Laplace covariance of the library solver: library -> ROS 6x6 -> library."""
+    prob = random_problems(2, 24, dof=dof, noise_std=0.5, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(dof))
+    sol = solve_pnp(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, dof=dof)
+    for pose, cov in zip(sol.pose, sol.covariance, strict=True):
+        msg = cv.pose_with_covariance(pose, cov)
+        ros = np.asarray(msg.covariance).reshape(6, 6)
+        np.testing.assert_allclose(ros, ros.T, atol=0)
+        assert np.linalg.eigvalsh(ros).min() > 0
+        back = cv.msg_to_covariance(ros.reshape(-1), dof)
+        np.testing.assert_allclose(back, cov.numpy(), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(cv.msg_to_pose(msg.pose, dof)[:3], pose[:3].numpy())
 
 
 def test_covariance_errors() -> None:
