@@ -59,6 +59,7 @@ __all__ = [
     "NuScenesScores",
     "ResultsMeta",
     "ResultsSummary",
+    "camera_frame_of",
     "camera_to_global",
     "evaluate",
     "global_to_camera",
@@ -228,6 +229,16 @@ def _transform(rotation_wxyz: Sequence[float], translation: Sequence[float]) -> 
     out[:3, :3] = quat_to_matrix(q / q.norm())
     out[:3, 3] = torch.tensor(translation, dtype=torch.float64)
     return out
+
+
+def camera_frame_of(nusc: Any, sample_data_token: str) -> CameraFrame:
+    """The :class:`CameraFrame` of a camera ``sample_data`` record (calibration, ego pose)."""
+    sd = nusc.get("sample_data", sample_data_token)
+    cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+    pose = nusc.get("ego_pose", sd["ego_pose_token"])
+    return CameraFrame(sd["channel"], sd["sample_token"], sample_data_token,
+                       _transform(cs["rotation"], cs["translation"]),
+                       _transform(pose["rotation"], pose["translation"]))
 
 
 def global_to_camera(
@@ -466,13 +477,7 @@ class NuScenesCameraDataset(torch.utils.data.Dataset[NuScenesCameraSample]):
 
     def frame(self, index: int) -> CameraFrame:
         """The :class:`CameraFrame` of item ``index`` (no image read)."""
-        sample_token, cam, sd_token = self._items[index]
-        sd = self.nusc.get("sample_data", sd_token)
-        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
-        return CameraFrame(cam, sample_token, sd_token,
-                           _transform(cs["rotation"], cs["translation"]),
-                           _transform(pose["rotation"], pose["translation"]))
+        return camera_frame_of(self.nusc, self._items[index][2])
 
     def __getitem__(self, index: int) -> NuScenesCameraSample:
         sample_token, cam, sd_token = self._items[index]
