@@ -434,13 +434,13 @@ def _plan_scene(rng: _Rng, name: str, log: _Log, origin: tuple[float, float],
     # Sidewalks on both sides: kerb line (standing people, parked cycles, bin, bike rack),
     # two walking lines (one per direction) and a bike line.
     for k in (1.0, -1.0):
-        _fill_line(rng, actors, -15.0, ahead, k * 7.7, 0.0,
+        _fill_line(rng, actors, -15.0, ahead, k * 7.6, 0.0,
                    lambda kk=k: rng.choice((
                        ("human.pedestrian.adult", rng.uniform(-math.pi, math.pi),
                         "pedestrian.standing"),
-                       ("vehicle.bicycle", kk * math.pi / 2 + rng.uniform(-0.2, 0.2),
+                       ("vehicle.bicycle", (kk > 0) * math.pi + rng.uniform(-0.1, 0.1),
                         "cycle.without_rider"),
-                       ("vehicle.motorcycle", kk * math.pi / 2 + rng.uniform(-0.2, 0.2),
+                       ("vehicle.motorcycle", (kk > 0) * math.pi + rng.uniform(-0.1, 0.1),
                         "cycle.without_rider"),
                        ("movable_object.pushable_pullable", rng.uniform(-math.pi, math.pi), None),
                    )), (4.0, 12.0))
@@ -455,10 +455,10 @@ def _plan_scene(rng: _Rng, name: str, log: _Log, origin: tuple[float, float],
                    lambda: ("vehicle.bicycle", 0.0, "cycle.with_rider"), (15.0, 30.0))
     # Guaranteed near the start: a construction worker by the barriers, a bike rack far side.
     actors.append(_make_actor(rng, "human.pedestrian.construction_worker", rng.uniform(6.0, 9.0),
-                              side * 7.3, 0.0, rng.uniform(-math.pi, math.pi),
+                              side * 5.6, 0.0, rng.uniform(-math.pi, math.pi),
                               "pedestrian.standing"))
     actors.append(_make_actor(rng, "static_object.bicycle_rack", rng.uniform(-12.0, -4.0),
-                              -side * 10.6, 0.0, 0.0, None))
+                              -side * 10.9, 0.0, math.pi / 2, None))
 
     for a in actors:
         if a.attribute == "MOVING":
