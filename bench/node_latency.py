@@ -1,0 +1,243 @@
+"""End-to-end latency and throughput of the ``detector`` node over the real DDS path.
+
+This process publishes ``sensor_msgs/Image`` (rgb8) + ``CameraInfo`` and receives the node's
+``Detection3DArray``; the node runs in its own process (``python -m epropnp_ros.nodes.detector``,
+autostart) on localhost Fast DDS, exactly as deployed in a venv.
+
+* **latency** (closed loop): publish one frame, wait for its detections, repeat; the latency is
+  the time from ``publish()`` of the image to the arrival of the detections with its stamp
+  (transport of a full-size raw image both ways included), p50 / p95 over the frames after
+  warm-up;
+* **throughput** (open loop): publish at ``--rate`` Hz for ``--seconds``; processed frames per
+  second (the node drops stale frames by design, so this is the node's capacity);
+* the node's own ``stage_ms`` (from ``~/diagnostics``) of the last frame.
+
+Model: :func:`epropnp_lib.nets.deformable.small_config` (ResNet-18 width 32, P3-P5, 4x8 points,
+AMIS 4x64), weights from a fixed seed (no trained checkpoint ships yet). With ``score_threshold``
+0 every frame carries up to ``--detections`` queries into the PnP solve; the network's
+bird's-eye-view NMS then removes overlapping boxes, and the table reports how many detections
+(with their posterior samples) were published per frame, so the load is stated, not hidden.
+
+Usage::
+
+    .venv/bin/python bench/node_latency.py            # 1600x900 (scale 0.4) and 640x480 (1.0)
+    .venv/bin/python bench/node_latency.py --frames 30 --sizes 1600x900:0.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NS = "/epropnp_bench"
+
+
+def make_checkpoint(path: Path, detections: int) -> None:
+    """The benchmark's seeded small detector (module docstring)."""
+    import torch
+
+    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DeformableCorrespondenceNet(
+            small_config(score_threshold=0.0, pre_nms_top_k=detections,
+                         max_detections=detections)
+        )
+    net.save(path, extra={"note": "benchmark fixture: seeded random weights"})
+
+
+def camera_info(width: int, height: int) -> Any:
+    from sensor_msgs.msg import CameraInfo
+
+    f = 1.2 * width
+    k = np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    msg.k = k.reshape(-1).tolist()
+    msg.d = [0.0] * 5
+    msg.r = np.eye(3).reshape(-1).tolist()
+    msg.p = np.hstack((k, np.zeros((3, 1)))).reshape(-1).tolist()
+    return msg
+
+
+def run_size(
+    width: int, height: int, scale: float, args: argparse.Namespace, ckpt: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import String
+    from vision_msgs.msg import Detection3DArray
+
+    from epropnp_ros.conversions import array_to_image, make_header
+
+    log = Path(tempfile.mkstemp(prefix="node_latency_", suffix=".log")[1])
+    cmd = [
+        sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args",
+        "--params-file", str(REPO / "config" / "detector.yaml"),
+        "-r", f"__ns:={NS}", "-p", f"checkpoint:={ckpt}", "-p", "autostart:=true",
+        "-p", "score_threshold:=0.0", "-p", f"input_scale:={scale}",
+        "-p", f"num_posterior_samples:={args.samples}", "-p", f"torch_threads:={args.threads}",
+        "-p", "diagnostics_period:=0.5",
+        "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
+        "-p", f"qos_overrides.{NS}/camera_info.subscription.reliability:=reliable",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("epropnp_bench_driver", context=context)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(Image, f"{NS}/image", qos)
+    info_pub = node.create_publisher(CameraInfo, f"{NS}/camera_info", qos)
+    arrived: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    diag: dict[str, Any] = {}
+
+    def on_det(m: Any) -> None:
+        arrived[m.header.stamp.sec] = time.monotonic()
+        counts[m.header.stamp.sec] = len(m.detections)
+
+    node.create_subscription(Detection3DArray, f"{NS}/detections", on_det, qos)
+    node.create_subscription(String, f"{NS}/detector/diagnostics",
+                             lambda m: diag.update(json.loads(m.data)), qos)
+    rng = np.random.default_rng(0)  # image content only (not torch code)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    info = camera_info(width, height)
+
+    def spin_until(pred: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                return False
+            ex.spin_once(timeout_sec=0.01)
+        return True
+
+    def send(sec: int) -> float:
+        header = make_header("bench_camera_optical", sec * 1_000_000_000)
+        info.header = header
+        msg = array_to_image(rgb, "rgb8", header)
+        t = time.monotonic()
+        image_pub.publish(msg)
+        info_pub.publish(info)
+        return t
+
+    try:
+        if not spin_until(lambda: image_pub.get_subscription_count() > 0
+                          and info_pub.get_subscription_count() > 0, 120.0):
+            raise RuntimeError(f"node did not start; log:\n{log.read_text()[-3000:]}")
+        latencies = []
+        for i in range(args.warmup + args.frames):
+            sec = 1000 + i
+            t = send(sec)
+            if not spin_until(lambda s=sec: s in arrived, 60.0):
+                raise RuntimeError(f"no output for frame {sec}; log:\n{log.read_text()[-3000:]}")
+            if i >= args.warmup:
+                latencies.append(1000.0 * (arrived[sec] - t))
+        n_det = sorted({counts[s] for s in counts})
+        stage = dict(diag.get("stage_ms", {}))
+        # Open loop: publish at args.rate for args.seconds, count processed frames.
+        first = 5000
+        done_before = len(arrived)
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < args.seconds:
+            send(first + i)
+            i += 1
+            next_t = t0 + i / args.rate
+            while time.monotonic() < next_t:
+                ex.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))
+        last = first + i - 1
+        spin_until(lambda: last in arrived, 60.0)
+        elapsed = arrived.get(last, time.monotonic()) - t0
+        processed = len(arrived) - done_before
+        lat = np.asarray(latencies)
+        return {
+            "size": f"{width}x{height}",
+            "input_scale": scale,
+            "detections_per_frame": n_det,
+            "latency_p50_ms": float(np.percentile(lat, 50)),
+            "latency_p95_ms": float(np.percentile(lat, 95)),
+            "closed_loop_fps": float(1000.0 / lat.mean()),
+            "open_loop_sent": i,
+            "open_loop_processed": processed,
+            "open_loop_fps": processed / elapsed,
+            "stage_ms": {k: round(v, 1) for k, v in stage.items()},
+        }
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1600x900:0.4,640x480:1.0",
+                        help="comma-separated WxH:input_scale")
+    parser.add_argument("--frames", type=int, default=30, help="closed-loop frames measured")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--detections", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=32, help="posterior samples per object")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the node")
+    parser.add_argument("--rate", type=float, default=20.0, help="open-loop publish rate (Hz)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
+    args = parser.parse_args()
+
+    env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.update({k: env[k] for k in
+                       ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "AMENT_PREFIX_PATH")})
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "bench_detector.ckpt"
+        make_checkpoint(ckpt, args.detections)
+        results = []
+        for spec in args.sizes.split(","):
+            size, scale = spec.split(":")
+            w, h = (int(v) for v in size.split("x"))
+            results.append(run_size(w, h, float(scale), args, ckpt, env))
+    print(f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
+          f"{os.cpu_count()} cores; torch {torch.__version__}; {args.samples} posterior "
+          f"samples per detection.")
+    print()
+    print("| image | net input | detections | latency p50 (ms) | latency p95 (ms) | "
+          "closed-loop fps | open-loop fps | node stages (ms, last frame) |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        w, h = (int(v) for v in r["size"].split("x"))
+        net_in = f"{round(w * r['input_scale'])}x{round(h * r['input_scale'])}"
+        stages = ", ".join(f"{k} {v}" for k, v in r["stage_ms"].items())
+        print(f"| {r['size']} | {net_in} | {r['detections_per_frame']} | "
+              f"{r['latency_p50_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
+              f"{r['closed_loop_fps']:.1f} | {r['open_loop_fps']:.1f} | {stages} |")
+    print()
+    print("RAW " + json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
