@@ -489,10 +489,10 @@ class SyntheticCropConfig:
     max_rotation_deg: float | None = None
     distance_range: tuple[float, float] = (0.5, 1.2)
     max_off_axis_deg: float = 20.0
-    crop_scale_range: tuple[float, float] = (1.1, 1.5)
+    crop_scale_range: tuple[float, float] = (1.0, 1.3)
     center_jitter: float = 0.08
     background: str = "clutter"
-    ambient_range: tuple[float, float] = (0.3, 0.6)
+    ambient_range: tuple[float, float] = (0.4, 0.7)
     pixel_noise_std: float = 0.02
 
     def __post_init__(self) -> None:
