@@ -114,6 +114,10 @@ class TrainConfig:
         tensorboard: also write TensorBoard events when ``torch.utils.tensorboard`` imports.
         find_unused_parameters: passed to ``DistributedDataParallel`` (nets whose heads do not
             all take part in every loss need it).
+        sync_batchnorm: convert batch norms to ``SyncBatchNorm`` under DDP on CUDA (ignored,
+            with a warning, on CPU).
+        dist_timeout_minutes: timeout of the process group's collectives; rank 0 evaluates
+            alone after training while the others wait, so it must cover an evaluation.
         max_nonfinite_steps: consecutive steps with a non-finite loss that are skipped (all
             processes together) before training stops with an error.
         init_checkpoint: weights to start from (a network checkpoint or a training state; e.g.
@@ -155,6 +159,8 @@ class TrainConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     find_unused_parameters: bool = False
+    sync_batchnorm: bool = False
+    dist_timeout_minutes: float = 180.0
     max_nonfinite_steps: int = 10
     init_checkpoint: str | None = None
     eval_split: str | None = None
@@ -196,6 +202,9 @@ class TrainConfig:
             raise ConfigError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ConfigError(f"grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
+        if not self.dist_timeout_minutes > 0:
+            raise ConfigError(
+                f"dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
         if not self.log_dir:
             raise ConfigError("log_dir must not be empty")
 

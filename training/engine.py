@@ -44,6 +44,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -205,11 +206,12 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistContext:
+def init_distributed(device: str = "auto", timeout_minutes: float = 180.0) -> DistContext:
     """Join the ``torchrun`` process group if the environment describes one (else one process).
 
     ``device``: ``"auto"`` (CUDA ``LOCAL_RANK`` when available), ``"cpu"`` or ``"cuda"``.  The
-    backend is ``nccl`` on CUDA and ``gloo`` on CPU.
+    backend is ``nccl`` on CUDA and ``gloo`` on CPU; collectives time out after
+    ``timeout_minutes``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -224,7 +226,8 @@ def init_distributed(device: str = "auto") -> DistContext:
         dev = torch.device("cpu")
     owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
+                                timeout=timedelta(minutes=timeout_minutes))
         owns = True
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -471,7 +474,7 @@ def train(
         ConfigError / CheckpointError: bad config, empty training set, unusable checkpoint.
         TrainingError: more than ``max_nonfinite_steps`` consecutive non-finite losses.
     """
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, cfg.dist_timeout_minutes)
     try:
         return _train(cfg, task, ctx, resume, stop_at_step)
     finally:
@@ -494,6 +497,12 @@ def _train(  # noqa: C901 - the loop reads best in one piece
     # Model: identical initialisation on every rank (DDP also broadcasts rank 0's weights).
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     module = task.build_module().to(ctx.device)
+    if ctx.distributed and cfg.sync_batchnorm:
+        if ctx.device.type == "cuda":
+            # replaces the BatchNorm children in place (same parameters and buffers)
+            nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        else:
+            logger.warning("sync_batchnorm needs CUDA; ignored on %s", ctx.device)
     if cfg.init_checkpoint:
         kind = load_weights(module, cfg.init_checkpoint, net_kind=task.net_checkpoint_kind,
                             model_only=True)
@@ -539,7 +548,7 @@ def _train(  # noqa: C901 - the loop reads best in one piece
     wrapped: nn.Module = module
     if ctx.distributed:
         wrapped = DistributedDataParallel(
-            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            wrapped, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=cfg.find_unused_parameters,
         )
 

@@ -134,7 +134,13 @@ class LinemodModule(TrainingModule):
         net = self.model
         out = net(batch.image, batch.cam_K)
         coords, mask = downsample_coords(batch.coords, batch.mask, net.config.output_stride)
-        losses = self.loss(net.pnp, out, batch.pose, coords, mask, generator=generator)
+        # The PnP solve and the Monte Carlo loss run in float32 even under mixed precision.
+        with torch.autocast(out.x3d.device.type, enabled=False):
+            out = out._replace(**{
+                name: value.float() for name, value in out._asdict().items()
+                if isinstance(value, torch.Tensor) and value.is_floating_point()
+            })
+            losses = self.loss(net.pnp, out, batch.pose, coords, mask, generator=generator)
         logs = {"pose": losses.pose, "coord": losses.coord, "mask": losses.mask,
                 "reg": losses.reg, "valid": losses.valid_fraction,
                 "weight_scale": out.scale.detach().mean()}

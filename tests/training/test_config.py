@@ -77,7 +77,7 @@ def test_wrong_type_names_key(tmp_path: Path, line: str, key: str) -> None:
     "line",
     ["batch_size: 0", "lr: -1.0", "lr_schedule: step", "lr_milestones: [0.8, 0.5]",
      "lr_milestones: [1.5]", "warmup_factor: 0.0", "grad_clip_norm: 0.0", "max_steps: 0",
-     "lr_mult: {offsets: -1.0}"],
+     "lr_mult: {offsets: -1.0}", "dist_timeout_minutes: 0"],
 )
 def test_out_of_range_values_rejected(tmp_path: Path, line: str) -> None:
     with pytest.raises(ConfigError):
