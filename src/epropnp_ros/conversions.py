@@ -115,6 +115,7 @@ __all__ = [
     "pose_with_covariance",
     "pose_with_covariance_stamped",
     "rotation_to_quat_msg",
+    "rotations_to_quat_msgs",
     "rgb_to_compressed",
     "tf_message",
     "undistort_points",
@@ -1018,7 +1019,15 @@ def tf_message(header: Any, objects: Sequence[ObjectPose3D], *,
     return out
 
 
-def rotation_to_quat_msg(rot: np.ndarray) -> Quaternion:
+def rotation_to_quat_msg(rot: ArrayLike) -> Quaternion:
     """``geometry_msgs/Quaternion`` (x, y, z, w) of a rotation matrix ``rot: (3, 3)``."""
-    w, x, y, z = matrix_to_quat(torch.from_numpy(np.asarray(rot, dtype=np.float64))).tolist()
-    return Quaternion(x=x, y=y, z=z, w=w)
+    return rotations_to_quat_msgs(as_float64(rot, "rot")[None])[0]
+
+
+def rotations_to_quat_msgs(rots: ArrayLike) -> list[Quaternion]:
+    """``geometry_msgs/Quaternion`` (x, y, z, w) list of rotation matrices ``rots: (M, 3, 3)``
+    (one batched :func:`~epropnp_lib.geometry.rotations.matrix_to_quat` call)."""
+    r = as_float64(rots, "rots")
+    _check(r, (None, 3, 3), "rots")
+    quats = matrix_to_quat(torch.from_numpy(r)).tolist() if len(r) else []
+    return [Quaternion(x=x, y=y, z=z, w=w) for w, x, y, z in quats]

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from builtin_interfaces.msg import Duration
-from geometry_msgs.msg import Point, Pose
+from geometry_msgs.msg import Point, Pose, Quaternion
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -52,6 +52,7 @@ from epropnp_ros.conversions import (
     points_to_msgs,
     pose_rotation,
     rotation_to_quat_msg,
+    rotations_to_quat_msgs,
 )
 
 __all__ = [
@@ -229,31 +230,32 @@ def _label_marker(header: Any, obj: ObjectPose3D, corners: np.ndarray, marker_id
 
 
 class Ellipsoid(NamedTuple):
-    """A covariance ellipsoid: ``diameters (3,)`` along the columns of ``rotation (3, 3)``."""
+    """Covariance ellipsoid(s): ``diameters (..., 3)`` along the columns of
+    ``rotation (..., 3, 3)``."""
 
     diameters: np.ndarray
     rotation: np.ndarray
 
 
 def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
-    """The ``n_sigma`` ellipsoid of a 3x3 position covariance (see module docstring).
+    """The ``n_sigma`` ellipsoid(s) of 3x3 position covariances (see module docstring).
 
     Args:
-        cov: ``(3, 3)`` symmetric positive semi-definite (symmetrised here).
+        cov: ``(..., 3, 3)`` symmetric positive semi-definite (symmetrised here).
         n_sigma: > 0.
 
     Returns:
-        ``diameters = 2 n_sigma sqrt(lambda)`` (floored at :data:`MIN_MARKER_SCALE`) and the
-        proper rotation (det +1) whose columns are the eigenvectors.
+        ``diameters = 2 n_sigma sqrt(lambda)`` (floored at :data:`MIN_MARKER_SCALE`), ascending,
+        and the proper rotations (det +1) whose columns are the eigenvectors.
     """
     c = as_float64(cov, "cov")
-    if c.shape != (3, 3):
-        raise ArrayShapeError(f"cov: expected (3, 3), got {c.shape}")
+    if c.ndim < 2 or c.shape[-2:] != (3, 3):
+        raise ArrayShapeError(f"cov: expected (..., 3, 3), got {c.shape}")
     if not np.all(np.isfinite(c)):
         raise NonFiniteValueError("cov: contains NaN or infinity")
-    eigval, eigvec = np.linalg.eigh(0.5 * (c + c.T))
-    if np.linalg.det(eigvec) < 0:
-        eigvec[:, 2] *= -1.0
+    eigval, eigvec = np.linalg.eigh(0.5 * (c + np.swapaxes(c, -1, -2)))
+    flip = np.linalg.det(eigvec) < 0
+    eigvec[..., :, 2] = np.where(flip[..., None], -eigvec[..., :, 2], eigvec[..., :, 2])
     diameters = np.maximum(2.0 * n_sigma * np.sqrt(np.clip(eigval, 0.0, None)), MIN_MARKER_SCALE)
     return Ellipsoid(diameters=diameters, rotation=eigvec)
 
@@ -261,12 +263,19 @@ def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
 def covariance_ellipsoid_marker(header: Any, center: ArrayLike, cov: ArrayLike, marker_id: int,
                                 style: MarkerStyle, class_id: str = "") -> Marker:
     """SPHERE marker of the position covariance ``cov: (3, 3)`` at ``center: (3,)``."""
-    marker = _marker(header, NS_COVARIANCE, marker_id, Marker.SPHERE, style)
     ellipsoid = covariance_ellipsoid(cov, style.n_sigma)
-    x, y, z = (float(v) for v in as_float64(center, "center").reshape(3))
-    marker.pose = Pose(position=Point(x=x, y=y, z=z),
-                       orientation=rotation_to_quat_msg(ellipsoid.rotation))
-    marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in ellipsoid.diameters)
+    return _ellipsoid_marker(header, as_float64(center, "center").reshape(3),
+                             ellipsoid.diameters, rotation_to_quat_msg(ellipsoid.rotation),
+                             marker_id, style, class_id)
+
+
+def _ellipsoid_marker(header: Any, center: np.ndarray, diameters: np.ndarray,
+                      orientation: Quaternion, marker_id: int, style: MarkerStyle,
+                      class_id: str) -> Marker:
+    marker = _marker(header, NS_COVARIANCE, marker_id, Marker.SPHERE, style)
+    x, y, z = center.tolist()
+    marker.pose = Pose(position=Point(x=x, y=y, z=z), orientation=orientation)
+    marker.scale.x, marker.scale.y, marker.scale.z = diameters.tolist()
     marker.color = class_color(class_id, style.class_names, style.ellipsoid_alpha)
     return marker
 
@@ -350,16 +359,23 @@ def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
             fan_samples.append(_samples(obj_samples, f"samples[{i}]")[: style.max_fan_samples])
             fan_index.append(i)
     rotations = _batched_rotations(poses)
+    covs = [as_float64(o.covariance, f"objects[{i}].covariance") for i, o in enumerate(objects)]
+    for i, (pose, cov) in enumerate(zip(poses, covs, strict=True)):
+        want = (6, 6) if pose.shape[0] == 7 else (4, 4)
+        if cov.shape != want:
+            raise ArrayShapeError(f"objects[{i}].covariance: expected {want}, got {cov.shape}")
+    ellipsoids = covariance_ellipsoid(
+        np.stack([c[:3, :3] for c in covs]) if covs else np.zeros((0, 3, 3)), style.n_sigma)
+    orientations = rotations_to_quat_msgs(ellipsoids.rotation)
     headings = [r[:, :, 0] for r in _batched_rotations(fan_samples)]
     fans = dict(zip(fan_index, headings, strict=True))
     out = MarkerArray(markers=[delete_all_marker(header)])
     for i, obj in enumerate(objects):
         corners = _corners(poses[i][:3], rotations[i], sizes[i])
-        cov = as_float64(obj.covariance, f"objects[{i}].covariance")
         out.markers.append(_box_marker(header, obj, corners, i, style))
         out.markers.append(_label_marker(header, obj, corners, i, style))
-        out.markers.append(covariance_ellipsoid_marker(header, poses[i][:3], cov[:3, :3], i,
-                                                       style, obj.class_id))
+        out.markers.append(_ellipsoid_marker(header, poses[i][:3], ellipsoids.diameters[i],
+                                             orientations[i], i, style, obj.class_id))
         if i in fans:
             length = style.fan_length or 0.5 * float(sizes[i][0])
             out.markers.append(_fan_marker(header, poses[i][:3], fans[i], i, style,

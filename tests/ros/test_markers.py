@@ -60,6 +60,16 @@ def test_ellipsoid_known_axes() -> None:
     np.testing.assert_allclose(ell.diameters, [2.0, 4.0, 8.0], atol=1e-12)
     assert np.linalg.det(ell.rotation) == pytest.approx(1.0)
     np.testing.assert_allclose(np.abs(ell.rotation[:, 2]), np.abs(axes[:, 0]), atol=1e-12)
+    # Batched: each entry equals the single-matrix result (up to eigenvector sign/order).
+    covs = np.stack([_spd3(k) for k in range(4)])
+    batch = mk.covariance_ellipsoid(covs, 2.0)
+    assert batch.diameters.shape == (4, 3) and batch.rotation.shape == (4, 3, 3)
+    for k in range(4):
+        one = mk.covariance_ellipsoid(covs[k], 2.0)
+        np.testing.assert_allclose(batch.diameters[k], one.diameters, rtol=1e-12)
+        rot, semi = batch.rotation[k], batch.diameters[k] / 4.0
+        np.testing.assert_allclose(rot @ np.diag(semi**2) @ rot.T, covs[k], atol=1e-9)
+        assert np.linalg.det(rot) == pytest.approx(1.0)
     # A singular covariance still gives a valid (non-zero) marker scale.
     flat = mk.covariance_ellipsoid(np.diag([1.0, 0.0, 0.0]), 2.0)
     assert flat.diameters.min() == mk.MIN_MARKER_SCALE
