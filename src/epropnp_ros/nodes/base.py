@@ -91,6 +91,12 @@ TF_QOS = QoSProfile(
     depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+#: Diagnostics counter reported with each kind of throttled warning.
+_WARNING_COUNTERS = {
+    "no_camera_info": "images_unpaired",
+    "bad_input": "bad_image",
+    "pipeline_error": "pipeline_errors",
+}
 #: Latency samples kept for the diagnostics percentiles.
 LATENCY_WINDOW = 200
 
@@ -485,7 +491,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             return
         self._warned[kind] = now
         log = self.get_logger()
-        text = f"[{kind}] {message} (count: {self.counters.get(kind, '-')})"
+        counter = _WARNING_COUNTERS.get(kind, kind)
+        text = f"[{kind}] {message} ({counter}: {self.counters.get(counter, '-')})"
         if level >= logging.ERROR:
             log.error(text)
         else:
