@@ -9,7 +9,8 @@ attributes, so they also accept the message objects of ``rosbags``.
 Conventions (see :mod:`epropnp_lib.conventions`)
     * Poses map object to camera, in the header's optical frame (x right, y down, z forward).
       Library quaternions are ``(w, x, y, z)``; ``geometry_msgs/Quaternion`` is ``(x, y, z, w)``.
-      :func:`pose_to_msg` / :func:`msg_to_pose` are the **only** places the order is swapped.
+      This module is the **only** place the order is swapped: :func:`poses_to_msgs` (and
+      :func:`pose_to_msg` on top of it), :func:`rotations_to_quat_msgs` and :func:`msg_to_pose`.
     * 4DoF poses ``(x, y, z, yaw)``: yaw about the camera **y** axis (down);
       ``q = (cos(yaw/2), 0, sin(yaw/2), 0)``.
     * Covariance: ROS 6x6 row-major over ``(x, y, z, rot_x, rot_y, rot_z)``, fixed axes, header
@@ -40,12 +41,16 @@ Camera
     :func:`undistort_points` maps 2D points of the received image to the ideal pinhole camera
     whose intrinsic matrix is :attr:`CameraModel.pinhole_matrix` (``P[:, :3]``) -- the matrix the
     pipeline must use with undistorted points, for raw and for rectified images alike.
+
+Speed
+    Builders batch the library calls (one quaternion / covariance call per message, not per
+    object) and build ``Point`` / ``Pose`` lists through a checked fast path
+    (:data:`FAST_MESSAGES`), since message constructors dominate large PoseArrays and markers.
 """
 
 from __future__ import annotations
 
 import array
-import logging
 import math
 import re
 import sys
@@ -89,6 +94,7 @@ __all__ = [
     "CameraInfoError",
     "CameraModel",
     "ConversionError",
+    "DISTORTION_MODELS",
     "ImageConversionError",
     "NonFiniteValueError",
     "ObjectPose3D",
@@ -120,8 +126,6 @@ __all__ = [
     "tf_message",
     "undistort_points",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Anything :func:`numpy.asarray` accepts, or a torch tensor (any device; detached and copied).
 ArrayLike: TypeAlias = "np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]"
