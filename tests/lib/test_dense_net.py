@@ -1,0 +1,268 @@
+"""Tests of the dense correspondence network (epropnp_lib.nets.dense)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from epropnp_lib.dataclass_io import to_dict
+from epropnp_lib.epropnp import EProPnP6DoF, MonteCarloConfig
+from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.nets.backbone import BackboneConfig
+from epropnp_lib.nets.checkpoint import CheckpointError, save_checkpoint
+from epropnp_lib.nets.dense import (
+    CHECKPOINT_KIND,
+    DenseCheckpointError,
+    DenseCorrespondenceNet,
+    DenseLossConfig,
+    DenseNetConfig,
+    DenseNetLoss,
+    PoseLossKind,
+    WeightNormalization,
+    implicit_pose,
+    masked_coordinate_loss,
+)
+from epropnp_lib.pnp.cost import NO_KERNEL
+from epropnp_lib.pnp.problems import random_problems
+from epropnp_lib.pnp.solver import SolverConfig, SolveStatus, solve_pnp
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CROP = 64
+
+
+def tiny_config(**kw: object) -> DenseNetConfig:
+    base = DenseNetConfig(
+        backbone=BackboneConfig(depth=18, base_width=8), crop_size=CROP, output_stride=8,
+        head_channels=16, skip_connections=True, object_extent=0.1, init_weight_scale=8.0,
+        monte_carlo=MonteCarloConfig(num_iterations=2, num_samples=32),
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def crop_camera(batch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    k = torch.tensor([[120.0, 0.0, 31.5], [0.0, 120.0, 31.5], [0.0, 0.0, 1.0]], dtype=dtype)
+    return k.expand(batch, 3, 3).clone()
+
+
+def target_poses(batch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    pose = torch.zeros(batch, 7, dtype=dtype)
+    pose[:, 2] = 0.6
+    pose[:, 3] = 1.0
+    return pose
+
+
+def images(batch: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.rand(batch, 3, CROP, CROP, generator=torch.Generator().manual_seed(seed),
+                      dtype=dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_dtype_device(device: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config()).to(device=device, dtype=dtype)
+    out = net(images(2, dtype=dtype).to(device), crop_camera(2, dtype).to(device))
+    h = CROP // 8
+    assert out.x3d.shape == (2, h * h, 3)
+    assert out.x2d.shape == (2, h * h, 2) and out.w2d.shape == (2, h * h, 2)
+    assert out.scale.shape == (2, 2)
+    assert out.coord_map.shape == (2, 3, h, h) and out.weight_map.shape == (2, 2, h, h)
+    for t in (out.x3d, out.x2d, out.w2d, out.scale, out.coord_map, out.weight_map):
+        assert t.dtype == dtype and t.device.type == device
+    # Spatial Softmax: each weight channel sums to one over the map; w2d = softmax * scale.
+    sums = out.weight_map.flatten(2).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    torch.testing.assert_close(out.w2d.sum(1), out.scale)
+    assert out.indices is None
+    # The 2D points are the crop pixels of the cell centres (stride 8: 3.5, 11.5, ...).
+    assert float(out.x2d[0, 0, 0]) == pytest.approx(3.5)
+    assert float(out.x2d[0, 1, 0] - out.x2d[0, 0, 0]) == pytest.approx(8.0)
+    assert float(out.x2d[0, h, 1] - out.x2d[0, 0, 1]) == pytest.approx(8.0)
+
+
+def test_top_k_points_and_exp_weights() -> None:
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config(num_points=20))
+    out = net(images(2), crop_camera(2))
+    assert out.x3d.shape == (2, 20, 3) and out.indices is not None
+    assert out.indices.shape == (2, 20)
+    flat = out.coord_map.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out.x3d, flat.gather(1, out.indices[..., None].expand(-1, -1, 3)))
+    net_exp = DenseCorrespondenceNet(tiny_config(weight_normalization=WeightNormalization.EXP))
+    out = net_exp(images(2), crop_camera(2))
+    # exp without the denominator: the map no longer sums to one (64 cells of ~exp(0)).
+    assert float(out.weight_map.detach().flatten(2).sum(-1).min()) > 10.0
+
+
+def test_bad_inputs_and_configs() -> None:
+    net = DenseCorrespondenceNet(tiny_config())
+    with pytest.raises(ShapeError):
+        net(torch.rand(2, 3, 32, 32), crop_camera(2))
+    with pytest.raises(ShapeError):
+        net(images(2), crop_camera(3))
+    with pytest.raises(ConfigError):
+        tiny_config(crop_size=48)
+    with pytest.raises(ConfigError):
+        tiny_config(output_stride=2)
+    with pytest.raises(ConfigError):
+        tiny_config(num_points=3)
+    with pytest.raises(ConfigError):
+        DenseLossConfig(coord_weight=-1.0)
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("kind", list(PoseLossKind))
+def test_gradients_reach_heads_and_backbone(kind: PoseLossKind) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(loss=DenseLossConfig(pose_loss=kind))
+    net = DenseCorrespondenceNet(cfg)
+    loss_fn = net.make_loss()
+    out = net(images(4), crop_camera(4))
+    losses = loss_fn(net.pnp, out, target_poses(4), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses.total)
+    losses.total.backward()
+    final = net.head[-1]
+    assert isinstance(final, torch.nn.Conv2d) and final.weight.grad is not None
+    coord_grad = float(final.weight.grad[:3].abs().sum())
+    weight_grad = float(final.weight.grad[3:].abs().sum())
+    assert coord_grad > 0, "no gradient reaches the coordinate channels"
+    if kind is not PoseLossKind.IMPLICIT or float(losses.valid_fraction) > 0:
+        assert weight_grad > 0, "no gradient reaches the weight channels"
+        assert _grad_norm(net.scale_head) > 0, "no gradient reaches the global weight scale"
+    assert float(net.backbone.conv1.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]
+
+
+def test_detached_weights_get_no_pose_gradient() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(loss=DenseLossConfig(detach_weights=True))
+    net = DenseCorrespondenceNet(cfg)
+    out = net(images(4), crop_camera(4))
+    losses = net.make_loss()(net.pnp, out, target_poses(4),
+                             generator=torch.Generator().manual_seed(0))
+    losses.total.backward()
+    final = net.head[-1]
+    assert isinstance(final, torch.nn.Conv2d) and final.weight.grad is not None
+    assert float(final.weight.grad[:3].abs().sum()) > 0
+    assert float(final.weight.grad[3:].abs().sum()) == 0.0
+    assert _grad_norm(net.scale_head) == 0.0
+
+
+def test_adam_steps_lower_the_kl_loss() -> None:
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config())
+    loss_fn = net.make_loss()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    imgs, cams, poses = images(4, seed=1), crop_camera(4), target_poses(4)
+    values = []
+    for _ in range(12):
+        out = net(imgs, cams)
+        losses = loss_fn(net.pnp, out, poses, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        losses.total.backward()
+        opt.step()
+        values.append(float(losses.pose))
+    assert min(values[-3:]) < values[0] - 0.1 * abs(values[0]), values
+
+
+def test_coordinate_and_mask_losses() -> None:
+    coords = torch.randn(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, 1:3, 1:3] = 1
+    assert float(masked_coordinate_loss(coords, coords, mask)) == 0.0
+    shifted = coords + 0.5 * (1 - mask)  # errors only outside the mask do not count
+    assert float(masked_coordinate_loss(shifted, coords, mask)) == 0.0
+    assert float(masked_coordinate_loss(coords + 0.1, coords, mask, scale=0.1)) == \
+        pytest.approx(3.0, rel=1e-5)
+    torch.manual_seed(0)
+    cfg = tiny_config(loss=DenseLossConfig(coord_weight=1.0, mask_weight=1.0))
+    net = DenseCorrespondenceNet(cfg)
+    out = net(images(2), crop_camera(2))
+    loss_fn = net.make_loss()
+    with pytest.raises(ConfigError):
+        loss_fn(net.pnp, out, target_poses(2))
+    m = torch.ones(2, 1, 8, 8)
+    losses = loss_fn(net.pnp, out, target_poses(2), torch.zeros(2, 3, 8, 8), m,
+                     generator=torch.Generator().manual_seed(0))
+    assert float(losses.coord) > 0 and float(losses.mask) > 0
+    assert float(losses.total) == pytest.approx(
+        float(losses.pose + losses.coord + losses.mask), rel=1e-5)
+
+
+def test_implicit_pose_gradient_is_the_implicit_function_theorem() -> None:
+    """d y*/d x2d through ``implicit_pose`` equals finite differences of the LM solution."""
+    # Noise-free problem: the residuals vanish at y*, so the Gauss-Newton Hessian is the exact
+    # Hessian and the implicit-function-theorem derivative is exact.  Plain squared cost (the
+    # adaptive Huber threshold would move with x2d in the finite differences), tight tolerance.
+    p = random_problems(1, 12, noise_std=0.0, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
+    solver = SolverConfig(huber=NO_KERNEL, tolerance=1e-14, max_iterations=50)
+    layer = EProPnP6DoF(MonteCarloConfig(num_iterations=1, num_samples=8, solver=solver))
+    x2d = p.x2d.clone().requires_grad_(True)
+    res = layer(p.x3d, x2d, p.w2d, p.cam_mats, generator=torch.Generator().manual_seed(0))
+    assert int(res.status[0]) == SolveStatus.CONVERGED
+    pose = implicit_pose(res)
+    torch.testing.assert_close(pose.detach(), res.pose)  # the value is y* itself
+    probe = torch.tensor([1.0, -2.0, 0.5, 0.3, 0.7, -0.4, 0.2], dtype=torch.float64)
+    (grad,) = torch.autograd.grad((pose[0] * probe).sum(), x2d)
+    eps = 1e-6
+    fd = torch.zeros_like(grad)
+    for i in range(12):
+        for j in range(2):
+            plus, minus = p.x2d.clone(), p.x2d.clone()
+            plus[0, i, j] += eps
+            minus[0, i, j] -= eps
+            diff = (solve_pnp(p.x3d, plus, p.w2d, p.cam_mats, config=solver).pose[0]
+                    - solve_pnp(p.x3d, minus, p.w2d, p.cam_mats, config=solver).pose[0])
+            fd[0, i, j] = (diff * probe).sum() / (2 * eps)
+    assert float((grad - fd).norm()) < 1e-3 * float(fd.norm())
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config()).eval()
+    path = tmp_path / "net.pt"
+    net.save(path, extra={"step": 7})
+    loaded, extra = DenseCorrespondenceNet.from_checkpoint(path)
+    assert extra["step"] == 7 and loaded.config == net.config
+    loaded.eval()
+    x, k = images(2), crop_camera(2)
+    torch.testing.assert_close(loaded(x, k).x3d, net(x, k).x3d)
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        DenseCorrespondenceNet.from_checkpoint(truncated)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, kind="something_else", config={}, state_dict={})
+    with pytest.raises(CheckpointError, match="something_else"):
+        DenseCorrespondenceNet.from_checkpoint(other)
+    bad_cfg = tmp_path / "bad_cfg.pt"
+    cfg = to_dict(net.config)
+    cfg["head_width"] = 3
+    save_checkpoint(bad_cfg, kind=CHECKPOINT_KIND, config=cfg, state_dict=net.state_dict())
+    with pytest.raises(DenseCheckpointError, match="head_width"):
+        DenseCorrespondenceNet.from_checkpoint(bad_cfg)
+    mismatch = tmp_path / "mismatch.pt"
+    wider = to_dict(replace(net.config, head_channels=24))
+    save_checkpoint(mismatch, kind=CHECKPOINT_KIND, config=wider, state_dict=net.state_dict())
+    with pytest.raises(DenseCheckpointError, match="do not match"):
+        DenseCorrespondenceNet.from_checkpoint(mismatch)
+
+
+def test_loss_config_modes_are_distinct() -> None:
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config())
+    out = net(images(2), crop_camera(2))
+    values = {}
+    for kind in PoseLossKind:
+        loss_fn = DenseNetLoss(DenseLossConfig(pose_loss=kind))
+        losses = loss_fn(net.pnp, out, target_poses(2), generator=torch.Generator().manual_seed(0))
+        values[kind] = float(losses.pose)
+        assert (losses.result is None) == (kind is PoseLossKind.REPROJECTION)
+    assert len(set(values.values())) == 3
