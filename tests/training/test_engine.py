@@ -7,6 +7,8 @@ import csv
 import json
 import logging
 import math
+import sys
+import types
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -89,9 +91,11 @@ def test_resume_mid_epoch_gives_the_same_next_steps(tmp_path: Path) -> None:
 
 
 def test_resume_at_epoch_boundary_and_from_a_named_file(tmp_path: Path) -> None:
+    # with data-loader worker processes this time
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    full = train(toy_config(full_dir), build_task(toy_config(full_dir)))
-    cfg = toy_config(cut_dir, checkpoint_interval=3)
+    full = train(toy_config(full_dir, num_workers=2),
+                 build_task(toy_config(full_dir, num_workers=2)))
+    cfg = toy_config(cut_dir, checkpoint_interval=3, num_workers=2)
     train(cfg, build_task(cfg), stop_at_step=7)
     # resume from the epoch-boundary checkpoint of step 6, not the newest (7)
     resumed = train(cfg, build_task(cfg), resume=cut_dir / "checkpoints" / "step_00000006.pt")
@@ -230,6 +234,31 @@ def test_init_checkpoint_loads_network_weights(tmp_path: Path) -> None:
     for key in a:
         if key.startswith("model."):
             assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+class _FakeWriter:
+    """Stands in for ``torch.utils.tensorboard.SummaryWriter`` (tensorboard is optional)."""
+
+    scalars: list[tuple[str, float, int]] = []
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.scalars.append(("closed", 0.0, 0))
+
+
+def test_tensorboard_events_when_installed(tmp_path: Path, monkeypatch: Any) -> None:
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _FakeWriter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    cfg = toy_config(tmp_path, epochs=1, eval_split=None)
+    train(cfg, build_task(cfg))
+    tags = {(tag, step) for tag, _, step in _FakeWriter.scalars}
+    assert {("train/loss", 1), ("train/loss", 3), ("train/lr", 2), ("closed", 0)} <= tags
 
 
 class _Pair(NamedTuple):
