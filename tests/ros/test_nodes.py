@@ -651,3 +651,17 @@ def ObjectHypothesis(score: float) -> Any:  # noqa: N802 - reads like the messag
     hyp = ObjectHypothesisWithPose()
     hyp.hypothesis.class_id, hyp.hypothesis.score = "duck", score
     return hyp
+
+
+def test_invalid_startup_parameter_exits_with_reason(child_env: Mapping[str, str]) -> None:
+    """An out-of-range value in the start-up parameters: exit status 2 and the reason, no
+    traceback."""
+    cmd = [sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args",
+           "--params-file", str(REPO / "config" / "detector.yaml"),
+           "-p", "score_threshold:=3.0"]
+    res = subprocess.run(cmd, env=dict(child_env), capture_output=True, text=True,
+                         timeout=START_TIMEOUT, cwd=REPO)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "score_threshold" in out and "out of range" in out, out
+    assert "Traceback" not in out, out

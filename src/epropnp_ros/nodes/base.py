@@ -54,6 +54,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -540,7 +541,8 @@ def param_names(params_cls: type[CommonParams]) -> list[str]:
 def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | None = None) -> int:
     """Entry point body: init, build the node, optionally configure + activate it (parameter
     ``autostart``), spin until Ctrl-C or an external shutdown, then clean up. Returns the exit
-    status (1 when autostart's configure or activate failed)."""
+    status: 0 after a clean shutdown, 1 when autostart's configure or activate failed, 2 for
+    invalid start-up parameters (out of range, wrong type), each with the reason logged."""
     rclpy.init(args=None if args is None else list(args))
     node = None
     status = 0
@@ -558,9 +560,11 @@ def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | No
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except EProPnPError as exc:
-        logging.getLogger(__name__).error("%s", exc)
-        status = 1
+    except (EProPnPError, ParameterException) as exc:
+        # Invalid start-up parameters (out of range, wrong type, e.g. an int literal for a
+        # float parameter in the YAML): a clear message, no traceback.
+        rclpy.logging.get_logger("epropnp").error(f"invalid parameters: {exc}")
+        status = 2
     finally:
         if node is not None:
             node._stop_inputs()
