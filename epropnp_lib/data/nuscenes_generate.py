@@ -606,56 +606,55 @@ def _building_height(s: torch.Tensor, lat_sign: torch.Tensor) -> torch.Tensor:
     return 6.0 + 10.0 * torch.frac(torch.sin(block * 12.9898) * 43758.5453).abs()
 
 
-def _background(scene: _Scene, rays: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """Colours (B, N, 3) in [0, 1] of rays (B, N, 3) (global, unit) from origins (B, 3)."""
-    o = origin[:, None, :]
-    dz = rays[..., 2]
-    t_ground = torch.where(dz < -1e-6, -o[..., 2] / dz.clamp(max=-1e-6), torch.inf)
-    c, sn = math.cos(scene.road_yaw), math.sin(scene.road_yaw)
-    d_lat = -rays[..., 0] * sn + rays[..., 1] * c
-    _, o_lat = _road_coords(scene, o[..., :2])
-    wall = torch.where(d_lat >= 0, 14.0, -14.0)
-    t_wall = torch.where(d_lat.abs() > 1e-6, (wall - o_lat) / d_lat, torch.inf)
-    t_wall = torch.where(t_wall > 0, t_wall, torch.inf)
-    hit_w = o + t_wall.clamp(max=1e4)[..., None] * rays
-    s_w, _ = _road_coords(scene, hit_w[..., :2])
-    wall_ok = (hit_w[..., 2] >= 0) & (hit_w[..., 2] <= _building_height(s_w, wall))
-    t_wall = torch.where(wall_ok, t_wall, torch.inf)
+# Ground materials: grass, sidewalk, sidewalk seam, asphalt, white marking, yellow marking.
+_GROUND_PALETTE = torch.tensor([[0.30, 0.43, 0.24], [0.62, 0.60, 0.57], [0.50, 0.48, 0.46],
+                                [0.28, 0.28, 0.30], [0.88, 0.88, 0.86], [0.85, 0.72, 0.25]])
+_HAZE = torch.tensor([0.78, 0.82, 0.88])
 
-    hit_g = o + t_ground.clamp(max=1e4)[..., None] * rays
-    s_g, l_g = _road_coords(scene, hit_g[..., :2])
+
+def _background(scene: _Scene, rays: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Colours (N, 3) in [0, 1] of rays (N, 3) (global, unit, float32) from origins (N, 3)."""
+    dz = rays[:, 2]
+    down = dz < -1e-6
+    t_ground = torch.where(down, -origin[:, 2] / dz.clamp(max=-1e-6), torch.inf)
+    c, sn = math.cos(scene.road_yaw), math.sin(scene.road_yaw)
+    d_lat = -rays[:, 0] * sn + rays[:, 1] * c
+    _, o_lat = _road_coords(scene, origin[:, :2])
+    wall = torch.where(d_lat >= 0, 14.0, -14.0)
+    t_wall = (wall - o_lat) / torch.where(d_lat.abs() > 1e-6, d_lat, torch.full_like(d_lat, 1e-6))
+    hit_w = origin + t_wall.clamp(0.0, 1e4)[:, None] * rays
+    s_w, _ = _road_coords(scene, hit_w[:, :2])
+    wall_ok = (t_wall > 0) & (hit_w[:, 2] >= 0) & (hit_w[:, 2] <= _building_height(s_w, wall))
+    t_wall = torch.where(wall_ok, t_wall, torch.inf)
+    use_wall = t_wall < t_ground
+    t = torch.minimum(t_wall, t_ground)
+
+    hit_g = origin + t_ground.clamp(max=1e4)[:, None] * rays
+    s_g, l_g = _road_coords(scene, hit_g[:, :2])
     al = l_g.abs()
-    ground = torch.empty(rays.shape, dtype=rays.dtype)
-    ground[:] = torch.tensor([0.30, 0.43, 0.24], dtype=rays.dtype)  # grass
+    mat = torch.zeros(rays.shape[0], dtype=torch.long)  # grass
     sidewalk = (al >= 7.0) & (al < 11.0)
     seam = (torch.remainder(s_g, 1.5) < 0.06) | (torch.remainder(al - 7.0, 1.5) < 0.06)
-    ground[sidewalk] = torch.tensor([0.62, 0.60, 0.57], dtype=rays.dtype)
-    ground[sidewalk & seam] = torch.tensor([0.50, 0.48, 0.46], dtype=rays.dtype)
+    mat = torch.where(sidewalk, torch.where(seam, 2, 1), mat)
     road = al < 7.0
-    ground[road] = torch.tensor([0.28, 0.28, 0.30], dtype=rays.dtype)
     dashed = torch.remainder(s_g, 9.0) < 3.0
-    white = road & ((((al - 3.5).abs() < 0.08) & dashed) | ((al - 6.85).abs() < 0.08))
-    yellow = road & (al < 0.1)
-    ground[white] = torch.tensor([0.88, 0.88, 0.86], dtype=rays.dtype)
-    ground[yellow] = torch.tensor([0.85, 0.72, 0.25], dtype=rays.dtype)
+    white = (((al - 3.5).abs() < 0.08) & dashed) | ((al - 6.85).abs() < 0.08)
+    mat = torch.where(road, torch.where(al < 0.1, 5, torch.where(white, 4, 3)), mat)
+    col = _GROUND_PALETTE.to(rays.dtype)[mat]
 
     block = torch.floor(s_w / 18.0)
     facade = torch.stack((0.55 + 0.2 * torch.sin(block * 1.7), 0.5 + 0.15 * torch.sin(block * 2.3),
                           0.45 + 0.15 * torch.cos(block * 1.1)), -1)
-    window = ((torch.remainder(s_w, 3.0) > 0.8) & (torch.remainder(s_w, 3.0) < 2.2)
-              & (torch.remainder(hit_w[..., 2], 3.2) > 1.0)
-              & (torch.remainder(hit_w[..., 2], 3.2) < 2.4))
-    facade = torch.where(window[..., None], facade * 0.35 + 0.05, facade)
+    sw, zw = torch.remainder(s_w, 3.0), torch.remainder(hit_w[:, 2], 3.2)
+    window = (sw > 0.8) & (sw < 2.2) & (zw > 1.0) & (zw < 2.4)
+    facade = torch.where(window[:, None], facade * 0.35 + 0.05, facade)
+    col = torch.where(use_wall[:, None], facade, col)
 
+    haze = (1.0 - torch.exp(-t.clamp(max=1e4) / 180.0))[:, None]
+    col = col * (1 - haze) + _HAZE.to(rays.dtype) * haze
     elev = dz.clamp(-1.0, 1.0)
     sky = torch.stack((0.78 - 0.35 * elev, 0.84 - 0.25 * elev, 0.90 - 0.05 * elev), -1)
-    use_wall = t_wall < t_ground
-    t = torch.where(use_wall, t_wall, t_ground)
-    col = torch.where(use_wall[..., None], facade, ground)
-    haze = 1.0 - torch.exp(-t.clamp(max=1e4) / 180.0)
-    col = (col * (1 - haze[..., None])
-           + torch.tensor([0.78, 0.82, 0.88], dtype=rays.dtype) * haze[..., None])
-    return torch.where(torch.isfinite(t)[..., None], col, sky)
+    return torch.where(torch.isfinite(t)[:, None], col, sky)
 
 
 def _texture(texture: torch.Tensor, face_type: torch.Tensor, uv: torch.Tensor,
@@ -758,21 +757,22 @@ def _render(scene: _Scene, mesh: _Mesh, views: Sequence[_CameraView], width: int
     raster = rasterize(vertices, mesh.faces, mesh.uv.float(), pose, cam_mats, height, width,
                        znear=0.05)
 
-    # Background from per-pixel rays.
-    vs, us = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                            torch.arange(width, dtype=torch.float64), indexing="ij")
-    pix = torch.stack((us.reshape(-1), vs.reshape(-1), torch.ones(height * width,
-                                                                    dtype=torch.float64)), -1)
-    rays = []
-    for b in range(batch):
-        d_cam = pix @ torch.linalg.inv(cams[b]).T
-        d = d_cam @ rots_cg[b]  # (N, 3) global = R_sg d_cam
-        rays.append((d / d.norm(dim=-1, keepdim=True)).float())
-    image = _background(scene, torch.stack(rays), torch.stack(origins).float())  # (B, N, 3)
-
-    # Objects: texture and Lambert shading.
+    # Background: the rays of the pixels no object covers.
     face = raster.face_index.reshape(batch, -1)
     covered = face >= 0
+    image = torch.zeros(batch, height * width, 3)
+    vs, us = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                            torch.arange(width, dtype=torch.float32), indexing="ij")
+    pix = torch.stack((us.reshape(-1), vs.reshape(-1), torch.ones(height * width)), -1)
+    for b in range(batch):
+        free = (~covered[b]).nonzero().squeeze(-1)
+        # Global ray directions R_sg K^-1 (u, v, 1) of the free pixels.
+        to_global = (rots_cg[b].T @ torch.linalg.inv(cams[b])).float()
+        d = pix[free] @ to_global.T
+        d = d / d.norm(dim=-1, keepdim=True)
+        image[b, free] = _background(scene, d, origins[b].float().expand(free.shape[0], 3))
+
+    # Objects: texture and Lambert shading.
     visible = torch.zeros(batch, num_actors, dtype=torch.float64)
     if bool(covered.any()):
         b_idx, p_idx = covered.nonzero(as_tuple=True)
