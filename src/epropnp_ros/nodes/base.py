@@ -111,11 +111,13 @@ class Frame(NamedTuple):
     """A paired frame waiting for the worker.
 
     Attributes:
-        pair: image and camera-info messages (see :class:`~epropnp_ros.pairing.Pair`).
+        image: the image message (``Image`` or ``CompressedImage``).
+        info: the ``CameraInfo`` paired with it.
         received: ``time.monotonic()`` when the image arrived (latency reference).
     """
 
-    pair: Pair[Any, Any]
+    image: Any
+    info: Any
     received: float
 
 
@@ -156,7 +158,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         self._lock = threading.Lock()
         self._slot: LatestSlot[Frame] = LatestSlot()
         self._slot.close()
-        self._pairer: StampPairer[Any, Any] | None = None
+        self._pairer: StampPairer[tuple[Any, float], Any] | None = None
         self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
         self._worker: threading.Thread | None = None
         self._inputs: list[Any] = []
@@ -361,7 +363,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         if pairer is None:
             return
         self.counters["images_received"] += 1
-        pair = pairer.add_image(stamp_ns(msg.header.stamp), msg)
+        pair = pairer.add_image(stamp_ns(msg.header.stamp), (msg, time.monotonic()))
         self._sync_pairing_counters()
         if pair is not None:
             self._offer(pair)
@@ -395,8 +397,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
                 "published?",
             )
 
-    def _offer(self, pair: Pair[Any, Any]) -> None:
-        self._slot.put(Frame(pair, time.monotonic()))
+    def _offer(self, pair: Pair[tuple[Any, float], Any]) -> None:
+        (image, received), info = pair.image, pair.info
+        self._slot.put(Frame(image, info, received))
         self.counters["frames_dropped_stale"] = self._slot.dropped
 
     # --- worker thread -------------------------------------------------------------------
@@ -415,7 +418,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
 
     def process_frame(self, frame: Frame) -> None:
         """Decode, validate, run the model and publish one paired frame (worker thread)."""
-        image_msg, info_msg = frame.pair.image, frame.pair.info
+        image_msg, info_msg = frame.image, frame.info
         params = self.params
         try:
             if isinstance(image_msg, CompressedImage):
