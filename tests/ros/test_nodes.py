@@ -60,7 +60,7 @@ def make_detector_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_image() -> np.ndarray:
+def texture_image() -> np.ndarray:
     """``(HEIGHT, WIDTH, 3)`` uint8: a fixed pseudo-random texture (torch.Generator)."""
     import torch
 
@@ -68,7 +68,6 @@ def test_image() -> np.ndarray:
     return torch.randint(0, 256, (HEIGHT, WIDTH, 3), generator=g, dtype=torch.uint8).numpy()
 
 
-test_image.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 class Driver:
@@ -200,7 +199,7 @@ class Driver:
         from epropnp_ros.conversions import array_to_image, make_header
 
         header = make_header(FRAME, sec * 1_000_000_000)
-        img = image if image is not None else array_to_image(test_image(), "rgb8", header)
+        img = image if image is not None else array_to_image(texture_image(), "rgb8", header)
         img.header = header
         self.image_pub.publish(img)
         if with_info:
@@ -378,7 +377,7 @@ def test_detector_node_end_to_end(
     #    is processed.
     from epropnp_ros.conversions import array_to_image
 
-    rgb = test_image()
+    rgb = texture_image()
     unsupported = array_to_image(rgb, "rgb8", None)
     unsupported.encoding = "nv21"
     empty = array_to_image(rgb, "rgb8", None)
@@ -596,7 +595,7 @@ def test_pose_estimator_node_in_process(
 
         def send(sec: int) -> None:
             header = make_header(FRAME, sec * 1_000_000_000)
-            image_pub.publish(rgb_to_compressed(test_image(), header, fmt="png"))
+            image_pub.publish(rgb_to_compressed(texture_image(), header, fmt="png"))
             info = camera_info()
             info.header = header
             info_pub.publish(info)
