@@ -50,8 +50,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CAMERAS",
     "DEFAULT_ATTRIBUTES",
+    "KNOWN_CATEGORIES",
     "CameraDetections",
     "CameraFrame",
+    "NuScenesBatch",
     "NuScenesCameraDataset",
     "NuScenesCameraSample",
     "NuScenesEvalError",
@@ -61,6 +63,7 @@ __all__ = [
     "ResultsSummary",
     "camera_frame_of",
     "camera_to_global",
+    "collate_camera_samples",
     "evaluate",
     "global_to_camera",
     "load_nuscenes",
@@ -563,6 +566,40 @@ class NuScenesCameraDataset(torch.utils.data.Dataset[NuScenesCameraSample]):
             c = (boxes.center / boxes.center[:, 2:3].clamp(min=1e-3)) @ kf.T
             keep &= (c[:, 0] >= 0) & (c[:, 0] < width) & (c[:, 1] >= 0) & (c[:, 1] < height)
         return keep
+
+
+class NuScenesBatch(NamedTuple):
+    """A batch of :class:`NuScenesCameraSample` (images of one size, boxes kept per image).
+
+    Attributes:
+        images: ``(B, 3, H, W)`` uint8 RGB, or ``None`` when the items carry no image.
+        cam_mats: ``(B, 3, 3)`` float32.
+        boxes: ``B`` :class:`CameraBoxes` (``M_b`` boxes each).
+        frames: ``B`` :class:`CameraFrame`.
+    """
+
+    images: torch.Tensor | None
+    cam_mats: torch.Tensor
+    boxes: list[CameraBoxes]
+    frames: list[CameraFrame]
+
+
+def collate_camera_samples(items: Sequence[NuScenesCameraSample]) -> NuScenesBatch:
+    """``collate_fn`` for a ``DataLoader`` over :class:`NuScenesCameraDataset`.
+
+    Raises:
+        ShapeError: images of different sizes in one batch.
+    """
+    from epropnp_lib.errors import ShapeError
+
+    images = None
+    if items and all(it.image is not None for it in items):
+        shapes = {tuple(it.image.shape) for it in items if it.image is not None}
+        if len(shapes) > 1:
+            raise ShapeError(f"images of different sizes {sorted(shapes)} in one batch")
+        images = torch.stack([it.image for it in items if it.image is not None])
+    return NuScenesBatch(images, torch.stack([it.cam_mat for it in items]),
+                         [it.boxes for it in items], [it.frame for it in items])
 
 
 # ---------------------------------------------------------------------------------------------

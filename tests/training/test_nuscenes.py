@@ -21,6 +21,7 @@ from epropnp_lib.data.nuscenes import (
     NuScenesEvalError,
     NuScenesFormatError,
     camera_to_global,
+    collate_camera_samples,
     evaluate,
     global_to_camera,
     load_nuscenes,
@@ -213,6 +214,16 @@ def test_camera_boxes_match_the_devkit_camera_frame(val: NuScenesCameraDataset,
     # Boxes kept overlap the image, are in front; attributes are devkit attributes.
     assert bool((item.boxes.center[:, 2] > 0.5).all())
     assert {int(a) for a in item.boxes.attributes} <= set(range(-1, len(NUSCENES_ATTRIBUTES)))
+    batch = collate_camera_samples([val[0], val[1]])
+    assert batch.images is not None and batch.images.shape == (2, 3, SIZE[1], SIZE[0])
+    assert batch.cam_mats.shape == (2, 3, 3) and len(batch.boxes) == 2
+    # The visibility filter keeps a strict subset (levels 1..4 = 0-40 % ... 80-100 %).
+    visible = NuScenesCameraDataset(val.dataroot, "v1.0-mini", "mini_val", min_visibility=4,
+                                    nusc=nusc, load_images=False)
+    n_all = sum(val[i].boxes.num_boxes for i in range(len(val)))
+    n_vis = sum(visible[i].boxes.num_boxes for i in range(len(visible)))
+    assert 0 < n_vis < n_all
+    assert all(bool((visible[i].visibility == 4).all()) for i in range(len(visible)))
 
 
 def test_conversions_are_inverse_for_tilted_cameras() -> None:
@@ -433,3 +444,31 @@ def test_evaluation_rejects_incomplete_results(
     with pytest.raises(NuScenesFormatError, match="broken.json"):
         evaluate(tmp_path / "broken.json", mini, "v1.0-mini", "mini_val", tmp_path / "e",
                  nusc=nusc)
+
+
+def test_sweeps_are_linked_between_key_frames(tmp_path: Path) -> None:
+    from nuscenes.utils.data_classes import LidarPointCloud
+
+    out = generate_nuscenes_mini(tmp_path, scenes=("scene-0061",), samples_per_scene=2,
+                                 image_size=(64, 36), lidar_azimuth_steps=90, sweeps=True)
+    # 12 Hz cameras: 5 sweeps between two key frames; 20 Hz lidar: 9.
+    assert out.num_sample_data == 6 * (2 + 5) + (2 + 9)
+    nusc = load_nuscenes(tmp_path)
+    last = nusc.sample[-1]
+    for channel, n_sweeps in (("CAM_BACK", 5), ("LIDAR_TOP", 9)):
+        sd = nusc.get("sample_data", last["data"][channel])
+        chain = []
+        while sd["prev"]:
+            sd = nusc.get("sample_data", sd["prev"])
+            chain.append(sd)
+        assert [r["is_key_frame"] for r in chain] == [False] * n_sweeps + [True]
+        assert all(r["filename"].startswith(f"sweeps/{channel}/") for r in chain[:-1])
+        assert all(r["sample_token"] == last["token"] for r in chain[:-1])
+        stamps = [r["timestamp"] for r in chain]
+        assert stamps == sorted(stamps, reverse=True)
+        assert all((tmp_path / r["filename"]).is_file() for r in chain)
+    lidar_sweep = chain[0]
+    cloud = LidarPointCloud.from_file(str(tmp_path / lidar_sweep["filename"]))
+    assert cloud.points.shape[0] == 4 and cloud.points.shape[1] > 100
+    # The devkit interpolates the annotations to a sweep's timestamp.
+    assert len(nusc.get_boxes(lidar_sweep["token"])) == len(last["anns"])
