@@ -63,6 +63,7 @@ setup(
             "epropnp-demo = epropnp_lib.demo:main",
             "epropnp-nuscenes-to-bag = epropnp_ros.nuscenes_bag:main",
             "epropnp-bag-play = epropnp_ros.bag_player:main",
+            "epropnp-closed-loop = epropnp_ros.closed_loop:main",
             # ROS nodes: one entry per node, `NAME = epropnp_ros.nodes.MODULE:main`, e.g.
             # "detector_node = epropnp_ros.nodes.detector:main",
             # (they land with the nodes; launch/*.launch.py refers to them by these names).

@@ -29,7 +29,9 @@ from typing import Any, NamedTuple
 
 from epropnp_lib.errors import ConfigError, EProPnPError
 
-__all__ = ["BagPlayError", "PlayConfig", "PlayStats", "main", "play"]
+__all__ = [
+    "BagPlayError", "PlayConfig", "PlayStats", "main", "message_class", "play", "qos_profile_of",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class PlayStats(NamedTuple):
     wall_seconds: float
 
 
-def _message_class(type_name: str) -> Any:
+def message_class(type_name: str) -> Any:
     package, _, name = type_name.split("/")
     try:
         return getattr(importlib.import_module(f"{package}.msg"), name)
@@ -74,7 +76,7 @@ def _message_class(type_name: str) -> Any:
         raise BagPlayError(f"message type {type_name} is not installed: {exc}") from exc
 
 
-def _qos_profile(connection: Any) -> Any:
+def qos_profile_of(connection: Any) -> Any:
     """rclpy QoS from the first offered profile recorded for a connection (default: reliable 10)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -138,11 +140,11 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
         publishers: dict[int, Any] = {}
         classes: dict[int, Any] = {}
         for c in connections:
-            classes[c.id] = _message_class(c.msgtype)
-            publishers[c.id] = node.create_publisher(classes[c.id], c.topic, _qos_profile(c))
+            classes[c.id] = message_class(c.msgtype)
+            publishers[c.id] = node.create_publisher(classes[c.id], c.topic, qos_profile_of(c))
         clock_pub = None
         if config.clock:
-            clock_cls = _message_class("rosgraph_msgs/msg/Clock")
+            clock_cls = message_class("rosgraph_msgs/msg/Clock")
             clock_pub = node.create_publisher(clock_cls, "/clock", 10)
         _wait_for_subscribers(node, config)
         if config.start_delay:

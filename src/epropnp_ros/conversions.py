@@ -80,7 +80,7 @@ from vision_msgs.msg import (
     ObjectHypothesisWithPose,
 )
 
-from epropnp_lib.data.boxes import NUSCENES_CLASSES
+from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.errors import EProPnPError, NonFiniteError, ShapeError
 from epropnp_lib.geometry.pose import pose_space
 from epropnp_lib.geometry.rotations import matrix_to_quat, yaw_to_quat
@@ -1000,6 +1000,44 @@ def detection3d_array(header: Any, objects: Sequence[ObjectPose3D]) -> Detection
         det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = sizes[i].tolist()
         out.detections.append(det)
     return out
+
+
+def boxes_from_detection3d_array(
+    msg: Any, class_names: Sequence[str] = NUSCENES_CLASSES
+) -> tuple[CameraBoxes, np.ndarray]:
+    """Camera-frame boxes and (M, 4, 4) 4DoF covariances of a detector ``Detection3DArray``.
+
+    The inverse of :func:`detection3d_array` of :func:`objects_from_boxes` (4DoF): the best
+    hypothesis of each detection gives class and score, its pose (with covariance) the
+    4DoF pose; ``bbox.size`` is (length, height, width) along the object axes.
+    """
+    centers, sizes, yaws, labels, scores, covs = [], [], [], [], [], []
+    for det in msg.detections:
+        if not det.results:
+            continue
+        best = max(det.results, key=lambda r: r.hypothesis.score)
+        if best.hypothesis.class_id not in class_names:
+            raise ConversionError(f"unknown class id {best.hypothesis.class_id!r} in detections")
+        pose = msg_to_pose(best.pose.pose, dof=4, yaw_tolerance=1e-2)
+        centers.append(pose[:3])
+        yaws.append(pose[3])
+        length, height, width = det.bbox.size.x, det.bbox.size.y, det.bbox.size.z
+        sizes.append((width, length, height))
+        labels.append(class_names.index(best.hypothesis.class_id))
+        scores.append(best.hypothesis.score)
+        covs.append(msg_to_covariance(np.asarray(best.pose.covariance), 4))
+    m = len(centers)
+    f64 = torch.float64
+    boxes = CameraBoxes(
+        center=torch.tensor(np.asarray(centers, dtype=np.float64).reshape(m, 3), dtype=f64),
+        size=torch.tensor(np.asarray(sizes, dtype=np.float64).reshape(m, 3), dtype=f64),
+        yaw=torch.tensor(yaws, dtype=f64).reshape(m),
+        labels=torch.tensor(labels, dtype=torch.long).reshape(m),
+        velocity=torch.full((m, 2), float("nan"), dtype=f64),
+        attributes=torch.full((m,), -1, dtype=torch.long),
+        scores=torch.tensor(scores, dtype=f64).reshape(m),
+    )
+    return boxes, np.asarray(covs, dtype=np.float64).reshape(m, 4, 4)
 
 
 def tf_message(header: Any, objects: Sequence[ObjectPose3D], *,

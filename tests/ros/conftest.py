@@ -140,3 +140,29 @@ def spawn_ros(ros_runtime: None, child_env: Mapping[str, str]) -> Iterator[Spawn
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def detector_fixture_checkpoint(tmp_path: Path) -> Path:
+    """Path of :func:`make_detector_checkpoint` written into ``tmp_path``."""
+    return make_detector_checkpoint(tmp_path / "detector_fixture.pt")
+
+
+def make_detector_checkpoint(path: Path) -> Path:
+    """Test fixture checkpoint (not a product model): a deformable correspondence network of
+    :func:`~epropnp_lib.nets.deformable.small_config` with weights initialised from a fixed seed
+    (``torch.random.fork_rng`` + ``manual_seed(0)``: the global RNG is untouched), a score
+    threshold of 0 and at most 4 detections. Its boxes are meaningless but deterministic: tests
+    use it to check message plumbing, not accuracy."""
+    import torch
+
+    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DeformableCorrespondenceNet(
+            small_config(score_threshold=0.0, pre_nms_top_k=4, max_detections=4,
+                         input_scale=1.0)
+        )
+    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
+    return path
