@@ -1011,9 +1011,9 @@ def generate_nuscenes_mini(
     for scene_name in scenes:
         log = _MINI_SCENES[scene_name]
         n_loc = len(locations.get(log.location, []))
-        origin = (120.0 + 40.0 * n_loc, 120.0 + 25.0 * n_loc)
+        origin = (200.0 + 40.0 * n_loc, 200.0 + 25.0 * n_loc)  # keeps global x, y > 0
         scene = _plan_scene(rng, scene_name, log, origin, duration)
-        locations.setdefault(log.location, []).append((tok("log", scene_name), scene))
+        locations.setdefault(log.location, []).append((tok("log", log.logfile), scene))
         total_sd += _write_scene(root, tables, scene, samples_per_scene, width,
                                  height, sweeps, lidar_azimuth_steps, jpeg_quality, rng, tok,
                                  category_tok, attribute_tok, sensor_tok)
@@ -1023,7 +1023,8 @@ def generate_nuscenes_mini(
         filename = f"maps/{hashlib.md5(f'{seed}|{location}'.encode()).hexdigest()}.png"
         _write_map(root / filename, [s for _, s in entries])
         tables["map"].append({"category": "semantic_prior", "token": tok("map", location),
-                              "filename": filename, "log_tokens": [t for t, _ in entries]})
+                              "filename": filename,
+                              "log_tokens": list(dict.fromkeys(t for t, _ in entries))})
     for name, table in tables.items():
         _write_json(table_dir / f"{name}.json", table)
     return GeneratedNuScenes(root, version, tuple(scenes), len(tables["sample"]), total_sd,
@@ -1038,7 +1039,7 @@ def _write_map(path: Path, scenes: Sequence[_Scene]) -> None:
     polys = []
     for scene in scenes:
         corners = [_road_to_global(scene, s, lat) for s, lat in
-                   ((-100.0, -11.0), (200.0, -11.0), (200.0, 11.0), (-100.0, 11.0))]
+                   ((-60.0, -11.0), (160.0, -11.0), (160.0, 11.0), (-60.0, 11.0))]
         polys.append(corners)
         extent = max(extent, *(max(x, y) for x, y in corners))
     size = int(math.ceil((extent + 20.0) / res))
@@ -1056,9 +1057,11 @@ def _write_scene(root: Path, tables: dict[str, list[dict[str, Any]]], scene: _Sc
                  sensor_tok: dict[str, str]) -> int:
     log = scene.log
     name = scene.name
-    log_token = tok("log", name)
-    tables["log"].append({"token": log_token, "logfile": log.logfile, "vehicle": log.vehicle,
-                          "date_captured": log.date, "location": log.location})
+    log_token = tok("log", log.logfile)  # scenes of one log share its record
+    if all(r["token"] != log_token for r in tables["log"]):
+        tables["log"].append({"token": log_token, "logfile": log.logfile,
+                              "vehicle": log.vehicle, "date_captured": log.date,
+                              "location": log.location})
     calib_tok = {}
     for s in _SENSORS:
         calib_tok[s.channel] = tok("calibrated_sensor", name, s.channel)
