@@ -181,7 +181,9 @@ class CommonParams:
         lo=0, hi=1024,
     )
     publish_markers: bool = _p(True, "Publish the 'markers' MarkerArray.")
-    publish_tf: bool = _p(False, "Broadcast one TF frame per object on /tf.")
+    publish_tf: bool = _p(
+        False, "Broadcast one TF frame per object on /tf. Read in on_configure."
+    )
     tf_child_prefix: str = _p(
         "epropnp_object_", "Prefix of the per-object TF child frame ids (followed by the index)."
     )
@@ -189,7 +191,8 @@ class CommonParams:
         0.5, "Lifetime of the markers in seconds (0: forever).", lo=0.0, hi=60.0
     )
     diagnostics_period: float = _p(
-        1.0, "Period in seconds of the '~/diagnostics' status message.", lo=0.05, hi=60.0
+        1.0, "Period in seconds of the '~/diagnostics' status message. Read in on_configure.",
+        lo=0.05, hi=60.0,
     )
     warn_throttle: float = _p(
         5.0, "Least seconds between two warnings of the same kind (bad input).", lo=0.0, hi=3600.0

@@ -129,23 +129,13 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
 
     Args:
         node_name: the node's default name.
-        pipeline_factory: builds the pipeline from the parameters instead of
-            :meth:`load_pipeline` (dependency injection for tests; the entry points pass
-            nothing).
         **kwargs: passed to ``LifecycleNode`` (e.g. ``context``, ``parameter_overrides``).
     """
 
     PARAMS: ClassVar[type[CommonParams]]
 
-    def __init__(
-        self,
-        node_name: str,
-        *,
-        pipeline_factory: Callable[[Any], Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, node_name: str, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._pipeline_factory = pipeline_factory
         self._specs = {s.name: s for s in param_specs(self.PARAMS)}
         for spec in self._specs.values():
             default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
@@ -244,8 +234,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
 
             torch.set_num_threads(params.torch_threads)
         try:
-            factory = self._pipeline_factory or self.load_pipeline
-            self.pipeline = factory(params)
+            self.pipeline = self.load_pipeline(params)
         except Exception as exc:  # noqa: BLE001 - any load failure fails the transition
             self.get_logger().error(f"configure failed: cannot load the model: {exc}")
             self.pipeline = None
