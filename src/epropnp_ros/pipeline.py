@@ -221,14 +221,6 @@ def crop_affine(roi: Sequence[float], padding: float, crop_size: int) -> np.ndar
     return affine_matrix(s, s * (0.5 - x0) - 0.5, s * (0.5 - y0) - 0.5)
 
 
-def resize_affine(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
-    """Affine ``(3, 3)`` of resizing an image of ``src_hw`` to ``dst_hw`` (pixel centres; the
-    scale is the width ratio, the height follows to within a pixel)."""
-    sx = dst_hw[1] / src_hw[1]
-    sy = dst_hw[0] / src_hw[0]
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
 def warp_crops(rgb: np.ndarray, affines: Sequence[np.ndarray], crop_size: int) -> np.ndarray:
     """``(M, S, S, 3)`` uint8 crops of ``rgb`` under each affine (bilinear, black outside)."""
     out = np.zeros((len(affines), crop_size, crop_size, 3), dtype=np.uint8)
@@ -311,7 +303,7 @@ def _kept(
     """``(keep (B,), pose (M, dim), covariance (M, D, D), samples (M, S, dim))`` of the valid
     solves, as float64 numpy."""
     if sol is None:
-        d = dim - 1
+        d = 6 if dim == 7 else 4  # tangent dimension
         return np.zeros(0, bool), np.zeros((0, dim)), np.zeros((0, d, d)), np.zeros((0, 0, dim))
     valid = _valid(sol)
     pose = sol.pose[valid].double().cpu().numpy()

@@ -31,7 +31,6 @@ from epropnp_ros.pipeline import (
     check_image,
     crop_affine,
     intrinsics_from_camera,
-    resize_affine,
     to_image_frame,
     warp_crops,
 )
@@ -113,13 +112,6 @@ def test_warp_crops_puts_pixels_where_the_affine_says() -> None:
     x = np.array([0.3, -0.2, 2.0])
     uv = K @ x / x[2]
     np.testing.assert_allclose((a @ K) @ x / x[2], a @ uv)
-
-
-def test_resize_affine_is_pixel_centre_consistent() -> None:
-    a = resize_affine((120, 160), (60, 80))
-    # Image corners (pixel edges -0.5 and W - 0.5) map to the resized image's edges.
-    np.testing.assert_allclose(a @ [-0.5, -0.5, 1.0], [-0.5, -0.5, 1.0])
-    np.testing.assert_allclose(a @ [159.5, 119.5, 1.0], [79.5, 59.5, 1.0])
 
 
 def _problem(n: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
