@@ -23,19 +23,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
 
-from epropnp_lib.data.boxes import CameraBoxes
 from epropnp_lib.data.nuscenes import (
     CAMERAS,
     CameraDetections,
-    CameraFrame,
+    NuScenesBatch,
     NuScenesCameraDataset,
     NuScenesCameraSample,
     ResultsMeta,
+    collate_camera_samples,
     evaluate,
     load_nuscenes,
     write_results,
@@ -52,13 +52,11 @@ from .engine import StepOutput, Task, TrainingModule, to_device
 
 __all__ = [
     "CONFIG_CLASS",
-    "NuScenesBatch",
     "NuScenesDataConfig",
     "NuScenesModule",
     "NuScenesTask",
     "NuScenesTrainConfig",
     "build_task",
-    "collate_nuscenes",
 ]
 
 
@@ -118,31 +116,6 @@ class NuScenesTrainConfig(TrainConfig):
 CONFIG_CLASS = NuScenesTrainConfig
 
 
-class NuScenesBatch(NamedTuple):
-    """A collated batch of camera images.
-
-    Attributes:
-        images: ``(B, 3, H, W)`` uint8 RGB.
-        cam_mats: ``(B, 3, 3)`` intrinsics.
-        boxes: ``B`` ground-truth :class:`CameraBoxes` (camera frame).
-        frames: ``B`` :class:`CameraFrame` (for writing results; not moved to the device).
-    """
-
-    images: torch.Tensor
-    cam_mats: torch.Tensor
-    boxes: list[CameraBoxes]
-    frames: tuple[CameraFrame, ...]
-
-
-def collate_nuscenes(items: Sequence[NuScenesCameraSample]) -> NuScenesBatch:
-    """Stack images and intrinsics; keep boxes and frames as lists (sizes differ)."""
-    if any(it.image is None for it in items):
-        raise ConfigError("collate_nuscenes needs items with images (load_images=True)")
-    images = torch.stack([it.image for it in items if it.image is not None])
-    return NuScenesBatch(images, torch.stack([it.cam_mat for it in items]),
-                         [it.boxes for it in items], tuple(it.frame for it in items))
-
-
 class NuScenesModule(TrainingModule):
     """Deformable network; ``forward`` returns its weighted total loss and the terms."""
 
@@ -152,6 +125,8 @@ class NuScenesModule(TrainingModule):
         super().__init__(DeformableCorrespondenceNet(cfg))
 
     def forward(self, batch: NuScenesBatch, generator: torch.Generator) -> StepOutput:
+        if batch.images is None:
+            raise ConfigError("nuScenes training needs images (load_images=True)")
         losses = self.model.loss(batch.images, batch.cam_mats, batch.boxes, generator=generator)
         ref = losses.total.detach()
         logs = {name: getattr(losses, name).detach() for name in
@@ -210,11 +185,14 @@ class NuScenesTask(Task):
         data = self.config.data
         dataset = self.dataset(split, training=False)
         loader = DataLoader(dataset, batch_size=self.config.eval_batch_size, shuffle=False,
-                            num_workers=self.config.num_workers, collate_fn=collate_nuscenes)
+                            num_workers=self.config.num_workers,
+                            collate_fn=collate_camera_samples)
         gen = torch.Generator(device=device).manual_seed(self.config.seed)
         per_sample: dict[str, list[CameraDetections]] = {}
         num_boxes = 0
         for batch in loader:
+            if batch.images is None:
+                raise ConfigError("nuScenes evaluation needs images (load_images=True)")
             dets = net.detect(batch.images.to(device), batch.cam_mats.to(device),
                               num_pose_samples=data.num_pose_samples, generator=gen)
             for det, frame in zip(dets, batch.frames, strict=True):
@@ -245,8 +223,7 @@ class NuScenesTask(Task):
 
 def _collate_for_training(items: Sequence[NuScenesCameraSample]) -> NuScenesBatch:
     # frames hold float64 calibration the loss never reads: leave them out of the device copy
-    batch = collate_nuscenes(items)
-    return batch._replace(frames=())
+    return collate_camera_samples(items)._replace(frames=[])
 
 
 def build_task(config: TrainConfig) -> NuScenesTask:
