@@ -18,6 +18,7 @@ import torch
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from epropnp_training import evaluate as evaluate_cli
+from epropnp_training import train as train_cli
 from epropnp_training.config import TrainConfig, config_from_mapping
 from epropnp_training.engine import (
     TRAINING_STATE_KIND,
@@ -234,6 +235,15 @@ def test_init_checkpoint_loads_network_weights(tmp_path: Path) -> None:
     for key in a:
         if key.startswith("model."):
             assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_train_cli_reports_config_errors_with_status_2(tmp_path: Path, caplog: Any) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"task: toy\nlog_dir: {tmp_path / 'run'}\n")
+    with caplog.at_level(logging.ERROR):
+        assert train_cli.main(["--config", str(config), "--set", "net.hiden=3"]) == 2
+    assert "hiden" in caplog.text and str(config) in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 class _FakeWriter:
