@@ -39,36 +39,40 @@ def test_detection3d_array_round_trip(ros_runtime: None) -> None:
     assert torch.isnan(back.velocity).all() and (back.attributes == -1).all()
 
 
-def test_closed_loop_scores_a_tiny_scene(
+def test_demo_closed_loop_scores_a_tiny_scene(
     tmp_path: Path, ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path
 ) -> None:
-    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
-    from epropnp_ros.closed_loop import ClosedLoopConfig, run_closed_loop
-    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+    """The main demo's path (generate → bag → detector node → DetectionEval) on a tiny scene."""
+    from epropnp_ros.demo import DemoConfig, run_demo
 
-    dataroot = tmp_path / "nuscenes"
-    generate_nuscenes_mini(dataroot, scenes=("scene-0103",), samples_per_scene=2,
-                           image_size=(160, 90), seed=1)
-    bag = tmp_path / "bag"
-    convert(ConversionConfig(dataroot=str(dataroot), output=str(bag), cameras=("CAM_FRONT",)))
-    ckpt = detector_fixture_checkpoint
-    out = tmp_path / "out"
-    result = run_closed_loop(ClosedLoopConfig(
-        bag=str(bag), checkpoint=str(ckpt), dataroot=str(dataroot), out=str(out),
-        detector_params=("score_threshold:=0.0",),
+    result = run_demo(DemoConfig(
+        out=str(tmp_path / "demo"), checkpoint=str(detector_fixture_checkpoint), samples=2,
+        image_size=(160, 90), cameras=("CAM_FRONT",), detector_params=("score_threshold:=0.0",),
     ))
-    assert (result.frames_processed, result.frames_dropped) == (2, 0)
-    results: dict[str, Any] = json.loads(result.results_path.read_text())
+    assert (result.bag / "metadata.yaml").is_file()
+    results: dict[str, Any] = json.loads(result.results.read_text())
     assert results["meta"]["use_camera"] is True and len(results["results"]) == 2
     boxes = [b for sample in results["results"].values() for b in sample]
     assert boxes and all(set(b) >= {"translation", "size", "rotation", "detection_name",
                                     "detection_score", "velocity", "attribute_name"}
                          for b in boxes)
-    scores = json.loads(result.scores_path.read_text())
-    assert 0.0 <= scores["nds"] <= 1.0 and 0.0 <= scores["mean_ap"] <= 1.0
+    scores = json.loads(result.scores.read_text())
+    assert (scores["frames_processed"], scores["frames_dropped"]) == (2, 0)
+    assert 0.0 <= scores["nds"] == result.nds <= 1.0 and 0.0 <= scores["mean_ap"] <= 1.0
     assert set(scores["tp_errors"]) == {"trans_err", "scale_err", "orient_err", "vel_err",
                                         "attr_err"}
     assert all(math.isfinite(v) for v in scores["tp_errors"].values())
-    assert (out / "metrics_summary.json").is_file()  # written by the devkit itself
-    assert result.video_path is not None and result.video_path.stat().st_size > 0
-    assert len(list((out / "frames").glob("cam_front_*.jpg"))) == 2
+    assert (result.results.parent / "metrics_summary.json").is_file()  # the devkit's own file
+    assert result.video is not None and result.video.stat().st_size > 0
+    assert len(list(result.frames.glob("cam_front_*.jpg"))) == 2
+
+
+def test_demo_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
+    from epropnp_lib.errors import ConfigError
+    from epropnp_ros.demo import DemoConfig, main, run_demo
+
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        run_demo(DemoConfig(out=str(tmp_path), checkpoint=str(tmp_path / "none.pt")))
+    assert main(["--out", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    with pytest.raises(ConfigError):
+        DemoConfig(samples=1)
