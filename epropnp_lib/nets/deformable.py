@@ -538,7 +538,8 @@ class DeformableCorrespondenceNet(nn.Module):
             cam_K: ``(B, 3, 3)`` intrinsics of ``images``.
 
         Returns:
-            ``(x (B, 3, H', W'), cam_K' (B, 3, 3))`` in the network's dtype.
+            ``(x (B, 3, H', W'), cam_K' (B, 3, 3))`` in the network's dtype (``x`` in the
+            channels-last memory format).
         """
         dims = check_shape(images, ["B", 3, "H", "W"], "images")
         check_shape(cam_K, ["B", 3, 3], "cam_K", dims)
@@ -567,7 +568,9 @@ class DeformableCorrespondenceNet(nn.Module):
             k = _scale_intrinsics(k, nw / w, nh / h)
         x = x.to(self._dtype()) / 255.0 if x.dtype == torch.uint8 else x.to(self._dtype())
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
-        return x, k
+        # Channels-last activations: ~20% faster convolutions on the CPU (oneDNN), and the
+        # layout tensor cores prefer on CUDA.
+        return x.contiguous(memory_format=torch.channels_last), k
 
     def _dtype(self) -> torch.dtype:
         return self.point_embed.dtype
