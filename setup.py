@@ -51,6 +51,8 @@ setup(
         ("share/" + PACKAGE_NAME, ["package.xml"]),
         ("share/" + PACKAGE_NAME + "/launch", _files("launch/*.launch.py")),
         ("share/" + PACKAGE_NAME + "/config", _files("config/*")),
+        ("share/" + PACKAGE_NAME + "/config/train", _files("config/train/*.yaml")),
+        ("share/" + PACKAGE_NAME + "/models", _files("models/*.pt")),
     ],
     install_requires=["setuptools"],
     maintainer="epropnp maintainers",
@@ -64,9 +66,11 @@ setup(
             "epropnp-nuscenes-to-bag = epropnp_ros.nuscenes_bag:main",
             "epropnp-bag-play = epropnp_ros.bag_player:main",
             "epropnp-closed-loop = epropnp_ros.closed_loop:main",
-            # ROS nodes: one entry per node, `NAME = epropnp_ros.nodes.MODULE:main`, e.g.
-            # "detector_node = epropnp_ros.nodes.detector:main",
-            # (they land with the nodes; launch/*.launch.py refers to them by these names).
+            "epropnp-train = epropnp_training.train:main",
+            "epropnp-evaluate = epropnp_training.evaluate:main",
+            # ROS nodes (launch/*.launch.py refers to them by these names).
+            "detector_node = epropnp_ros.nodes.detector:main",
+            "pose_estimator_node = epropnp_ros.nodes.pose_estimator:main",
         ],
     },
 )
