@@ -468,14 +468,24 @@ def test_detector_node_end_to_end(
     assert driver.transition(Transition.TRANSITION_CLEANUP) is True
     assert driver.state() == "unconfigured"
 
-    # 8. Clean shutdown on SIGINT (Ctrl-C): exit status 0.
+    # 8. Configure and activate again (publishers, parameters and QoS overrides re-created),
+    #    then a clean shutdown on SIGINT (Ctrl-C) while frames are being processed: exit 0.
+    assert driver.transition(Transition.TRANSITION_CONFIGURE) is True, _log(log)
+    assert driver.transition(Transition.TRANSITION_ACTIVATE) is True, _log(log)
+    driver.wait_for_node_inputs()
+    again = driver.send(4000)
+    driver.wait_output(again, "a frame after re-activation")
+    for i in range(20):
+        driver.send(4001 + i)
+    offset = len(log.read_text(errors="replace"))
     proc.send_signal(signal.SIGINT)
     try:
         rc = proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         pytest.fail(f"node did not exit on SIGINT:\n{_log(log)}")
     assert rc == 0, _log(log)
-    assert "Traceback" not in _log(log), _log(log)
+    after = log.read_text(errors="replace")[offset:]
+    assert "Traceback" not in after and "ERROR" not in after, after
 
 
 # --- the pose estimator, in this process -----------------------------------------------------

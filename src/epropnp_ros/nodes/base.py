@@ -400,6 +400,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             try:
                 self.process_frame(frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                if not self.context.ok():
+                    return  # shutting down (Ctrl-C): publishing fails, nothing to report
                 self.counters["pipeline_errors"] += 1
                 self.warn("pipeline_error", f"frame failed: {type(exc).__name__}: {exc}",
                           level=logging.ERROR)
