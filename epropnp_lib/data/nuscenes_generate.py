@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -516,7 +517,8 @@ def _sensor_to_ego(sensor: _Sensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _intrinsic(sensor: _Sensor, width: int, height: int) -> list[list[float]]:
-    assert sensor.intrinsic is not None
+    if sensor.intrinsic is None:
+        raise ValueError(f"{sensor.channel} is not a camera")
     f, cx, cy = sensor.intrinsic
     sx, sy = width / NUSCENES_IMAGE_SIZE[0], height / NUSCENES_IMAGE_SIZE[1]
     return [[f * sx, 0.0, cx * sx], [0.0, f * sy, cy * sy], [0.0, 0.0, 1.0]]
@@ -986,7 +988,7 @@ def generate_nuscenes_mini(
     table_dir = root / version
     table_dir.mkdir(parents=True, exist_ok=True)
     rng = _Rng(seed)
-    tok = lambda *parts: _token(seed, *parts)  # noqa: E731
+    tok = functools.partial(_token, seed)
 
     category_tok = {name: tok("category", name) for name, _ in _CATEGORIES}
     attribute_tok = {name: tok("attribute", name) for name, _ in _ATTRIBUTES}
@@ -1055,6 +1057,10 @@ def _write_scene(root: Path, tables: dict[str, list[dict[str, Any]]], scene: _Sc
                  azimuth_steps: int, jpeg_quality: int, rng: _Rng, tok: Any,
                  category_tok: dict[str, str], attribute_tok: dict[str, str],
                  sensor_tok: dict[str, str]) -> int:
+    """Write one scene's records into ``tables`` and its images / point clouds under ``root``.
+
+    Returns the number of sample_data records written.
+    """
     log = scene.log
     name = scene.name
     log_token = tok("log", log.logfile)  # scenes of one log share its record
