@@ -49,6 +49,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from epropnp_lib.data.nuscenes import CAMERAS
 from epropnp_lib.errors import ConfigError, EProPnPError
 
 __all__ = [
@@ -64,15 +65,6 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: The six nuScenes cameras, in the devkit's usual order.
-CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_FRONT_LEFT",
-)
 MAP_FRAME = "map"
 BASE_FRAME = "base_link"
 TF_TOPIC = "/tf"
