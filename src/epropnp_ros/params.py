@@ -104,7 +104,7 @@ class ParamSpec:
     def descriptor(self) -> Any:
         """The ``rcl_interfaces/msg/ParameterDescriptor`` declaring this parameter (needs the
         ROS message packages; imported here so the rest of the module stays ROS-free)."""
-        from rcl_interfaces.msg import (  # type: ignore[import-untyped]
+        from rcl_interfaces.msg import (
             FloatingPointRange,
             IntegerRange,
             ParameterDescriptor,

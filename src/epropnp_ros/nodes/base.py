@@ -206,7 +206,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         return params  # type: ignore[return-value]
 
     def _on_set_parameters(self, parameters: Sequence[Parameter[Any]]) -> Any:
-        from rcl_interfaces.msg import SetParametersResult  # type: ignore[import-untyped]
+        from rcl_interfaces.msg import SetParametersResult
 
         changes = {
             p.name: list(p.value) if p.name in self._specs
