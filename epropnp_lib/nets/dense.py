@@ -129,6 +129,10 @@ class DenseLossConfig:
         detach_coords: stop the gradient of the main loss into ``x3d`` (Table 1, C0).
         norm_momentum: momentum of the running loss normaliser (mean global weight scale) of
             :class:`~epropnp_lib.losses.MonteCarloPoseLoss`.
+        train_points: correspondences per element used by the pose loss: 0 uses all; ``k > 0``
+            a random subset of ``k`` (drawn from the loss's generator; the reference
+            implementation trains on 1/8 of the cells).  The Softmax still runs over the whole
+            map; inference always uses every correspondence.
         training_init: where the training-time PnP solve starts (:class:`TrainingInit`); it
             sets ``y*``, the centre of the first Monte Carlo proposal and the solution of the
             ``IMPLICIT`` loss.  Inference never sees the target.
@@ -145,6 +149,7 @@ class DenseLossConfig:
     detach_weights: bool = False
     detach_coords: bool = False
     norm_momentum: float = 0.01
+    train_points: int = 0
     training_init: TrainingInit = TrainingInit.BEST
 
     def __post_init__(self) -> None:
@@ -159,6 +164,10 @@ class DenseLossConfig:
                 raise ConfigError(f"DenseLossConfig.{name} must be >= 0, got {v}")
         if not self.position_beta > 0:
             raise ConfigError(f"position_beta must be positive, got {self.position_beta}")
+        if self.train_points < 0 or 0 < self.train_points < Pose6DoF.min_points:
+            raise ConfigError(
+                f"train_points must be 0 or >= {Pose6DoF.min_points}, got {self.train_points}"
+            )
         if not 0 < self.norm_momentum <= 1:
             raise ConfigError(f"norm_momentum must be in (0, 1], got {self.norm_momentum}")
 
@@ -501,16 +510,23 @@ class DenseNetLoss(nn.Module):
         zero = out.x3d.new_zeros(())
         x3d = out.x3d.detach() if cfg.detach_coords else out.x3d
         w2d = out.w2d.detach() if cfg.detach_weights else out.w2d
+        x2d = out.x2d
+        n = x3d.shape[1]
+        if 0 < cfg.train_points < n:
+            keys = torch.rand(b, n, generator=generator).to(x3d.device)
+            idx = keys.argsort(dim=-1)[:, :cfg.train_points]
+            x3d = x3d.gather(1, idx[..., None].expand(-1, -1, 3))
+            x2d = x2d.gather(1, idx[..., None].expand(-1, -1, 2))
+            w2d = w2d.gather(1, idx[..., None].expand(-1, -1, 2))
         need_step = cfg.reg_weight > 0 or cfg.pose_loss is PoseLossKind.IMPLICIT
         result: EProPnPResult | None = None
         pose = reg = zero
         valid_fraction = out.x3d.new_ones(())
         if cfg.pose_loss is PoseLossKind.REPROJECTION:
-            pose = reprojection_nll(layer, x3d, out.x2d, w2d, out.cam_mats, pose_gt)
+            pose = reprojection_nll(layer, x3d, x2d, w2d, out.cam_mats, pose_gt)
         else:
-            init = training_init(layer, cfg.training_init, x3d, out.x2d, w2d, out.cam_mats,
-                                 pose_gt)
-            result = layer(x3d, out.x2d, w2d, out.cam_mats, pose_target=pose_gt,
+            init = training_init(layer, cfg.training_init, x3d, x2d, w2d, out.cam_mats, pose_gt)
+            result = layer(x3d, x2d, w2d, out.cam_mats, pose_target=pose_gt,
                            pose_init=init, generator=generator, with_step=need_step)
             valid_fraction = result.valid.to(out.x3d.dtype).mean()
             if cfg.pose_loss is PoseLossKind.MONTE_CARLO:

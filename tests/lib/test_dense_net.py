@@ -21,9 +21,11 @@ from epropnp_lib.nets.dense import (
     DenseNetConfig,
     DenseNetLoss,
     PoseLossKind,
+    TrainingInit,
     WeightNormalization,
     implicit_pose,
     masked_coordinate_loss,
+    training_init,
 )
 from epropnp_lib.pnp.cost import NO_KERNEL
 from epropnp_lib.pnp.problems import random_problems
@@ -266,3 +268,33 @@ def test_loss_config_modes_are_distinct() -> None:
         values[kind] = float(losses.pose)
         assert (losses.result is None) == (kind is PoseLossKind.REPROJECTION)
     assert len(set(values.values())) == 3
+
+
+def test_random_training_subset_and_training_init() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(loss=DenseLossConfig(train_points=10))
+    net = DenseCorrespondenceNet(cfg)
+    out = net(images(2), crop_camera(2))
+    losses = net.make_loss()(net.pnp, out, target_poses(2),
+                             generator=torch.Generator().manual_seed(0))
+    assert losses.result is not None and torch.isfinite(losses.total)
+    losses.total.backward()
+    final = net.head[-1]
+    assert isinstance(final, torch.nn.Conv2d) and final.weight.grad is not None
+    assert float(final.weight.grad[:3].abs().sum()) > 0
+    with pytest.raises(ConfigError):
+        DenseLossConfig(train_points=3)
+    # Solver starts: the best of target and closed form never has a higher cost than either.
+    p = random_problems(4, 16, noise_std=2.0, generator=torch.Generator().manual_seed(1))
+    layer = EProPnP6DoF()
+    far = p.pose.clone()
+    far[:, 3:] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # a start 180 degrees away
+    assert training_init(layer, TrainingInit.CLOSED_FORM, p.x3d, p.x2d, p.w2d, p.cam_mats,
+                         far) is None
+    assert torch.equal(training_init(layer, TrainingInit.TARGET, p.x3d, p.x2d, p.w2d,
+                                     p.cam_mats, far), far)
+    best = training_init(layer, TrainingInit.BEST, p.x3d, p.x2d, p.w2d, p.cam_mats, far)
+    assert best is not None
+    cost_best = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=best).cost
+    cost_free = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats).cost
+    assert bool((cost_best <= cost_free * (1 + 1e-4) + 1e-6).all())

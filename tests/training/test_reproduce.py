@@ -15,6 +15,7 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
 from epropnp_training import reproduce
+from epropnp_training.figures import main as figures_main
 from epropnp_training.reproduce import (
     VARIANTS,
     ReproConfig,
@@ -64,6 +65,13 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     # the paper's numbers are in the table next to ours
     assert rows[0]["ADD(-S)-0.1d (paper)"] == "79.46"
     assert rows[2]["ADD(-S)-0.1d (paper)"] == "divergence"
+
+    # The figures CLI draws the learned maps and the orientation density of a checkpoint.
+    figs = tmp_path / "figs"
+    assert figures_main(["--checkpoint", str(out / "monte_carlo" / "checkpoint.pt"),
+                         "--out", str(figs), "--num", "2", "--samples", "32"]) == 0
+    for name in ("maps.png", "orientation.png"):
+        assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Rerunning skips the finished variants (their checkpoints are not rewritten).
     stamp = {v: (out / v / "checkpoint.pt").stat().st_mtime_ns for v in VARIANTS}
