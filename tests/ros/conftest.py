@@ -148,6 +148,12 @@ def detector_fixture_checkpoint(tmp_path: Path) -> Path:
     return make_detector_checkpoint(tmp_path / "detector_fixture.pt")
 
 
+@pytest.fixture
+def write_detector_checkpoint() -> Callable[[Path], Path]:
+    """:func:`make_detector_checkpoint`, for tests that write it at a chosen moment."""
+    return make_detector_checkpoint
+
+
 def make_detector_checkpoint(path: Path) -> Path:
     """Test fixture checkpoint (not a product model): a deformable correspondence network of
     :func:`~epropnp_lib.nets.deformable.small_config` with weights initialised from a fixed seed

@@ -4,7 +4,8 @@ The node process is the real entry point (``python -m epropnp_ros.nodes.detector
 --params-file config/detector.yaml ...``). This process publishes ``Image`` + ``CameraInfo``,
 calls the standard lifecycle and parameter services, and checks what comes back.
 
-Test fixture (documented, not a product checkpoint): a deformable correspondence network of
+Test fixture (documented in ``conftest.make_detector_checkpoint``, not a product checkpoint): a
+deformable correspondence network of
 :func:`~epropnp_lib.nets.deformable.small_config` with weights initialised from a fixed seed
 (``torch.random.fork_rng`` + ``manual_seed(0)``, so the global RNG is untouched), a score
 threshold of 0 and at most 4 detections, saved into ``tmp_path`` with ``net.save``. Its boxes are
@@ -44,22 +45,6 @@ TIMEOUT = 30.0
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-def make_detector_checkpoint(path: Path) -> Path:
-    """The documented test fixture checkpoint (module docstring)."""
-    import torch
-
-    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = DeformableCorrespondenceNet(
-            small_config(score_threshold=0.0, pre_nms_top_k=4, max_detections=4,
-                         input_scale=1.0)
-        )
-    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
-    return path
-
-
 def texture_image() -> np.ndarray:
     """``(HEIGHT, WIDTH, 3)`` uint8: a fixed pseudo-random texture (torch.Generator)."""
     import torch
@@ -297,7 +282,8 @@ def _check_covariance(cov36: Any) -> np.ndarray:
 
 # --- the test ----------------------------------------------------------------------------------
 def test_detector_node_end_to_end(
-    detector_process: tuple[subprocess.Popen[bytes], Path, Path], driver: Driver
+    detector_process: tuple[subprocess.Popen[bytes], Path, Path], driver: Driver,
+    write_detector_checkpoint: Callable[[Path], Path],
 ) -> None:
     from lifecycle_msgs.msg import Transition
 
@@ -320,7 +306,7 @@ def test_detector_node_end_to_end(
     assert res.successful, res.reason
 
     # 3. With the fixture checkpoint: configure -> inactive, activate -> active.
-    make_detector_checkpoint(ckpt)
+    write_detector_checkpoint(ckpt)
     assert driver.transition(Transition.TRANSITION_CONFIGURE) is True, _log(log)
     assert driver.state() == "inactive"
     assert driver.transition(Transition.TRANSITION_ACTIVATE) is True, _log(log)
