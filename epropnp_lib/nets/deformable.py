@@ -36,6 +36,13 @@ the ground-truth box, the NOC where the ray first enters the box (the visible fa
 :func:`~epropnp_lib.nets.fcos_targets.ray_box_coordinates`); points whose ray misses the box
 contribute nothing.
 
+Two choices make the KL loss trainable from random correspondences: the training-time PnP solve
+starts from the ground-truth pose (``loss.init_from_target``; the closed-form initialisation of
+random points often lands in a spurious optimum behind the camera), and DEGENERATE solves
+(the optimum of inconsistent points recedes to infinity) keep their Monte Carlo KL, computed
+around the layer's broad fallback proposal; only invalid inputs are masked.  The KL gradient
+is large and noisy early on: clip the gradient norm (FCOS3D clips at 35).
+
 Inference (:meth:`DeformableCorrespondenceNet.detect`): per image and level, the locations whose
 best class score passes ``score_threshold`` (one query per location, its best class), top
 ``pre_nms_top_k`` per level; the PnP solve of each query gives the pose and its Laplace
