@@ -1142,23 +1142,23 @@ def _write_scene(root: Path, tables: dict[str, list[dict[str, Any]]], scene: _Sc
             per_k[k] = j + 1
             by_slot.setdefault((k, -1 if key else j), []).append((s, ts, key))
     for (k, _), entries in sorted(by_slot.items()):
-        views = []
-        for s, ts, key in entries:
+        hull = torch.zeros(num_actors, dtype=torch.float64)
+        vis = torch.zeros(num_actors, dtype=torch.float64)
+        for s, ts, key in entries:  # one camera at a time bounds the memory at 1600 x 900
             ego_rot, ego_trans = _ego_pose(scene, t_of(ts))
-            views.append(_CameraView(s, ego_rot, ego_trans, t_of(sample_ts[k] if key else ts)))
-        render = _render(scene, mesh, views, width, height, rng)
-        for b, (s, ts, key) in enumerate(entries):
+            view = _CameraView(s, ego_rot, ego_trans, t_of(sample_ts[k] if key else ts))
+            render = _render(scene, mesh, [view], width, height, rng)
             folder = "samples" if key else "sweeps"
             path = root / folder / s.channel / f"{log.logfile}__{s.channel}__{ts}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            ok, buf = cv2.imencode(".jpg", render.images[b],
+            ok, buf = cv2.imencode(".jpg", render.images[0],
                                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {path}")
             path.write_bytes(buf.tobytes())
+            hull += render.hull_px[0]
+            vis += render.visible_px[0]
         if all(key for _, _, key in entries):
-            hull = render.hull_px.sum(0)
-            vis = render.visible_px.sum(0)
             visibility[k] = torch.where(hull > 0, (vis / hull.clamp(min=1.0)).clamp(max=1.0), 0.0)
     # Lidar.
     for ts, key, k in frames[LIDAR_CHANNEL]:
