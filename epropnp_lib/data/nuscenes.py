@@ -709,15 +709,14 @@ def write_results(
             if det.frame.sample_token != token:
                 raise NuScenesFormatError(path, f"a frame of sample {det.frame.sample_token} "
                                                 f"is listed under sample {token}")
-            b = det.boxes.validate()
+            b = CameraBoxes(*(field.detach().cpu() for field in det.boxes.validate()))
             if b.num_boxes == 0:
                 continue
-            vel = b.velocity.detach().to("cpu", torch.float64)
+            vel = b.velocity.to(torch.float64)
             bad = ~torch.isfinite(vel).all(-1)
             nan_vel += int(bad.sum())
             vel = torch.where(bad[:, None], torch.zeros_like(vel), vel)
-            trans, yaw, vel_g = camera_to_global(b.center.detach().cpu(), b.yaw.detach().cpu(),
-                                                 vel, det.frame.cam_to_global)
+            trans, yaw, vel_g = camera_to_global(b.center, b.yaw, vel, det.frame.cam_to_global)
             for i in range(b.num_boxes):
                 rows.append((float(b.scores[i]), cam_index, int(b.labels[i]),
                              trans[i].tolist(), b.size[i].tolist(), float(yaw[i]),
