@@ -45,6 +45,8 @@ class DeformConv2d(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)  # type: ignore[arg-type]
         self._taps = kh * kw
+        # In a frozen stage the offsets stay frozen too (the convolution stays exactly plain).
+        self.offset.requires_grad_(conv.weight.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.offset(x)
