@@ -63,7 +63,6 @@ from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CAMERA_CHANNELS",
     "DEFAULT_SCENES",
     "LIDAR_CHANNEL",
     "NUSCENES_IMAGE_SIZE",
@@ -72,10 +71,6 @@ __all__ = [
     "main",
 ]
 
-#: The six cameras, in the devkit's usual order.
-CAMERA_CHANNELS: tuple[str, ...] = (
-    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT",
-)
 LIDAR_CHANNEL = "LIDAR_TOP"
 #: Image size (width, height) of the real nuScenes cameras.
 NUSCENES_IMAGE_SIZE: tuple[int, int] = (1600, 900)
