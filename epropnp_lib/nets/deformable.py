@@ -46,7 +46,8 @@ is large and noisy early on: clip the gradient norm (FCOS3D clips at 35).
 Inference (:meth:`DeformableCorrespondenceNet.detect`): per image and level, the locations whose
 best class score passes ``score_threshold`` (one query per location, its best class), top
 ``pre_nms_top_k`` per level; the PnP solve of each query gives the pose and its Laplace
-covariance; score = class score * 3D score; class-aware NMS
+covariance (multi-start, :meth:`DeformableCorrespondenceNet.solve`); score = class score *
+3D score; class-aware NMS
 (:func:`torchvision.ops.batched_nms`) on **bird's-eye-view** boxes: the axis-aligned
 rectangles, in the camera x-z plane, around the rotated box footprints (so objects that overlap
 in the image at different depths are not suppressed); at most ``max_detections`` per image.
@@ -88,7 +89,8 @@ from epropnp_lib.nets.fcos_targets import (
     ray_box_coordinates,
 )
 from epropnp_lib.nets.fpn import FPN
-from epropnp_lib.pnp.solver import SolveStatus
+from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof
+from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -227,6 +229,9 @@ class DeformableNetConfig:
         pre_nms_top_k: queries kept per image and level before the PnP solve.
         max_detections: detections per image after NMS.
         nms_iou: IoU threshold of the BEV NMS.
+        multi_start: at inference, solve from five initial poses per object (the closed-form
+            4DoF initialisation and yaw 0, 90, 180, 270 degrees with the translation from the
+            2D/3D centroids and spreads) and keep the lowest cost (see :meth:`solve`).
         monte_carlo: the EPro-PnP layer's settings (AMIS, solver).
         loss: loss weights.
     """
@@ -255,6 +260,7 @@ class DeformableNetConfig:
     pre_nms_top_k: int = 100
     max_detections: int = 100
     nms_iou: float = 0.5
+    multi_start: bool = True
     monte_carlo: MonteCarloConfig = field(default_factory=MonteCarloConfig)
     loss: DeformableLossConfig = field(default_factory=DeformableLossConfig)
 
@@ -785,7 +791,7 @@ class DeformableCorrespondenceNet(nn.Module):
             return [self._no_detections(x, num_pose_samples) for _ in range(x.shape[0])]
         labels = labels_all[b_idx, l_idx]
         out = self.decode_queries(dense, b_idx, l_idx, labels)
-        sol = self.epropnp.solve(out.x3d, out.x2d, out.w2d, out.cam_mats)
+        sol = self.solve(out.x3d, out.x2d, out.w2d, out.cam_mats)
         score = scores_all[b_idx, l_idx] * out.score3d_logit.sigmoid()
         attrs = (out.attribute_logits.argmax(-1) if cfg.num_attributes > 0
                  else torch.full_like(labels, -1))
@@ -804,13 +810,74 @@ class DeformableCorrespondenceNet(nn.Module):
                 sel = sel[kept[: cfg.max_detections]]
             samples = None
             if num_pose_samples > 0:
-                samples = self.epropnp.posterior_samples(
+                samples = self.pose_samples(
                     out.x3d[sel], out.x2d[sel], out.w2d[sel], out.cam_mats[sel],
-                    num_pose_samples, generator,
+                    sol.pose[sel], num_pose_samples, generator,
                 ) if sel.numel() > 0 else x.new_zeros(num_pose_samples, 0, 4)
             results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_orig[sel],
                                       out.x3d[sel], out.w2d[sel], samples))
         return results
+
+    @torch.no_grad()
+    def solve(
+        self,
+        x3d: torch.Tensor,
+        x2d: torch.Tensor,
+        w2d: torch.Tensor,
+        cam_mats: torch.Tensor,
+    ) -> PnPSolution:
+        """PnP solve of ``Q`` objects' correspondences (``x3d: (Q, N, 3)``, ``x2d, w2d:
+        (Q, N, 2)``, ``cam_mats: (Q, 3, 3)``), multi-start when ``config.multi_start``.
+
+        Learned correspondences often mislead the closed-form 4DoF initialisation (a linear
+        relaxation) into an optimum behind the camera or a wrong local optimum; the solve
+        therefore also starts from the four yaw rotations among
+        :func:`~epropnp_lib.pnp.init.hypotheses_6dof`'s poses (translation from the weighted
+        2D/3D centroids and spreads) and keeps, per object, the usable solution of lowest cost.
+        """
+        if not self.config.multi_start or x3d.shape[0] == 0:
+            return self.epropnp.solve(x3d, x2d, w2d, cam_mats)
+        q = x3d.shape[0]
+        hyp = hypotheses_6dof(x3d, x2d, w2d, cam_mats)  # (24, Q, 7)
+        quat = hyp[:, 0, 3:]
+        about_y = (quat[:, 1].abs() < 1e-6) & (quat[:, 3].abs() < 1e-6)
+        hyp = hyp[about_y]  # (4, Q, 7): yaw 0, 90, 180, 270 degrees
+        yaw = 2.0 * torch.atan2(hyp[..., 5], hyp[..., 3])
+        starts = torch.cat((init_4dof(x3d, x2d, w2d, cam_mats),
+                            torch.cat((hyp[..., :3], yaw[..., None]), dim=-1)))  # (S, Q, 4)
+        n = starts.shape[0]
+        sol = self.epropnp.solve(
+            x3d.repeat(n, 1, 1), x2d.repeat(n, 1, 1), w2d.repeat(n, 1, 1),
+            cam_mats.repeat(n, 1, 1), pose_init=starts.flatten(0, 1),
+        )
+        usable = (sol.status <= SolveStatus.MAX_ITERATIONS) & torch.isfinite(sol.cost)
+        cost = torch.where(usable, sol.cost, torch.inf).view(n, q)
+        # Prefer usable solutions; among none usable, the first (closed-form) start.
+        best = torch.where(torch.isfinite(cost).any(0), cost.argmin(0), 0)
+        flat = best * q + torch.arange(q, device=best.device)
+        return PnPSolution(*(t[flat] for t in sol))
+
+    @torch.no_grad()
+    def pose_samples(
+        self,
+        x3d: torch.Tensor,
+        x2d: torch.Tensor,
+        w2d: torch.Tensor,
+        cam_mats: torch.Tensor,
+        pose: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``(num_samples, Q, 4)`` equally weighted posterior samples around the solutions
+        ``pose: (Q, 4)`` of :meth:`solve` (shapes as there): the AMIS samples of
+        :class:`~epropnp_lib.epropnp.EProPnP4DoF` started at ``pose``, resampled by their
+        importance weights.  NaN for objects whose solve failed."""
+        res = self.epropnp(x3d, x2d, w2d, cam_mats, pose_init=pose, generator=generator,
+                           with_step=False)
+        probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (Q, K)
+        idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+        out = torch.take_along_dim(res.pose_samples, idx.T[..., None], dim=0)
+        return torch.where(res.valid[None, :, None], out, torch.nan)
 
     def _no_detections(self, x: torch.Tensor, num_pose_samples: int) -> Detections:
         n = self.config.num_correspondences

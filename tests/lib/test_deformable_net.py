@@ -13,6 +13,7 @@ from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError, DTypeError, ShapeError
 from epropnp_lib.geometry.camera import project
+from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.checkpoint import CheckpointError, save_checkpoint
 from epropnp_lib.nets.dcn import DeformConv2d
@@ -25,6 +26,7 @@ from epropnp_lib.nets.deformable import (
     _scale_intrinsics,
     small_config,
 )
+from epropnp_lib.pnp.solver import SolveStatus
 
 H, W = 96, 160
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -219,6 +221,40 @@ def test_detect_on_random_weights() -> None:
     torch.testing.assert_close(x_uint8, x_float, atol=0.03, rtol=0)
     torch.testing.assert_close(k_uint8, k_float)
     assert check_detections(net.detect(as_uint8, cam), cfg.num_correspondences, 0) > 0
+
+
+def test_multi_start_solve_and_pose_samples() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config()).eval()
+    gen = torch.Generator().manual_seed(0)
+    # Exact correspondences of known poses (points of a car-sized box).
+    q, n = 6, 8
+    pose = torch.cat((torch.rand(q, 1, generator=gen) * 4 - 2, torch.full((q, 1), 0.5),
+                      torch.rand(q, 1, generator=gen) * 20 + 8,
+                      torch.rand(q, 1, generator=gen) * 6 - 3), dim=-1)
+    x3d = (torch.rand(q, n, 3, generator=gen) - 0.5) * torch.tensor([4.6, 1.7, 1.9])
+    cam = camera(q)
+    x_cam = x3d @ Pose4DoF.rotation(pose).transpose(-1, -2) + pose[:, None, :3]
+    x2d = project(x_cam, cam).x2d
+    w2d = torch.ones(q, n, 2)
+    sol = net.solve(x3d, x2d, w2d, cam)
+    torch.testing.assert_close(sol.pose, Pose4DoF.canonical(pose), atol=1e-3, rtol=0)
+    # Random correspondences: the multi-start optimum is never worse than the single start
+    # (the closed-form start is one of its five).
+    x3d_r = torch.randn(q, n, 3, generator=gen)
+    x2d_r = torch.rand(q, n, 2, generator=gen) * torch.tensor([W, H])
+    multi = net.solve(x3d_r, x2d_r, w2d, cam)
+    single = net.epropnp.solve(x3d_r, x2d_r, w2d, cam)
+    ok = single.status <= SolveStatus.MAX_ITERATIONS
+    assert (multi.status[ok] <= SolveStatus.MAX_ITERATIONS).all()
+    assert (multi.cost[ok] <= single.cost[ok] * (1 + 1e-4) + 1e-6).all()
+    noisy = x2d + 0.5 * torch.randn(q, n, 2, generator=gen)
+    sol = net.solve(x3d, noisy, w2d, cam)
+    samples = net.pose_samples(x3d, noisy, w2d, cam, sol.pose, 64, gen)
+    assert samples.shape == (64, q, 4) and torch.isfinite(samples).all()
+    # The samples sit around the optimum, at the scale of its Laplace covariance.
+    sigma = sol.covariance.diagonal(dim1=-2, dim2=-1)[:, :3].sqrt()
+    assert ((samples[..., :3].median(0).values - sol.pose[:, :3]).abs() < 3 * sigma).all()
 
 
 def test_detect_empty_results() -> None:
