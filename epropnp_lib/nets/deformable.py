@@ -669,7 +669,10 @@ class DeformableCorrespondenceNet(nn.Module):
         loss_cls = sigmoid_focal_loss(dense.cls_logits, onehot.to(dense.cls_logits.dtype),
                                       alpha=lc.focal_alpha, gamma=lc.focal_gamma,
                                       reduction="sum") / max(num_pos, 1)
-        zero = dense.cls_logits.sum() * 0.0
+        # Zero for the terms a batch lacks, touching every trainable parameter so that
+        # DistributedDataParallel sees a gradient for each even in a batch without boxes.
+        zero = sum((p.view(-1)[0] * 0.0 for p in self.parameters() if p.requires_grad),
+                   dense.cls_logits.sum() * 0.0)
         terms = dict(offset=zero, kl=zero, reg=zero, size=zero, score3d=zero, velocity=zero,
                      attribute=zero, coord=zero)
         n_q = 0

@@ -122,6 +122,10 @@ def test_loss_terms_finite_and_counted() -> None:
     # An image without boxes only has the classification term.
     empty = net.loss(images[:1], cam[:1], [CameraBoxes.empty()])
     assert empty.num_positive == 0 and empty.kl == 0 and empty.total > 0
+    # ... and still reaches every parameter (zero gradients where unused; DDP needs them).
+    net.zero_grad(set_to_none=True)
+    empty.total.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="targets"):
         net.loss(images, cam, targets[:1])
 
