@@ -708,8 +708,8 @@ class DeformableCorrespondenceNet(nn.Module):
         out = self.decode_queries(dense, b_idx, l_idx, gt.labels)
         x2d = out.x2d.detach() if lc.detach_x2d else out.x2d
         target_pose = gt.pose4()
-        # The solver starts from the ground truth in training (as the reference implementation
-        # does): with the still-random correspondences of early training the closed-form
+        # The solver starts from the ground truth in training: with the still-random
+        # correspondences of early training the closed-form
         # initialisation often lands in a spurious optimum behind the camera, where the
         # Laplace proposal misses the mass around the target and the Monte Carlo estimate of
         # the normaliser fails.  The optimum found is still the network's own.
