@@ -265,11 +265,14 @@ class EProPnPBase(nn.Module, ABC):
         cam_mats: torch.Tensor,
         num_samples: int,
         generator: torch.Generator | None = None,
+        pose_init: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(num_samples, B, dim)`` poses resampled to equal weights from the AMIS samples
         (multinomial resampling), for publishing the pose distribution.  Elements whose solve
-        failed get NaN samples."""
-        res = self.forward(x3d, x2d, w2d, cam_mats, generator=generator, with_step=False)
+        failed get NaN samples.  ``pose_init: (B, dim)`` starts the solve there (e.g. at a
+        multi-start solution) instead of the closed-form initialisation."""
+        res = self.forward(x3d, x2d, w2d, cam_mats, pose_init=pose_init, generator=generator,
+                           with_step=False)
         probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (B, K)
         idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
         out = torch.take_along_dim(res.pose_samples, idx.T[..., None], dim=0)

@@ -875,12 +875,9 @@ class DeformableCorrespondenceNet(nn.Module):
         ``pose: (Q, 4)`` of :meth:`solve` (shapes as there): the AMIS samples of
         :class:`~epropnp_lib.epropnp.EProPnP4DoF` started at ``pose``, resampled by their
         importance weights.  NaN for objects whose solve failed."""
-        res = self.epropnp(x3d, x2d, w2d, cam_mats, pose_init=pose, generator=generator,
-                           with_step=False)
-        probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (Q, K)
-        idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-        out = torch.take_along_dim(res.pose_samples, idx.T[..., None], dim=0)
-        return torch.where(res.valid[None, :, None], out, torch.nan)
+        return self.epropnp.posterior_samples(
+            x3d, x2d, w2d, cam_mats, num_samples, generator=generator, pose_init=pose
+        )
 
     def _no_detections(self, x: torch.Tensor, num_pose_samples: int) -> Detections:
         n = self.config.num_correspondences

@@ -330,7 +330,8 @@ def _solve_and_sample(
     timer.lap("pnp")
     samples = None
     if num_samples > 0 and x3d.shape[0] > 0:
-        samples = layer.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator)
+        samples = layer.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator,
+                                          pose_init=sol.pose)
     timer.lap("sampling")
     return sol, samples
 
@@ -576,10 +577,13 @@ class DetectorPipeline:
             x2d, w2d = to_image_frame(det.x2d, det.w2d * affine[:, None, [0, 1], [0, 1]],
                                       ident, intrinsics.undistort)  # type: ignore[arg-type]
             cams = k_img.expand(boxes.num_boxes, 3, 3)
-            sol, samples = _solve_and_sample(
-                self.net.epropnp, det.x3d, x2d, w2d, cams, cfg.num_samples, self.generator,
-                timer,
-            )
+            # The network's multi-start solve: the closed-form start alone fails for learned
+            # points (see DeformableCorrespondenceNet.solve).
+            sol = self.net.solve(det.x3d, x2d, w2d, cams)
+            timer.lap("pnp")
+            samples = (self.net.pose_samples(det.x3d, x2d, w2d, cams, sol.pose, cfg.num_samples,
+                                             self.generator) if cfg.num_samples > 0 else None)
+            timer.lap("sampling")
             valid = _valid(sol)
             num_failed = int((~valid).sum())
             boxes = boxes._replace(center=sol.pose[:, :3], yaw=sol.pose[:, 3]).select(valid)
