@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerate the demo detector models/detector_small_synthetic.pt (see models/README.md):
+# generate the nuScenes-format training and validation scenes, train, evaluate, copy.
+#   tools/train_demo_detector.sh [DATA_DIR]      (default /work/demo_data; about 30 min on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/env.sh
+DATA="${1:-/work/demo_data}"
+CONFIG=config/train/nuscenes_synthetic_small.yaml
+RUN=runs/nuscenes_synthetic_small
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m epropnp_lib.data.nuscenes_generate --out "$DATA/train" \
+    --scenes scene-0061 scene-0553 scene-0655 scene-0757 scene-0796 scene-1077 scene-1094 \
+    scene-1100 --samples-per-scene 20 --image-size 640 360 --lidar-azimuth-steps 360 --seed 0
+python -m epropnp_lib.data.nuscenes_generate --out "$DATA/val" \
+    --scenes scene-0103 scene-0916 --samples-per-scene 10 --image-size 640 360 \
+    --lidar-azimuth-steps 360 --seed 1
+python -m epropnp_training.train --config "$CONFIG" --set "data.dataroot=$DATA/train"
+python -m epropnp_training.evaluate --config "$CONFIG" --set "data.dataroot=$DATA/val" \
+    --split mini_val --checkpoint "$RUN/model.pt" --out "$RUN/val_metrics.json"
+cp "$RUN/model.pt" models/detector_small_synthetic.pt
+echo "model: models/detector_small_synthetic.pt, metrics: $RUN/val_metrics.json"
