@@ -11,10 +11,12 @@ export EPROPNP_VENV
 # Every recipe that runs project code runs inside the venv environment (tools/env.sh).
 IN_VENV := cd "$(REPO)" && source tools/env.sh &&
 
-.PHONY: help setup demo test lint typecheck pytest clean-venv
+.PHONY: help setup demo demo-pnp test lint typecheck pytest clean-venv
 
 help:
-	@echo "make demo        set up the venv if needed, then run the demo (python -m epropnp_lib.demo)"
+	@echo "make demo        set up the venv if needed, then run the main demo (python -m epropnp_ros.demo):"
+	@echo "                 nuScenes-format scene -> rosbag2 -> detector nodes -> DetectionEval -> video"
+	@echo "make demo-pnp    the PnP layer alone (python -m epropnp_lib.demo)"
 	@echo "make test        set up the venv if needed, then ruff, mypy and pytest"
 	@echo "make lint        ruff check ."
 	@echo "make typecheck   mypy"
@@ -26,6 +28,9 @@ setup:
 	@bash "$(REPO)/tools/setup_env.sh"
 
 demo: setup
+	$(IN_VENV) python -m epropnp_ros.demo
+
+demo-pnp: setup
 	$(IN_VENV) python -m epropnp_lib.demo
 
 test: setup

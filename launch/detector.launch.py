@@ -39,7 +39,11 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "checkpoint",
-            description="Path of the deformable_correspondence_net checkpoint (required: the "
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("epropnp"), "models", "detector_small_synthetic.pt"]
+            ),
+            description="Path of the deformable_correspondence_net checkpoint (default: the "
+                        "bundled demo detector for synthetic scenes, see models/README.md; the "
                         "node never runs with random weights).",
         ),
         DeclareLaunchArgument(

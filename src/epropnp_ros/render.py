@@ -39,6 +39,8 @@ TILES: tuple[tuple[str, ...], ...] = (
     ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
     ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"),
 )
+#: Length (metres) of the heading tick drawn for each posterior sample.
+SAMPLE_TICK_M = 0.5
 _EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4),
           (0, 4), (1, 5), (2, 6), (3, 7))
 
@@ -113,12 +115,16 @@ def draw_detections(
         cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale, colour, scale,
                     cv2.LINE_AA)
     if samples is not None and len(samples):
+        # Sample headings: short ticks from each sampled centre, blended so that dense (confident)
+        # fans read as one bright stroke and spread (uncertain) ones as a faint fan.
         s = np.asarray(samples, dtype=np.float64)
         heading = np.stack([np.cos(s[:, 3]), np.zeros(len(s)), -np.sin(s[:, 3])], axis=1)
         a_uv, a_front = _project(s[:, :3], k)
-        b_uv, b_front = _project(s[:, :3] + heading, k)
+        b_uv, b_front = _project(s[:, :3] + SAMPLE_TICK_M * heading, k)
+        overlay = img.copy()
         for j in np.flatnonzero(a_front & b_front):
-            _line(img, a_uv[j], b_uv[j], (0, 255, 255), 1)
+            _line(overlay, a_uv[j], b_uv[j], (0, 255, 255), 1)
+        img = cv2.addWeighted(overlay, 0.45, img, 0.55, 0.0)
     return img
 
 

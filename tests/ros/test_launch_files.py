@@ -94,7 +94,15 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
         f"{launch_file}: used but undeclared {sorted(used - set(declared))}, "
         f"declared but unused {sorted(set(declared) - used)}"
     )
-    assert "checkpoint" in declared and _kwarg(declared["checkpoint"], "default_value") is None
+    assert "checkpoint" in declared
+    default = _kwarg(declared["checkpoint"], "default_value")
+    if launch_file == "detector.launch.py":
+        # Default: the bundled demo detector, installed by setup.py to share/epropnp/models.
+        assert isinstance(default, ast.Call) and isinstance(default.args[0], ast.List)
+        parts = [_const(e) for e in default.args[0].elts[1:]]
+        assert parts[0] == "models" and (REPO / "models" / parts[1]).is_file(), parts
+    else:
+        assert default is None  # no bundled model: the user must name one
 
     # The node: package, executable (a console entry point resolving to main), name.
     [node] = _calls(tree, "LifecycleNode")
@@ -117,6 +125,7 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
     share_paths = [
         [_const(e) for e in c.args[0].elts[1:]]  # type: ignore[attr-defined]
         for c in _calls(tree, "PathJoinSubstitution")
+        if c is not default  # the checkpoint default, checked above
     ]
     assert share_paths, f"{launch_file}: no parameter file"
     for parts in share_paths:
