@@ -113,9 +113,12 @@ def make_figures(
             if bool(torch.isfinite(pose).all()):
                 az, el = _axis_angles(quat_to_matrix(pose[3:]))
                 for k in range(3):
-                    ax.scatter(float(az[k]), float(el[k]), s=60, marker=marker,
-                               facecolors="none" if marker == "o" else _AXIS_COLOURS[k],
-                               edgecolors=_AXIS_COLOURS[k])
+                    if marker == "o":
+                        ax.scatter(float(az[k]), float(el[k]), s=60, marker=marker,
+                                   facecolors="none", edgecolors=_AXIS_COLOURS[k])
+                    else:
+                        ax.scatter(float(az[k]), float(el[k]), s=60, marker=marker,
+                                   color=_AXIS_COLOURS[k])
         ax.set_xlim(-180, 180)
         ax.set_ylim(-90, 90)
         ax.set_xlabel("azimuth (deg)")

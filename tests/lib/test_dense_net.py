@@ -291,8 +291,8 @@ def test_random_training_subset_and_training_init() -> None:
     far[:, 3:] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # a start 180 degrees away
     assert training_init(layer, TrainingInit.CLOSED_FORM, p.x3d, p.x2d, p.w2d, p.cam_mats,
                          far) is None
-    assert torch.equal(training_init(layer, TrainingInit.TARGET, p.x3d, p.x2d, p.w2d,
-                                     p.cam_mats, far), far)
+    target = training_init(layer, TrainingInit.TARGET, p.x3d, p.x2d, p.w2d, p.cam_mats, far)
+    assert target is not None and torch.equal(target, far)
     best = training_init(layer, TrainingInit.BEST, p.x3d, p.x2d, p.w2d, p.cam_mats, far)
     assert best is not None
     cost_best = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=best).cost

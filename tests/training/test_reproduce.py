@@ -62,6 +62,10 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert entry["steps_done"] == 2
         assert (out / v / "checkpoint.pt").is_file()
         assert (out / v / "metrics.json").is_file()
+    md = (out / "results.md").read_text()
+    claims = [ln for ln in md.splitlines() if ln.startswith("- ")]
+    assert len(claims) == len(reproduce.CLAIMS) + 1
+    assert all(("hold" in ln) for ln in claims[:-1])  # "holds" or "does NOT hold"
     # the paper's numbers are in the table next to ours
     assert rows[0]["ADD(-S)-0.1d (paper)"] == "79.46"
     assert rows[2]["ADD(-S)-0.1d (paper)"] == "divergence"
