@@ -513,7 +513,8 @@ class DenseNetLoss(nn.Module):
         x2d = out.x2d
         n = x3d.shape[1]
         if 0 < cfg.train_points < n:
-            keys = torch.rand(b, n, generator=generator).to(x3d.device)
+            gen_device = generator.device if generator is not None else x3d.device
+            keys = torch.rand(b, n, generator=generator, device=gen_device).to(x3d.device)
             idx = keys.argsort(dim=-1)[:, :cfg.train_points]
             x3d = x3d.gather(1, idx[..., None].expand(-1, -1, 3))
             x2d = x2d.gather(1, idx[..., None].expand(-1, -1, 2))
