@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the demo detector models/detector_small_synthetic.pt (see models/README.md):
 # generate the nuScenes-format training and validation scenes, train, evaluate, copy.
-#   tools/train_demo_detector.sh [DATA_DIR]      (default /work/demo_data; about 30 min on 2 cores)
+#   tools/train_demo_detector.sh [DATA_DIR]      (default /work/demo_data; about 1 hour on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/env.sh
@@ -15,8 +15,13 @@ python -m epropnp_lib.data.nuscenes_generate --out "$DATA/train" \
 python -m epropnp_lib.data.nuscenes_generate --out "$DATA/val" \
     --scenes scene-0103 scene-0916 --samples-per-scene 10 --image-size 640 360 \
     --lidar-azimuth-steps 360 --seed 1
+# stage 1: from scratch, 2000 steps
 python -m epropnp_training.train --config "$CONFIG" --set "data.dataroot=$DATA/train"
+# stage 2: 1600 more steps from the stage-1 network at half the learning rate
+python -m epropnp_training.train --config "$CONFIG" --set "data.dataroot=$DATA/train" \
+    --set "init_checkpoint=$RUN/model.pt" --set lr=2.5e-4 --set warmup_steps=0 \
+    --set max_steps=1600 --set "log_dir=${RUN}_ft"
 python -m epropnp_training.evaluate --config "$CONFIG" --set "data.dataroot=$DATA/val" \
-    --split mini_val --checkpoint "$RUN/model.pt" --out "$RUN/val_metrics.json"
-cp "$RUN/model.pt" models/detector_small_synthetic.pt
-echo "model: models/detector_small_synthetic.pt, metrics: $RUN/val_metrics.json"
+    --split mini_val --checkpoint "${RUN}_ft/model.pt" --out "${RUN}_ft/val_metrics.json"
+cp "${RUN}_ft/model.pt" models/detector_small_synthetic.pt
+echo "model: models/detector_small_synthetic.pt, metrics: ${RUN}_ft/val_metrics.json"
