@@ -794,6 +794,33 @@ class NuScenesScores:
     summary_path: Path
 
 
+def _no_detection_scores(
+    results_path: Path, output_dir: Path, cfg: Any, meta: Any
+) -> NuScenesScores:
+    """Scores of a results file without boxes (see :func:`evaluate`)."""
+    logger.warning("%s holds no detections: AP 0, TP errors 1, NDS 0 (DetectionEval cannot run "
+                   "on an empty box list)", results_path)
+    from nuscenes.eval.detection.constants import TP_METRICS
+
+    tp_names = list(TP_METRICS)
+    per_class_tp = {c: dict.fromkeys(tp_names, 1.0) for c in cfg.class_names}
+    tp_errors = dict.fromkeys(tp_names, 1.0)
+    per_class_ap = dict.fromkeys(cfg.class_names, 0.0)
+    summary: dict[str, Any] = {
+        "note": "no detections in the results file; DetectionEval was not run",
+        "nd_score": 0.0,
+        "mean_ap": 0.0,
+        "tp_errors": tp_errors,
+        "mean_dist_aps": per_class_ap,
+        "label_tp_errors": per_class_tp,
+        "meta": dict(meta) if isinstance(meta, dict) else meta,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = output_dir / "metrics_summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return NuScenesScores(0.0, 0.0, tp_errors, per_class_ap, per_class_tp, summary_path)
+
+
 def evaluate(
     results_path: str | os.PathLike[str],
     dataroot: str | os.PathLike[str],
@@ -808,6 +835,11 @@ def evaluate(
 
     Writes ``metrics_summary.json`` and ``metrics_details.json`` (the devkit's files) into
     ``output_dir``.  The devkit's console output is captured and logged at DEBUG level.
+
+    A results file without a single box (a model that detected nothing) cannot go through the
+    devkit (``DetectionEval`` fails on an empty box list); it scores what the devkit's
+    definitions give for no detections -- every AP 0, every TP error 1, NDS 0 -- with a
+    warning, and ``metrics_summary.json`` says so.
 
     Raises:
         NuScenesFormatError: the results file is missing or not valid JSON, or the dataset
@@ -828,9 +860,12 @@ def evaluate(
         raise NuScenesFormatError(results_path, f"not valid JSON ({exc})") from exc
     if not isinstance(content, dict) or not {"meta", "results"} <= set(content):
         raise NuScenesFormatError(results_path, "expected an object with 'meta' and 'results'")
+    cfg = config_factory(config_name)
+    results = content["results"]
+    if isinstance(results, dict) and not any(results.values()):
+        return _no_detection_scores(results_path, output_dir, cfg, content["meta"])
     if nusc is None:
         nusc = load_nuscenes(dataroot, version)
-    cfg = config_factory(config_name)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):

@@ -214,7 +214,10 @@ class DetectorParams(CommonParams):
     """Parameters of the ``detector`` node (deformable correspondence network, 4DoF)."""
 
     score_threshold: float = _p(
-        0.3, "Least detection score that is published.", lo=0.0, hi=1.0
+        0.15,
+        "Least detection score (class score x 3D localisation score) that is published. "
+        "0.15 suits the bundled demo detector (models/README.md); lower it when scoring.",
+        lo=0.0, hi=1.0,
     )
     max_detections: int = _p(50, "Most detections published per image.", lo=1, hi=1000)
     input_scale: float = _p(

@@ -469,7 +469,7 @@ class DetectorSettings:
         seed: seed of the sampling generator (used when the pipeline is built).
     """
 
-    score_threshold: float = 0.3
+    score_threshold: float = 0.15
     max_detections: int = 50
     input_scale: float = 0.0
     num_samples: int = 32

@@ -477,3 +477,18 @@ def test_sweeps_are_linked_between_key_frames(tmp_path: Path) -> None:
     assert cloud.points.shape[0] == 4 and cloud.points.shape[1] > 100
     # The devkit interpolates the annotations to a sweep's timestamp.
     assert len(nusc.get_boxes(lidar_sweep["token"])) == len(last["anns"])
+
+
+def test_results_without_detections_score_zero(tmp_path: Path) -> None:
+    """DetectionEval cannot run on an empty box list; evaluate() reports the no-detection scores."""
+    from epropnp_lib.data.nuscenes import evaluate
+
+    results = tmp_path / "empty.json"
+    results.write_text(json.dumps({"meta": {"use_camera": True}, "results": {"a": [], "b": []}}))
+    scores = evaluate(results, tmp_path / "unused", "v1.0-mini", "mini_val", tmp_path / "out")
+    assert scores.nds == 0.0 and scores.mean_ap == 0.0
+    assert scores.tp_errors == {k: 1.0 for k in
+                                ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")}
+    assert set(scores.per_class_ap) == set(NUSCENES_CLASSES)
+    summary = json.loads(scores.summary_path.read_text())
+    assert summary["nd_score"] == 0.0 and "no detections" in summary["note"]
