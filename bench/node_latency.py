@@ -18,10 +18,17 @@ AMIS 4x64), weights from a fixed seed (no trained checkpoint ships yet). With ``
 bird's-eye-view NMS then removes overlapping boxes, and the table reports how many detections
 (with their posterior samples) were published per frame, so the load is stated, not hidden.
 
+With ``--checkpoint`` (e.g. the bundled ``models/detector_small_synthetic.pt``) the node runs
+that model at its default score threshold on a generated nuScenes-format street image
+(``CAM_FRONT`` of ``scene-0103`` at the requested size, with its intrinsics), so the load is that
+of a real scene: the objects the model actually detects, with their posterior samples.
+
 Usage::
 
     .venv/bin/python bench/node_latency.py            # 1600x900 (scale 0.4) and 640x480 (1.0)
     .venv/bin/python bench/node_latency.py --frames 30 --sizes 1600x900:0.4
+    .venv/bin/python bench/node_latency.py --checkpoint models/detector_small_synthetic.pt \
+        --sizes 1600x900:0.2,640x480:0.5
 """
 
 from __future__ import annotations
@@ -72,6 +79,24 @@ def camera_info(width: int, height: int) -> Any:
     return msg
 
 
+def street_image(width: int, height: int, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB CAM_FRONT image of a generated scene and its (3, 3) intrinsics."""
+    import cv2
+
+    from epropnp_lib.data.nuscenes import load_nuscenes
+    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+
+    root = tmp / f"nuscenes_{width}x{height}"
+    generate_nuscenes_mini(root, scenes=("scene-0103",), samples_per_scene=2,
+                           image_size=(width, height), seed=7)
+    nusc = load_nuscenes(root)
+    sd = next(r for r in nusc.sample_data if r["channel"] == "CAM_FRONT" and r["is_key_frame"])
+    k = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])[
+        "camera_intrinsic"], dtype=np.float64)
+    bgr = cv2.imread(str(root / sd["filename"]))
+    return np.ascontiguousarray(bgr[:, :, ::-1]), k
+
+
 def run_size(
     width: int, height: int, scale: float, args: argparse.Namespace, ckpt: Path, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -89,7 +114,8 @@ def run_size(
         sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args",
         "--params-file", str(REPO / "config" / "detector.yaml"),
         "-r", f"__ns:={NS}", "-p", f"checkpoint:={ckpt}", "-p", "autostart:=true",
-        "-p", "score_threshold:=0.0", "-p", f"input_scale:={scale}",
+        *(["-p", "score_threshold:=0.0"] if not args.checkpoint else []),
+        "-p", f"input_scale:={scale}",
         "-p", f"num_posterior_samples:={args.samples}", "-p", f"torch_threads:={args.threads}",
         "-p", "diagnostics_period:=0.5",
         "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
@@ -116,9 +142,15 @@ def run_size(
     node.create_subscription(Detection3DArray, f"{NS}/detections", on_det, qos)
     node.create_subscription(String, f"{NS}/detector/diagnostics",
                              lambda m: diag.update(json.loads(m.data)), qos)
-    rng = np.random.default_rng(0)  # image content only (not torch code)
-    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    info = camera_info(width, height)
+    if args.checkpoint:
+        rgb, k = street_image(width, height, log.parent / f"{log.stem}_data")
+        info = camera_info(width, height)
+        info.k = k.reshape(-1).tolist()
+        info.p = np.hstack((k, np.zeros((3, 1)))).reshape(-1).tolist()
+    else:
+        rng = np.random.default_rng(0)  # image content only (not torch code)
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        info = camera_info(width, height)
 
     def spin_until(pred: Any, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -201,6 +233,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the node")
     parser.add_argument("--rate", type=float, default=20.0, help="open-loop publish rate (Hz)")
     parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
+    parser.add_argument("--checkpoint", default="",
+                        help="detector checkpoint (default: seeded random weights)")
     args = parser.parse_args()
 
     env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
@@ -213,14 +247,18 @@ def main() -> int:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "bench_detector.ckpt"
-        make_checkpoint(ckpt, args.detections)
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint).resolve()
+        else:
+            ckpt = Path(tmp) / "bench_detector.ckpt"
+            make_checkpoint(ckpt, args.detections)
         results = []
         for spec in args.sizes.split(","):
             size, scale = spec.split(":")
             w, h = (int(v) for v in size.split("x"))
             results.append(run_size(w, h, float(scale), args, ckpt, env))
-    print(f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
+    print(f"Model: {ckpt.name if args.checkpoint else 'seeded random small_config'}; "
+          f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
           f"{os.cpu_count()} cores; torch {torch.__version__}; {args.samples} posterior "
           f"samples per detection.")
     print()
