@@ -861,11 +861,20 @@ def evaluate(
     if not isinstance(content, dict) or not {"meta", "results"} <= set(content):
         raise NuScenesFormatError(results_path, "expected an object with 'meta' and 'results'")
     cfg = config_factory(config_name)
-    results = content["results"]
-    if isinstance(results, dict) and not any(results.values()):
-        return _no_detection_scores(results_path, output_dir, cfg, content["meta"])
     if nusc is None:
         nusc = load_nuscenes(dataroot, version)
+    results = content["results"]
+    if isinstance(results, dict) and not any(results.values()):
+        from nuscenes.utils.splits import create_splits_scenes
+
+        scenes = set(create_splits_scenes().get(eval_set, ()))
+        wanted = {s["token"] for s in nusc.sample
+                  if nusc.get("scene", s["scene_token"])["name"] in scenes}
+        if set(results) != wanted:  # the check DetectionEval would make
+            raise NuScenesEvalError(
+                f"{results_path}: the samples of the results ({len(results)}) are not the "
+                f"samples of {eval_set} ({len(wanted)})")
+        return _no_detection_scores(results_path, output_dir, cfg, content["meta"])
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):

@@ -479,13 +479,13 @@ def test_sweeps_are_linked_between_key_frames(tmp_path: Path) -> None:
     assert len(nusc.get_boxes(lidar_sweep["token"])) == len(last["anns"])
 
 
-def test_results_without_detections_score_zero(tmp_path: Path) -> None:
+def test_results_without_detections_score_zero(
+    mini: Path, nusc: Any, val: NuScenesCameraDataset, tmp_path: Path
+) -> None:
     """DetectionEval cannot run on an empty box list; evaluate() reports the no-detection scores."""
-    from epropnp_lib.data.nuscenes import evaluate
-
-    results = tmp_path / "empty.json"
-    results.write_text(json.dumps({"meta": {"use_camera": True}, "results": {"a": [], "b": []}}))
-    scores = evaluate(results, tmp_path / "unused", "v1.0-mini", "mini_val", tmp_path / "out")
+    path = tmp_path / "empty.json"
+    write_results(path, {}, sample_tokens=val.sample_tokens)
+    scores = evaluate(path, mini, "v1.0-mini", "mini_val", tmp_path / "out", nusc=nusc)
     assert scores.nds == 0.0 and scores.mean_ap == 0.0
     assert scores.tp_errors == {k: 1.0 for k in
                                 ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")}

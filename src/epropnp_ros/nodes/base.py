@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -536,10 +537,20 @@ def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | No
     """Entry point body: init, build the node, optionally configure + activate it (parameter
     ``autostart``), spin until Ctrl-C or an external shutdown, then clean up. Returns the exit
     status: 0 after a clean shutdown, 1 when autostart's configure or activate failed, 2 for
-    invalid start-up parameters (out of range, wrong type), each with the reason logged."""
-    rclpy.init(args=None if args is None else list(args))
+    invalid start-up parameters (out of range, wrong type), each with the reason logged.
+
+    SIGINT / SIGTERM only set a flag that the spin loop checks (at least every 0.1 s): no
+    ``KeyboardInterrupt`` is raised at an arbitrary point of rclpy's code (which can leave a
+    half-built ``Task`` whose destructor then prints a traceback), and the node is cleaned up
+    from the main thread. During start-up (model loading) the signals act as usual."""
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=None if args is None else list(args),
+               signal_handler_options=SignalHandlerOptions.NO)
     node = None
     status = 0
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         node = node_factory()
         if node.params.autostart:
@@ -551,7 +562,10 @@ def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | No
                 return 1
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        for sig in previous:
+            signal.signal(sig, lambda _signum, _frame: stop.set())
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (EProPnPError, ParameterException) as exc:
@@ -560,6 +574,8 @@ def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | No
         rclpy.logging.get_logger("epropnp").error(f"invalid parameters: {exc}")
         status = 2
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if node is not None:
             node._stop_inputs()
             node.destroy_node()
