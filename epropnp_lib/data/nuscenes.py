@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from typing import Any, NamedTuple
 import cv2
 import torch
 
+from epropnp_lib.atomic_io import atomic_write
 from epropnp_lib.data.boxes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_lib.geometry.rotations import quat_to_matrix
@@ -755,16 +755,8 @@ def write_results(
                        max_boxes_per_sample)
     if nan_vel:
         logger.warning("%s: %d boxes with unknown (NaN) velocity written as 0", path, nan_vel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"meta": asdict(meta), "results": results}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump({"meta": asdict(meta), "results": results}, f)
     return ResultsSummary(path, len(results), total, merged, truncated, nan_vel, defaulted)
 
 

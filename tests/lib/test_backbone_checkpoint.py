@@ -78,3 +78,21 @@ def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, foreign)
     with pytest.raises(CheckpointError, match="not an epropnp checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_atomic_write_permissions_and_interruption(tmp_path: Path) -> None:
+    import os
+
+    from epropnp_lib.atomic_io import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "ckpt.pt"
+        save_checkpoint(path, kind="toy", config={}, state_dict={})
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+        with pytest.raises(RuntimeError), atomic_write(tmp_path / "partial.json", "w") as fh:
+            fh.write("{")
+            raise RuntimeError("killed mid-write")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # nothing half-written
+    finally:
+        os.umask(mask)
