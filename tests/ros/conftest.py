@@ -172,3 +172,33 @@ def make_detector_checkpoint(path: Path) -> Path:
         )
     net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
     return path
+
+
+@pytest.fixture
+def dense_fixture_checkpoint(tmp_path: Path) -> Path:
+    """Path of :func:`make_dense_checkpoint` written into ``tmp_path``."""
+    return make_dense_checkpoint(tmp_path / "dense_fixture.ckpt")
+
+
+def make_dense_checkpoint(path: Path) -> Path:
+    """Test fixture: a tiny dense correspondence network, weights from a fixed seed (last
+    layer rescaled, see below)."""
+    import torch
+
+    from epropnp_lib.nets.backbone import BackboneConfig
+    from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DenseCorrespondenceNet(DenseNetConfig(
+            backbone=BackboneConfig(depth=18, base_width=16), crop_size=64, output_stride=8,
+            head_channels=16, object_extent=0.1,
+        ))
+        # Undo the 0.1 damping of the last layer's initialisation, so that the random object
+        # coordinates span the object cube and the PnP problems are well posed.
+        final = net.head[-1]
+        assert isinstance(final, torch.nn.Conv2d)
+        with torch.no_grad():
+            final.weight.mul_(10.0)
+    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
+    return path

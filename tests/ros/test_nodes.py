@@ -62,7 +62,7 @@ class Driver:
         import rclpy
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters  # type: ignore[import-untyped]
+        from rcl_interfaces.srv import SetParameters
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
@@ -475,30 +475,6 @@ def test_detector_node_end_to_end(
 
 
 # --- the pose estimator, in this process -----------------------------------------------------
-def make_dense_checkpoint(path: Path) -> Path:
-    """Test fixture: a tiny dense correspondence network, weights from a fixed seed (last
-    layer rescaled, see below)."""
-    import torch
-
-    from epropnp_lib.nets.backbone import BackboneConfig
-    from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = DenseCorrespondenceNet(DenseNetConfig(
-            backbone=BackboneConfig(depth=18, base_width=16), crop_size=64, output_stride=8,
-            head_channels=16, object_extent=0.1,
-        ))
-        # Undo the 0.1 damping of the last layer's initialisation, so that the random object
-        # coordinates span the object cube and the PnP problems are well posed.
-        final = net.head[-1]
-        assert isinstance(final, torch.nn.Conv2d)
-        with torch.no_grad():
-            final.weight.mul_(10.0)
-    net.save(path, extra={"note": "test fixture: seeded random weights, not trained"})
-    return path
-
-
 def test_rois_from_detections_filters_and_orders() -> None:
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
@@ -528,7 +504,7 @@ def test_rois_from_detections_filters_and_orders() -> None:
 
 
 def test_pose_estimator_node_in_process(
-    ros_in_process: None, ros_runtime: None, tmp_path: Path
+    ros_in_process: None, ros_runtime: None, tmp_path: Path, dense_fixture_checkpoint: Path
 ) -> None:
     """Lifecycle, compressed input, regions from a Detection2DArray and the default region,
     6DoF covariance, parameter rejection -- node and driver in one process."""
@@ -544,7 +520,7 @@ def test_pose_estimator_node_in_process(
     from epropnp_ros.conversions import make_header, rgb_to_compressed
     from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
 
-    ckpt = make_dense_checkpoint(tmp_path / "dense_fixture.ckpt")
+    ckpt = dense_fixture_checkpoint
     ns = "/epropnp_pe_test"
     context = rclpy.Context()
     rclpy.init(context=context)

@@ -67,26 +67,10 @@ def detector_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def dense_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from epropnp_lib.nets.backbone import BackboneConfig
-    from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = DenseCorrespondenceNet(DenseNetConfig(
-            backbone=BackboneConfig(depth=18, base_width=16), crop_size=64, output_stride=8,
-            head_channels=16, object_extent=0.1,
-        ))
-        # Undo the 0.1 damping of the last layer's initialisation, so that the random object
-        # coordinates span the object cube and the PnP problems are well posed.
-        final = net.head[-1]
-        assert isinstance(final, torch.nn.Conv2d)
-        with torch.no_grad():
-            final.weight.mul_(10.0)
-    path = tmp_path_factory.mktemp("pipeline") / "dense.ckpt"
-    net.save(path)
-    return path
+@pytest.fixture
+def dense_ckpt(dense_fixture_checkpoint: Path) -> Path:
+    """The shared dense test fixture (conftest.make_dense_checkpoint)."""
+    return dense_fixture_checkpoint
 
 
 # --- geometry --------------------------------------------------------------------------------
@@ -237,7 +221,7 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path, dense_ckpt: Path) -> No
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(CheckpointError, match="nope.ckpt"):
         DetectorPipeline.from_checkpoint(missing)
-    with pytest.raises(CheckpointError, match="dense.ckpt"):
+    with pytest.raises(CheckpointError, match="dense_fixture.ckpt"):
         DetectorPipeline.from_checkpoint(dense_ckpt)  # a checkpoint of another kind
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
