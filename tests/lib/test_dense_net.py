@@ -191,9 +191,9 @@ def test_coordinate_and_mask_losses() -> None:
     m = torch.ones(2, 1, 8, 8)
     losses = loss_fn(net.pnp, out, target_poses(2), torch.zeros(2, 3, 8, 8), m,
                      generator=torch.Generator().manual_seed(0))
-    assert float(losses.coord) > 0 and float(losses.mask) > 0
-    assert float(losses.total) == pytest.approx(
-        float(losses.pose + losses.coord + losses.mask), rel=1e-5)
+    assert float(losses.coord.detach()) > 0 and float(losses.mask.detach()) > 0
+    assert float(losses.total.detach()) == pytest.approx(
+        float((losses.pose + losses.coord + losses.mask).detach()), rel=1e-5)
 
 
 def test_implicit_pose_gradient_is_the_implicit_function_theorem() -> None:
@@ -265,7 +265,7 @@ def test_loss_config_modes_are_distinct() -> None:
     for kind in PoseLossKind:
         loss_fn = DenseNetLoss(DenseLossConfig(pose_loss=kind))
         losses = loss_fn(net.pnp, out, target_poses(2), generator=torch.Generator().manual_seed(0))
-        values[kind] = float(losses.pose)
+        values[kind] = float(losses.pose.detach())
         assert (losses.result is None) == (kind is PoseLossKind.REPROJECTION)
     assert len(set(values.values())) == 3
 
