@@ -794,8 +794,16 @@ class DeformableCorrespondenceNet(nn.Module):
             return [self._no_detections(x, num_pose_samples) for _ in range(x.shape[0])]
         labels = labels_all[b_idx, l_idx]
         out = self.decode_queries(dense, b_idx, l_idx, labels)
-        sol = self.solve(out.x3d, out.x2d, out.w2d, out.cam_mats)
+        # The final score does not depend on the pose: queries below the threshold are dropped
+        # before the (multi-start) PnP solve, the most expensive step of inference.
         score = scores_all[b_idx, l_idx] * out.score3d_logit.sigmoid()
+        above = score >= cfg.score_threshold
+        if not bool(above.all()):
+            out = QueryOutput(*(field[above] for field in out))
+            b_idx, l_idx, labels, score = b_idx[above], l_idx[above], labels[above], score[above]
+            if b_idx.numel() == 0:
+                return [self._no_detections(x, num_pose_samples) for _ in range(x.shape[0])]
+        sol = self.solve(out.x3d, out.x2d, out.w2d, out.cam_mats)
         attrs = (out.attribute_logits.argmax(-1) if cfg.num_attributes > 0
                  else torch.full_like(labels, -1))
         boxes = CameraBoxes(sol.pose[:, :3], out.size, sol.pose[:, 3], labels, out.velocity,

@@ -517,6 +517,7 @@ class DetectorPipeline:
             )
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
         self.native_input_scale = float(self.net.config.input_scale)
+        self.native_score_threshold = float(self.net.config.score_threshold)
         self.set_input_scale(self.settings.input_scale)
 
     @classmethod
@@ -541,6 +542,15 @@ class DetectorPipeline:
         if self.net.config.input_scale != scale:
             self.net.config = dataclasses.replace(self.net.config, input_scale=scale)
 
+    def _set_score_floor(self, threshold: float) -> None:
+        """Raise the network's own score floor to the live threshold, so that queries that would
+        be dropped anyway are not solved (never below the checkpoint's floor)."""
+        # The network's floor must stay below 1 (its config's range); a live threshold of 1
+        # is still applied after detection.
+        floor = min(max(self.native_score_threshold, threshold), 0.999)
+        if self.net.config.score_threshold != floor:
+            self.net.config = dataclasses.replace(self.net.config, score_threshold=floor)
+
     def process(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DetectorOutput:
         """Detections of one image.
 
@@ -555,6 +565,7 @@ class DetectorPipeline:
         cfg = self.settings
         timer = _Timer(self.device)
         self.set_input_scale(cfg.input_scale)
+        self._set_score_floor(cfg.score_threshold)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         image = image.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8
         k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
