@@ -56,15 +56,20 @@ class PoseSpace(ABC):
 
     @staticmethod
     @abstractmethod
-    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
-        """Chain rule from camera-frame points to the tangent increment.
+    def rotation_columns(
+        p: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """Derivative of Jacobian rows w.r.t. the rotation increment, one tensor per axis.
 
         Args:
-            p_rot: ``(..., N, 3)`` rotated object points ``R x`` (camera frame minus ``t``).
-            jac_cam: ``(..., N, 2, 3)`` derivative of the projection w.r.t. the camera point.
+            p: the x, y, z components of the rotated object points ``R x`` (camera frame minus
+                ``t``).
+            a: the x, y, z components of the rows' derivatives w.r.t. the camera-frame point
+                (any number of rows folded into a leading dim; broadcasts against ``p``).
 
         Returns:
-            ``(..., N, 2, tangent_dim)`` derivative of the projection w.r.t. ``delta`` at 0.
+            ``tangent_dim - 3`` tensors: the rows' derivatives w.r.t. the rotation increment.
         """
 
     @staticmethod
@@ -95,12 +100,14 @@ class Pose6DoF(PoseSpace):
         return torch.cat((pose[..., :3] + delta[..., :3], q), dim=-1)
 
     @staticmethod
-    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
+    def rotation_columns(
+        p: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         # d(Exp(phi) p)/dphi = -[p]x, and a^T (-[p]x) = (p x a)^T for each Jacobian row a.
-        p0, p1, p2 = (c.unsqueeze(-1) for c in p_rot.unbind(-1))  # (..., N, 1)
-        a0, a1, a2 = jac_cam.unbind(-1)  # (..., N, 2)
-        rot = torch.stack((p1 * a2 - p2 * a1, p2 * a0 - p0 * a2, p0 * a1 - p1 * a0), dim=-1)
-        return torch.cat((jac_cam, rot), dim=-1)
+        p0, p1, p2 = p
+        a0, a1, a2 = a
+        return (p1 * a2 - p2 * a1, p2 * a0 - p0 * a2, p0 * a1 - p1 * a0)
 
     @staticmethod
     def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -131,10 +138,12 @@ class Pose4DoF(PoseSpace):
         )
 
     @staticmethod
-    def point_jacobian(p_rot: torch.Tensor, jac_cam: torch.Tensor) -> torch.Tensor:
+    def rotation_columns(
+        p: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         # d(R_y(dyaw) p)/dyaw = e_y x p = (p_z, 0, -p_x).
-        jy = jac_cam[..., 0] * p_rot[..., None, 2] - jac_cam[..., 2] * p_rot[..., None, 0]
-        return torch.cat((jac_cam, jy.unsqueeze(-1)), dim=-1)
+        return (a[0] * p[2] - a[2] * p[0],)
 
     @staticmethod
     def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

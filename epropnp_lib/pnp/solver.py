@@ -14,7 +14,6 @@ correspondences through the Monte Carlo loss and the derivative regulariser inst
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -24,7 +23,13 @@ from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.conventions import MIN_DEPTH
 from epropnp_lib.errors import ConfigError, DegenerateInputError
 from epropnp_lib.geometry.pose import PoseSpace, pose_space
-from epropnp_lib.pnp.cost import CostTerms, HuberConfig, evaluate_cost
+from epropnp_lib.pnp.cost import (
+    CostTerms,
+    HuberConfig,
+    PointSet,
+    normal_equations_from_rows,
+    point_terms,
+)
 from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof, init_6dof
 
 
@@ -187,17 +192,12 @@ def validate_problem(
 
 
 def normal_equations(terms: CostTerms) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Newton Hessian ``(S, D, D)`` and gradient ``(S, D)`` of the robust cost.
-
-    ``H = sum_i rho'_i J_i^T J_i``, ``g = sum_i rho'_i J_i^T f_i`` (IRLS form of Eq. 11).
-    """
+    """Gauss-Newton Hessian ``(S, D, D)`` and gradient ``(S, D)`` of the robust cost from
+    :class:`CostTerms` with Jacobian (``H = sum_i rho'_i J_i^T J_i``, ``g = sum_i rho'_i J_i^T
+    f_i``, the IRLS form of Eq. 11).  Differentiable."""
     assert terms.jacobian is not None
-    jac = terms.jacobian.flatten(-3, -2)  # (S, 2N, D)
-    w = terms.robust_weight.repeat_interleave(2, dim=-1).unsqueeze(-1)  # (S, 2N, 1)
-    jw = jac * w
-    hess = jw.transpose(-1, -2) @ jac
-    grad = (jw.transpose(-1, -2) @ terms.residual.flatten(-2, -1).unsqueeze(-1)).squeeze(-1)
-    return hess, grad
+    rows = torch.cat((terms.jacobian, terms.residual.unsqueeze(-1)), dim=-1)  # S + (N, 2, D + 1)
+    return normal_equations_from_rows(rows.movedim(-3, -1), terms.robust_weight)
 
 
 def _damped(hess: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
@@ -224,25 +224,29 @@ def laplace_covariance(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Laplace covariance ``H^-1`` ``(S, D, D)`` and a degenerate flag ``(S,)``.
 
-    The Hessian is Jacobi-scaled before the eigen-check so that the reciprocal condition
-    number test does not depend on units (metres vs. radians).
+    The Hessian is Jacobi-scaled first, so that the conditioning test does not depend on units
+    (metres vs. radians).  An element is degenerate when the scaled Hessian is not numerically
+    positive definite (its Cholesky factorisation fails) or its reciprocal condition number in
+    the Frobenius norm, ``1 / (||H_s||_F ||H_s^-1||_F)`` (within a factor ``D`` of the
+    eigenvalue ratio), is at most ``rcond``.  One Cholesky factorisation per element, no
+    eigen-decomposition.
     """
     d = hess.diagonal(dim1=-2, dim2=-1).clamp_min(0)
     d_ok = d > d.amax(-1, keepdim=True).clamp_min(1e-300) * 1e-14
     scale = torch.where(d_ok, d, torch.ones_like(d)).rsqrt()
     hs = hess * scale[..., :, None] * scale[..., None, :]
     hs = 0.5 * (hs + hs.transpose(-1, -2))
-    # A non-finite Hessian (overflow) must not make eigh fail for the whole batch.
+    eye = torch.eye(hs.shape[-1], dtype=hs.dtype, device=hs.device)
+    # A non-finite Hessian (overflow) must not poison the factorisation of the batch.
     finite = torch.isfinite(hs).flatten(-2).all(-1)
-    hs = torch.where(finite[..., None, None], hs, torch.eye(hs.shape[-1], dtype=hs.dtype,
-                                                             device=hs.device))
-    evals, evecs = torch.linalg.eigh(hs)
-    degenerate = ~d_ok.all(-1) | (evals[..., 0] <= rcond * evals[..., -1].clamp_min(1e-300))
-    degenerate |= ~finite
-    inv_evals = torch.where(degenerate[..., None], torch.nan, 1.0 / evals.clamp_min(1e-300))
-    cov_s = (evecs * inv_evals[..., None, :]) @ evecs.transpose(-1, -2)
-    cov = cov_s * scale[..., :, None] * scale[..., None, :]
-    return cov, degenerate
+    hs = torch.where(finite[..., None, None], hs, eye)
+    chol, info = torch.linalg.cholesky_ex(hs)
+    pos_def = info == 0
+    inv_s = torch.cholesky_inverse(torch.where(pos_def[..., None, None], chol, eye))
+    norms = torch.linalg.matrix_norm(hs) * torch.linalg.matrix_norm(inv_s)
+    degenerate = ~(d_ok.all(-1) & finite & pos_def & (norms * rcond < 1.0))
+    cov = torch.where(degenerate[..., None, None], torch.nan, inv_s)
+    return cov * scale[..., :, None] * scale[..., None, :], degenerate
 
 
 @torch.no_grad()
@@ -291,23 +295,7 @@ def solve_validated(
     callers that need the sanitised tensors themselves, so the checks run once)."""
     dof = space.tangent_dim
     delta = cfg.huber.threshold(prob.x2d, prob.w2d)
-
-    def evaluator(reps: int) -> Evaluate:
-        def rep(t: torch.Tensor) -> torch.Tensor:
-            return t.repeat(reps, *([1] * (t.dim() - 1))) if reps > 1 else t
-
-        a3, a2, aw, ak = (rep(t) for t in (prob.x3d, prob.x2d, prob.w2d, prob.cam_mats))
-        d = None if delta is None else rep(delta)
-
-        def evaluate(pose: torch.Tensor, idx: torch.Tensor | None) -> CostTerms:
-            if idx is None:
-                return evaluate_cost(space, pose, a3, a2, aw, ak, d, True)
-            di = None if d is None else d[idx]
-            return evaluate_cost(space, pose, a3[idx], a2[idx], aw[idx], ak[idx], di, True)
-
-        return evaluate
-
-    evaluate = evaluator(1)
+    pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, delta)
     batch, num_points = prob.x3d.shape[:2]
     w_point = prob.w2d.sum(-1)  # (B, N)
     # Cost if every residual were as large as the 2D spread, times relative round-off squared.
@@ -325,7 +313,7 @@ def solve_validated(
             starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
             n_starts = starts.shape[0]
             st_all, _, _ = _optimize(
-                space, starts.flatten(0, 1), evaluator(n_starts), w_point.repeat(n_starts, 1),
+                space, starts.flatten(0, 1), pts.repeat(n_starts), w_point.repeat(n_starts, 1),
                 cfg, cost_floor.repeat(n_starts),
             )
             cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
@@ -334,13 +322,12 @@ def solve_validated(
                 st_all.pose.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
             )
         if cands.shape[0] > 1:
-            cand_cost = evaluate_cost(space, cands, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
-                                      delta).cost.nan_to_num(torch.inf)
+            cand_cost = point_terms(space, cands, pts).half_rho.sum(-1).nan_to_num(torch.inf)
             best = cand_cost.argmin(0)
             pose = torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
         else:
             pose = cands[0]
-    st, iters, converged = _optimize(space, pose, evaluate, w_point, cfg, cost_floor)
+    st, iters, converged = _optimize(space, pose, pts, w_point, cfg, cost_floor)
     pose = st.pose
 
     # The Hessian carries the round-off of the input dtype: scale the threshold with it.
@@ -368,119 +355,133 @@ class _State(NamedTuple):
     behind: torch.Tensor  # bool: most of the weight at or behind the camera
 
 
-def _state(pose: torch.Tensor, terms: CostTerms, w_point: torch.Tensor) -> _State:
-    hess, grad = normal_equations(terms)
+def _state(
+    space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, w_point: torch.Tensor
+) -> _State:
+    terms = point_terms(space, pose, pts, with_jacobian=True)
+    assert terms.rows is not None
+    hess, grad = normal_equations_from_rows(terms.rows, terms.robust_weight)
     behind = ((terms.depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
-    return _State(pose, terms.cost, hess, grad, behind)
+    return _State(pose, terms.half_rho.sum(-1), hess, grad, behind)
 
 
-#: The evaluate callback of :func:`_optimize`: cost terms (with Jacobian) at poses
-#: ``(n, dim)`` of the elements ``idx`` (``None``: all elements).
-Evaluate = Callable[[torch.Tensor, torch.Tensor | None], CostTerms]
+#: The loop gathers the still-active elements into a smaller batch once at most half of them
+#: are left, if the batch has at least this many points in all (below, per-op overhead
+#: dominates and masked updates of the whole batch are cheaper than gathering).
+COMPACT_MIN_POINTS = 8192
 
 
 def _optimize(
     space: type[PoseSpace],
     pose: torch.Tensor,
-    evaluate: Evaluate,
+    pts: PointSet,
     w_point: torch.Tensor,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
 ) -> tuple[_State, torch.Tensor, torch.Tensor]:
-    """The LM / GN loop with per-element early exit.
+    """The LM / GN loop with per-element early exit, from ``pose: (B, dim)``.
 
-    Only the still-active elements are evaluated in each iteration (the batch is compacted),
-    and an element whose next near-Gauss-Newton step is already below the tolerance stops
-    without evaluating it.  ``w_point: (B, N)`` are the per-point weights (for the
-    behind-camera test) and ``cost_floor: (B,)`` the cost change below which round-off
-    dominates (noise-free problems have zero cost at the optimum).
+    ``w_point: (B, N)`` are the per-point weights (for the behind-camera test) and
+    ``cost_floor: (B,)`` the cost change below which round-off dominates (noise-free problems
+    have zero cost at the optimum).
 
     Returns:
         the final :class:`_State`, iteration counts ``(B,)`` and converged flags ``(B,)``.
     """
-    batch = pose.shape[0]
-    device = pose.device
-    st = _state(pose, evaluate(pose, None), w_point)
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
-    damping = pose.new_full((batch,), cfg.initial_damping if lm else 1e-9)
-    nu = pose.new_full((batch,), 2.0)
+    damping = pose.new_full(pose.shape[:1], cfg.initial_damping if lm else 1e-9)
+    nu = torch.full_like(damping, 2.0)
+    st = _state(space, pose, pts, w_point)
+    return _iterate(space, st, damping, nu, pts, w_point, cfg, cost_floor, cfg.max_iterations)
+
+
+def _masked(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 1)), new, old)
+
+
+def _iterate(
+    space: type[PoseSpace],
+    st: _State,
+    damping: torch.Tensor,
+    nu: torch.Tensor,
+    pts: PointSet,
+    w_point: torch.Tensor,
+    cfg: SolverConfig,
+    cost_floor: torch.Tensor,
+    max_iterations: int,
+) -> tuple[_State, torch.Tensor, torch.Tensor]:
+    """Up to ``max_iterations`` LM / GN iterations of all elements of ``st`` (see
+    :func:`_optimize`); ``damping, nu: (B,)`` is the trust-region state.
+
+    Every iteration evaluates the whole batch and updates the still-active elements through
+    masks; once few are left in a large batch it continues on the gathered active elements
+    (:data:`COMPACT_MIN_POINTS`).  An element whose next near-Gauss-Newton step, or the cost
+    decrease the quadratic model predicts for it, is already below the tolerance stops without
+    taking it.
+    """
+    batch, num_points = w_point.shape
+    device = st.pose.device
+    lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     active = torch.ones(batch, dtype=torch.bool, device=device)
     converged = torch.zeros(batch, dtype=torch.bool, device=device)
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
-    tol = max(cfg.tolerance, 100.0 * torch.finfo(pose.dtype).eps)
-    for it in range(cfg.max_iterations):
-        # idx: the active elements, or None while all are active (no gathers needed).
-        idx: torch.Tensor | None = None
-        if it > 0:
+    round_off = 100.0 * torch.finfo(st.pose.dtype).eps
+    tol = max(cfg.tolerance, round_off)
+    for it in range(max_iterations):
+        n_active = int(active.sum())
+        if n_active == 0:
+            break
+        if 2 * n_active <= batch and batch * num_points >= COMPACT_MIN_POINTS:
             idx = active.nonzero().squeeze(-1)
-            if idx.numel() == 0:
-                break
-            if idx.numel() == batch:
-                idx = None
-
-        def where_(mask: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-            """Indexer of the elements selected by ``mask`` (over the current subset)."""
-            return mask if idx is None else idx[mask]
-
-        def sub(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-            return t if idx is None else t[idx]
-
-        if idx is None:
-            iters += 1
-        else:
-            iters[idx] += 1
-        s_pose, s_cost, s_hess, s_grad = (sub(t, idx) for t in st[:4])
-        s_damp, s_nu = sub(damping, idx), sub(nu, idx)
-        step, ok = _solve_spd(_damped(s_hess, s_damp), -s_grad)
-        small_step = step.norm(dim=-1) <= tol * (1.0 + s_pose[:, :3].norm(dim=-1))
-        # Converged without evaluating: the next near-Gauss-Newton step is negligible.
-        done_now = ok & small_step & (s_damp < 1.0)
-        if bool(done_now.any()):
-            converged[where_(done_now, idx)] = True
-            active[where_(done_now, idx)] = False
-            go = ~done_now
-            idx = go.nonzero().squeeze(-1) if idx is None else idx[go]
-            if idx.numel() == 0:
-                break
-            step, ok, small_step = step[go], ok[go], small_step[go]
-            s_pose, s_cost, s_hess, s_grad = s_pose[go], s_cost[go], s_hess[go], s_grad[go]
-            s_damp, s_nu = s_damp[go], s_nu[go]
-        new_pose = space.retract(s_pose, step)
-        new = _state(new_pose, evaluate(new_pose, idx), sub(w_point, idx))
-        decrease = s_cost - new.cost
+            sub, sub_iters, sub_conv = _iterate(
+                space, _State(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),
+                w_point[idx], cfg, cost_floor[idx], max_iterations - it,
+            )
+            st = _State(*(t.index_put((idx,), s) for t, s in zip(st, sub, strict=True)))
+            iters = iters.index_put((idx,), iters[idx] + sub_iters)
+            converged = converged.index_put((idx,), sub_conv)
+            break
+        iters = iters + active
+        step, ok = _solve_spd(_damped(st.hess, damping), -st.grad)
+        small_step = step.norm(dim=-1) <= tol * (1.0 + st.pose[:, :3].norm(dim=-1))
+        # Decrease of the quadratic model by the step.
+        h_step = (st.hess @ step.unsqueeze(-1)).squeeze(-1)
+        predicted = -(st.grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
+        noise = tol * st.cost.abs() + cost_floor
+        near_gn = damping < 1.0
+        # Converged without evaluating: the next near-Gauss-Newton step is negligible, or so is
+        # what it could gain compared with the round-off of the cost (which would otherwise
+        # reject step after step at the optimum of a noisy float32 problem).
+        done_now = active & ok & near_gn & (
+            small_step | (predicted <= round_off * st.cost.abs() + cost_floor)
+        )
+        converged |= done_now
+        active &= ~done_now
+        new_pose = space.retract(st.pose, step)
+        new = _state(space, new_pose, pts, w_point)
+        decrease = st.cost - new.cost
         finite = torch.isfinite(new.cost) & torch.isfinite(new_pose).all(-1)
-        small_cost = decrease.abs() <= tol * s_cost.abs().clamp_min(1e-30) + sub(cost_floor, idx)
+        small_cost = decrease.abs() <= noise
         if lm:
-            h_step = (s_hess @ step.unsqueeze(-1)).squeeze(-1)
-            predicted = -(s_grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
             rho = decrease / predicted.clamp_min(1e-300)
-            near_gn = s_damp < 1.0
-            accept = ok & finite & (decrease >= 0)
+            accept = active & ok & finite & (decrease >= 0)
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
-            stalled = ~accept & ok & small_cost & small_step
+            stalled = active & ~accept & ok & small_cost & small_step
             new_damp = torch.where(
                 accept,
-                s_damp * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
-                s_damp * s_nu,
+                damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
+                damping * nu,
             ).clamp(1e-12, 1e12)
-            new_nu = torch.where(accept, torch.full_like(s_nu, 2.0), s_nu * 2.0)
-            if idx is None:
-                damping, nu = new_damp, new_nu
-            else:
-                damping[idx], nu[idx] = new_damp, new_nu
-            hopeless = new_damp >= 1e12
+            nu = torch.where(active, torch.where(accept, 2.0, nu * 2.0), nu)
+            damping = torch.where(active, new_damp, damping)
+            hopeless = active & (new_damp >= 1e12)
         else:
-            accept = ok & finite
+            accept = active & ok & finite
             near_gn = accept
-            stalled = ~accept & ok & small_cost
-            hopeless = ~ok
-        if idx is None and bool(accept.all()):
-            st = new
-        else:
-            target = where_(accept, idx)
-            for full, part in zip(st, new, strict=True):
-                full[target] = part[accept]
+            stalled = active & ~accept & ok & small_cost
+            hopeless = active & ~ok
+        st = _State(*(_masked(accept, n, o) for n, o in zip(new, st, strict=True)))
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
-        converged[where_(now_converged, idx)] = True
-        active[where_(now_converged | hopeless, idx)] = False
+        converged |= now_converged
+        active &= ~(now_converged | hopeless)
     return st, iters, converged
