@@ -51,6 +51,21 @@ class PoseSpace(ABC):
 
     @staticmethod
     @abstractmethod
+    def rotate(
+        pose: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Components of the rotated points ``R x`` (structure of arrays).
+
+        Args:
+            pose: ``S + (dim,)`` poses.
+            x, y, z: ``(B, N)`` point coordinates (``S`` broadcasts against ``(B,)``).
+
+        Returns:
+            the x, y, z components ``S + (N,)`` of ``R(pose) (x, y, z)``.
+        """
+
+    @staticmethod
+    @abstractmethod
     def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Pose ``(..., dim)`` moved by the tangent increment ``delta: (..., tangent_dim)``."""
 
@@ -95,6 +110,17 @@ class Pose6DoF(PoseSpace):
         return quat_to_matrix(pose[..., 3:])
 
     @staticmethod
+    def rotate(
+        pose: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r = quat_to_matrix(pose[..., 3:]).flatten(-2).unsqueeze(-2).unbind(-1)  # 9 x S + (1,)
+        p0, p1, p2 = (
+            torch.addcmul(torch.addcmul(x * r[3 * i], y, r[3 * i + 1]), z, r[3 * i + 2])
+            for i in range(3)
+        )
+        return p0, p1, p2
+
+    @staticmethod
     def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         q = quat_normalize(quat_multiply(quat_exp(delta[..., 3:]), pose[..., 3:]))
         return torch.cat((pose[..., :3] + delta[..., :3], q), dim=-1)
@@ -130,6 +156,16 @@ class Pose4DoF(PoseSpace):
     @staticmethod
     def rotation(pose: torch.Tensor) -> torch.Tensor:
         return yaw_to_matrix(pose[..., 3])
+
+    @staticmethod
+    def rotate(
+        pose: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        yaw = pose[..., 3:]  # S + (1,)
+        c, s = torch.cos(yaw), torch.sin(yaw)
+        return torch.addcmul(x * c, z, s), y.expand(torch.broadcast_shapes(yaw.shape, y.shape)), (
+            torch.addcmul(z * c, x, s, value=-1.0)
+        )
 
     @staticmethod
     def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -199,18 +199,13 @@ def point_terms(
     where the derivative w.r.t. depth is zero (as :func:`epropnp_lib.geometry.camera.project`).
     Differentiable.
     """
-    rot = space.rotation(pose).flatten(-2).unsqueeze(-2).unbind(-1)  # 9 x S + (1,)
     t0, t1, t2 = pose[..., :3].unsqueeze(-2).unbind(-1)  # S + (1,)
-    x, y, z = pts.x.unbind(0)  # (B, N)
+    p0, p1, p2 = space.rotate(pose, *pts.x.unbind(0))  # S + (N,)
     # Pose batch dims beyond the problems' (e.g. K samples per problem): broadcast the
     # component-major tensors over them.
     extra = (1,) * (pose.dim() - 2)
     wk = pts.wk.view(pts.wk.shape[:2] + extra + pts.wk.shape[2:])
     wc = pts.wc.view(pts.wc.shape[:1] + extra + pts.wc.shape[1:])
-    p0, p1, p2 = (
-        torch.addcmul(torch.addcmul(x * rot[3 * i], y, rot[3 * i + 1]), z, rot[3 * i + 2])
-        for i in range(3)
-    )  # S + (N,)
     depth = p2 + t2
     inv_z = depth.clamp_min(MIN_DEPTH).reciprocal()
     xn = (p0 + t0) * inv_z

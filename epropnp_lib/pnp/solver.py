@@ -200,25 +200,6 @@ def normal_equations(terms: CostTerms) -> tuple[torch.Tensor, torch.Tensor]:
     return normal_equations_from_rows(rows.movedim(-3, -1), terms.robust_weight)
 
 
-def _damped(hess: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
-    diag = hess.diagonal(dim1=-2, dim2=-1)
-    floor = diag.amax(-1, keepdim=True).clamp_min(1e-30) * 1e-9
-    extra = damping[..., None] * diag.clamp_min(0).maximum(floor)
-    return hess + torch.diag_embed(extra)
-
-
-def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``a x = b`` for SPD ``a: (S, D, D)``; returns ``x: (S, D)`` (0 where singular)
-    and ``ok: (S,)``."""
-    chol, info = torch.linalg.cholesky_ex(a)
-    ok = info == 0
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    chol = torch.where(ok[..., None, None], chol, eye)
-    x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
-    x = torch.where(ok[..., None] & torch.isfinite(x).all(-1, keepdim=True), x, 0.0)
-    return x, ok
-
-
 def laplace_covariance(
     hess: torch.Tensor, rcond: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,8 +294,7 @@ def solve_validated(
             starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
             n_starts = starts.shape[0]
             st_all, _, _ = _optimize(
-                space, starts.flatten(0, 1), pts.repeat(n_starts), w_point.repeat(n_starts, 1),
-                cfg, cost_floor.repeat(n_starts),
+                space, starts.flatten(0, 1), pts.repeat(n_starts), cfg, cost_floor.repeat(n_starts)
             )
             cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
             best = cost_all.argmin(0)
@@ -327,7 +307,7 @@ def solve_validated(
             pose = torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
         else:
             pose = cands[0]
-    st, iters, converged = _optimize(space, pose, pts, w_point, cfg, cost_floor)
+    st, iters, converged = _optimize(space, pose, pts, cfg, cost_floor)
     pose = st.pose
 
     # The Hessian carries the round-off of the input dtype: scale the threshold with it.
@@ -335,7 +315,8 @@ def solve_validated(
     cov, degenerate = laplace_covariance(st.hess.double(), rcond)
     cov = cov.to(pose.dtype)
     # Most of the weight behind the camera is degenerate too.
-    degenerate |= st.behind | ~torch.isfinite(pose).all(-1) | ~torch.isfinite(st.cost)
+    degenerate |= _behind(space, pose, pts, w_point)
+    degenerate |= ~torch.isfinite(pose).all(-1) | ~torch.isfinite(st.cost)
     status = torch.where(converged, SolveStatus.CONVERGED, SolveStatus.MAX_ITERATIONS)
     status = torch.where(degenerate, SolveStatus.DEGENERATE, status)
     status = torch.where(prob.valid, status, SolveStatus.INVALID_INPUT).to(torch.int64)
@@ -350,19 +331,34 @@ class _State(NamedTuple):
 
     pose: torch.Tensor
     cost: torch.Tensor
-    hess: torch.Tensor
-    grad: torch.Tensor
-    behind: torch.Tensor  # bool: most of the weight at or behind the camera
+    #: ``(B, D + 1, D + 1)`` ``[[H, g], [g^T, .]]``: Gauss-Newton Hessian and gradient.
+    normal: torch.Tensor
+
+    @property
+    def hess(self) -> torch.Tensor:
+        d = self.normal.shape[-1] - 1
+        return self.normal[:, :d, :d]
+
+    @property
+    def grad(self) -> torch.Tensor:
+        d = self.normal.shape[-1] - 1
+        return self.normal[:, :d, d]
 
 
-def _state(
-    space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, w_point: torch.Tensor
-) -> _State:
+def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> _State:
     terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
-    hess, grad = normal_equations_from_rows(terms.rows, terms.robust_weight)
-    behind = ((terms.depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
-    return _State(pose, terms.half_rho.sum(-1), hess, grad, behind)
+    rows = terms.rows
+    normal = ((rows * terms.robust_weight[..., None, None, :]) @ rows.transpose(-1, -2)).sum(-3)
+    return _State(pose, terms.half_rho.sum(-1), normal)
+
+
+def _behind(
+    space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, w_point: torch.Tensor
+) -> torch.Tensor:
+    """``(B,)`` whether most of the weight is at or behind the camera at ``pose: (B, dim)``."""
+    depth = point_terms(space, pose, pts).depth
+    return ((depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
 
 
 #: The loop gathers the still-active elements into a smaller batch once at most half of them
@@ -375,15 +371,13 @@ def _optimize(
     space: type[PoseSpace],
     pose: torch.Tensor,
     pts: PointSet,
-    w_point: torch.Tensor,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
 ) -> tuple[_State, torch.Tensor, torch.Tensor]:
     """The LM / GN loop with per-element early exit, from ``pose: (B, dim)``.
 
-    ``w_point: (B, N)`` are the per-point weights (for the behind-camera test) and
-    ``cost_floor: (B,)`` the cost change below which round-off dominates (noise-free problems
-    have zero cost at the optimum).
+    ``cost_floor: (B,)`` is the cost change below which round-off dominates (noise-free
+    problems have zero cost at the optimum).
 
     Returns:
         the final :class:`_State`, iteration counts ``(B,)`` and converged flags ``(B,)``.
@@ -391,12 +385,8 @@ def _optimize(
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     damping = pose.new_full(pose.shape[:1], cfg.initial_damping if lm else 1e-9)
     nu = torch.full_like(damping, 2.0)
-    st = _state(space, pose, pts, w_point)
-    return _iterate(space, st, damping, nu, pts, w_point, cfg, cost_floor, cfg.max_iterations)
-
-
-def _masked(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 1)), new, old)
+    st = _state(space, pose, pts)
+    return _iterate(space, st, damping, nu, pts, cfg, cost_floor, cfg.max_iterations)
 
 
 def _iterate(
@@ -405,7 +395,6 @@ def _iterate(
     damping: torch.Tensor,
     nu: torch.Tensor,
     pts: PointSet,
-    w_point: torch.Tensor,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
     max_iterations: int,
@@ -419,7 +408,8 @@ def _iterate(
     decrease the quadratic model predicts for it, is already below the tolerance stops without
     taking it.
     """
-    batch, num_points = w_point.shape
+    batch = st.pose.shape[0]
+    num_points = pts.x.shape[-1]
     device = st.pose.device
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -435,38 +425,44 @@ def _iterate(
             idx = active.nonzero().squeeze(-1)
             sub, sub_iters, sub_conv = _iterate(
                 space, _State(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),
-                w_point[idx], cfg, cost_floor[idx], max_iterations - it,
+                cfg, cost_floor[idx], max_iterations - it,
             )
             st = _State(*(t.index_put((idx,), s) for t, s in zip(st, sub, strict=True)))
             iters = iters.index_put((idx,), iters[idx] + sub_iters)
             converged = converged.index_put((idx,), sub_conv)
             break
-        iters = iters + active
-        step, ok = _solve_spd(_damped(st.hess, damping), -st.grad)
+        iters += active
+        hess, grad = st.hess, st.grad
+        # Damped step: (H + lambda diag(H)) s = -g, with the diagonal floored relative to its
+        # largest entry (so that a zero diagonal entry cannot make the system singular).
+        diag = hess.diagonal(dim1=-2, dim2=-1)
+        extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
+        chol, info = torch.linalg.cholesky_ex(hess + torch.diag_embed(extra))
+        step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1).neg_()
+        ok = (info == 0) & torch.isfinite(step).all(-1)
+        step = torch.where(ok[:, None], step, 0.0)
         small_step = step.norm(dim=-1) <= tol * (1.0 + st.pose[:, :3].norm(dim=-1))
-        # Decrease of the quadratic model by the step.
-        h_step = (st.hess @ step.unsqueeze(-1)).squeeze(-1)
-        predicted = -(st.grad * step).sum(-1) - 0.5 * (step * h_step).sum(-1)
-        noise = tol * st.cost.abs() + cost_floor
+        # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
+        # H s = -g - lambda D s).
+        predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
+        cost_abs = st.cost.abs()
         near_gn = damping < 1.0
         # Converged without evaluating: the next near-Gauss-Newton step is negligible, or so is
         # what it could gain compared with the round-off of the cost (which would otherwise
         # reject step after step at the optimum of a noisy float32 problem).
         done_now = active & ok & near_gn & (
-            small_step | (predicted <= round_off * st.cost.abs() + cost_floor)
+            small_step | (predicted <= round_off * cost_abs + cost_floor)
         )
         converged |= done_now
         active &= ~done_now
-        new_pose = space.retract(st.pose, step)
-        new = _state(space, new_pose, pts, w_point)
+        new = _state(space, space.retract(st.pose, step), pts)
         decrease = st.cost - new.cost
-        finite = torch.isfinite(new.cost) & torch.isfinite(new_pose).all(-1)
-        small_cost = decrease.abs() <= noise
+        small_cost = decrease.abs() <= tol * cost_abs + cost_floor
         if lm:
-            rho = decrease / predicted.clamp_min(1e-300)
-            accept = active & ok & finite & (decrease >= 0)
+            accept = active & ok & (decrease >= 0)  # False for a non-finite new cost
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
-            stalled = active & ~accept & ok & small_cost & small_step
+            stalled = active & ok & ~accept & small_cost & small_step
+            rho = decrease / predicted.clamp_min(1e-300)
             new_damp = torch.where(
                 accept,
                 damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
@@ -476,11 +472,15 @@ def _iterate(
             damping = torch.where(active, new_damp, damping)
             hopeless = active & (new_damp >= 1e12)
         else:
-            accept = active & ok & finite
+            accept = active & ok & torch.isfinite(new.cost)
             near_gn = accept
-            stalled = active & ~accept & ok & small_cost
+            stalled = active & ok & ~accept & small_cost
             hopeless = active & ~ok
-        st = _State(*(_masked(accept, n, o) for n, o in zip(new, st, strict=True)))
+        st = _State(
+            torch.where(accept[:, None], new.pose, st.pose),
+            torch.where(accept, new.cost, st.cost),
+            torch.where(accept[:, None, None], new.normal, st.normal),
+        )
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
         converged |= now_converged
         active &= ~(now_converged | hopeless)
