@@ -179,6 +179,7 @@ class EProPnPBase(nn.Module, ABC):
         pose_init: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         with_step: bool = True,
+        solution: PnPSolution | None = None,
     ) -> EProPnPResult:
         """Monte Carlo forward (Algorithm 1).
 
@@ -189,6 +190,9 @@ class EProPnPBase(nn.Module, ABC):
             pose_init: ``(B, dim)`` initial poses for the solver, or ``None``.
             generator: the only source of randomness (same seed, same samples).
             with_step: compute the one-step pose of Eq. 9.
+            solution: a :class:`~epropnp_lib.pnp.solver.PnPSolution` of these very problems
+                (e.g. from :meth:`solve`): used as ``y*`` and its covariance instead of solving
+                again (``pose_init`` is then ignored).
 
         Returns:
             :class:`EProPnPResult`.
@@ -201,8 +205,15 @@ class EProPnPBase(nn.Module, ABC):
             dims = check_shape(x3d, ["B", "N", 3], "x3d")
             check_shape(pose_target, ["B", space.dim], "pose_target", dims)
             check_float_tensors(x3d=x3d, pose_target=pose_target)
-        sol = solve_validated(space, prob, cfg.solver)
-        keep = sol.status <= SolveStatus.MAX_ITERATIONS
+        if solution is None:
+            sol = solve_validated(space, prob, cfg.solver)
+        else:
+            dims = check_shape(x3d, ["B", "N", 3], "x3d")
+            check_shape(solution.pose, ["B", space.dim], "solution.pose", dims)
+            check_shape(solution.covariance, ["B", space.tangent_dim, space.tangent_dim],
+                        "solution.covariance", dims)
+            sol = solution
+        keep = (sol.status <= SolveStatus.MAX_ITERATIONS) & prob.valid
         pose_star = torch.where(keep[:, None], sol.pose, self._fallback_pose(prob.x3d, sol.pose))
         delta = cfg.solver.huber.threshold(prob.x2d, prob.w2d)
 
@@ -266,13 +277,15 @@ class EProPnPBase(nn.Module, ABC):
         num_samples: int,
         generator: torch.Generator | None = None,
         pose_init: torch.Tensor | None = None,
+        solution: PnPSolution | None = None,
     ) -> torch.Tensor:
         """``(num_samples, B, dim)`` poses resampled to equal weights from the AMIS samples
         (multinomial resampling), for publishing the pose distribution.  Elements whose solve
         failed get NaN samples.  ``pose_init: (B, dim)`` starts the solve there (e.g. at a
-        multi-start solution) instead of the closed-form initialisation."""
+        multi-start solution) instead of the closed-form initialisation; ``solution`` (a
+        :meth:`solve` result of the same problems) skips the solve altogether."""
         res = self.forward(x3d, x2d, w2d, cam_mats, pose_init=pose_init, generator=generator,
-                           with_step=False)
+                           with_step=False, solution=solution)
         probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (B, K)
         idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
         out = torch.take_along_dim(res.pose_samples, idx.T[..., None], dim=0)

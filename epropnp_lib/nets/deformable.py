@@ -823,7 +823,7 @@ class DeformableCorrespondenceNet(nn.Module):
             if num_pose_samples > 0:
                 samples = self.pose_samples(
                     out.x3d[sel], out.x2d[sel], out.w2d[sel], out.cam_mats[sel],
-                    sol.pose[sel], num_pose_samples, generator,
+                    PnPSolution(*(t[sel] for t in sol)), num_pose_samples, generator,
                 ) if sel.numel() > 0 else x.new_zeros(num_pose_samples, 0, 4)
             results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_orig[sel],
                                       out.x3d[sel], out.w2d[sel], samples))
@@ -875,16 +875,17 @@ class DeformableCorrespondenceNet(nn.Module):
         x2d: torch.Tensor,
         w2d: torch.Tensor,
         cam_mats: torch.Tensor,
-        pose: torch.Tensor,
+        solution: PnPSolution,
         num_samples: int,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``(num_samples, Q, 4)`` equally weighted posterior samples around the solutions
-        ``pose: (Q, 4)`` of :meth:`solve` (shapes as there): the AMIS samples of
-        :class:`~epropnp_lib.epropnp.EProPnP4DoF` started at ``pose``, resampled by their
-        importance weights.  NaN for objects whose solve failed."""
+        """``(num_samples, Q, 4)`` equally weighted posterior samples around the solutions of
+        :meth:`solve` (``solution``, shapes as there): the AMIS samples of
+        :class:`~epropnp_lib.epropnp.EProPnP4DoF` around each solution and its Laplace
+        covariance, resampled by their importance weights.  NaN for objects whose solve
+        failed."""
         return self.epropnp.posterior_samples(
-            x3d, x2d, w2d, cam_mats, num_samples, generator=generator, pose_init=pose
+            x3d, x2d, w2d, cam_mats, num_samples, generator=generator, solution=solution
         )
 
     def _no_detections(self, x: torch.Tensor, num_pose_samples: int) -> Detections:

@@ -331,7 +331,7 @@ def _solve_and_sample(
     samples = None
     if num_samples > 0 and x3d.shape[0] > 0:
         samples = layer.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator,
-                                          pose_init=sol.pose)
+                                          solution=sol)
     timer.lap("sampling")
     return sol, samples
 
@@ -592,7 +592,7 @@ class DetectorPipeline:
             # points (see DeformableCorrespondenceNet.solve).
             sol = self.net.solve(det.x3d, x2d, w2d, cams)
             timer.lap("pnp")
-            samples = (self.net.pose_samples(det.x3d, x2d, w2d, cams, sol.pose, cfg.num_samples,
+            samples = (self.net.pose_samples(det.x3d, x2d, w2d, cams, sol, cfg.num_samples,
                                              self.generator) if cfg.num_samples > 0 else None)
             timer.lap("sampling")
             valid = _valid(sol)

@@ -254,7 +254,7 @@ def test_multi_start_solve_and_pose_samples() -> None:
     assert (multi.cost[ok] <= single.cost[ok] * (1 + 1e-4) + 1e-6).all()
     noisy = x2d + 0.5 * torch.randn(q, n, 2, generator=gen)
     sol = net.solve(x3d, noisy, w2d, cam)
-    samples = net.pose_samples(x3d, noisy, w2d, cam, sol.pose, 64, gen)
+    samples = net.pose_samples(x3d, noisy, w2d, cam, sol, 64, gen)
     assert samples.shape == (64, q, 4) and torch.isfinite(samples).all()
     # The samples sit around the optimum, at the scale of its Laplace covariance.
     sigma = sol.covariance.diagonal(dim1=-2, dim2=-1)[:, :3].sqrt()

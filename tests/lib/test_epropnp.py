@@ -176,3 +176,21 @@ def test_layer_boundary_errors_name_the_argument() -> None:
         layer(p.x3d, p.x2d, p.w2d[:, :, :1], p.cam_mats)
     with pytest.raises(DegenerateInputError):
         layer(p.x3d[:, :3], p.x2d[:, :3], p.w2d[:, :3], p.cam_mats)
+
+
+def test_monte_carlo_forward_reuses_a_given_solution() -> None:
+    """A solve result passed in replaces the internal solve (same numbers, no second solve);
+    one of other problems is rejected."""
+    from epropnp_lib.errors import ShapeError
+    from epropnp_lib.pnp.solver import PnPSolution
+
+    p = random_problems(4, 16, dof=4, noise_std=1.0, dtype=torch.float64, generator=_gen(21))
+    layer = EProPnP4DoF()
+    sol = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    given = layer(p.x3d, p.x2d, p.w2d, p.cam_mats, generator=_gen(22), solution=sol)
+    inner = layer(p.x3d, p.x2d, p.w2d, p.cam_mats, generator=_gen(22))
+    assert torch.equal(given.pose, sol.pose)
+    torch.testing.assert_close(given.log_weights, inner.log_weights)
+    torch.testing.assert_close(given.pose_samples, inner.pose_samples)
+    with pytest.raises(ShapeError):
+        layer(p.x3d, p.x2d, p.w2d, p.cam_mats, solution=PnPSolution(*(t[:2] for t in sol)))
