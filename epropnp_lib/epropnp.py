@@ -19,6 +19,7 @@ covariance; each later one to all weighted samples so far.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -278,12 +279,25 @@ class EProPnPBase(nn.Module, ABC):
         generator: torch.Generator | None = None,
         pose_init: torch.Tensor | None = None,
         solution: PnPSolution | None = None,
+        num_iterations: int | None = None,
     ) -> torch.Tensor:
         """``(num_samples, B, dim)`` poses resampled to equal weights from the AMIS samples
         (multinomial resampling), for publishing the pose distribution.  Elements whose solve
         failed get NaN samples.  ``pose_init: (B, dim)`` starts the solve there (e.g. at a
         multi-start solution) instead of the closed-form initialisation; ``solution`` (a
-        :meth:`solve` result of the same problems) skips the solve altogether."""
+        :meth:`solve` result of the same problems) skips the solve altogether.
+        ``num_iterations`` overrides the AMIS iterations ``T`` of the config for this call
+        (fewer for a cheaper draw: ``T K'`` samples are resampled to ``num_samples``)."""
+        if num_iterations is not None and num_iterations != self.config.num_iterations:
+            if num_iterations < 1:
+                raise ConfigError(f"num_iterations must be >= 1, got {num_iterations}")
+            saved = self.config
+            self.config = dataclasses.replace(saved, num_iterations=num_iterations)
+            try:
+                return self.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator,
+                                              pose_init, solution)
+            finally:
+                self.config = saved
         res = self.forward(x3d, x2d, w2d, cam_mats, pose_init=pose_init, generator=generator,
                            with_step=False, solution=solution)
         probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (B, K)

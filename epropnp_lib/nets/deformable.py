@@ -762,6 +762,7 @@ class DeformableCorrespondenceNet(nn.Module):
         cam_K: torch.Tensor,  # noqa: N803
         num_pose_samples: int = 0,
         generator: torch.Generator | None = None,
+        sample_iterations: int | None = None,
     ) -> list[Detections]:
         """Detect 3D boxes (module docstring).
 
@@ -770,6 +771,8 @@ class DeformableCorrespondenceNet(nn.Module):
             cam_K: ``(B, 3, 3)`` intrinsics of ``images``.
             num_pose_samples: equally weighted posterior samples per detection (0: none).
             generator: randomness of the posterior samples.
+            sample_iterations: AMIS iterations of the posterior samples (default: the
+                Monte Carlo config's).
 
         Returns:
             ``B`` :class:`Detections`.
@@ -824,6 +827,7 @@ class DeformableCorrespondenceNet(nn.Module):
                 samples = self.pose_samples(
                     out.x3d[sel], out.x2d[sel], out.w2d[sel], out.cam_mats[sel],
                     PnPSolution(*(t[sel] for t in sol)), num_pose_samples, generator,
+                    sample_iterations,
                 ) if sel.numel() > 0 else x.new_zeros(num_pose_samples, 0, 4)
             results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_orig[sel],
                                       out.x3d[sel], out.w2d[sel], samples))
@@ -878,14 +882,16 @@ class DeformableCorrespondenceNet(nn.Module):
         solution: PnPSolution,
         num_samples: int,
         generator: torch.Generator | None = None,
+        num_iterations: int | None = None,
     ) -> torch.Tensor:
         """``(num_samples, Q, 4)`` equally weighted posterior samples around the solutions of
         :meth:`solve` (``solution``, shapes as there): the AMIS samples of
         :class:`~epropnp_lib.epropnp.EProPnP4DoF` around each solution and its Laplace
-        covariance, resampled by their importance weights.  NaN for objects whose solve
-        failed."""
+        covariance, resampled by their importance weights (``num_iterations``: AMIS
+        iterations, default the config's).  NaN for objects whose solve failed."""
         return self.epropnp.posterior_samples(
-            x3d, x2d, w2d, cam_mats, num_samples, generator=generator, solution=solution
+            x3d, x2d, w2d, cam_mats, num_samples, generator=generator, solution=solution,
+            num_iterations=num_iterations,
         )
 
     def _no_detections(self, x: torch.Tensor, num_pose_samples: int) -> Detections:

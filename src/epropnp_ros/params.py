@@ -180,6 +180,11 @@ class CommonParams:
         32, "Equally-weighted pose samples per object on the 'pose_samples' PoseArray (0: none).",
         lo=0, hi=1024,
     )
+    posterior_iterations: int = _p(
+        2, "AMIS iterations the published samples are resampled from (K' = 128 samples each; "
+        "training uses the paper's 4, publishing needs fewer).",
+        lo=1, hi=8,
+    )
     publish_markers: bool = _p(True, "Publish the 'markers' MarkerArray.")
     publish_tf: bool = _p(
         False, "Broadcast one TF frame per object on /tf. Read in on_configure."

@@ -194,3 +194,23 @@ def test_monte_carlo_forward_reuses_a_given_solution() -> None:
     torch.testing.assert_close(given.pose_samples, inner.pose_samples)
     with pytest.raises(ShapeError):
         layer(p.x3d, p.x2d, p.w2d, p.cam_mats, solution=PnPSolution(*(t[:2] for t in sol)))
+
+
+def test_posterior_samples_with_fewer_amis_iterations() -> None:
+    """``num_iterations`` overrides T for one call (the config is left as it was)."""
+    from epropnp_lib.errors import ConfigError
+
+    p = random_problems(3, 12, dof=4, noise_std=2.0, dtype=torch.float64, generator=_gen(23))
+    layer = EProPnP4DoF()
+    sol = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    samples = layer.posterior_samples(p.x3d, p.x2d, p.w2d, p.cam_mats, 2000, _gen(24),
+                                      solution=sol, num_iterations=2)
+    assert samples.shape == (2000, 3, 4) and torch.isfinite(samples).all()
+    assert layer.config.num_iterations == 4
+    # Still the posterior: centred on the optimum at the scale of the Laplace covariance.
+    centred = samples - sol.pose
+    centred[..., 3] = wrap_angle(centred[..., 3])
+    ratio = centred.square().mean(0) / sol.covariance.diagonal(dim1=-2, dim2=-1)
+    assert ((ratio > 0.6) & (ratio < 1.6)).all(), ratio
+    with pytest.raises(ConfigError, match="num_iterations"):
+        layer.posterior_samples(p.x3d, p.x2d, p.w2d, p.cam_mats, 8, num_iterations=0)

@@ -268,3 +268,7 @@ def test_settings_validate() -> None:
         PoseEstimatorSettings(roi_padding=0.5)
     with pytest.raises(ConfigError, match="num_samples"):
         PoseEstimatorSettings(num_samples=-1)
+    with pytest.raises(ConfigError, match="sample_iterations"):
+        PoseEstimatorSettings(sample_iterations=0)
+    with pytest.raises(ConfigError, match="sample_iterations"):
+        DetectorSettings(sample_iterations=9)

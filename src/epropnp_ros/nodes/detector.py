@@ -43,6 +43,7 @@ def settings_from_params(params: DetectorParams) -> DetectorSettings:
         max_detections=params.max_detections,
         input_scale=params.input_scale,
         num_samples=params.num_posterior_samples,
+        sample_iterations=params.posterior_iterations,
         seed=params.seed,
     )
 

@@ -41,6 +41,7 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
     """The pipeline settings carried by the node parameters."""
     return PoseEstimatorSettings(
         num_samples=params.num_posterior_samples,
+        sample_iterations=params.posterior_iterations,
         roi_padding=params.roi_padding,
         object_class=params.object_class,
         seed=params.seed,
