@@ -450,11 +450,13 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             self.counters["bad_image"] += 1
             self.warn("bad_input", f"skipping frame: {exc}")
             return
+        start = time.monotonic()
         self.publish(header, output, params)
-        latency = 1000.0 * (time.monotonic() - frame.received)
+        end = time.monotonic()
+        latency = 1000.0 * (end - frame.received)
         with self._lock:
             self._latency_ms.append(latency)
-            self._last_timings = dict(output.timings)
+            self._last_timings = dict(output.timings, publish=1000.0 * (end - start))
         self.counters["frames_processed"] += 1
         self.counters["failed_solves"] += int(output.num_failed)
 
@@ -510,7 +512,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         as stale, unpaired images and infos, bad images, bad camera infos, size mismatches,
         pipeline errors, failed solves, objects published), ``latency_ms`` (``p50``, ``p95``,
         ``max``, ``last`` over the last frames: image arrival to published outputs, ``n``) and
-        ``stage_ms`` (the last frame's pipeline timings).
+        ``stage_ms`` (the last frame's pipeline timings and the time to publish its messages).
         """
         with self._lock:
             lat = np.asarray(self._latency_ms, dtype=np.float64)
