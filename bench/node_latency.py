@@ -246,6 +246,9 @@ def main() -> int:
                        ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "AMENT_PREFIX_PATH")})
     import torch
 
+    from epropnp_lib.diagnostics import small_op_time_us
+
+    before = small_op_time_us()
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             ckpt = Path(args.checkpoint).resolve()
@@ -260,7 +263,9 @@ def main() -> int:
     print(f"Model: {ckpt.name if args.checkpoint else 'seeded random small_config'}; "
           f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
           f"{os.cpu_count()} cores; torch {torch.__version__}; {args.samples} posterior "
-          f"samples per detection.")
+          f"samples per detection. CPU speed probe (one small tensor op, "
+          f"`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us before, "
+          f"{small_op_time_us():.2f} us after.")
     print()
     print("| image | net input | detections | latency p50 (ms) | latency p95 (ms) | "
           "closed-loop fps | open-loop fps | node stages (ms, last frame) |")

@@ -89,9 +89,11 @@ def run_case(case: str, device: str, repeats: int) -> dict[str, float | int | st
         arrays = [(p.x3d[i].numpy(), p.x2d[i].numpy(), p.cam_mats[i].numpy())
                   for i in range(batch)]
 
+        no_distortion = p.x3d.new_zeros(5).numpy()
+
         def loop() -> None:
             for x3d, x2d, k in arrays:
-                cv2.solvePnP(x3d, x2d, k, None, flags=flag)
+                cv2.solvePnP(x3d, x2d, k, no_distortion, flags=flag)
 
         seconds = _timed(loop, max(3, repeats // 4), sync)
     else:
@@ -119,8 +121,10 @@ def run_case(case: str, device: str, repeats: int) -> dict[str, float | int | st
             "batch": batch, "peak_mb": peak_mb}
 
 
-def table(rows: list[dict[str, float | int | str]], device: str, threads: int) -> str:
-    """Markdown table of the measurements."""
+def table(
+    rows: list[dict[str, float | int | str]], device: str, threads: int, probe: str = ""
+) -> str:
+    """Markdown table of the measurements (``probe``: the CPU speed before and after)."""
     cpu = platform.processor() or platform.machine()
     if device.startswith("cuda"):
         where = torch.cuda.get_device_name()
@@ -128,7 +132,8 @@ def table(rows: list[dict[str, float | int | str]], device: str, threads: int) -
     else:
         where = f"CPU {cpu}, {threads} threads"
         mem = "peak RSS (MiB)"
-    out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats.", "",
+    out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats.{probe}",
+           "",
            f"| case | ms per call | ms per problem | {mem} |", "|---|---:|---:|---:|"]
     for r in rows:
         out.append(
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args.device, args.repeats)))
         return
+    from epropnp_lib.diagnostics import small_op_time_us
+
+    before = small_op_time_us()
     rows = []
     for case in args.cases:
         if case.startswith("cv_") and args.device != "cpu":
@@ -162,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"{case}: {rows[-1]['ms_total']:.2f} ms", file=sys.stderr)
-    md = table(rows, args.device, args.threads)
+    probe = (f" CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`, one small "
+             f"tensor op): {before:.2f} us before, {small_op_time_us():.2f} us after.")
+    md = table(rows, args.device, args.threads, probe)
     print(md)
     if args.write_readme:
         readme = Path(__file__).with_name("README.md")

@@ -1,13 +1,20 @@
-"""Diagnostics: reference values for checking the Monte Carlo machinery.
+"""Diagnostics: reference values for checking the Monte Carlo machinery, and a speed probe.
 
 :func:`dense_log_normalizer_4dof` integrates ``exp(-cost)`` over ``(x, y, z, yaw)`` on a dense
 grid -- exact up to the grid, and affordable only for small 4DoF problems -- to check the AMIS
 estimate of the second term of Eq. 5 (``EProPnPResult.log_normalizer``).
+
+:func:`small_op_time_us` measures what one small tensor operation costs on this machine right
+now: the batched solver and the Monte Carlo layer run thousands of them, so their timings scale
+with it.  The benchmarks print it next to their numbers (on a shared VM it can change 2x within
+minutes).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 
@@ -63,3 +70,20 @@ def dense_log_normalizer_4dof(
         ])
         out.append(torch.logsumexp(-costs, 0) + math.log(cell))
     return torch.stack(out)
+
+
+def small_op_time_us(repeats: int = 2000, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the wall time (microseconds) of one elementwise product of two
+    ``(32, 64)`` float32 CPU tensors, averaged over ``repeats`` calls: the per-operation
+    overhead of eager PyTorch on this machine at this moment."""
+    a = torch.ones(32, 64)
+    out = torch.empty_like(a)
+    for _ in range(100):
+        torch.mul(a, a, out=out)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            torch.mul(a, a, out=out)
+        times.append((time.perf_counter() - t0) / repeats * 1e6)
+    return statistics.median(times)

@@ -214,3 +214,10 @@ def test_posterior_samples_with_fewer_amis_iterations() -> None:
     assert ((ratio > 0.6) & (ratio < 1.6)).all(), ratio
     with pytest.raises(ConfigError, match="num_iterations"):
         layer.posterior_samples(p.x3d, p.x2d, p.w2d, p.cam_mats, 8, num_iterations=0)
+
+
+def test_small_op_time_probe_is_a_positive_duration() -> None:
+    from epropnp_lib.diagnostics import small_op_time_us
+
+    t = small_op_time_us(repeats=50, rounds=3)
+    assert 0.0 < t < 10_000.0
