@@ -357,7 +357,8 @@ def _behind(
     space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, w_point: torch.Tensor
 ) -> torch.Tensor:
     """``(B,)`` whether most of the weight is at or behind the camera at ``pose: (B, dim)``."""
-    depth = point_terms(space, pose, pts).depth
+    _, _, z_rot = space.rotate(pose, *pts.x.unbind(0))
+    depth = z_rot + pose[:, 2:3]
     return ((depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
 
 
