@@ -93,15 +93,20 @@ def _residuals(
     xv = (x2d[..., 1] - center[:, None, 1])[:, None]
     ru = h[:, :, 0].mul_(inv_z).sub_(xu)
     rv = h[:, :, 1].mul_(inv_z).sub_(xv)
-    sq = (ru * w2d[:, None, :, 0]).square_()
-    sq.add_((rv * w2d[:, None, :, 1]).square_())
+    sq = ru * w2d[:, None, :, 0]
+    sq.mul_(sq)
+    fv = rv * w2d[:, None, :, 1]
+    sq.addcmul_(fv, fv)  # |f|^2
     if delta is None:
         return _Residuals(sq.sum(-1).mul_(0.5), ru, rv, inv_z, in_front, None)
-    # omega = rho' = min(1, delta / |f|); 1/2 rho = omega |f|^2 (1 - omega / 2) on both sides
-    # of the threshold.
-    omega = sq.sqrt() if out is None or out.omega is None else torch.sqrt(sq, out=out.omega)
-    omega.reciprocal_().mul_(delta[:, None, None]).clamp_max_(1.0)
-    cost = (1.0 - 0.5 * omega).mul_(omega).mul_(sq).sum(-1)
+    # omega = rho' = min(1, delta / |f|) (|f| = 0: inf, clamped to 1); 1/2 rho = omega |f|^2
+    # (1 - omega / 2) on both sides of the threshold, summed as sum(t) - sum(t omega) / 2 with
+    # t = omega |f|^2.
+    omega = sq.rsqrt() if out is None or out.omega is None else torch.rsqrt(sq, out=out.omega)
+    omega.mul_(delta[:, None, None]).clamp_max_(1.0)
+    t = sq.mul_(omega)
+    cost = t.sum(-1)
+    cost.sub_(t.mul_(omega).sum(-1), alpha=0.5)
     return _Residuals(cost, ru, rv, inv_z, in_front, omega)
 
 
