@@ -69,9 +69,10 @@ class SolverConfig:
         initial_damping: initial LM damping (relative to the Hessian diagonal).
         multi_start_below: for 6DoF problems with fewer points than this (where the DLT is
             undetermined), also start from 24 rotation hypotheses and keep the best optimum.
-        degenerate_rcond: an element whose Jacobi-scaled Hessian has reciprocal condition
-            number below this (or below 10 machine epsilons of the input dtype, whichever is
-            larger) at the solution is reported DEGENERATE.
+        degenerate_rcond: an element whose Jacobi-scaled Hessian is not numerically positive
+            definite, or has a reciprocal condition number (Frobenius norm, see
+            :func:`laplace_covariance`) at most this (or 10 machine epsilons of the input dtype,
+            whichever is larger) at the solution is reported DEGENERATE.
         huber: robust kernel.
     """
 
