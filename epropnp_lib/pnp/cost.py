@@ -226,18 +226,25 @@ def point_terms(
     return PointTerms(half_rho, weight, residual, rows, depth)
 
 
+def augmented_normal_matrix(rows: torch.Tensor, robust_weight: torch.Tensor) -> torch.Tensor:
+    """``S + (D + 1, D + 1)`` matrix ``[[H, g], [g^T, sum_i rho'_i |f_i|^2]]``.
+
+    ``H = sum_i rho'_i J_i^T J_i`` and ``g = sum_i rho'_i J_i^T f_i`` are the Gauss-Newton
+    Hessian and gradient of the robust cost (IRLS form of Eq. 11), from ``rows: S + (2, D + 1,
+    N)`` (:attr:`PointTerms.rows`: Jacobian columns, then the residual) and ``robust_weight: S +
+    (N,)``: the residual rides along as an extra Jacobian column, so one batched product gives
+    both.  Differentiable.
+    """
+    return ((rows * robust_weight[..., None, None, :]) @ rows.transpose(-1, -2)).sum(-3)
+
+
 def normal_equations_from_rows(
     rows: torch.Tensor, robust_weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Newton Hessian ``S + (D, D)`` and gradient ``S + (D,)`` of the robust cost.
-
-    ``H = sum_i rho'_i J_i^T J_i``, ``g = sum_i rho'_i J_i^T f_i`` (IRLS form of Eq. 11), from
-    ``rows: S + (2, D + 1, N)`` (:attr:`PointTerms.rows`: Jacobian columns, then the residual)
-    and ``robust_weight: S + (N,)``.  The residual rides along as an extra Jacobian column, so
-    one batched product gives both.  Differentiable.
-    """
+    """Gauss-Newton Hessian ``S + (D, D)`` and gradient ``S + (D,)`` of the robust cost (see
+    :func:`augmented_normal_matrix`).  Differentiable."""
     d = rows.shape[-2] - 1
-    m = ((rows * robust_weight[..., None, None, :]) @ rows.transpose(-1, -2)).sum(-3)
+    m = augmented_normal_matrix(rows, robust_weight)
     return m[..., :d, :d], m[..., :d, d]
 
 
@@ -276,6 +283,7 @@ def evaluate_cost(
 
 
 __all__ = [
-    "NO_KERNEL", "CostTerms", "HuberConfig", "PointSet", "PointTerms", "evaluate_cost", "huber",
+    "NO_KERNEL", "CostTerms", "HuberConfig", "PointSet", "PointTerms", "augmented_normal_matrix",
+    "evaluate_cost", "huber",
     "normal_equations_from_rows", "point_terms",
 ]

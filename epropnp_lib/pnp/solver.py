@@ -27,6 +27,7 @@ from epropnp_lib.pnp.cost import (
     CostTerms,
     HuberConfig,
     PointSet,
+    augmented_normal_matrix,
     normal_equations_from_rows,
     point_terms,
 )
@@ -349,9 +350,8 @@ class _State(NamedTuple):
 def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> _State:
     terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
-    rows = terms.rows
-    normal = ((rows * terms.robust_weight[..., None, None, :]) @ rows.transpose(-1, -2)).sum(-3)
-    return _State(pose, terms.half_rho.sum(-1), normal)
+    return _State(pose, terms.half_rho.sum(-1),
+                  augmented_normal_matrix(terms.rows, terms.robust_weight))
 
 
 def _behind(

@@ -173,3 +173,38 @@ def test_matrix_to_quat_at_half_turns_and_identity() -> None:
     dots = (back * quats).sum(-1).abs()
     assert torch.allclose(dots, torch.ones_like(dots), atol=1e-12)
     assert torch.allclose(quat_to_matrix(back), quat_to_matrix(quats), atol=1e-12)
+
+
+@pytest.mark.parametrize("space", [Pose6DoF, Pose4DoF])
+def test_normal_equations_match_the_jacobian(space: type[PoseSpace]) -> None:
+    """The solver's one-product normal equations (component-major rows, residual as an extra
+    column) equal sum_i rho'_i J_i^T J_i and sum_i rho'_i J_i^T f_i built from the
+    (..., N, 2, D) Jacobian, for one pose per problem and for K poses per problem."""
+    from epropnp_lib.pnp.cost import PointSet, augmented_normal_matrix, point_terms
+    from epropnp_lib.pnp.solver import normal_equations
+
+    dof = space.tangent_dim
+    p = random_problems(5, 12, dof=dof, noise_std=2.0, dtype=torch.float64, generator=_gen(31))
+    delta = HuberConfig(relative_delta=0.02).threshold(p.x2d, p.w2d)
+    poses = p.pose + 0.05 * torch.randn(3, *p.pose.shape, dtype=torch.float64,
+                                        generator=_gen(32))
+    poses = space.canonical(poses)
+    for pose in (poses[0], poses):
+        terms = evaluate_cost(space, pose, p.x3d, p.x2d, p.w2d, p.cam_mats, delta, True)
+        assert terms.jacobian is not None
+        assert (terms.robust_weight < 1).any()  # some points beyond the Huber threshold
+        jac = terms.jacobian.flatten(-3, -2)  # S + (2N, D)
+        rw = terms.robust_weight.repeat_interleave(2, dim=-1)
+        res = terms.residual.flatten(-2)
+        hess_ref = torch.einsum("...ni,...n,...nj->...ij", jac, rw, jac)
+        grad_ref = torch.einsum("...ni,...n,...n->...i", jac, rw, res)
+        hess, grad = normal_equations(terms)
+        torch.testing.assert_close(hess, hess_ref)
+        torch.testing.assert_close(grad, grad_ref)
+        pts = PointSet.from_tensors(p.x3d, p.x2d, p.w2d, p.cam_mats, delta)
+        soa = point_terms(space, pose, pts, with_jacobian=True)
+        assert soa.rows is not None
+        m = augmented_normal_matrix(soa.rows, soa.robust_weight)
+        torch.testing.assert_close(m[..., :dof, :dof], hess_ref)
+        torch.testing.assert_close(m[..., :dof, dof], grad_ref)
+        torch.testing.assert_close(m[..., dof, dof], (rw * res * res).sum(-1))
