@@ -426,11 +426,17 @@ def test_detector_node_end_to_end(
     busy_s = driver.arrival[last] - t_start
     assert driver.diagnostics_count - diag_before >= max(3, int(busy_s * 10 * 0.3)), (
         driver.diagnostics_count - diag_before, busy_s)
+    # Every image of the burst is accounted for: paired, then processed or dropped as stale,
+    # or dropped unpaired (the pairer keeps a few per kind: under heavy load the images can
+    # run ahead of their camera infos) -- never lost silently.
+    def delta(name: str) -> int:
+        return int(driver.counters()[name]) - int(c0[name])
+
     driver.wait_until(
-        lambda: driver.counters()["frames_paired"] - c0["frames_paired"] == 100
-        and driver.counters()["frames_processed"] + driver.counters()["frames_dropped_stale"]
-        - c0["frames_processed"] - c0["frames_dropped_stale"] == 100,
-        "burst accounting: 100 pairs, each processed or dropped",
+        lambda: delta("frames_paired") + delta("images_unpaired") == 100
+        and delta("frames_processed") + delta("frames_dropped_stale") == delta("frames_paired"),
+        "burst accounting: each of the 100 images paired (then processed or dropped) or "
+        "counted unpaired",
     )
     c1 = driver.counters()
     processed = c1["frames_processed"] - c0["frames_processed"]
