@@ -181,6 +181,7 @@ class EProPnPBase(nn.Module, ABC):
         generator: torch.Generator | None = None,
         with_step: bool = True,
         solution: PnPSolution | None = None,
+        num_iterations: int | None = None,
     ) -> EProPnPResult:
         """Monte Carlo forward (Algorithm 1).
 
@@ -194,11 +195,16 @@ class EProPnPBase(nn.Module, ABC):
             solution: a :class:`~epropnp_lib.pnp.solver.PnPSolution` of these very problems
                 (e.g. from :meth:`solve`): used as ``y*`` and its covariance instead of solving
                 again (``pose_init`` is then ignored).
+            num_iterations: AMIS iterations ``T`` for this call (default: the config's).
 
         Returns:
             :class:`EProPnPResult`.
         """
         cfg = self.config
+        if num_iterations is not None and num_iterations != cfg.num_iterations:
+            if num_iterations < 1:
+                raise ConfigError(f"num_iterations must be >= 1, got {num_iterations}")
+            cfg = dataclasses.replace(cfg, num_iterations=num_iterations)
         space = self.space
         # Checked once; invalid elements are replaced by benign problems (never NaN gradients).
         prob = validate_problem(space, x3d, x2d, w2d, cam_mats, pose_init)
@@ -288,18 +294,8 @@ class EProPnPBase(nn.Module, ABC):
         :meth:`solve` result of the same problems) skips the solve altogether.
         ``num_iterations`` overrides the AMIS iterations ``T`` of the config for this call
         (fewer for a cheaper draw: ``T K'`` samples are resampled to ``num_samples``)."""
-        if num_iterations is not None and num_iterations != self.config.num_iterations:
-            if num_iterations < 1:
-                raise ConfigError(f"num_iterations must be >= 1, got {num_iterations}")
-            saved = self.config
-            self.config = dataclasses.replace(saved, num_iterations=num_iterations)
-            try:
-                return self.posterior_samples(x3d, x2d, w2d, cam_mats, num_samples, generator,
-                                              pose_init, solution)
-            finally:
-                self.config = saved
         res = self.forward(x3d, x2d, w2d, cam_mats, pose_init=pose_init, generator=generator,
-                           with_step=False, solution=solution)
+                           with_step=False, solution=solution, num_iterations=num_iterations)
         probs = torch.softmax(res.log_weights.T.double(), dim=-1)  # (B, K)
         idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
         out = torch.take_along_dim(res.pose_samples, idx.T[..., None], dim=0)

@@ -464,7 +464,9 @@ def _iterate(
             accept = active & ok & (decrease >= 0)  # False for a non-finite new cost
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
             stalled = active & ok & ~accept & small_cost & small_step
-            rho = decrease / predicted.clamp_min(1e-300)
+            # Gain ratio; the model's decrease is >= 0 (0 only at a zero gradient, where the
+            # step is 0 too): floor it at the dtype's smallest normal number, never 0.
+            rho = decrease / predicted.clamp_min(torch.finfo(predicted.dtype).tiny)
             new_damp = torch.where(
                 accept,
                 damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
