@@ -59,6 +59,7 @@ network runs on the image resized by ``input_scale`` with the intrinsics mapped 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ from epropnp_lib.nets.fcos_targets import (
 )
 from epropnp_lib.nets.fpn import FPN
 from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof
-from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
+from epropnp_lib.pnp.solver import PnPSolution, SolveStatus, solve_pnp
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -232,6 +233,12 @@ class DeformableNetConfig:
         multi_start: at inference, solve from five initial poses per object (the closed-form
             4DoF initialisation and yaw 0, 90, 180, 270 degrees with the translation from the
             2D/3D centroids and spreads) and keep the lowest cost (see :meth:`solve`).
+        solve_iterations: LM iteration limit of the inference solve (:meth:`solve`; 0: the
+            limit of ``monte_carlo.solver``, which training uses).  Learned correspondences
+            make some starts creep for many iterations at a tiny gain (the robust kernel's
+            IRLS steps converge linearly), and the batched loop runs until its slowest
+            element: the reference implementation also stops its inference LM after a few
+            iterations.
         monte_carlo: the EPro-PnP layer's settings (AMIS, solver).
         loss: loss weights.
     """
@@ -261,6 +268,7 @@ class DeformableNetConfig:
     max_detections: int = 100
     nms_iou: float = 0.5
     multi_start: bool = True
+    solve_iterations: int = 12
     monte_carlo: MonteCarloConfig = field(default_factory=MonteCarloConfig)
     loss: DeformableLossConfig = field(default_factory=DeformableLossConfig)
 
@@ -287,6 +295,8 @@ class DeformableNetConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.head_convs < 0:
             raise ConfigError(f"head_convs must be >= 0, got {self.head_convs}")
+        if self.solve_iterations < 0:
+            raise ConfigError(f"solve_iterations must be >= 0, got {self.solve_iterations}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by num_heads "
                               f"{self.num_heads}")
@@ -850,8 +860,11 @@ class DeformableCorrespondenceNet(nn.Module):
         :func:`~epropnp_lib.pnp.init.hypotheses_6dof`'s poses (translation from the weighted
         2D/3D centroids and spreads) and keeps, per object, the usable solution of lowest cost.
         """
+        solver = self.epropnp.config.solver
+        if self.config.solve_iterations > 0:
+            solver = dataclasses.replace(solver, max_iterations=self.config.solve_iterations)
         if not self.config.multi_start or x3d.shape[0] == 0:
-            return self.epropnp.solve(x3d, x2d, w2d, cam_mats)
+            return solve_pnp(x3d, x2d, w2d, cam_mats, dof=4, config=solver)
         q = x3d.shape[0]
         hyp = hypotheses_6dof(x3d, x2d, w2d, cam_mats)  # (24, Q, 7)
         quat = hyp[:, 0, 3:]
@@ -861,9 +874,9 @@ class DeformableCorrespondenceNet(nn.Module):
         starts = torch.cat((init_4dof(x3d, x2d, w2d, cam_mats),
                             torch.cat((hyp[..., :3], yaw[..., None]), dim=-1)))  # (S, Q, 4)
         n = starts.shape[0]
-        sol = self.epropnp.solve(
+        sol = solve_pnp(
             x3d.repeat(n, 1, 1), x2d.repeat(n, 1, 1), w2d.repeat(n, 1, 1),
-            cam_mats.repeat(n, 1, 1), pose_init=starts.flatten(0, 1),
+            cam_mats.repeat(n, 1, 1), dof=4, pose_init=starts.flatten(0, 1), config=solver,
         )
         usable = (sol.status <= SolveStatus.MAX_ITERATIONS) & torch.isfinite(sol.cost)
         cost = torch.where(usable, sol.cost, torch.inf).view(n, q)

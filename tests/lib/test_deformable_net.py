@@ -26,7 +26,7 @@ from epropnp_lib.nets.deformable import (
     _scale_intrinsics,
     small_config,
 )
-from epropnp_lib.pnp.solver import SolveStatus
+from epropnp_lib.pnp.solver import SolveStatus, solve_pnp
 
 H, W = 96, 160
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -90,6 +90,12 @@ def test_config_round_trip_and_validation() -> None:
         DeformableNetConfig(num_classes=3)
     with pytest.raises(ConfigError, match="divisible"):
         DeformableNetConfig(embed_dim=30, num_heads=8)
+    with pytest.raises(ConfigError, match="solve_iterations"):
+        DeformableNetConfig(solve_iterations=-1)
+    # Checkpoints written before a field existed load with its default.
+    old = to_dict(cfg)
+    del old["solve_iterations"]
+    assert from_dict(DeformableNetConfig, old).solve_iterations == 12
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(DeformableNetConfig, {"bogus": 1})
     with pytest.raises(ConfigError, match="max_pose_queries"):
@@ -248,7 +254,11 @@ def test_multi_start_solve_and_pose_samples() -> None:
     x3d_r = torch.randn(q, n, 3, generator=gen)
     x2d_r = torch.rand(q, n, 2, generator=gen) * torch.tensor([W, H])
     multi = net.solve(x3d_r, x2d_r, w2d, cam)
-    single = net.epropnp.solve(x3d_r, x2d_r, w2d, cam)
+    # ... with the same iteration budget (the inference limit, config.solve_iterations).
+    budget = dataclasses.replace(net.epropnp.config.solver,
+                                 max_iterations=net.config.solve_iterations)
+    single = solve_pnp(x3d_r, x2d_r, w2d, cam, dof=4, config=budget)
+    assert int(multi.iterations.max()) <= net.config.solve_iterations
     ok = single.status <= SolveStatus.MAX_ITERATIONS
     assert (multi.status[ok] <= SolveStatus.MAX_ITERATIONS).all()
     assert (multi.cost[ok] <= single.cost[ok] * (1 + 1e-4) + 1e-6).all()
