@@ -406,9 +406,9 @@ def _iterate(
 
     Every iteration evaluates the whole batch and updates the still-active elements through
     masks; once few are left in a large batch it continues on the gathered active elements
-    (:data:`COMPACT_MIN_POINTS`).  An element whose next near-Gauss-Newton step, or the cost
-    decrease the quadratic model predicts for it, is already below the tolerance stops without
-    taking it.
+    (:data:`COMPACT_MIN_POINTS`).  An element whose next near-Gauss-Newton step is below the
+    tolerance, or whose cost decrease predicted by the quadratic model is below the round-off of
+    its cost, stops without taking the step.
     """
     batch = st.pose.shape[0]
     num_points = pts.x.shape[-1]
