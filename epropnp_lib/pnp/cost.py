@@ -55,17 +55,22 @@ class HuberConfig:
             if v is not None and not v > 0:
                 raise ConfigError(f"HuberConfig.{name} must be positive or None, got {v}")
 
-    def threshold(self, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor | None:
+    def threshold(
+        self, x2d: torch.Tensor, w2d: torch.Tensor, spread_sq: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Per-element threshold ``(B,)`` for ``x2d, w2d: (B, N, 2)``, or ``None`` (no kernel).
 
         The threshold is a statistic of the inputs that sets the scale of the kernel; it is
-        detached, i.e. a constant of the cost (no gradient flows through it).
+        detached, i.e. a constant of the cost (no gradient flows through it).  ``spread_sq:
+        (B,)`` is ``var_x(x2d) + var_y(x2d)`` when the caller has already computed it.
         """
         if self.delta is not None:
             return x2d.new_full(x2d.shape[:-2], self.delta)
         if self.relative_delta is None:
             return None
-        spread = x2d.detach().var(dim=-2).sum(dim=-1).sqrt()
+        if spread_sq is None:
+            spread_sq = x2d.detach().var(dim=-2).sum(dim=-1)
+        spread = spread_sq.detach().sqrt()
         return self.relative_delta * w2d.detach().mean(dim=(-2, -1)) * spread
 
 

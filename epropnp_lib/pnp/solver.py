@@ -277,12 +277,12 @@ def solve_validated(
     """:func:`solve_pnp` on a problem already checked by :func:`validate_problem` (for
     callers that need the sanitised tensors themselves, so the checks run once)."""
     dof = space.tangent_dim
-    delta = cfg.huber.threshold(prob.x2d, prob.w2d)
+    spread2 = prob.x2d.var(dim=-2).sum(-1)  # (B,): the Huber threshold's scale, and below
+    delta = cfg.huber.threshold(prob.x2d, prob.w2d, spread2)
     pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, delta)
     batch, num_points = prob.x3d.shape[:2]
     w_point = prob.w2d.sum(-1)  # (B, N)
     # Cost if every residual were as large as the 2D spread, times relative round-off squared.
-    spread2 = prob.x2d.var(dim=-2).sum(-1)
     cost_scale = 0.5 * (prob.w2d * prob.w2d).sum(dim=(-2, -1)) * spread2
     cost_floor = cost_scale * (100.0 * torch.finfo(prob.x3d.dtype).eps) ** 2
     if prob.pose_init is not None:
