@@ -208,14 +208,13 @@ class EProPnPBase(nn.Module, ABC):
         space = self.space
         # Checked once; invalid elements are replaced by benign problems (never NaN gradients).
         prob = validate_problem(space, x3d, x2d, w2d, cam_mats, pose_init)
+        dims = check_shape(x3d, ["B", "N", 3], "x3d")
         if pose_target is not None:
-            dims = check_shape(x3d, ["B", "N", 3], "x3d")
             check_shape(pose_target, ["B", space.dim], "pose_target", dims)
             check_float_tensors(x3d=x3d, pose_target=pose_target)
         if solution is None:
             sol = solve_validated(space, prob, cfg.solver)
         else:
-            dims = check_shape(x3d, ["B", "N", 3], "x3d")
             check_shape(solution.pose, ["B", space.dim], "solution.pose", dims)
             check_shape(solution.covariance, ["B", space.tangent_dim, space.tangent_dim],
                         "solution.covariance", dims)
