@@ -145,8 +145,10 @@ class StampPairer(Generic[ImageT, InfoT]):
             return len(self._images), len(self._infos)
 
     def clear(self) -> None:
-        """Forget every buffered message (counters are kept)."""
+        """Drop every buffered message, counted as unpaired (e.g. when the inputs stop)."""
         with self._lock:
+            self.counters.images_unpaired += len(self._images)
+            self.counters.infos_unpaired += len(self._infos)
             self._images.clear()
             self._infos.clear()
 
@@ -210,6 +212,7 @@ class LatestSlot(Generic[ItemT]):
     ``put`` never blocks: an item still in the slot is replaced and counted in :attr:`dropped`.
     ``take`` blocks (up to a timeout) until an item is there, removes and returns it. After
     :meth:`close`, ``take`` returns ``None`` at once and ``put`` is ignored (counted as dropped).
+    Every item put is either taken or counted in :attr:`dropped`.
     """
 
     def __init__(self) -> None:
@@ -256,8 +259,11 @@ class LatestSlot(Generic[ItemT]):
             return had
 
     def close(self) -> None:
-        """Wake every waiting ``take`` (which returns ``None``); later puts are dropped."""
+        """Wake every waiting ``take`` (which returns ``None``); an item still in the slot and
+        later puts are dropped (counted)."""
         with self._cond:
+            if self._full:
+                self.dropped += 1
             self._closed = True
             self._item, self._full = None, False
             self._cond.notify_all()

@@ -122,12 +122,15 @@ class Driver:
         rclpy.shutdown(context=self.context)
 
     # --- waiting ---------------------------------------------------------------------------
-    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT
-                   ) -> None:
+    def wait_until(self, predicate: Callable[[], bool], what: str | Callable[[], str],
+                   timeout: float = TIMEOUT) -> None:
+        """Spin until ``predicate()``; fail after ``timeout`` s with ``what`` (a string, or a
+        callable giving one at the time of the failure, e.g. with the counters' values)."""
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+                text = what() if callable(what) else what
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {text}")
             self.executor.spin_once(timeout_sec=0.05)
 
     def call(self, client: Any, request: Any, timeout: float = TIMEOUT) -> Any:
@@ -164,6 +167,18 @@ class Driver:
         assert self.diagnostics is not None
         counters: dict[str, int] = self.diagnostics["counters"]
         return counters
+
+    def settled(self) -> bool:
+        """Whether the latest diagnostics show every paired frame finished: processed, skipped
+        as bad input, failed, or dropped as stale. False while a frame waits in the node's slot or
+        is being processed (its counter moves only after its outputs are published, so a
+        diagnostics message sent between the outputs and that increment is one frame behind)."""
+        if self.diagnostics is None:
+            return False
+        c = self.counters()
+        finished = sum(c[k] for k in ("frames_processed", "frames_dropped_stale", "bad_image",
+                                      "bad_camera_info", "size_mismatch", "pipeline_errors"))
+        return finished == c["frames_paired"]
 
     def wait_counter(self, name: str, at_least: int, what: str) -> None:
         self.wait_until(
@@ -407,6 +422,7 @@ def test_detector_node_end_to_end(
 
     # 6. A burst of 100 frames at 100 Hz: the newest frame is processed, stale ones are dropped
     #    and counted, latency stays bounded (no backlog).
+    driver.wait_until(driver.settled, lambda: f"the node to settle: {driver.counters()}")
     c0 = dict(driver.counters())
     frame_ms = float(driver.diagnostics["stage_ms"]["total"])  # type: ignore[index]
     diag_before = driver.diagnostics_count
@@ -432,11 +448,13 @@ def test_detector_node_end_to_end(
     def delta(name: str) -> int:
         return int(driver.counters()[name]) - int(c0[name])
 
+    burst = ("images_received", "frames_paired", "images_unpaired", "frames_processed",
+             "frames_dropped_stale", "bad_image", "pipeline_errors")
     driver.wait_until(
         lambda: delta("frames_paired") + delta("images_unpaired") == 100
         and delta("frames_processed") + delta("frames_dropped_stale") == delta("frames_paired"),
-        "burst accounting: each of the 100 images paired (then processed or dropped) or "
-        "counted unpaired",
+        lambda: "burst accounting: each of the 100 images paired (then processed or dropped) or "
+        f"counted unpaired; counter deltas: { {k: delta(k) for k in burst} }",
     )
     c1 = driver.counters()
     processed = c1["frames_processed"] - c0["frames_processed"]

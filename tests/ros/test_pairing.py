@@ -47,6 +47,10 @@ def test_zero_tolerance_never_pairs_different_stamps() -> None:
     assert pairer.add_image(100, "img") is None
     assert pairer.add_info(101, "info") is None
     assert pairer.counters.paired == 0
+    # Clearing (the inputs stop) drops the buffered messages and counts them.
+    pairer.clear()
+    assert pairer.pending() == (0, 0)
+    assert (pairer.counters.images_unpaired, pairer.counters.infos_unpaired) == (1, 1)
 
 
 def test_buffers_are_bounded_and_evictions_counted() -> None:
@@ -93,6 +97,9 @@ def test_slot_keeps_newest_and_counts_drops() -> None:
     assert (slot.dropped, slot.taken) == (2, 1)
     slot.put(4)
     assert slot.clear() is True and slot.dropped == 3
+    slot.put(5)
+    slot.close()  # the waiting item is dropped, and counted
+    assert slot.dropped == 4 and slot.take(timeout=0.0) is None
 
 
 def test_slot_close_wakes_a_blocked_consumer() -> None:

@@ -334,8 +334,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             if self._worker.is_alive():
                 self.get_logger().error("inference worker did not stop within 30 s")
             self._worker = None
+        # Frames waiting in the slot or the pairer are dropped, and counted as such.
+        self.counters["frames_dropped_stale"] = self._slot.dropped
         if self._pairer is not None:
             self._pairer.clear()
+            self._sync_pairing_counters(warn=False)
 
     def _release(self) -> None:
         for pub in self._outputs.values():
@@ -376,7 +379,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         if pair is not None:
             self._offer(pair)
 
-    def _sync_pairing_counters(self) -> None:
+    def _sync_pairing_counters(self, warn: bool = True) -> None:
         if self._pairer is None:
             return
         c = self._pairer.counters
@@ -387,7 +390,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         self.counters["images_unpaired"] += new_unpaired
         self.counters["camera_infos_unpaired"] += c.infos_unpaired - self._infos_unpaired_seen
         self._infos_unpaired_seen = c.infos_unpaired
-        if new_unpaired > 0:
+        if warn and new_unpaired > 0:
             self.warn(
                 "no_camera_info",
                 f"{new_unpaired} image(s) dropped without a CameraInfo of the same stamp "
@@ -398,6 +401,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
     def _offer(self, pair: Pair[tuple[Any, float], Any]) -> None:
         (image, received), info = pair.image, pair.info
         self._slot.put(Frame(image, info, received))
+        # The slot's drop count changes only in this (executor) thread: put, close.
         self.counters["frames_dropped_stale"] = self._slot.dropped
 
     # --- worker thread -------------------------------------------------------------------
@@ -414,7 +418,6 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
                 self.counters["pipeline_errors"] += 1
                 self.warn("pipeline_error", f"frame failed: {type(exc).__name__}: {exc}",
                           level=logging.ERROR)
-            self.counters["frames_dropped_stale"] = self._slot.dropped
 
     def process_frame(self, frame: Frame) -> None:
         """Decode, validate, run the model and publish one paired frame (worker thread)."""
