@@ -135,15 +135,13 @@ def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def quat_exp(phi: torch.Tensor) -> torch.Tensor:
     """Unit quaternion ``(..., 4)`` of the rotation vector ``phi: (..., 3)`` (angle-axis).
 
-    Smooth at ``phi = 0`` (Taylor expansion of sin(x/2)/x), so gradients are finite there.
+    Smooth at ``phi = 0``: ``sin(theta/2) / theta = sinc(theta / 2 pi) / 2`` with torch's
+    ``sinc`` (exact at 0, with its derivative), and the angle's square root is clamped away from
+    0, so gradients are finite there.
     """
-    theta2 = (phi * phi).sum(-1, keepdim=True)
-    theta = theta2.clamp_min(1e-24).sqrt()
-    small = theta2 < 1e-8
-    half = 0.5 * theta
-    k = torch.where(small, 0.5 - theta2 / 48.0, torch.sin(half) / theta)
-    w = torch.where(small, 1.0 - theta2 / 8.0, torch.cos(half))
-    return torch.cat((w, k * phi), dim=-1)
+    theta = (phi * phi).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
+    k = torch.sinc(theta * (0.5 / torch.pi))
+    return torch.cat((torch.cos(0.5 * theta), (0.5 * k) * phi), dim=-1)
 
 
 def quat_log(q: torch.Tensor) -> torch.Tensor:

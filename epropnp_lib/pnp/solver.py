@@ -411,7 +411,7 @@ def _iterate(
     its cost, stops without taking the step.
     """
     batch = st.pose.shape[0]
-    num_points = pts.x.shape[-1]
+    may_compact = batch * pts.x.shape[-1] >= COMPACT_MIN_POINTS
     device = st.pose.device
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -419,11 +419,9 @@ def _iterate(
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
     round_off = 100.0 * torch.finfo(st.pose.dtype).eps
     tol = max(cfg.tolerance, round_off)
+    tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
-        n_active = int(active.sum())
-        if n_active == 0:
-            break
-        if 2 * n_active <= batch and batch * num_points >= COMPACT_MIN_POINTS:
+        if may_compact and 2 * int(active.sum()) <= batch:
             idx = active.nonzero().squeeze(-1)
             sub, sub_iters, sub_conv = _iterate(
                 space, _State(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),
@@ -436,13 +434,12 @@ def _iterate(
         iters += active
         hess, grad = st.hess, st.grad
         # Damped step: (H + lambda diag(H)) s = -g, with the diagonal floored relative to its
-        # largest entry (so that a zero diagonal entry cannot make the system singular).
+        # largest entry (so that a zero diagonal entry cannot make the system singular).  A
+        # singular system gives a non-finite step, rejected below like any step whose cost is
+        # not finite (every comparison with NaN is False).
         diag = hess.diagonal(dim1=-2, dim2=-1)
         extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
-        chol, info = torch.linalg.cholesky_ex(hess + torch.diag_embed(extra))
-        step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1).neg_()
-        ok = (info == 0) & torch.isfinite(step).all(-1)
-        step = torch.where(ok[:, None], step, 0.0)
+        step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0].neg_()
         small_step = step.norm(dim=-1) <= tol * (1.0 + st.pose[:, :3].norm(dim=-1))
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
         # H s = -g - lambda D s).
@@ -452,34 +449,36 @@ def _iterate(
         # Converged without evaluating: the next near-Gauss-Newton step is negligible, or so is
         # what it could gain compared with the round-off of the cost (which would otherwise
         # reject step after step at the optimum of a noisy float32 problem).
-        done_now = active & ok & near_gn & (
-            small_step | (predicted <= round_off * cost_abs + cost_floor)
+        done_now = active & near_gn & (
+            small_step | (predicted <= torch.add(cost_floor, cost_abs, alpha=round_off))
         )
         converged |= done_now
         active &= ~done_now
+        if not bool(active.any()):  # all stopped without needing another evaluation
+            break
         new = _state(space, space.retract(st.pose, step), pts)
         decrease = st.cost - new.cost
-        small_cost = decrease.abs() <= tol * cost_abs + cost_floor
+        small_cost = decrease.abs() <= torch.add(cost_floor, cost_abs, alpha=tol)
         if lm:
-            accept = active & ok & (decrease >= 0)  # False for a non-finite new cost
+            accept = active & (decrease >= 0)  # False for a non-finite step or new cost
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
-            stalled = active & ok & ~accept & small_cost & small_step
+            stalled = active & ~accept & small_cost & small_step
             # Gain ratio; the model's decrease is >= 0 (0 only at a zero gradient, where the
-            # step is 0 too): floor it at the dtype's smallest normal number, never 0.
-            rho = decrease / predicted.clamp_min(torch.finfo(predicted.dtype).tiny)
-            new_damp = torch.where(
+            # step is 0 too): floor it at the dtype's smallest normal number, never 0.  The
+            # damping of stopped elements is never used again.
+            rho = decrease / predicted.clamp_min(tiny)
+            damping = torch.where(
                 accept,
                 damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
                 damping * nu,
             ).clamp(1e-12, 1e12)
-            nu = torch.where(active, torch.where(accept, 2.0, nu * 2.0), nu)
-            damping = torch.where(active, new_damp, damping)
-            hopeless = active & (new_damp >= 1e12)
+            nu = torch.where(accept, 2.0, nu * 2.0)
+            hopeless = active & (damping >= 1e12)
         else:
-            accept = active & ok & torch.isfinite(new.cost)
+            accept = active & torch.isfinite(new.cost)
             near_gn = accept
-            stalled = active & ok & ~accept & small_cost
-            hopeless = active & ~ok
+            stalled = active & ~accept & small_cost
+            hopeless = active & ~accept  # Gauss-Newton would only repeat the same step
         st = _State(
             torch.where(accept[:, None], new.pose, st.pose),
             torch.where(accept, new.cost, st.cost),
@@ -488,4 +487,6 @@ def _iterate(
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
         converged |= now_converged
         active &= ~(now_converged | hopeless)
+        if not bool(active.any()):
+            break
     return st, iters, converged
