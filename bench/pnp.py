@@ -44,8 +44,9 @@ CASES = {
 def _timed(
     fn: Callable[[], object], repeats: int, sync: Callable[[], None]
 ) -> tuple[float, float]:
-    """Median and best of ``repeats`` timed calls after a warm-up (seconds)."""
-    fn()
+    """Median and best of ``repeats`` timed calls after three warm-up calls (seconds)."""
+    for _ in range(3):
+        fn()
     sync()
     times = []
     for _ in range(repeats):

@@ -240,7 +240,12 @@ def augmented_normal_matrix(rows: torch.Tensor, robust_weight: torch.Tensor) -> 
     (N,)``: the residual rides along as an extra Jacobian column, so one batched product gives
     both.  Differentiable.
     """
-    return ((rows * robust_weight[..., None, None, :]) @ rows.transpose(-1, -2)).sum(-3)
+    shape = rows.shape
+    flat = rows.reshape(-1, shape[-2], shape[-1])  # one (D + 1, N) block per image row
+    weighted = (rows * robust_weight[..., None, None, :]).reshape(flat.shape)
+    # An explicit bmm with the transposed view: a batched `@` on the 4D tensors reshapes (copies)
+    # its operands first, which costs more than the product for small batches.
+    return torch.bmm(weighted, flat.transpose(-1, -2)).view(shape[:-1] + shape[-2:-1]).sum(-3)
 
 
 def normal_equations_from_rows(

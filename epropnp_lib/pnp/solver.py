@@ -158,16 +158,14 @@ def validate_problem(
             f"{space.__name__} needs at least {space.min_points} correspondences, got N={dims['N']}"
         )
 
-    def finite(t: torch.Tensor) -> torch.Tensor:
-        return torch.isfinite(t).flatten(1).all(1)
-
-    valid = finite(x3d) & finite(x2d) & finite(w2d) & finite(cam_mats)
-    valid &= (w2d >= 0).flatten(1).all(1)
-    last_row = cam_mats.new_tensor([0.0, 0.0, 1.0])
-    valid &= (cam_mats[:, 2] == last_row).all(-1)
-    valid &= (cam_mats[:, 0, 0] > 0) & (cam_mats[:, 1, 1] > 0)
+    # One NaN or inf makes its element's sum non-finite (as does a sum beyond the dtype's
+    # range, which no sane problem has); a NaN weight fails the minimum's test too.
+    total = x3d.sum((1, 2)) + x2d.sum((1, 2)) + w2d.sum((1, 2)) + cam_mats.sum((1, 2))
     if pose_init is not None:
-        valid &= finite(pose_init)
+        total = total + pose_init.sum(1)
+    valid = torch.isfinite(total) & (w2d.amin((1, 2)) >= 0)
+    k = cam_mats.flatten(1)  # last row (0, 0, 1), positive focal lengths
+    valid &= ((k[:, 6:8].abs().sum(1) == 0) & (k[:, 8] == 1)) & ((k[:, 0] > 0) & (k[:, 4] > 0))
     if bool(valid.all()):
         return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)
     # Replace invalid elements by a benign problem: unit camera, points on a unit cube at
@@ -290,7 +288,9 @@ def solve_validated(
     else:
         init = init_6dof if dof == 6 else init_4dof
         cands = init(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # (C, B, dim)
-        cands = torch.where(torch.isfinite(cands), cands, cands[:1].nan_to_num(0.0))
+        # Non-finite entries: the first candidate's, made finite (the solver reports the rest).
+        first = cands[:1].nan_to_num(0.0)
+        cands = first if cands.shape[0] == 1 else torch.where(cands.isfinite(), cands, first)
         if dof == 6 and num_points < cfg.multi_start_below:
             hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
             starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
@@ -317,7 +317,7 @@ def solve_validated(
     cov, degenerate = laplace_covariance(st.hess.double(), rcond)
     cov = cov.to(pose.dtype)
     # Most of the weight behind the camera is degenerate too.
-    degenerate |= _behind(space, pose, pts, w_point)
+    degenerate |= _behind(st.depth, w_point)
     degenerate |= ~torch.isfinite(pose).all(-1) | ~torch.isfinite(st.cost)
     status = torch.where(converged, SolveStatus.CONVERGED, SolveStatus.MAX_ITERATIONS)
     status = torch.where(degenerate, SolveStatus.DEGENERATE, status)
@@ -335,6 +335,8 @@ class _State(NamedTuple):
     cost: torch.Tensor
     #: ``(B, D + 1, D + 1)`` ``[[H, g], [g^T, .]]``: Gauss-Newton Hessian and gradient.
     normal: torch.Tensor
+    #: ``(B, N)`` camera-frame depth of the points (before clamping).
+    depth: torch.Tensor
 
     @property
     def hess(self) -> torch.Tensor:
@@ -351,15 +353,12 @@ def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> _State:
     terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
     return _State(pose, terms.half_rho.sum(-1),
-                  augmented_normal_matrix(terms.rows, terms.robust_weight))
+                  augmented_normal_matrix(terms.rows, terms.robust_weight), terms.depth)
 
 
-def _behind(
-    space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, w_point: torch.Tensor
-) -> torch.Tensor:
-    """``(B,)`` whether most of the weight is at or behind the camera at ``pose: (B, dim)``."""
-    _, _, z_rot = space.rotate(pose, *pts.x.unbind(0))
-    depth = z_rot + pose[:, 2:3]
+def _behind(depth: torch.Tensor, w_point: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` whether most of the weight ``w_point: (B, N)`` is at or behind the camera
+    (``depth: (B, N)``)."""
     return ((depth <= MIN_DEPTH) * w_point).sum(-1) > 0.5 * w_point.sum(-1)
 
 
@@ -483,6 +482,7 @@ def _iterate(
             torch.where(accept[:, None], new.pose, st.pose),
             torch.where(accept, new.cost, st.cost),
             torch.where(accept[:, None, None], new.normal, st.normal),
+            torch.where(accept[:, None], new.depth, st.depth),
         )
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
         converged |= now_converged

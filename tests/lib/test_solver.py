@@ -164,6 +164,10 @@ def _bad_batch(kind: str) -> tuple[torch.Tensor, ...]:
         k[i, 2] = torch.tensor([0.0, 1.0, 1.0])
     elif kind == "negative_weight":
         w2d[i, 5, 1] = -1.0
+    elif kind == "inf_weight":
+        w2d[i, 5, 0] = float("inf")
+    elif kind == "nan_weight":
+        w2d[i, 2, 1] = float("nan")
     elif kind == "zero_weights":
         w2d[i] = 0.0
     elif kind == "collinear":
@@ -184,6 +188,8 @@ def _bad_batch(kind: str) -> tuple[torch.Tensor, ...]:
         ("nan_cam", SolveStatus.INVALID_INPUT),
         ("bad_cam", SolveStatus.INVALID_INPUT),
         ("negative_weight", SolveStatus.INVALID_INPUT),
+        ("inf_weight", SolveStatus.INVALID_INPUT),
+        ("nan_weight", SolveStatus.INVALID_INPUT),
         ("zero_weights", SolveStatus.DEGENERATE),
         ("collinear", SolveStatus.DEGENERATE),
     ],
