@@ -241,8 +241,10 @@ class EProPnPBase(nn.Module, ABC):
             log_p.append(-sample_cost(space, new, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
                                       delta))
             with torch.no_grad():
-                for tau in range(it):
-                    log_q[tau].append(self._log_prob(proposals[it], samples[tau]))
+                if it > 0:  # the new proposal at every earlier block, in one call
+                    earlier = self._log_prob(proposals[it], torch.cat(samples[:it]))
+                    for tau, part in enumerate(earlier.split(k)):
+                        log_q[tau].append(part)
                 log_q.append([self._log_prob(p, new) for p in proposals])
                 # log of the mixture of all proposals so far at every sample: (it + 1) K', B
                 log_mix = torch.stack(
