@@ -126,6 +126,39 @@ def matrix_to_quat(rot: torch.Tensor) -> torch.Tensor:
     return q.reshape(rot.shape[:-2] + (4,))
 
 
+def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit quaternion ``(..., 4)`` (w >= 0) of the rotation closest to ``m: (..., 3, 3)`` in
+    the Frobenius norm, and the mean singular value of ``m`` ``(..., )`` (``m = lam R`` for a
+    scaled rotation).
+
+    Horn's method: the rotation maximising ``trace(R^T m)`` has the quaternion of the largest
+    eigenvalue of the symmetric ``4 x 4`` matrix ``N(m)`` (linear in ``m``, the matrix of
+    :func:`matrix_to_quat`'s rows), and that eigenvalue is ``trace(R^T m)``.  With ``s`` the
+    RMS singular value, ``A = N(m / s) + I`` has eigenvalues ``4, 0, 0, 0`` for an exact
+    rotation; its 16th power (four squarings) is the dominant eigenvector's projector up to
+    ``(lambda_2 / lambda_1)^16`` (1e-15 for 10 % noise on a rotation, 1e-6 for a rank-2 ``m``),
+    and its best-conditioned column is taken.  Where the two largest eigenvalues nearly tie
+    (``m`` far from any rotation, the closest one barely defined) the result is less exact.
+    Always a proper rotation (never a reflection); a non-finite or zero ``m`` gives the identity
+    and a NaN scale.  No gradient is meant to flow (the initialisers use it).
+    """
+    flat = m.reshape(-1, 9)
+    scale = flat.norm(dim=-1, keepdim=True) * 3.0**-0.5  # (M, 1)
+    a = torch.addmm(_constant("m2q_offset", m.dtype, m.device), flat / scale,
+                    _constant("m2q", m.dtype, m.device)).view(-1, 4, 4)
+    a16 = torch.bmm(a, a)  # bmm: a batched @ costs several more ops for tiny matrices
+    a16 = torch.bmm(a16, a16)
+    a16 = torch.bmm(a16, a16)
+    a16 = torch.bmm(a16, a16)
+    best = a16.diagonal(dim1=-2, dim2=-1).argmax(-1)  # (M,)
+    q = quat_normalize(torch.take_along_dim(a16, best[:, None, None], dim=-2).squeeze(-2))
+    ok = torch.isfinite(q).all(-1, keepdim=True)
+    q = torch.where(ok, torch.where(q[:, :1] < 0, -q, q), q.new_tensor([1.0, 0.0, 0.0, 0.0]))
+    # trace(R^T m) / 3 = s (q^T A q - 1) / 3.
+    lam = scale[:, 0] * ((q * torch.bmm(a, q.unsqueeze(-1)).squeeze(-1)).sum(-1) - 1.0) / 3.0
+    return q.reshape(m.shape[:-2] + (4,)), lam.reshape(m.shape[:-2])
+
+
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Hamilton product ``a * b`` of quaternions ``(..., 4)`` (broadcasting)."""
     outer = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (..., 16)

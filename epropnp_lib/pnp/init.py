@@ -8,24 +8,24 @@
 4DoF: the yaw-only problem is linear in ``(cos, sin, t)``: weighted linear least squares, then
   the translation is re-solved for the normalised yaw.
 
-Everything runs in float64 internally (12x12 and 9x9 systems) and returns the input dtype.
+The rotation of a linear estimate is the closest rotation to its 3x3 block (Horn's quaternion
+method, :func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  Everything runs in
+float64 internally (12x12 and 9x9 systems) and returns the input dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
+from epropnp_lib.geometry.rotations import closest_rotation_quat, matrix_to_quat, quat_to_matrix
 
 
 def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
-    """``(B, N, 2)`` pixel points to normalised camera coordinates ``K^-1 [u, v, 1]`` (for
-    ``K`` with last row ``(0, 0, 1)``: the 2x2 block inverted in closed form)."""
-    a = cam_mats[..., :2, :2]
-    det = (a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0])[..., None, None]
-    adj = torch.stack((a[..., 1, 1], -a[..., 0, 1], -a[..., 1, 0], a[..., 0, 0]), -1)
-    inv = adj.unflatten(-1, (2, 2)) / det
-    return (x2d - cam_mats[..., None, :2, 2]) @ inv.transpose(-1, -2)
+    """``(B, N, 2)`` pixel points to normalised camera coordinates ``K^-1 [u, v, 1]``, returned
+    component-major ``(B, 2, N)`` (``K`` with last row ``(0, 0, 1)``: only its 2x2 block is
+    inverted; a singular one gives non-finite points, reported by the solver)."""
+    inv = torch.linalg.inv_ex(cam_mats[:, :2, :2])[0]
+    return torch.bmm(inv, (x2d - cam_mats[:, None, :2, 2]).mT)
 
 
 def _weighted_center_scale(
@@ -68,21 +68,17 @@ def _dlt_normal_matrix(xh: torch.Tensor, xi: torch.Tensor, w: torch.Tensor) -> t
 
 def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
     """Least-squares null vector ``(B, D)`` of a design matrix given its normal matrix
-    ``ata: (B, D, D)``, with the last entry fixed to 1 (solved by Cholesky; small batched
-    Cholesky is far cheaper than an eigen-decomposition on the CPU).
+    ``ata: (B, D, D)``, with the last entry fixed to 1 (one batched LU solve of the ridged
+    ``(D - 1)``-square system; far cheaper than an eigen-decomposition on the CPU).  A singular
+    system gives non-finite entries, which the solver reports.
 
     Both uses below fix an entry that equals ``lambda * depth`` of the (weighted) centroid, which
     is non-zero for any object in front of the camera.
     """
-    a = ata[..., :-1, :-1]
-    b = ata[..., :-1, -1:]
+    a = ata[..., :-1, :-1].clone()
     diag = a.diagonal(dim1=-2, dim2=-1)
-    ridge = 1e-12 * diag.sum(-1).clamp_min(1e-300)
-    a = a + torch.diag_embed(ridge[..., None].expand_as(diag))
-    chol, info = torch.linalg.cholesky_ex(a)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    chol = torch.where((info == 0)[..., None, None], chol, eye)
-    x = -torch.cholesky_solve(b, chol).squeeze(-1)
+    diag.add_(1e-12 * diag.sum(-1, keepdim=True).clamp_min(1e-300))
+    x = torch.linalg.solve_ex(a, ata[..., :-1, -1])[0].neg_()
     return torch.cat((x, torch.ones_like(x[..., :1])), dim=-1)
 
 
@@ -93,67 +89,6 @@ def _finite_or_identity(m: torch.Tensor) -> torch.Tensor:
     ok = torch.isfinite(m).flatten(-2).all(-1)
     eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
     return torch.where(ok[..., None, None], m, eye)
-
-
-#: Most scaled Newton iterations of the polar decomposition: enough for condition numbers up to
-#: 1e3 (accurate to 1e-6 there, to 1e-9 at 100), far better than an initial pose needs.
-POLAR_ITERATIONS = 5
-#: The iteration stops once every Newton correction (after the scaling) is at most this in
-#: every entry: quadratic convergence leaves an error of about its square (1e-6 of a unit-scale
-#: matrix), which the solver refines away.
-POLAR_STEP_TOL = 1e-3
-_CYCLE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _cofactor_rows(x: torch.Tensor) -> torch.Tensor:
-    """Cofactor matrix ``(B, 3, 3)`` of ``x: (B, 3, 3)``: row ``i`` is ``x_{i+1} x x_{i+2}``."""
-    idx = _CYCLE.get(x.device)
-    if idx is None:
-        idx = _CYCLE.setdefault(x.device, (
-            torch.tensor([1, 2, 0], device=x.device), torch.tensor([2, 0, 1], device=x.device)
-        ))
-    return torch.linalg.cross(x.index_select(-2, idx[0]), x.index_select(-2, idx[1]), dim=-1)
-
-
-def _polar_rotation(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closest rotation ``(B, 3, 3)`` to ``m: (B, 3, 3)`` (``det m > 0``) and the mean singular
-    value ``(B,)``.
-
-    Scaled Newton iteration ``X <- (g X + X^-T / g) / 2`` with ``g = |det X|^(-1/3)`` (Higham
-    1986) and ``X^-T = cof(X) / det(X)``, all elementwise: a batched 3x3 SVD costs 10-30x more
-    on the CPU.  At most :data:`POLAR_ITERATIONS`, fewer once every element has converged
-    (:data:`POLAR_STEP_TOL`).  A non-finite or singular ``m`` gives the identity.
-    """
-    m = _finite_or_identity(m)
-    x = m
-    for _ in range(POLAR_ITERATIONS):
-        cof = _cofactor_rows(x)
-        det = (x * cof).sum((-2, -1), keepdim=True) / 3.0  # each row gives det
-        g = det.abs().clamp_min(1e-300).pow(-1.0 / 3.0)
-        gx = g * x
-        correction = torch.div(cof, g * det).sub_(gx).mul_(0.5)
-        x = gx.add_(correction)
-        if bool((correction.abs() <= POLAR_STEP_TOL).all()):  # NaN: not converged
-            break
-    ok = torch.isfinite(x).flatten(-2).all(-1)
-    x = torch.where(ok[..., None, None], x, torch.eye(3, dtype=x.dtype, device=x.device))
-    lam = (x * m).sum((-2, -1)) / 3.0  # trace(X^T M) / 3: the mean singular value
-    return x, lam
-
-
-def _sym3_extreme_eigvals(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest eigenvalues ``(B,)`` of symmetric ``s: (B, 3, 3)`` in closed form
-    (the trigonometric solution of the characteristic cubic; a batched ``eigvalsh`` costs
-    5-10x more on the CPU)."""
-    q = s.diagonal(dim1=-2, dim2=-1).mean(-1)
-    shifted = s - q[..., None, None] * torch.eye(3, dtype=s.dtype, device=s.device)
-    p = (shifted.square().sum((-2, -1)) / 6.0).sqrt()  # (B,)
-    b = shifted / p.clamp_min(1e-300)[..., None, None]
-    half_det = 0.5 * (b[..., 0, :] * torch.linalg.cross(b[..., 1, :], b[..., 2, :], dim=-1)).sum(-1)
-    phi = torch.acos(half_det.clamp(-1.0, 1.0)) / 3.0
-    hi = q + 2.0 * p * torch.cos(phi)
-    lo = q + 2.0 * p * torch.cos(phi + 2.0 * torch.pi / 3.0)
-    return lo, hi
 
 
 def _image_normalizer(xn: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -223,9 +158,9 @@ def dlt_6dof(
         w: ``(B, N)`` non-negative point weights.
 
     Returns:
-        ``rot: (B, 3, 3)``, ``t: (B, 3)`` and the ``(B, 3, 3)`` weighted scatter matrix of the
-        object points about their weighted centroid (up to a positive factor per element), for
-        the planarity test.
+        ``quat: (B, 4)`` (w >= 0), ``t: (B, 3)`` and the ``(B, 3, 3)`` weighted scatter matrix
+        of the object points about their weighted centroid (up to a positive factor per
+        element), for the planarity test.
     """
     wsum = w.sum(-1).clamp_min(1e-30)
     c3, s3, xc = _cm_center_scale(x3d, w, wsum, 3.0**0.5)
@@ -243,16 +178,18 @@ def dlt_6dof(
     ata = flat[:, _DLT_INDEX.to(flat.device)] * _DLT_SIGN.to(flat)
     scatter = moments[:, :9, 4].unflatten(-1, (3, 3))
     p = _null_vector_last_fixed(ata).unflatten(-1, (3, 4))  # normalised camera matrix
-    # Undo the normalisations: xs = s3 (x - c3) and xi = s2 (xn - c2).
+    # Undo the normalisations: xs = s3 (x - c3) and xi = s2 (xn - c2), i.e. P = T2^-1 Pn T3
+    # with T3 = [[s3 I, -s3 c3], [0, 1]] and T2^-1 = [[I / s2, c2], [0, 1]].
     m = p[..., :3] * s3[:, None, None]
-    p4 = p[..., 3] - (m @ c3.T.unsqueeze(-1)).squeeze(-1)
-    top = torch.cat((m, p4.unsqueeze(-1)), -1)
-    p = torch.cat((top[:, :2] / s2[:, None, None] + c2.T[:, :, None] * top[:, 2:], top[:, 2:]), 1)
-    m = p[..., :3]
-    det = (m[:, 0] * torch.linalg.cross(m[:, 1], m[:, 2], dim=-1)).sum(-1)
-    p = p * torch.where(det < 0, -1.0, 1.0).to(p.dtype)[:, None, None]
-    rot, lam = _polar_rotation(p[..., :3])
-    return rot, p[..., 3] / lam.clamp_min(1e-30)[..., None], scatter
+    p = torch.cat((m, p[..., 3:] - torch.bmm(m, c3.T.unsqueeze(-1))), -1)
+    t2_inv = torch.zeros_like(m)
+    t2_inv[:, 0, 0] = t2_inv[:, 1, 1] = 1.0 / s2
+    t2_inv[:, :2, 2] = c2.T
+    t2_inv[:, 2, 2] = 1.0
+    p = torch.bmm(t2_inv, p)
+    # P = lam [R | t] with lam > 0 for a centroid in front of the camera (the fixed entry).
+    quat, lam = closest_rotation_quat(p[..., :3])
+    return quat, p[..., 3] / lam.clamp_min(1e-30)[..., None], scatter
 
 
 def homography_6dof(
@@ -279,15 +216,19 @@ def homography_6dof(
     lam = (r1.norm(dim=-1) * r2.norm(dim=-1)).sqrt().clamp_min(1e-30)
     r1 = r1 / lam[..., None]
     r2 = r2 / lam[..., None]
-    rp, _ = _polar_rotation(torch.stack((r1, r2, torch.linalg.cross(r1, r2, dim=-1)), dim=-1))
+    rp = quat_to_matrix(closest_rotation_quat(
+        torch.stack((r1, r2, torch.linalg.cross(r1, r2, dim=-1)), dim=-1))[0])
     rot = rp @ basis.transpose(-1, -2)
     t = h[..., 2] / lam[..., None] - (rot @ c3.unsqueeze(-1)).squeeze(-1)
     return rot, t
 
 
-#: Point sets whose smallest/largest 3D covariance eigenvalue ratio is below this (or with
-#: fewer than 6 points) also get the homography candidate; for clearly non-planar sets the DLT
-#: alone is exact and the homography is skipped to save time.
+#: Point sets whose 3D scatter ``S`` (about the weighted centroid) has ``det S <= ratio
+#: ||S||_F^3`` (or with fewer than 6 points) also get the homography candidate.  With ``l_min
+#: <= l_mid <= l_max`` its eigenvalues, ``l_min >= det S / l_max^2`` and ``l_max <= ||S||_F``,
+#: so ``det S / ||S||_F^3`` is a lower bound of ``l_min / l_max`` (a few ops, no eigenvalues).
+#: Clearly non-planar sets (a cube's points: 0.19) skip the homography, as the DLT alone is
+#: exact for them; flatter ones (a box flattened to 0.4 of its width: 0.05) get both.
 PLANARITY_RATIO = 0.05
 
 
@@ -307,19 +248,20 @@ def init_6dof(
     x3d64 = x3d.movedim(-1, 0).contiguous().double()  # (3, B, N)
     w = w2d.double().mean(-1)
     k64 = cam_mats.double()
-    xn = _normalized_image_points(x2d.double(), k64)  # (B, N, 2)
-    rot, t, scatter = dlt_6dof(x3d64, xn.movedim(-1, 0).contiguous(), w)
-    dlt = torch.cat((t, matrix_to_quat(rot)), dim=-1)
+    xn = _normalized_image_points(x2d.double(), k64)  # (B, 2, N)
+    quat, t, scatter = dlt_6dof(x3d64, xn.movedim(1, 0), w)
+    dlt = torch.cat((t, quat), dim=-1)
     if x3d.shape[-2] < 6:
         need = torch.ones_like(w[..., 0], dtype=torch.bool)
     else:
-        lo, hi = _sym3_extreme_eigvals(scatter)
-        need = ~(lo > PLANARITY_RATIO * hi)  # NaN-safe
+        det = (scatter[:, 0] * torch.linalg.cross(scatter[:, 1], scatter[:, 2], dim=-1)).sum(-1)
+        frob = torch.linalg.matrix_norm(scatter)
+        need = ~(det > PLANARITY_RATIO * frob * frob * frob)  # NaN-safe
     idx = need.nonzero().squeeze(-1)
     if idx.numel() == 0:
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
     homog = dlt.clone()
-    rot_h, t_h = homography_6dof(x3d64.movedim(0, -1)[idx], xn[idx], w[idx])
+    rot_h, t_h = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
     homog[idx] = torch.cat((t_h, matrix_to_quat(rot_h)), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)
 
@@ -338,7 +280,7 @@ def init_4dof(
     xn = _normalized_image_points(x2d.double(), k64)
     wrow = w2d.double() * torch.stack((k64[..., 0, 0], k64[..., 1, 1]), -1)[..., None, :]
     big_x, big_y, big_z = x3d64.unbind(-1)
-    u, v = xn.unbind(-1)
+    u, v = xn.unbind(1)
     o, z = torch.ones_like(u), torch.zeros_like(u)
     row_u = torch.stack((u * big_z - big_x, -(u * big_x + big_z), -o, z, u), dim=-1)
     row_v = torch.stack((v * big_z, -v * big_x, z, -o, v), dim=-1)

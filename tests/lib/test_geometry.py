@@ -9,6 +9,7 @@ from epropnp_lib.conventions import MIN_DEPTH
 from epropnp_lib.geometry.camera import project, transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import (
+    closest_rotation_quat,
     matrix_to_quat,
     quat_angle_between,
     quat_exp,
@@ -35,6 +36,45 @@ def test_quaternion_matrix_round_trip() -> None:
     assert torch.allclose(rot @ rot.mT, eye.expand_as(rot), atol=1e-12)
     assert torch.allclose(torch.linalg.det(rot), torch.ones(1000, dtype=torch.float64))
     assert torch.allclose(matrix_to_quat(rot), q, atol=1e-12)
+
+
+def _closest_rotation_svd(m: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(m)
+    d = torch.ones(m.shape[:-1], dtype=m.dtype)
+    d[..., 2] = torch.linalg.det(u @ vh)
+    return u @ torch.diag_embed(d) @ vh
+
+
+@pytest.mark.parametrize(("noise", "atol"), [(0.0, 1e-9), (1e-3, 1e-9), (0.05, 1e-9), (0.2, 1e-6)])
+def test_closest_rotation_quat_matches_the_svd(noise: float, atol: float) -> None:
+    """Horn's quaternion by repeated squaring equals the SVD's closest proper rotation, and the
+    returned scale is the mean singular value, for scaled rotations with relative noise (the
+    16th power separates the eigenvalues less as the noise grows)."""
+    g = _gen(5)
+    rot = quat_to_matrix(quat_normalize(torch.randn(500, 4, generator=g, dtype=torch.float64)))
+    scale = torch.rand(500, 1, 1, generator=g, dtype=torch.float64) * 10 + 0.1
+    m = scale * rot @ (torch.eye(3, dtype=torch.float64)
+                       + noise * torch.randn(500, 3, 3, generator=g, dtype=torch.float64))
+    q, lam = closest_rotation_quat(m)
+    ref = _closest_rotation_svd(m)
+    assert (q[:, 0] >= 0).all()
+    torch.testing.assert_close(quat_to_matrix(q), ref, atol=atol, rtol=0)
+    torch.testing.assert_close(lam, (ref * m).sum((-2, -1)) / 3, atol=atol, rtol=atol)
+    # A rank-2 matrix (planar points) and a reflection still give the closest proper rotation.
+    flat = rot[:5] @ torch.diag(torch.tensor([1.0, 0.6, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(quat_to_matrix(closest_rotation_quat(flat)[0]),
+                               _closest_rotation_svd(flat), atol=1e-4, rtol=0)
+    q_ref, _ = closest_rotation_quat(-rot[:5])
+    det = torch.linalg.det(quat_to_matrix(q_ref))
+    assert torch.allclose(det, torch.ones(5, dtype=torch.float64))
+
+
+def test_closest_rotation_quat_of_bad_matrices_is_the_identity() -> None:
+    bad = torch.stack((torch.full((3, 3), float("nan")), torch.zeros(3, 3),
+                       torch.eye(3).index_fill(0, torch.tensor([1]), float("inf"))))
+    q, lam = closest_rotation_quat(bad)
+    assert torch.equal(q, torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3))
+    assert torch.isnan(lam).all()
 
 
 def test_quaternion_product_matches_matrix_product() -> None:
