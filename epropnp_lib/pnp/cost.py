@@ -105,8 +105,7 @@ def _huber(sq_norm: torch.Tensor, d: torch.Tensor | None) -> tuple[torch.Tensor,
         return 0.5 * sq_norm, torch.ones_like(sq_norm)
     # rho'(s) = min(1, d / sqrt(s)), and 1/2 rho(s) = 1/2 s rho' (2 - rho') on both branches.
     weight = (d * sq_norm.clamp_min(torch.finfo(sq_norm.dtype).tiny).rsqrt()).clamp_max(1.0)
-    half_rho = 0.5 * sq_norm * weight * (2.0 - weight)
-    return half_rho, weight
+    return sq_norm * torch.addcmul(weight, weight, weight, value=-0.5), weight  # s w (1 - w/2)
 
 
 def huber(sq_norm: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,8 +181,8 @@ class PointTerms(NamedTuple):
         half_rho: ``S + (N,)`` per-point cost ``1/2 rho(||f||^2)``.
         robust_weight: ``S + (N,)`` IRLS weights ``rho'``.
         residual: ``(2,) + S + (N,)`` weighted residuals (u and v rows).
-        rows: ``S + (2, D + 1, N)``: for the u and v rows, the derivatives w.r.t. the ``D``
-            tangent coordinates followed by the residual (the layout of
+        rows: ``(2,) + S + (D + 1, N)``: for the u and v rows, the derivatives w.r.t. the
+            ``D`` tangent coordinates followed by the residual (the layout of
             :func:`normal_equations_from_rows`), or ``None`` when not requested.
         depth: ``S + (N,)`` camera-frame depth before clamping.
     """
@@ -205,7 +204,7 @@ def point_terms(
     Differentiable.
     """
     t0, t1, t2 = pose[..., :3].unsqueeze(-2).unbind(-1)  # S + (1,)
-    p0, p1, p2 = space.rotate(pose, *pts.x.unbind(0))  # S + (N,)
+    p0, p1, p2 = space.rotate(pose, pts.x)  # S + (N,)
     # Pose batch dims beyond the problems' (e.g. K samples per problem): broadcast the
     # component-major tensors over them.
     extra = (1,) * (pose.dim() - 2)
@@ -222,12 +221,10 @@ def point_terms(
     if with_jacobian:
         # d(K[:2] x / z) / dx = K[:2, :2] / z and -(u - cx, v - cy) / z for the depth (which
         # vanishes where the depth is clamped).  Both image rows at once: (2,) + S + (N,).
-        dz = torch.where(depth > MIN_DEPTH, -inv_z, torch.zeros_like(inv_z))
+        dz = (-inv_z).masked_fill(depth <= MIN_DEPTH, 0.0)
         a = (wk[:, 0] * inv_z, wk[:, 1] * inv_z, wr * dz)
         cols = a + space.rotation_columns((p0, p1, p2), a) + (residual,)
-        rows = torch.stack(
-            [c[0] for c in cols] + [c[1] for c in cols], dim=-2
-        ).unflatten(-2, (2, len(cols)))
+        rows = torch.stack(cols, dim=-2)  # one contiguous (D + 1, N) block per image row
     return PointTerms(half_rho, weight, residual, rows, depth)
 
 
@@ -235,17 +232,17 @@ def augmented_normal_matrix(rows: torch.Tensor, robust_weight: torch.Tensor) -> 
     """``S + (D + 1, D + 1)`` matrix ``[[H, g], [g^T, sum_i rho'_i |f_i|^2]]``.
 
     ``H = sum_i rho'_i J_i^T J_i`` and ``g = sum_i rho'_i J_i^T f_i`` are the Gauss-Newton
-    Hessian and gradient of the robust cost (IRLS form of Eq. 11), from ``rows: S + (2, D + 1,
-    N)`` (:attr:`PointTerms.rows`: Jacobian columns, then the residual) and ``robust_weight: S +
-    (N,)``: the residual rides along as an extra Jacobian column, so one batched product gives
-    both.  Differentiable.
+    Hessian and gradient of the robust cost (IRLS form of Eq. 11), from ``rows: (2,) + S +
+    (D + 1, N)`` (:attr:`PointTerms.rows`: Jacobian columns, then the residual) and
+    ``robust_weight: S + (N,)``: the residual rides along as an extra Jacobian column, so one
+    batched product gives both.  Differentiable.
     """
     shape = rows.shape
     flat = rows.reshape(-1, shape[-2], shape[-1])  # one (D + 1, N) block per image row
-    weighted = (rows * robust_weight[..., None, None, :]).reshape(flat.shape)
+    weighted = (rows * robust_weight.unsqueeze(-2)).reshape(flat.shape)
     # An explicit bmm with the transposed view: a batched `@` on the 4D tensors reshapes (copies)
     # its operands first, which costs more than the product for small batches.
-    return torch.bmm(weighted, flat.transpose(-1, -2)).view(shape[:-1] + shape[-2:-1]).sum(-3)
+    return torch.bmm(weighted, flat.transpose(-1, -2)).view(shape[:-1] + shape[-2:-1]).sum(0)
 
 
 def normal_equations_from_rows(
@@ -285,7 +282,8 @@ def evaluate_cost(
     """
     pts = PointSet.from_tensors(x3d, x2d, w2d, cam_mats, delta)
     terms = point_terms(space, pose, pts, with_jacobian)
-    jac = None if terms.rows is None else terms.rows[..., :-1, :].movedim(-1, -3)
+    # (2,) + S + (D, N) -> S + (N, 2, D)
+    jac = None if terms.rows is None else terms.rows[..., :-1, :].movedim(0, -1).movedim(-3, -1)
     return CostTerms(
         terms.half_rho.sum(-1), terms.residual.movedim(0, -1), terms.robust_weight, jac,
         terms.depth,

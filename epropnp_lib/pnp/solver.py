@@ -197,7 +197,7 @@ def normal_equations(terms: CostTerms) -> tuple[torch.Tensor, torch.Tensor]:
     f_i``, the IRLS form of Eq. 11).  Differentiable."""
     assert terms.jacobian is not None
     rows = torch.cat((terms.jacobian, terms.residual.unsqueeze(-1)), dim=-1)  # S + (N, 2, D + 1)
-    return normal_equations_from_rows(rows.movedim(-3, -1), terms.robust_weight)
+    return normal_equations_from_rows(rows.movedim(-3, -1).movedim(-3, 0), terms.robust_weight)
 
 
 def laplace_covariance(
@@ -213,21 +213,19 @@ def laplace_covariance(
     eigen-decomposition.
     """
     d = hess.diagonal(dim1=-2, dim2=-1).clamp_min(0)
-    d_ok = d > d.amax(-1, keepdim=True).clamp_min(1e-300) * 1e-14
-    scale = torch.where(d_ok, d, torch.ones_like(d)).rsqrt()
-    hs = hess * scale[..., :, None] * scale[..., None, :]
-    hs = 0.5 * (hs + hs.transpose(-1, -2))
-    eye = torch.eye(hs.shape[-1], dtype=hs.dtype, device=hs.device)
-    # A non-finite Hessian (overflow) must not poison the factorisation of the batch.
-    finite = torch.isfinite(hs).flatten(-2).all(-1)
-    hs = torch.where(finite[..., None, None], hs, eye)
+    d_ok = d > d.amax(-1, keepdim=True) * 1e-14  # False for a zero or NaN diagonal
+    scale = torch.where(d_ok, d, 1.0).rsqrt()
+    s2 = scale[..., :, None] * scale[..., None, :]
+    hs = hess * s2
+    # LAPACK's Cholesky reads one triangle and stops with info > 0 at a non-positive or NaN
+    # pivot (a non-finite Hessian fails there), one matrix at a time.
     chol, info = torch.linalg.cholesky_ex(hs)
     pos_def = info == 0
+    eye = torch.eye(hs.shape[-1], dtype=hs.dtype, device=hs.device)
     inv_s = torch.cholesky_inverse(torch.where(pos_def[..., None, None], chol, eye))
     norms = torch.linalg.matrix_norm(hs) * torch.linalg.matrix_norm(inv_s)
-    degenerate = ~(d_ok.all(-1) & finite & pos_def & (norms * rcond < 1.0))
-    cov = torch.where(degenerate[..., None, None], torch.nan, inv_s)
-    return cov * scale[..., :, None] * scale[..., None, :], degenerate
+    degenerate = ~(d_ok.all(-1) & pos_def & (norms * rcond < 1.0))
+    return torch.where(degenerate[..., None, None], torch.nan, inv_s) * s2, degenerate
 
 
 @torch.no_grad()
