@@ -136,7 +136,9 @@ class Pose6DoF(PoseSpace):
         # d(Exp(phi) p)/dphi = -[p]x, and a^T (-[p]x) = (p x a)^T for each Jacobian row a.
         p0, p1, p2 = p
         a0, a1, a2 = a
-        return (p1 * a2 - p2 * a1, p2 * a0 - p0 * a2, p0 * a1 - p1 * a0)
+        return (torch.addcmul(p1 * a2, p2, a1, value=-1.0),
+                torch.addcmul(p2 * a0, p0, a2, value=-1.0),
+                torch.addcmul(p0 * a1, p1, a0, value=-1.0))
 
     @staticmethod
     def rotation_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -128,8 +128,9 @@ def matrix_to_quat(rot: torch.Tensor) -> torch.Tensor:
 
 def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit quaternion ``(..., 4)`` (w >= 0) of the rotation closest to ``m: (..., 3, 3)`` in
-    the Frobenius norm, and the mean singular value of ``m`` ``(..., )`` (``m = lam R`` for a
-    scaled rotation).
+    the Frobenius norm, and the RMS singular value ``||m||_F / sqrt(3)`` of ``m`` ``(...,)``
+    (``lam`` for a scaled rotation ``m = lam R``; for a noisy one it exceeds the mean singular
+    value by half their relative variance).
 
     Horn's method: the rotation maximising ``trace(R^T m)`` has the quaternion of the largest
     eigenvalue of the symmetric ``4 x 4`` matrix ``N(m)`` (linear in ``m``, the matrix of
@@ -139,8 +140,9 @@ def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``(lambda_2 / lambda_1)^16`` (1e-15 for 10 % noise on a rotation, 1e-6 for a rank-2 ``m``),
     and its best-conditioned column is taken.  Where the two largest eigenvalues nearly tie
     (``m`` far from any rotation, the closest one barely defined) the result is less exact.
-    Always a proper rotation (never a reflection); a non-finite or zero ``m`` gives the identity
-    and a NaN scale.  No gradient is meant to flow (the initialisers use it).
+    Always a proper rotation (never a reflection); a non-finite ``m`` gives the identity and a
+    NaN scale, a zero one the identity and scale 0.  No gradient is meant to flow (the
+    initialisers use it).
     """
     flat = m.reshape(-1, 9)
     scale = flat.norm(dim=-1, keepdim=True) * 3.0**-0.5  # (M, 1)
@@ -154,9 +156,7 @@ def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = quat_normalize(torch.take_along_dim(a16, best[:, None, None], dim=-2).squeeze(-2))
     ok = torch.isfinite(q).all(-1, keepdim=True)
     q = torch.where(ok, torch.where(q[:, :1] < 0, -q, q), q.new_tensor([1.0, 0.0, 0.0, 0.0]))
-    # trace(R^T m) / 3 = s (q^T A q - 1) / 3.
-    lam = scale[:, 0] * ((q * torch.bmm(a, q.unsqueeze(-1)).squeeze(-1)).sum(-1) - 1.0) / 3.0
-    return q.reshape(m.shape[:-2] + (4,)), lam.reshape(m.shape[:-2])
+    return q.reshape(m.shape[:-2] + (4,)), scale.reshape(m.shape[:-2])
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -212,9 +212,9 @@ def point_terms(
     wc = pts.wc.view(pts.wc.shape[:1] + extra + pts.wc.shape[1:])
     depth = p2 + t2
     inv_z = depth.clamp_min(MIN_DEPTH).reciprocal()
-    xn = (p0 + t0) * inv_z
-    yn = (p1 + t1) * inv_z
-    wr = torch.addcmul(wk[:, 0] * xn, wk[:, 1], yn)  # w (K[:2, :2] x / z): (2,) + S + (N,)
+    # w K[:2, :2] / z, (2, 2) + S + (N,): both the projection and its derivative need it.
+    wk0, wk1 = (wk * inv_z).unbind(1)
+    wr = torch.addcmul(wk0 * (p0 + t0), wk1, p1 + t1)  # w (K[:2, :2] x / z): (2,) + S + (N,)
     residual = wr - wc
     half_rho, weight = _huber((residual * residual).sum(0), pts.delta)
     rows = None
@@ -222,7 +222,7 @@ def point_terms(
         # d(K[:2] x / z) / dx = K[:2, :2] / z and -(u - cx, v - cy) / z for the depth (which
         # vanishes where the depth is clamped).  Both image rows at once: (2,) + S + (N,).
         dz = (-inv_z).masked_fill(depth <= MIN_DEPTH, 0.0)
-        a = (wk[:, 0] * inv_z, wk[:, 1] * inv_z, wr * dz)
+        a = (wk0, wk1, wr * dz)
         cols = a + space.rotation_columns((p0, p1, p2), a) + (residual,)
         rows = torch.stack(cols, dim=-2)  # one contiguous (D + 1, N) block per image row
     return PointTerms(half_rho, weight, residual, rows, depth)

@@ -182,11 +182,10 @@ def dlt_6dof(
     # with T3 = [[s3 I, -s3 c3], [0, 1]] and T2^-1 = [[I / s2, c2], [0, 1]].
     m = p[..., :3] * s3[:, None, None]
     p = torch.cat((m, p[..., 3:] - torch.bmm(m, c3.T.unsqueeze(-1))), -1)
-    t2_inv = torch.zeros_like(m)
-    t2_inv[:, 0, 0] = t2_inv[:, 1, 1] = 1.0 / s2
-    t2_inv[:, :2, 2] = c2.T
-    t2_inv[:, 2, 2] = 1.0
-    p = torch.bmm(t2_inv, p)
+    inv_s2, zero, one = 1.0 / s2, torch.zeros_like(s2), torch.ones_like(s2)
+    cx, cy = c2.unbind(0)
+    t2_inv = torch.stack((inv_s2, zero, cx, zero, inv_s2, cy, zero, zero, one), -1)
+    p = torch.bmm(t2_inv.view(-1, 3, 3), p)
     # P = lam [R | t] with lam > 0 for a centroid in front of the camera (the fixed entry).
     quat, lam = closest_rotation_quat(p[..., :3])
     return quat, p[..., 3] / lam.clamp_min(1e-30)[..., None], scatter

@@ -165,7 +165,8 @@ def validate_problem(
         total = total + pose_init.sum(1)
     valid = torch.isfinite(total) & (w2d.amin((1, 2)) >= 0)
     k = cam_mats.flatten(1)  # last row (0, 0, 1), positive focal lengths
-    valid &= ((k[:, 6:8].abs().sum(1) == 0) & (k[:, 8] == 1)) & ((k[:, 0] > 0) & (k[:, 4] > 0))
+    valid &= (k[:, 6:9] == k.new_tensor([0.0, 0.0, 1.0])).all(1)
+    valid &= torch.minimum(k[:, 0], k[:, 4]) > 0
     if bool(valid.all()):
         return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)
     # Replace invalid elements by a benign problem: unit camera, points on a unit cube at
@@ -316,11 +317,11 @@ def solve_validated(
     cov = cov.to(pose.dtype)
     # Most of the weight behind the camera is degenerate too.
     degenerate |= _behind(st.depth, w_point)
-    degenerate |= ~torch.isfinite(pose).all(-1) | ~torch.isfinite(st.cost)
+    degenerate |= ~torch.isfinite(pose.sum(-1) + st.cost)  # a NaN/inf anywhere
     status = torch.where(converged, SolveStatus.CONVERGED, SolveStatus.MAX_ITERATIONS)
     status = torch.where(degenerate, SolveStatus.DEGENERATE, status)
     status = torch.where(prob.valid, status, SolveStatus.INVALID_INPUT).to(torch.int64)
-    cov = torch.where(degenerate[:, None, None] | ~prob.valid[:, None, None], torch.nan, cov)
+    cov = torch.where((degenerate | ~prob.valid)[:, None, None], torch.nan, cov)
     pose = torch.where(prob.valid[:, None], pose, torch.nan)
     cost = torch.where(prob.valid, st.cost, torch.nan)
     return PnPSolution(pose, cost, cov, status, iters)
@@ -416,6 +417,9 @@ def _iterate(
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
     round_off = 100.0 * torch.finfo(st.pose.dtype).eps
     tol = max(cfg.tolerance, round_off)
+    # A step is negligible below tol relative to the translation's scale (taken at the start:
+    # it barely changes while the steps are that small).
+    step_tol = tol * (1.0 + st.pose[:, :3].norm(dim=-1))
     tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
         if may_compact and 2 * int(active.sum()) <= batch:
@@ -437,7 +441,7 @@ def _iterate(
         diag = hess.diagonal(dim1=-2, dim2=-1)
         extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
         step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0].neg_()
-        small_step = step.norm(dim=-1) <= tol * (1.0 + st.pose[:, :3].norm(dim=-1))
+        small_step = step.norm(dim=-1) <= step_tol
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
         # H s = -g - lambda D s).
         predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
@@ -459,16 +463,13 @@ def _iterate(
         if lm:
             accept = active & (decrease >= 0)  # False for a non-finite step or new cost
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
-            stalled = active & ~accept & small_cost & small_step
+            stalled = active & small_cost & small_step
             # Gain ratio; the model's decrease is >= 0 (0 only at a zero gradient, where the
             # step is 0 too): floor it at the dtype's smallest normal number, never 0.  The
             # damping of stopped elements is never used again.
             rho = decrease / predicted.clamp_min(tiny)
-            damping = torch.where(
-                accept,
-                damping * (1.0 - (2.0 * rho - 1.0).pow(3)).clamp(1.0 / 3.0, 1.0),
-                damping * nu,
-            ).clamp(1e-12, 1e12)
+            shrink = (2.0 * rho - 1.0).pow_(3).neg_().add_(1.0).clamp_(1.0 / 3.0, 1.0)
+            damping = (damping * torch.where(accept, shrink, nu)).clamp_(1e-12, 1e12)
             nu = torch.where(accept, 2.0, nu * 2.0)
             hopeless = active & (damping >= 1e12)
         else:
