@@ -9,11 +9,16 @@ One command produces the table in ``bench/README.md``::
 Each case runs in its own child process so that its peak memory (max RSS on the CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU) is its own.  Times are the median of ``--repeats``
 runs after a warm-up; per-problem times divide by the batch size.
+
+``--compare-opencv [B ...]`` instead times the 6DoF solve and OpenCV ``SOLVEPNP_ITERATIVE`` on
+the same problems, interleaved round by round in one process, and reports their ratio per batch
+size (``--write-readme`` writes that table too).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import re
@@ -24,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,6 +128,80 @@ def run_case(case: str, device: str, repeats: int) -> dict[str, float | int | st
             "batch": batch, "peak_mb": peak_mb}
 
 
+def _opencv_loop(problems: list[tuple[Any, Any, Any]], dist: Any, flag: int) -> None:
+    """``cv2.solvePnP`` once per problem ``(x3d, x2d, K)``."""
+    import cv2
+
+    for x3d, x2d, k in problems:
+        cv2.solvePnP(x3d, x2d, k, dist, flags=flag)
+
+
+def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
+    """Markdown table: 6DoF LM solve (init incl.) vs OpenCV ``SOLVEPNP_ITERATIVE`` per problem,
+    on the same problems, interleaved round by round in this process (the machine's speed
+    drifts: each round times both back to back).  Median and best over the rounds."""
+    import cv2
+
+    from epropnp_lib.diagnostics import small_op_time_us
+    from epropnp_lib.pnp.problems import random_problems
+    from epropnp_lib.pnp.solver import solve_pnp
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    before = small_op_time_us()
+    lines = []
+    for batch in batches:
+        p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
+        p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
+                p.cam_mats[i].double().numpy()) for i in range(batch)]
+        dist = p.x3d.new_zeros(5).double().numpy()
+        ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
+
+        opencv = functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
+
+        for _ in range(3):
+            ours()
+            opencv()
+        t_ours, t_cv, ratio = [], [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            ours()
+            t1 = time.perf_counter()
+            opencv()
+            t2 = time.perf_counter()
+            t_ours.append((t1 - t0) / batch * 1e3)
+            t_cv.append((t2 - t1) / batch * 1e3)
+            ratio.append((t1 - t0) / (t2 - t1))
+        lines.append(
+            f"| {batch} | {statistics.median(t_ours):.4f} ({min(t_ours):.4f}) "
+            f"| {statistics.median(t_cv):.4f} ({min(t_cv):.4f}) "
+            f"| {statistics.median(ratio):.2f} ({min(ratio):.2f}–{max(ratio):.2f}) |"
+        )
+    probe = (f"CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us "
+             f"before, {small_op_time_us():.2f} us after.")
+    return "\n".join([
+        f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
+        f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. N=64, 1 px noise, "
+        f"{rounds} interleaved rounds: median (best). {probe}",
+        "",
+        "| B | EPro-PnP 6DoF LM, init incl. (ms/problem) | OpenCV ITERATIVE (ms/problem) "
+        "| time ratio, median (range) |",
+        "|---:|---:|---:|---:|",
+        *lines,
+    ])
+
+
+def _write_table(marker_name: str, md: str) -> None:
+    """Replace the table between ``<!-- table:NAME -->`` markers in bench/README.md."""
+    readme = Path(__file__).with_name("README.md")
+    text = readme.read_text()
+    marker, end = f"<!-- table:{marker_name} -->", f"<!-- /table:{marker_name} -->"
+    pattern = re.compile(re.escape(marker) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"markers {marker} ... {end} not found in {readme}")
+    readme.write_text(pattern.sub(lambda _: f"{marker}\n{md}\n{end}", text))
+
+
 def table(
     rows: list[dict[str, float | int | str]], device: str, threads: int, probe: str = ""
 ) -> str:
@@ -153,9 +233,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--write-readme", action="store_true",
                         help="replace the table between the markers in bench/README.md")
+    parser.add_argument("--compare-opencv", metavar="B", type=int, nargs="*",
+                        help="instead of the cases: time the 6DoF solve against OpenCV "
+                             "ITERATIVE at these batch sizes, interleaved (default 32 64 128 512)")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of --compare-opencv")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compare_opencv is not None:
+        md = compare_opencv(args.compare_opencv or [32, 64, 128, 512], args.rounds, args.threads)
+        print(md)
+        if args.write_readme:
+            _write_table("cv_ratio", md)
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args.device, args.repeats)))
         return
@@ -176,14 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     md = table(rows, args.device, args.threads, probe)
     print(md)
     if args.write_readme:
-        readme = Path(__file__).with_name("README.md")
-        text = readme.read_text()
-        marker = f"<!-- table:{args.device.split(':')[0]} -->"
-        end = f"<!-- /table:{args.device.split(':')[0]} -->"
-        pattern = re.compile(re.escape(marker) + ".*?" + re.escape(end), re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"markers {marker} ... {end} not found in {readme}")
-        readme.write_text(pattern.sub(lambda _: f"{marker}\n{md}\n{end}", text))
+        _write_table(args.device.split(":")[0], md)
 
 
 if __name__ == "__main__":
