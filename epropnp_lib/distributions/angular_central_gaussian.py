@@ -141,7 +141,7 @@ class AngularCentralGaussian:
         with torch.no_grad():
             n = torch.randn((*shape, 4), generator=generator, dtype=self.dtype, device=self.device)
             z = (self.scale_tril @ n.unsqueeze(-1)).squeeze(-1)
-            norm = z.norm(dim=-1, keepdim=True)
+            norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
             tiny = torch.finfo(self.dtype).tiny
             unit_w = torch.zeros_like(z)
             unit_w[..., 0] = 1.0
@@ -176,7 +176,7 @@ class AngularCentralGaussian:
         if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0:
             raise ValueError(f"num_iter: expected a non-negative int, got {num_iter!r}")
         with torch.no_grad():
-            norm = samples.norm(dim=-1)
+            norm = torch.linalg.vector_norm(samples, dim=-1)
             tiny = torch.finfo(samples.dtype).tiny
             valid = torch.isfinite(norm) & (norm > tiny)
             x = torch.where(

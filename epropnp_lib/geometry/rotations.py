@@ -11,7 +11,7 @@ import torch
 
 def quat_normalize(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Normalise quaternions ``q: (..., 4)`` to unit length."""
-    return q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(eps)
 
 
 def _constant(key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -87,6 +87,7 @@ _CONSTANT_VALUES = {
     "product": _product_table(),
     "rotation": _rotation_table(),
     "identity": torch.eye(3, dtype=torch.float64).reshape(9),
+    "identity_quat": torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64),
 }
 _CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -145,7 +146,7 @@ def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     initialisers use it).
     """
     flat = m.reshape(-1, 9)
-    scale = flat.norm(dim=-1, keepdim=True) * 3.0**-0.5  # (M, 1)
+    scale = torch.linalg.vector_norm(flat, dim=-1, keepdim=True) * 3.0**-0.5  # (M, 1)
     a = torch.addmm(_constant("m2q_offset", m.dtype, m.device), flat / scale,
                     _constant("m2q", m.dtype, m.device)).view(-1, 4, 4)
     a16 = torch.bmm(a, a)  # bmm: a batched @ costs several more ops for tiny matrices
@@ -153,9 +154,10 @@ def closest_rotation_quat(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a16 = torch.bmm(a16, a16)
     a16 = torch.bmm(a16, a16)
     best = a16.diagonal(dim1=-2, dim2=-1).argmax(-1)  # (M,)
-    q = quat_normalize(torch.take_along_dim(a16, best[:, None, None], dim=-2).squeeze(-2))
+    q = quat_normalize(a16.gather(-2, best.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(-2))
     ok = torch.isfinite(q).all(-1, keepdim=True)
-    q = torch.where(ok, torch.where(q[:, :1] < 0, -q, q), q.new_tensor([1.0, 0.0, 0.0, 0.0]))
+    identity = _constant("identity_quat", q.dtype, q.device)
+    q = torch.where(ok, torch.where(q[:, :1] < 0, -q, q), identity)
     return q.reshape(m.shape[:-2] + (4,)), scale.reshape(m.shape[:-2])
 
 
@@ -181,7 +183,7 @@ def quat_log(q: torch.Tensor) -> torch.Tensor:
     """Rotation vector ``(..., 3)`` of unit quaternions ``q: (..., 4)`` (angle in [0, pi])."""
     q = torch.where(q[..., :1] < 0, -q, q)
     v = q[..., 1:]
-    s = v.norm(dim=-1, keepdim=True)
+    s = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     angle = 2.0 * torch.atan2(s, q[..., :1])
     k = torch.where(s < 1e-12, 2.0 / q[..., :1].clamp_min(1e-12), angle / s.clamp_min(1e-30))
     return k * v
@@ -192,7 +194,7 @@ def quat_angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     d = (a * b).sum(-1).abs().clamp(max=1.0)
     # 2 * atan2(|a x b part|, |dot|) is accurate for small angles, unlike 2 * acos(dot).
     rel = quat_multiply(a * a.new_tensor([1.0, -1.0, -1.0, -1.0]), b)
-    return 2.0 * torch.atan2(rel[..., 1:].norm(dim=-1), d)
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(rel[..., 1:], dim=-1), d)
 
 
 def yaw_to_matrix(yaw: torch.Tensor) -> torch.Tensor:

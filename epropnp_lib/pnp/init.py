@@ -35,7 +35,7 @@ def _weighted_center_scale(
     ``target``, for ``pts: (B, N, D)``, ``w: (B, N)``."""
     wsum = w.sum(-1, keepdim=True).clamp_min(1e-30)
     c = (pts * w[..., None]).sum(-2) / wsum
-    dist = (pts - c[..., None, :]).norm(dim=-1)
+    dist = torch.linalg.vector_norm(pts - c[..., None, :], dim=-1)
     mean_dist = (dist * w).sum(-1) / wsum[..., 0]
     return c, target / mean_dist.clamp_min(1e-12)
 
@@ -212,7 +212,8 @@ def homography_6dof(
     # h = lam [R e1, R e2, R c3 + t]; the plane centre has positive depth.
     h = h * torch.where(h[..., 2, 2] < 0, -1.0, 1.0).to(h.dtype)[..., None, None]
     r1, r2 = h[..., 0], h[..., 1]
-    lam = (r1.norm(dim=-1) * r2.norm(dim=-1)).sqrt().clamp_min(1e-30)
+    norm = torch.linalg.vector_norm
+    lam = (norm(r1, dim=-1) * norm(r2, dim=-1)).sqrt().clamp_min(1e-30)
     r1 = r1 / lam[..., None]
     r2 = r2 / lam[..., None]
     rp = quat_to_matrix(closest_rotation_quat(

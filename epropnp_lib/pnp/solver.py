@@ -165,7 +165,7 @@ def validate_problem(
         total = total + pose_init.sum(1)
     valid = torch.isfinite(total) & (w2d.amin((1, 2)) >= 0)
     k = cam_mats.flatten(1)  # last row (0, 0, 1), positive focal lengths
-    valid &= (k[:, 6:9] == k.new_tensor([0.0, 0.0, 1.0])).all(1)
+    valid &= (k[:, 6:8] == 0).all(1) & (k[:, 8] == 1)
     valid &= torch.minimum(k[:, 0], k[:, 4]) > 0
     if bool(valid.all()):
         return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)
@@ -419,7 +419,7 @@ def _iterate(
     tol = max(cfg.tolerance, round_off)
     # A step is negligible below tol relative to the translation's scale (taken at the start:
     # it barely changes while the steps are that small).
-    step_tol = tol * (1.0 + st.pose[:, :3].norm(dim=-1))
+    step_tol = tol * (1.0 + torch.linalg.vector_norm(st.pose[:, :3], dim=-1))
     tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
         if may_compact and 2 * int(active.sum()) <= batch:
@@ -441,7 +441,7 @@ def _iterate(
         diag = hess.diagonal(dim1=-2, dim2=-1)
         extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
         step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0].neg_()
-        small_step = step.norm(dim=-1) <= step_tol
+        small_step = torch.linalg.vector_norm(step, dim=-1) <= step_tol
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
         # H s = -g - lambda D s).
         predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
