@@ -207,7 +207,7 @@ class _SampleCost(torch.autograd.Function):
                 hz = grad_h[:, :, 2]
                 torch.add(res.ru, (x2d[c, :, 0] - center[c, None, 0])[:, None], out=hz)
                 hz.mul_(hu)
-                hz.add_(res.rv.add_((x2d[c, :, 1] - center[c, None, 1])[:, None]).mul_(hv))
+                hz.addcmul_(res.rv.add_((x2d[c, :, 1] - center[c, None, 1])[:, None]), hv)
                 hz.mul_(res.in_front).neg_()
                 grad_xh = pc.reshape(nb, nk * 3, 4).transpose(-1, -2) @ grad_h.view(
                     nb, nk * 3, -1
