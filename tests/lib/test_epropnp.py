@@ -36,17 +36,22 @@ def test_amis_log_normalizer_matches_dense_integration() -> None:
             layer(
                 p.x3d, p.x2d, p.w2d, p.cam_mats, generator=_gen(seed), with_step=False
             ).log_normalizer
-            for seed in range(16)
+            for seed in range(64)
         ]
     )  # (seeds, B)
     err = (estimates.mean(0) - exact).abs()
     spread = estimates.std(0)
+    standard_error = spread / estimates.shape[0] ** 0.5
     print(
         f"\nAMIS log normaliser: error vs grid {err.tolist()} nats, "
-        f"std of one estimate over 16 seeds {spread.tolist()} nats"
+        f"std of one estimate over 64 seeds {spread.tolist()} nats"
     )
-    # The mean over seeds agrees within 0.05 nats; single runs scatter by their spread.
-    assert err.max() < 0.05
+    # The estimator's bias is within 0.05 nats, up to the Monte Carlo error of the mean over
+    # the seeds (3 standard errors, ~0.02).  History: the mean over 16 seeds missed 0.05 by
+    # 0.008 for the 4th problem after a change of the samplers' random streams (2026-11-25);
+    # over 384 seeds its bias is -0.038 +- 0.004 nats with either stream (bench/amis.py reports
+    # 0.027 mean, 0.038 max over its problems).  Single runs scatter by their spread.
+    assert (err < 0.05 + 3 * standard_error).all()
     assert spread.max() < 0.1
     assert ((estimates - exact).abs() < 0.05 + 4 * spread).all()
 
