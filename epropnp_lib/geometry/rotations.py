@@ -171,10 +171,10 @@ def quat_exp(phi: torch.Tensor) -> torch.Tensor:
     """Unit quaternion ``(..., 4)`` of the rotation vector ``phi: (..., 3)`` (angle-axis).
 
     Smooth at ``phi = 0``: ``sin(theta/2) / theta = sinc(theta / 2 pi) / 2`` with torch's
-    ``sinc`` (exact at 0, with its derivative), and the angle's square root is clamped away from
-    0, so gradients are finite there.
+    ``sinc`` (exact at 0, with its derivative), and the norm's gradient is 0 at 0, so gradients
+    are finite there.
     """
-    theta = (phi * phi).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
+    theta = torch.linalg.vector_norm(phi, dim=-1, keepdim=True)  # its gradient at 0 is 0
     k = torch.sinc(theta * (0.5 / torch.pi))
     return torch.cat((torch.cos(0.5 * theta), (0.5 * k) * phi), dim=-1)
 

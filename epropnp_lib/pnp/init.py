@@ -116,6 +116,7 @@ def _cm_center_scale(
     ``(D, B, N)``."""
     c = (pts * w).sum(-1) / wsum
     centred = pts - c.unsqueeze(-1)
+    # (a vector_norm over the leading dim takes a 20-30x slower reduction path)
     mean_dist = (centred.square().sum(0).sqrt() * w).sum(-1) / wsum
     return c, target / mean_dist.clamp_min(1e-12), centred
 
@@ -173,7 +174,7 @@ def dlt_6dof(
     w2 = w * w
     u, v = xi.unbind(0)
     wts = torch.stack((w2, w2 * u, w2 * v, w2 * (u * u + v * v), w))
-    moments = prods.permute(1, 0, 2) @ wts.permute(1, 2, 0)  # (B, 13, 5)
+    moments = torch.bmm(prods.permute(1, 0, 2), wts.permute(1, 2, 0))  # (B, 13, 5)
     flat = moments.flatten(-2)
     ata = flat[:, _DLT_INDEX.to(flat.device)] * _DLT_SIGN.to(flat)
     scatter = moments[:, :9, 4].unflatten(-1, (3, 3))

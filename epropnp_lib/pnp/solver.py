@@ -445,21 +445,20 @@ def _iterate(
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
         # H s = -g - lambda D s).
         predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
-        cost_abs = st.cost.abs()
         near_gn = damping < 1.0
         # Converged without evaluating: the next near-Gauss-Newton step is negligible, or so is
         # what it could gain compared with the round-off of the cost (which would otherwise
-        # reject step after step at the optimum of a noisy float32 problem).
-        done_now = active & near_gn & (
-            small_step | (predicted <= torch.add(cost_floor, cost_abs, alpha=round_off))
-        )
+        # reject step after step at the optimum of a noisy float32 problem).  (cost >= 0.)
+        round_off_cost = torch.add(cost_floor, st.cost, alpha=round_off)
+        done_now = active & near_gn & (small_step | (predicted <= round_off_cost))
         converged |= done_now
         active &= ~done_now
         if not bool(active.any()):  # all stopped without needing another evaluation
             break
         new = _state(space, space.retract(st.pose, step), pts)
         decrease = st.cost - new.cost
-        small_cost = decrease.abs() <= torch.add(cost_floor, cost_abs, alpha=tol)
+        tol_cost = round_off_cost if tol == round_off else torch.add(cost_floor, st.cost, alpha=tol)
+        small_cost = decrease.abs() <= tol_cost
         if lm:
             accept = active & (decrease >= 0)  # False for a non-finite step or new cost
             # Stalled at the numerical floor: a tiny step that changes nothing measurable.
