@@ -18,6 +18,7 @@ still rejected after all rounds (probability below 1e-13 per draw for the gamma 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -207,6 +208,47 @@ def _first_accepted(
     return first, best.squeeze(0) > 0
 
 
+def _rejection_blocks(
+    block_rounds: tuple[int, ...],
+    params: tuple[torch.Tensor, ...],
+    propose: Callable[[tuple[torch.Tensor, ...], int, bool], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectorised rejection sampling in blocks of rounds, one draw per element of ``params``
+    (tensors of one shape ``S``).
+
+    ``propose(p, rounds, last)`` draws ``rounds`` rounds for the elements of ``p`` (``params``
+    or a subset of them, same layout) and returns the first accepted candidate and whether any
+    was; ``last`` marks the final block.  On the CPU a block after the first draws only for the
+    elements not accepted yet, and the loop ends once all are (a check costs nothing there); on
+    accelerators every block runs over every element, so nothing waits on the device.
+
+    Returns:
+        the values ``S`` (unspecified where nothing was accepted) and the accepted flags ``S``.
+    """
+    on_cpu = params[0].device.type == "cpu"
+    value: torch.Tensor | None = None
+    done = torch.zeros(params[0].shape, dtype=torch.bool, device=params[0].device)
+    todo: tuple[torch.Tensor, ...] | None = None  # CPU, after a block: the draws left
+    for block, rounds in enumerate(block_rounds):
+        last = block + 1 == len(block_rounds)
+        sub = params if todo is None else tuple(p[todo] for p in params)
+        cand, accepted = propose(sub, rounds, last)
+        if value is None:
+            value, done = cand, accepted
+        elif todo is None:
+            value = torch.where(done, value, cand)
+            done = done | accepted
+        else:
+            value = value.index_put(todo, cand)  # every one of them was still to draw
+            done = done.index_put(todo, accepted)
+        if on_cpu and not last:
+            if bool(done.all()):
+                break
+            todo = (~done).nonzero(as_tuple=True)
+    assert value is not None
+    return value, done
+
+
 def standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw of ``Gamma(alpha, rate=1)`` per element of ``alpha: S`` (shape ``S``).
 
@@ -227,33 +269,21 @@ def standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None) -> to
     d = a - 1.0 / 3.0
     c = torch.rsqrt(9.0 * d)
     tiny = torch.finfo(alpha.dtype).tiny
-    g = torch.zeros_like(d)
-    done = torch.zeros(shape, dtype=torch.bool, device=dev)
-    on_cpu = dev.type == "cpu"
-    todo: tuple[torch.Tensor, ...] | None = None  # CPU, after a block: the draws left
-    for block, rounds in enumerate(GAMMA_BLOCK_ROUNDS):
-        db, cb = (d, c) if todo is None else (d[todo], c[todo])
+
+    def propose(
+        p: tuple[torch.Tensor, ...], rounds: int, last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        db, cb = p
         x = torch.randn((rounds, *db.shape), generator=generator, dtype=dt, device=dev)
         u = torch.rand((rounds, *db.shape), generator=generator, dtype=dt, device=dev)
         v = (1.0 + cb * x) ** 3
         v_pos = v.clamp_min(tiny)
         accept = (v > 0) & (torch.log(u) < 0.5 * x * x + db - db * v_pos + db * torch.log(v_pos))
         first, any_acc = _first_accepted(accept, v_pos)
-        last = block + 1 == len(GAMMA_BLOCK_ROUNDS)
         # Rejected in every round of the last block: its last proposal (see above).
-        cand = db * (torch.where(any_acc, first, v_pos[-1]) if last else first)
-        if todo is None:
-            g = torch.where(done, g, cand)
-            done = done | any_acc
-        else:
-            g = g.index_put(todo, cand)  # every one of them was still to draw
-            done = done.index_put(todo, any_acc)
-        if last:
-            break
-        if on_cpu:
-            if bool(done.all()):
-                break
-            todo = (~done).nonzero(as_tuple=True)
+        return db * (torch.where(any_acc, first, v_pos[-1]) if last else first), any_acc
+
+    g, _ = _rejection_blocks(GAMMA_BLOCK_ROUNDS, (d, c), propose)
     ub = torch.rand(shape, generator=generator, dtype=dt, device=dev)
     log_g = torch.log(g) + torch.where(boost, torch.log(ub) / alpha, torch.zeros_like(ub))
     return torch.exp(log_g).clamp_min(tiny)
@@ -282,16 +312,12 @@ def von_mises_centered(kappa: torch.Tensor, generator: torch.Generator | None) -
     tau = 1.0 + torch.sqrt(1.0 + 4.0 * k * k)
     rho = 2.0 * k / (tau + torch.sqrt(2.0 * tau))
     r = (1.0 + rho * rho) / (2.0 * rho)
-    theta = torch.zeros(shape, dtype=dt, device=dev)
-    done = torch.zeros(shape, dtype=torch.bool, device=kappa.device)
-    on_cpu = kappa.device.type == "cpu"
-    todo: tuple[torch.Tensor, ...] | None = None  # CPU, after a block: the draws left
-    for block, rounds in enumerate(VM_BLOCK_ROUNDS):
-        if todo is None:
-            kb, rb, shape_b = k, r, shape
-        else:
-            kb, rb, shape_b = k[todo], r[todo], todo[0].shape
-        u = torch.rand((3, rounds, *shape_b), generator=generator, dtype=dt, device=dev)
+
+    def propose(
+        p: tuple[torch.Tensor, ...], rounds: int, last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kb, rb = p
+        u = torch.rand((3, rounds, *kb.shape), generator=generator, dtype=dt, device=dev)
         u1, u2, u3 = u.unbind(0)
         z = torch.cos(math.pi * u1)
         f = (1.0 + rb * z) / (rb + z)
@@ -300,20 +326,10 @@ def von_mises_centered(kappa: torch.Tensor, generator: torch.Generator | None) -
         f_first, any_acc = _first_accepted(accept, f)
         u3_first, _ = _first_accepted(accept, u3)
         cand = torch.acos(f_first.clamp(-1.0, 1.0))
-        cand = torch.where(u3_first < 0.5, -cand, cand)
-        if todo is None:
-            theta = torch.where(done, theta, cand)
-            done = done | any_acc
-        else:
-            theta = theta.index_put(todo, torch.where(any_acc, cand, theta[todo]))
-            done = done.index_put(todo, any_acc)
-        # On the CPU a check costs nothing: stop once every draw is accepted (usually after
-        # one block), else draw again only for the few rejected ones.  On accelerators all
-        # blocks run over every element, so nothing waits on the device.
-        if on_cpu and block + 1 < len(VM_BLOCK_ROUNDS):
-            if bool(done.all()):
-                break
-            todo = (~done).nonzero(as_tuple=True)
+        return torch.where(u3_first < 0.5, -cand, cand), any_acc
+
+    theta, done = _rejection_blocks(VM_BLOCK_ROUNDS, (k, r), propose)
+    on_cpu = kappa.device.type == "cpu"
     if on_cpu and bool(done.all()):
         return theta  # (the fallback below is only needed for a draw rejected throughout)
     a1 = (torch.special.i1e(k) / torch.special.i0e(k)).clamp(torch.finfo(wd).tiny, 1.0)
