@@ -19,7 +19,10 @@ def _constant(key: str, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     cache_key = (key, dtype, device)
     value = _CONSTANTS.get(cache_key)
     if value is None:
-        value = _CONSTANT_VALUES[key].to(dtype=dtype, device=device)
+        # Never an inference tensor (the solver runs in inference mode): autograd code that
+        # later meets the cached copy must be able to save it for backward.
+        with torch.inference_mode(False):
+            value = _CONSTANT_VALUES[key].to(dtype=dtype, device=device)
         _CONSTANTS[cache_key] = value
     return value
 
