@@ -25,9 +25,8 @@ import torch
 
 from epropnp_lib.geometry.rotations import (
     quat_angle_between,
-    quat_exp,
-    quat_multiply,
     quat_normalize,
+    quat_retract,
     quat_to_matrix,
     wrap_angle,
     yaw_to_matrix,
@@ -125,7 +124,7 @@ class Pose6DoF(PoseSpace):
 
     @staticmethod
     def retract(pose: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        q = quat_normalize(quat_multiply(quat_exp(delta[..., 3:]), pose[..., 3:]))
+        q = quat_retract(pose[..., 3:], delta[..., 3:])
         return torch.cat((pose[..., :3] + delta[..., :3], q), dim=-1)
 
     @staticmethod

@@ -182,6 +182,12 @@ def quat_exp(phi: torch.Tensor) -> torch.Tensor:
     return torch.cat((torch.cos(0.5 * theta), (0.5 * k) * phi), dim=-1)
 
 
+def quat_retract(q: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``q: (..., 4)`` moved by the rotation vector ``phi: (..., 3)`` applied on the left
+    (``exp(phi) * q``, i.e. ``R <- Exp(phi) R``), renormalised (broadcasting)."""
+    return quat_normalize(quat_multiply(quat_exp(phi), q))
+
+
 def quat_log(q: torch.Tensor) -> torch.Tensor:
     """Rotation vector ``(..., 3)`` of unit quaternions ``q: (..., 4)`` (angle in [0, pi])."""
     q = torch.where(q[..., :1] < 0, -q, q)

@@ -1,9 +1,15 @@
 """Batched closed-form initial poses that need no external solver.
 
 6DoF: two candidates per problem, each one batched linear least-squares solve,
-  (a) the normalised weighted DLT (Hartley normalisation; exact for >= 6 non-coplanar points),
+  (a) the weighted DLT on centred, scaled object points (exact for >= 6 non-coplanar points),
   (b) a plane-induced homography on the best-fit plane of the 3D points (exact for coplanar
-      points, >= 4), decomposed into (R, t).
+      points, >= 4), decomposed into (R, t),
+  each then refined by one Gauss-Newton step on SO(3) of the DLT's algebraic error with the
+  rotation constrained and the translation eliminated (:func:`refine_on_so3`; a few 3x3 to
+  12x12 products, independent of N).  Under pixel noise the unconstrained DLT lands ~8
+  standard deviations of the pose posterior from the optimum (its 11 projective parameters
+  absorb noise that the rotation projection cannot undo); the refined pose lands within ~0.5,
+  which saves the solver a whole iteration.
   The solver keeps the candidate of lower robust cost, so near-planar sets get the better one.
 4DoF: the yaw-only problem is linear in ``(cos, sin, t)``: weighted linear least squares, then
   the translation is re-solved for the normalised yaw.
@@ -15,9 +21,17 @@ float64 internally (12x12 and 9x9 systems) and returns the input dtype.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from epropnp_lib.geometry.rotations import closest_rotation_quat, matrix_to_quat, quat_to_matrix
+from epropnp_lib.geometry.rotations import (
+    closest_rotation_quat,
+    matrix_to_quat,
+    quat_retract,
+    quat_to_matrix,
+    skew,
+)
 
 
 def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
@@ -123,8 +137,8 @@ def _cm_center_scale(
 
 def _dlt_gather() -> tuple[torch.Tensor, torch.Tensor]:
     """Index ``(12, 12)`` into the flattened ``(13, 5)`` moments of :func:`dlt_6dof` and the
-    signs that assemble the DLT normal matrix ``[[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v,
-    M_uv]]`` (see :func:`_dlt_normal_matrix`)."""
+    signs that assemble the DLT normal matrix (see :func:`_dlt_normal_matrix`) over the
+    unknowns ordered ``(vec_row(A), b)`` for the camera matrix ``P = [A | b]``."""
     def prod(k: int, j: int) -> int:  # row of X_k X_j among the 13 products (X_3 = 1)
         if k < 3 and j < 3:
             return 3 * k + j
@@ -132,26 +146,77 @@ def _dlt_gather() -> tuple[torch.Tensor, torch.Tensor]:
             return 12
         return 9 + min(k, j)
 
+    def unknown(row: int, col: int) -> int:  # position of P[row, col] among the unknowns
+        return 3 * row + col if col < 3 else 9 + row
+
     idx = torch.zeros(12, 12, dtype=torch.int64)
     sign = torch.zeros(12, 12, dtype=torch.float64)
-    # block (i, j) of the 3x3 block matrix -> weight column, sign
+    # block (i, j) of the 3x3 block matrix [[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]
+    # over the rows of P -> weight column, sign
     blocks = {(0, 0): (0, 1.0), (1, 1): (0, 1.0), (0, 2): (1, -1.0), (2, 0): (1, -1.0),
               (1, 2): (2, -1.0), (2, 1): (2, -1.0), (2, 2): (3, 1.0)}
     for (bi, bj), (col, sg) in blocks.items():
         for k in range(4):
             for j in range(4):
-                idx[4 * bi + k, 4 * bj + j] = prod(k, j) * 5 + col
-                sign[4 * bi + k, 4 * bj + j] = sg
+                idx[unknown(bi, k), unknown(bj, j)] = prod(k, j) * 5 + col
+                sign[unknown(bi, k), unknown(bj, j)] = sg
     return idx, sign
 
 
 _DLT_INDEX, _DLT_SIGN = _dlt_gather()
+#: ``(3, 3, 3)``: ``[e_k]_x`` for the three axes; ``[e_k]_x R`` is the derivative of
+#: ``Exp(w) R`` w.r.t. ``w_k`` at ``w = 0``.
+_GENERATORS = skew(torch.eye(3, dtype=torch.float64))
+
+
+def refine_on_so3(
+    ata: torch.Tensor, quat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Gauss-Newton step of the DLT's algebraic error over rotations.
+
+    ``ata: (B, 12, 12)`` is the DLT normal matrix over ``(vec_row(A), b)`` (see
+    :func:`dlt_6dof`), so the algebraic error of a camera matrix ``[R | b]`` is the quadratic
+    form ``z^T ata z`` with ``z = (vec_row(R), b)``.  Its minimum over ``b`` is linear in ``R``
+    (``b = -S vec(R)``, ``S = ata_bb^-1 ata_bR``), leaving ``vec(R)^T C vec(R)`` with ``C`` the
+    Schur complement; a Gauss-Newton step in the rotation vector ``w`` of ``R <- Exp(w) R``
+    is then a 3x3 solve.  Unlike the DLT's free 3x4 matrix, ``[R | b]`` has exactly the pose's
+    degrees of freedom, so its optimum is close to the reprojection optimum.
+
+    Args:
+        ata: ``(B, 12, 12)`` float64; quat: ``(B, 4)`` starting rotations.
+
+    Returns:
+        ``quat: (B, 4)``, its matrix ``rot: (B, 3, 3)`` and ``b: (B, 3)``.  An element whose
+        step does not lower the error (or is not finite) keeps its starting rotation, with the
+        best ``b`` for it.
+    """
+    m_rb, m_bb = ata[:, :9, 9:], ata[:, 9:, 9:]
+    sol = torch.linalg.solve_ex(m_bb, m_rb.mT)[0]  # (B, 3, 9): S
+    schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
+    rot0 = quat_to_matrix(quat)
+    r0 = rot0.flatten(-2).unsqueeze(-1)  # (B, 9, 1)
+    # [d vec(Exp(w) R0) / dw, vec(R0)]: one product gives the normal equations and the error.
+    jac = torch.cat((torch.matmul(_GENERATORS.to(rot0), rot0.unsqueeze(1)).flatten(-2).mT, r0),
+                    dim=-1)  # (B, 9, 4)
+    normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
+    step = torch.linalg.solve_ex(normal[:, :3, :3], normal[:, :3, 3])[0].neg_()
+    quat1 = quat_retract(quat, step)
+    rot1 = quat_to_matrix(quat1)
+    r1 = rot1.flatten(-2).unsqueeze(-1)
+    better = (r1 * torch.bmm(schur, r1)).sum((-2, -1)) <= normal[:, 3, 3]  # False for NaN
+    quat = torch.where(better[:, None], quat1, quat)
+    rot = torch.where(better[:, None, None], rot1, rot0)
+    return quat, rot, torch.bmm(sol, rot.flatten(-2).unsqueeze(-1)).squeeze(-1).neg_()
 
 
 def dlt_6dof(
     x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised weighted DLT, component-major.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DltSystem]:
+    """Weighted DLT refined on SO(3) (:func:`refine_on_so3`), component-major.
+
+    The object points are centred and scaled (``xs = s (x - c)``); the image points are the
+    normalised camera coordinates themselves (the system is float64, and unscaled image
+    coordinates keep the algebraic error an isotropic depth-weighted reprojection error).
 
     Args:
         x3d: ``(3, B, N)`` object points (float64).
@@ -159,37 +224,55 @@ def dlt_6dof(
         w: ``(B, N)`` non-negative point weights.
 
     Returns:
-        ``quat: (B, 4)`` (w >= 0), ``t: (B, 3)`` and the ``(B, 3, 3)`` weighted scatter matrix
+        ``quat: (B, 4)`` (w >= 0), ``t: (B, 3)``, the ``(B, 3, 3)`` weighted scatter matrix
         of the object points about their weighted centroid (up to a positive factor per
-        element), for the planarity test.
+        element), for the planarity test, and the :class:`DltSystem` (to refine other
+        candidates of the same problems).
     """
     wsum = w.sum(-1).clamp_min(1e-30)
     c3, s3, xc = _cm_center_scale(x3d, w, wsum, 3.0**0.5)
-    c2, s2, xi = _cm_center_scale(xn, w, wsum, 2.0**0.5)
     xs = xc * s3.unsqueeze(-1)
-    xi = xi * s2.unsqueeze(-1)
     # The 13 products X_k X_l of the homogeneous point X = (xs, 1), weighted by w^2, w^2 u,
     # w^2 v, w^2 (u^2 + v^2) (the DLT moments) and w (the scatter): one batched product.
     prods = torch.cat(((xs.unsqueeze(1) * xs).flatten(0, 1), xs, torch.ones_like(xs[:1])))
     w2 = w * w
-    u, v = xi.unbind(0)
+    u, v = xn.unbind(0)
     wts = torch.stack((w2, w2 * u, w2 * v, w2 * (u * u + v * v), w))
     moments = torch.bmm(prods.permute(1, 0, 2), wts.permute(1, 2, 0))  # (B, 13, 5)
     flat = moments.flatten(-2)
     ata = flat[:, _DLT_INDEX.to(flat.device)] * _DLT_SIGN.to(flat)
     scatter = moments[:, :9, 4].unflatten(-1, (3, 3))
-    p = _null_vector_last_fixed(ata).unflatten(-1, (3, 4))  # normalised camera matrix
-    # Undo the normalisations: xs = s3 (x - c3) and xi = s2 (xn - c2), i.e. P = T2^-1 Pn T3
-    # with T3 = [[s3 I, -s3 c3], [0, 1]] and T2^-1 = [[I / s2, c2], [0, 1]].
-    m = p[..., :3] * s3[:, None, None]
-    p = torch.cat((m, p[..., 3:] - torch.bmm(m, c3.T.unsqueeze(-1))), -1)
-    inv_s2, zero, one = 1.0 / s2, torch.zeros_like(s2), torch.ones_like(s2)
-    cx, cy = c2.unbind(0)
-    t2_inv = torch.stack((inv_s2, zero, cx, zero, inv_s2, cy, zero, zero, one), -1)
-    p = torch.bmm(t2_inv.view(-1, 3, 3), p)
-    # P = lam [R | t] with lam > 0 for a centroid in front of the camera (the fixed entry).
-    quat, lam = closest_rotation_quat(p[..., :3])
-    return quat, p[..., 3] / lam.clamp_min(1e-30)[..., None], scatter
+    # P = [A | b] with xs: A = lam R / s, b = lam (R c + t) for the pose (R, t) and lam > 0
+    # (the fixed entry is lam times the centroid's depth).
+    p = _null_vector_last_fixed(ata)
+    quat, _ = closest_rotation_quat(p[:, :9].unflatten(-1, (3, 3)))
+    system = DltSystem(ata, c3.T, s3)
+    quat, t = system.refine(quat)
+    return quat, t, scatter, system
+
+
+class DltSystem(NamedTuple):
+    """The DLT normal matrix of :func:`dlt_6dof` and the object-point normalisation behind it.
+
+    Attributes:
+        ata: ``(B, 12, 12)`` over ``(vec_row(A), b)`` for ``xs = scale (x - centre)``.
+        centre: ``(B, 3)``; scale: ``(B,)``.
+    """
+
+    ata: torch.Tensor
+    centre: torch.Tensor
+    scale: torch.Tensor
+
+    def select(self, idx: torch.Tensor) -> DltSystem:
+        """The problems ``idx: (M,)``."""
+        return DltSystem(self.ata[idx], self.centre[idx], self.scale[idx])
+
+    def refine(self, quat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``quat: (B, 4)``:
+        ``[R / scale | R centre + t]`` is the refined ``[R | b] / scale``."""
+        quat, rot, b = refine_on_so3(self.ata, quat)
+        t = b / self.scale[:, None] - torch.bmm(rot, self.centre.unsqueeze(-1)).squeeze(-1)
+        return quat, t
 
 
 def homography_6dof(
@@ -250,7 +333,7 @@ def init_6dof(
     w = w2d.double().mean(-1)
     k64 = cam_mats.double()
     xn = _normalized_image_points(x2d.double(), k64)  # (B, 2, N)
-    quat, t, scatter = dlt_6dof(x3d64, xn.movedim(1, 0), w)
+    quat, t, scatter, system = dlt_6dof(x3d64, xn.movedim(1, 0), w)
     dlt = torch.cat((t, quat), dim=-1)
     if x3d.shape[-2] < 6:
         need = torch.ones_like(w[..., 0], dtype=torch.bool)
@@ -262,8 +345,9 @@ def init_6dof(
     if idx.numel() == 0:
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
     homog = dlt.clone()
-    rot_h, t_h = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
-    homog[idx] = torch.cat((t_h, matrix_to_quat(rot_h)), dim=-1)
+    rot_h, _ = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
+    quat_h, t_h = system.select(idx).refine(matrix_to_quat(rot_h))
+    homog[idx] = torch.cat((t_h, quat_h), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)
 
 

@@ -65,8 +65,9 @@ class SolverConfig:
     Attributes:
         mode: LM (default) or Gauss-Newton.
         max_iterations: iteration limit (each iteration is one cost + Jacobian evaluation).
-        tolerance: an element stops when the relative cost decrease and the relative step
-            are both below this.
+        tolerance: an element stops when the relative cost decrease and the step (its
+            translation relative to the translation's norm, its rotation in radians) are both
+            below this (or 100 machine epsilons of the dtype, whichever is larger).
         initial_damping: initial LM damping (relative to the Hessian diagonal).
         multi_start_below: for 6DoF problems with fewer points than this (where the DLT is
             undetermined), also start from 24 rotation hypotheses and keep the best optimum.
@@ -433,9 +434,12 @@ def _iterate(
     iters = torch.zeros(batch, dtype=torch.int64, device=device)
     round_off = 100.0 * torch.finfo(st.pose.dtype).eps
     tol = max(cfg.tolerance, round_off)
-    # A step is negligible below tol relative to the translation's scale (taken at the start:
-    # it barely changes while the steps are that small).
-    step_tol = tol * (1.0 + torch.linalg.vector_norm(st.pose[:, :3], dim=-1))
+    # A step is negligible below tol: its translation relative to the translation's scale
+    # (taken at the start: it barely changes while the steps are that small), its rotation in
+    # radians (one tolerance for both would let a well-determined rotation stop early).
+    step_scale = torch.ones_like(st.normal[:, :-1, 0])  # (B, D)
+    step_scale[:, :3] = 1.0 + torch.linalg.vector_norm(st.pose[:, :3], dim=-1, keepdim=True)
+    step_scale.reciprocal_().mul_(1.0 / tol)
     tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
         if may_compact and 2 * int(active.sum()) <= batch:
@@ -457,7 +461,7 @@ def _iterate(
         diag = hess.diagonal(dim1=-2, dim2=-1)
         extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
         step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0].neg_()
-        small_step = torch.linalg.vector_norm(step, dim=-1) <= step_tol
+        small_step = torch.linalg.vector_norm(step * step_scale, dim=-1) <= 1.0
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
         # H s = -g - lambda D s).
         predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
