@@ -81,10 +81,10 @@ def _dlt_normal_matrix(xh: torch.Tensor, xi: torch.Tensor, w: torch.Tensor) -> t
 
 
 def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
-    """Least-squares null vector ``(B, D)`` of a design matrix given its normal matrix
-    ``ata: (B, D, D)``, with the last entry fixed to 1 (one batched LU solve of the ridged
-    ``(D - 1)``-square system; far cheaper than an eigen-decomposition on the CPU).  A singular
-    system gives non-finite entries, which the solver reports.
+    """Least-squares null vector of a design matrix given its normal matrix ``ata: (B, D, D)``,
+    with the last entry fixed to 1: its other ``(B, D - 1)`` entries (one batched LU solve of
+    the ridged ``(D - 1)``-square system; far cheaper than an eigen-decomposition on the CPU).
+    A singular system gives non-finite entries, which the solver reports.
 
     Both uses below fix an entry that equals ``lambda * depth`` of the (weighted) centroid, which
     is non-zero for any object in front of the camera.
@@ -92,8 +92,7 @@ def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
     a = ata[..., :-1, :-1].clone()
     diag = a.diagonal(dim1=-2, dim2=-1)
     diag.add_(1e-12 * diag.sum(-1, keepdim=True).clamp_min(1e-300))
-    x = torch.linalg.solve_ex(a, ata[..., :-1, -1])[0].neg_()
-    return torch.cat((x, torch.ones_like(x[..., :1])), dim=-1)
+    return torch.linalg.solve_ex(a, ata[..., :-1, -1])[0].neg_()
 
 
 def _finite_or_identity(m: torch.Tensor) -> torch.Tensor:
@@ -135,10 +134,11 @@ def _cm_center_scale(
     return c, target / mean_dist.clamp_min(1e-12), centred
 
 
-def _dlt_gather() -> tuple[torch.Tensor, torch.Tensor]:
-    """Index ``(12, 12)`` into the flattened ``(13, 5)`` moments of :func:`dlt_6dof` and the
-    signs that assemble the DLT normal matrix (see :func:`_dlt_normal_matrix`) over the
-    unknowns ordered ``(vec_row(A), b)`` for the camera matrix ``P = [A | b]``."""
+def _dlt_assembly() -> torch.Tensor:
+    """``(65, 144)``: the flattened ``(13, 5)`` moments of :func:`dlt_6dof` times this matrix
+    is the flattened DLT normal matrix (see :func:`_dlt_normal_matrix`) over the unknowns
+    ordered ``(vec_row(A), b)`` for the camera matrix ``P = [A | b]`` (each column selects one
+    moment, with its sign)."""
     def prod(k: int, j: int) -> int:  # row of X_k X_j among the 13 products (X_3 = 1)
         if k < 3 and j < 3:
             return 3 * k + j
@@ -149,8 +149,7 @@ def _dlt_gather() -> tuple[torch.Tensor, torch.Tensor]:
     def unknown(row: int, col: int) -> int:  # position of P[row, col] among the unknowns
         return 3 * row + col if col < 3 else 9 + row
 
-    idx = torch.zeros(12, 12, dtype=torch.int64)
-    sign = torch.zeros(12, 12, dtype=torch.float64)
+    select = torch.zeros(65, 12, 12, dtype=torch.float64)
     # block (i, j) of the 3x3 block matrix [[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]
     # over the rows of P -> weight column, sign
     blocks = {(0, 0): (0, 1.0), (1, 1): (0, 1.0), (0, 2): (1, -1.0), (2, 0): (1, -1.0),
@@ -158,15 +157,25 @@ def _dlt_gather() -> tuple[torch.Tensor, torch.Tensor]:
     for (bi, bj), (col, sg) in blocks.items():
         for k in range(4):
             for j in range(4):
-                idx[unknown(bi, k), unknown(bj, j)] = prod(k, j) * 5 + col
-                sign[unknown(bi, k), unknown(bj, j)] = sg
-    return idx, sign
+                select[prod(k, j) * 5 + col, unknown(bi, k), unknown(bj, j)] = sg
+    return select.flatten(1)
 
 
-_DLT_INDEX, _DLT_SIGN = _dlt_gather()
-#: ``(3, 3, 3)``: ``[e_k]_x`` for the three axes; ``[e_k]_x R`` is the derivative of
-#: ``Exp(w) R`` w.r.t. ``w_k`` at ``w = 0``.
-_GENERATORS = skew(torch.eye(3, dtype=torch.float64))
+def _rotation_jacobian_map() -> torch.Tensor:
+    """``(9, 36)``: ``vec_row(R)`` times this matrix is the flattened ``(9, 4)`` matrix
+    ``[d vec_row(Exp(w) R) / dw, vec_row(R)]`` at ``w = 0`` (column ``k < 3``: ``[e_k]_x R``,
+    linear in ``R``)."""
+    gen = skew(torch.eye(3, dtype=torch.float64))  # (3, 3, 3): [e_k]_x
+    out = torch.zeros(3, 3, 3, 3, 4, dtype=torch.float64)  # (l, j) -> (i, j), column k
+    for j in range(3):
+        # ([e_k]_x R)[i, j] = sum_l [e_k]_x[i, l] R[l, j]
+        out[:, j, :, j, :3] = gen.permute(2, 1, 0)  # [l, i, k]
+        out[j, :, j, :, 3] = torch.eye(3, dtype=torch.float64)  # R itself
+    return out.reshape(9, 36)
+
+
+_DLT_ASSEMBLY = _dlt_assembly()
+_ROTATION_JACOBIAN = _rotation_jacobian_map()
 
 
 def refine_on_so3(
@@ -194,10 +203,8 @@ def refine_on_so3(
     sol = torch.linalg.solve_ex(m_bb, m_rb.mT)[0]  # (B, 3, 9): S
     schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
     rot0 = quat_to_matrix(quat)
-    r0 = rot0.flatten(-2).unsqueeze(-1)  # (B, 9, 1)
     # [d vec(Exp(w) R0) / dw, vec(R0)]: one product gives the normal equations and the error.
-    jac = torch.cat((torch.matmul(_GENERATORS.to(rot0), rot0.unsqueeze(1)).flatten(-2).mT, r0),
-                    dim=-1)  # (B, 9, 4)
+    jac = torch.mm(rot0.flatten(-2), _ROTATION_JACOBIAN.to(rot0)).view(-1, 9, 4)
     normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
     step = torch.linalg.solve_ex(normal[:, :3, :3], normal[:, :3, 3])[0].neg_()
     quat1 = quat_retract(quat, step)
@@ -239,13 +246,12 @@ def dlt_6dof(
     u, v = xn.unbind(0)
     wts = torch.stack((w2, w2 * u, w2 * v, w2 * (u * u + v * v), w))
     moments = torch.bmm(prods.permute(1, 0, 2), wts.permute(1, 2, 0))  # (B, 13, 5)
-    flat = moments.flatten(-2)
-    ata = flat[:, _DLT_INDEX.to(flat.device)] * _DLT_SIGN.to(flat)
+    ata = torch.mm(moments.flatten(-2), _DLT_ASSEMBLY.to(moments)).view(-1, 12, 12)
     scatter = moments[:, :9, 4].unflatten(-1, (3, 3))
     # P = [A | b] with xs: A = lam R / s, b = lam (R c + t) for the pose (R, t) and lam > 0
     # (the fixed entry is lam times the centroid's depth).
-    p = _null_vector_last_fixed(ata)
-    quat, _ = closest_rotation_quat(p[:, :9].unflatten(-1, (3, 3)))
+    a = _null_vector_last_fixed(ata)[:, :9].unflatten(-1, (3, 3))
+    quat, _ = closest_rotation_quat(a)
     system = DltSystem(ata, c3.T, s3)
     quat, t = system.refine(quat)
     return quat, t, scatter, system
@@ -291,7 +297,8 @@ def homography_6dof(
     abn = _apply_h(tp, ab)
     xi = _apply_h(t2, xn)
     ah = torch.cat((abn, torch.ones_like(abn[..., :1])), dim=-1)  # (B, N, 3)
-    h = _null_vector_last_fixed(_dlt_normal_matrix(ah, xi, w)).unflatten(-1, (3, 3))
+    h = _null_vector_last_fixed(_dlt_normal_matrix(ah, xi, w))
+    h = torch.cat((h, torch.ones_like(h[..., :1])), dim=-1).unflatten(-1, (3, 3))
     h = torch.linalg.solve(t2, h) @ tp  # maps (a, b, 1) to normalised image points
     # h = lam [R e1, R e2, R c3 + t]; the plane centre has positive depth.
     h = h * torch.where(h[..., 2, 2] < 0, -1.0, 1.0).to(h.dtype)[..., None, None]

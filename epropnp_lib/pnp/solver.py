@@ -126,6 +126,9 @@ class ValidatedProblem(NamedTuple):
     valid: torch.Tensor  # (B,) bool
 
 
+_K_LAST_ROW = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+
+
 def validate_problem(
     space: type[PoseSpace],
     x3d: torch.Tensor,
@@ -166,7 +169,7 @@ def validate_problem(
         total = total + pose_init.sum(1)
     valid = torch.isfinite(total) & (w2d.amin((1, 2)) >= 0)
     k = cam_mats.flatten(1)  # last row (0, 0, 1), positive focal lengths
-    valid &= (k[:, 6:8] == 0).all(1) & (k[:, 8] == 1)
+    valid &= (k[:, 6:] == _K_LAST_ROW.to(k.device)).all(1)
     valid &= torch.minimum(k[:, 0], k[:, 4]) > 0
     if bool(valid.all()):
         return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)
@@ -282,10 +285,11 @@ def solve_validated(
     """
     with torch.inference_mode():
         st, iters, converged, cov, degenerate = _solve(space, prob, cfg)
-    status = torch.where(converged, SolveStatus.CONVERGED, SolveStatus.MAX_ITERATIONS)
-    status = torch.where(degenerate, SolveStatus.DEGENERATE, status)
-    status = torch.where(prob.valid, status, SolveStatus.INVALID_INPUT).to(torch.int64)
-    cov = torch.where((degenerate | ~prob.valid)[:, None, None], torch.nan, cov)
+    # (CONVERGED, MAX_ITERATIONS) = (0, 1), then the worse statuses on top.
+    status = (~converged).to(torch.int64)
+    status.masked_fill_(degenerate, SolveStatus.DEGENERATE)
+    status.masked_fill_(~prob.valid, SolveStatus.INVALID_INPUT)
+    cov = torch.where((status >= SolveStatus.DEGENERATE)[:, None, None], torch.nan, cov)
     pose = torch.where(prob.valid[:, None], st.pose, torch.nan)
     cost = torch.where(prob.valid, st.cost, torch.nan)
     return PnPSolution(pose, cost, cov, status, iters.clone())
@@ -460,11 +464,11 @@ def _iterate(
         # not finite (every comparison with NaN is False).
         diag = hess.diagonal(dim1=-2, dim2=-1)
         extra = damping[:, None] * torch.maximum(diag, diag.amax(-1, keepdim=True) * 1e-9)
-        step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0].neg_()
-        small_step = torch.linalg.vector_norm(step * step_scale, dim=-1) <= 1.0
+        neg_step = torch.linalg.solve_ex(hess + torch.diag_embed(extra), grad)[0]  # -s
+        small_step = torch.linalg.vector_norm(neg_step * step_scale, dim=-1) <= 1.0
         # Decrease of the quadratic model, -g.s - s.H.s / 2 = (lambda D s - g).s / 2 (as
-        # H s = -g - lambda D s).
-        predicted = 0.5 * ((extra * step - grad) * step).sum(-1)
+        # H s = -g - lambda D s) = (g + lambda D (-s)).(-s) / 2.
+        predicted = 0.5 * torch.linalg.vecdot(torch.addcmul(grad, extra, neg_step), neg_step)
         near_gn = damping < 1.0
         # Converged without evaluating: the next near-Gauss-Newton step is negligible, or so is
         # what it could gain compared with the round-off of the cost (which would otherwise
@@ -475,7 +479,7 @@ def _iterate(
         active &= ~done_now
         if not bool(active.any()):  # all stopped without needing another evaluation
             break
-        new = _state(space, space.retract(st.pose, step), pts)
+        new = _state(space, space.retract(st.pose, neg_step.neg_()), pts)
         decrease = st.cost - new.cost
         tol_cost = round_off_cost if tol == round_off else torch.add(cost_floor, st.cost, alpha=tol)
         small_cost = decrease.abs() <= tol_cost
