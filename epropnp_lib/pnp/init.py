@@ -14,9 +14,10 @@
 4DoF: the yaw-only problem is linear in ``(cos, sin, t)``: weighted linear least squares, then
   the translation is re-solved for the normalised yaw.
 
-The rotation of a linear estimate is the closest rotation to its 3x3 block (Horn's quaternion
-method, :func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  Everything runs in
-float64 internally (12x12 and 9x9 systems) and returns the input dtype.
+The DLT's 3x3 block is orthonormalised (Gram-Schmidt) before its refinement; the homography's
+rotation is the closest rotation to its columns (Horn's quaternion method,
+:func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  Everything runs in float64
+internally (12x12 and 9x9 systems) and returns the input dtype.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from epropnp_lib.geometry.rotations import (
     closest_rotation_quat,
     matrix_to_quat,
-    quat_retract,
+    quat_exp,
     quat_to_matrix,
     skew,
 )
@@ -179,7 +180,7 @@ _ROTATION_JACOBIAN = _rotation_jacobian_map()
 
 
 def refine_on_so3(
-    ata: torch.Tensor, quat: torch.Tensor
+    ata: torch.Tensor, rot: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Gauss-Newton step of the DLT's algebraic error over rotations.
 
@@ -192,28 +193,41 @@ def refine_on_so3(
     degrees of freedom, so its optimum is close to the reprojection optimum.
 
     Args:
-        ata: ``(B, 12, 12)`` float64; quat: ``(B, 4)`` starting rotations.
+        ata: ``(B, 12, 12)`` float64; rot: ``(B, 3, 3)`` starting rotations.
 
     Returns:
-        ``quat: (B, 4)``, its matrix ``rot: (B, 3, 3)`` and ``b: (B, 3)``.  An element whose
-        step does not lower the error (or is not finite) keeps its starting rotation, with the
-        best ``b`` for it.
+        ``quat: (B, 4)`` (w >= 0), its matrix ``rot: (B, 3, 3)`` and ``b: (B, 3)``.  An
+        element whose step does not lower the error (or is not finite) keeps its starting
+        rotation, with the best ``b`` for it.
     """
     m_rb, m_bb = ata[:, :9, 9:], ata[:, 9:, 9:]
     sol = torch.linalg.solve_ex(m_bb, m_rb.mT)[0]  # (B, 3, 9): S
     schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
-    rot0 = quat_to_matrix(quat)
-    # [d vec(Exp(w) R0) / dw, vec(R0)]: one product gives the normal equations and the error.
-    jac = torch.mm(rot0.flatten(-2), _ROTATION_JACOBIAN.to(rot0)).view(-1, 9, 4)
+    # [d vec(Exp(w) R) / dw, vec(R)]: one product gives the normal equations and the error.
+    jac = torch.mm(rot.flatten(-2), _ROTATION_JACOBIAN.to(rot)).view(-1, 9, 4)
     normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
     step = torch.linalg.solve_ex(normal[:, :3, :3], normal[:, :3, 3])[0].neg_()
-    quat1 = quat_retract(quat, step)
-    rot1 = quat_to_matrix(quat1)
+    rot1 = torch.bmm(quat_to_matrix(quat_exp(step)), rot)
     r1 = rot1.flatten(-2).unsqueeze(-1)
     better = (r1 * torch.bmm(schur, r1)).sum((-2, -1)) <= normal[:, 3, 3]  # False for NaN
-    quat = torch.where(better[:, None], quat1, quat)
-    rot = torch.where(better[:, None, None], rot1, rot0)
-    return quat, rot, torch.bmm(sol, rot.flatten(-2).unsqueeze(-1)).squeeze(-1).neg_()
+    rot = torch.where(better[:, None, None], rot1, rot)
+    b = torch.bmm(sol, rot.flatten(-2).unsqueeze(-1)).squeeze(-1).neg_()
+    return matrix_to_quat(rot), rot, b
+
+
+def _orthonormalize(m: torch.Tensor) -> torch.Tensor:
+    """A rotation ``(B, 3, 3)`` near ``m: (B, 3, 3)`` (a positive multiple of a noisy rotation):
+    Gram-Schmidt on its first two rows, the third their cross product; the identity where ``m``
+    is not finite.  As a start for :func:`refine_on_so3` it is as good as the closest rotation
+    (which takes several times the ops): one Gauss-Newton step lands on the same optimum."""
+    norm = torch.linalg.vector_norm
+    r0 = m[:, 0] / norm(m[:, 0], dim=-1, keepdim=True)
+    r1 = torch.addcmul(m[:, 1], r0, torch.linalg.vecdot(m[:, 1], r0).unsqueeze(-1), value=-1.0)
+    r1 = r1 / norm(r1, dim=-1, keepdim=True)
+    r2 = torch.linalg.cross(r0, r1, dim=-1)  # all NaN if anything above is not finite
+    eye = torch.eye(3, dtype=m.dtype, device=m.device)
+    return torch.where(torch.isfinite(r2).all(-1)[:, None, None],
+                       torch.stack((r0, r1, r2), dim=-2), eye)
 
 
 def dlt_6dof(
@@ -251,9 +265,8 @@ def dlt_6dof(
     # P = [A | b] with xs: A = lam R / s, b = lam (R c + t) for the pose (R, t) and lam > 0
     # (the fixed entry is lam times the centroid's depth).
     a = _null_vector_last_fixed(ata)[:, :9].unflatten(-1, (3, 3))
-    quat, _ = closest_rotation_quat(a)
     system = DltSystem(ata, c3.T, s3)
-    quat, t = system.refine(quat)
+    quat, t = system.refine(_orthonormalize(a))
     return quat, t, scatter, system
 
 
@@ -273,10 +286,10 @@ class DltSystem(NamedTuple):
         """The problems ``idx: (M,)``."""
         return DltSystem(self.ata[idx], self.centre[idx], self.scale[idx])
 
-    def refine(self, quat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``quat: (B, 4)``:
+    def refine(self, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``rot: (B, 3, 3)``:
         ``[R / scale | R centre + t]`` is the refined ``[R | b] / scale``."""
-        quat, rot, b = refine_on_so3(self.ata, quat)
+        quat, rot, b = refine_on_so3(self.ata, rot)
         t = b / self.scale[:, None] - torch.bmm(rot, self.centre.unsqueeze(-1)).squeeze(-1)
         return quat, t
 
@@ -347,13 +360,13 @@ def init_6dof(
     else:
         det = (scatter[:, 0] * torch.linalg.cross(scatter[:, 1], scatter[:, 2], dim=-1)).sum(-1)
         frob = torch.linalg.matrix_norm(scatter)
-        need = ~(det > PLANARITY_RATIO * frob * frob * frob)  # NaN-safe
+        need = ~(det > PLANARITY_RATIO * frob.pow(3))  # NaN-safe
     idx = need.nonzero().squeeze(-1)
     if idx.numel() == 0:
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
     homog = dlt.clone()
     rot_h, _ = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
-    quat_h, t_h = system.select(idx).refine(matrix_to_quat(rot_h))
+    quat_h, t_h = system.select(idx).refine(rot_h)
     homog[idx] = torch.cat((t_h, quat_h), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)
 

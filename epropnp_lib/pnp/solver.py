@@ -429,7 +429,7 @@ def _iterate(
     tolerance, or whose cost decrease predicted by the quadratic model is below the round-off of
     its cost, stops without taking the step.
     """
-    batch = st.pose.shape[0]
+    batch, dof = st.normal.shape[0], st.normal.shape[-1] - 1
     may_compact = batch * pts.x.shape[-1] >= COMPACT_MIN_POINTS
     device = st.pose.device
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
@@ -441,9 +441,9 @@ def _iterate(
     # A step is negligible below tol: its translation relative to the translation's scale
     # (taken at the start: it barely changes while the steps are that small), its rotation in
     # radians (one tolerance for both would let a well-determined rotation stop early).
-    step_scale = torch.ones_like(st.normal[:, :-1, 0])  # (B, D)
-    step_scale[:, :3] = 1.0 + torch.linalg.vector_norm(st.pose[:, :3], dim=-1, keepdim=True)
-    step_scale.reciprocal_().mul_(1.0 / tol)
+    inv_t = torch.linalg.vector_norm(st.pose[:, :3], dim=-1, keepdim=True).add_(1.0)
+    inv_t.reciprocal_().mul_(1.0 / tol)
+    step_scale = torch.cat((inv_t.expand(-1, 3), inv_t.new_full((batch, dof - 3), 1.0 / tol)), -1)
     tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
         if may_compact and 2 * int(active.sum()) <= batch:
