@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from epropnp_lib.tensor_constants import on
+
 
 def quat_normalize(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Normalise quaternions ``q: (..., 4)`` to unit length."""
@@ -15,16 +17,8 @@ def quat_normalize(q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def _constant(key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A cached copy of one of the bilinear-form constants below on ``dtype``/``device``."""
-    cache_key = (key, dtype, device)
-    value = _CONSTANTS.get(cache_key)
-    if value is None:
-        # Never an inference tensor (the solver runs in inference mode): autograd code that
-        # later meets the cached copy must be able to save it for backward.
-        with torch.inference_mode(False):
-            value = _CONSTANT_VALUES[key].to(dtype=dtype, device=device)
-        _CONSTANTS[cache_key] = value
-    return value
+    """One of the bilinear-form constants below on ``dtype``/``device`` (copied once)."""
+    return on(_CONSTANT_VALUES[key], dtype, device)
 
 
 def _product_table() -> torch.Tensor:
@@ -92,7 +86,6 @@ _CONSTANT_VALUES = {
     "identity": torch.eye(3, dtype=torch.float64).reshape(9),
     "identity_quat": torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64),
 }
-_CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:

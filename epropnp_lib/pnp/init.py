@@ -33,6 +33,7 @@ from epropnp_lib.geometry.rotations import (
     quat_to_matrix,
     skew,
 )
+from epropnp_lib.tensor_constants import on
 
 
 def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch
     k = cam_mats[:, :2, :2]
     # Closed-form 2x2 inverse (a LAPACK call costs several times more for such a size).
     det = torch.addcmul(k[:, 0, 0] * k[:, 1, 1], k[:, 0, 1], k[:, 1, 0], value=-1.0)
-    adj = k.flip(-2, -1).mT * _ADJ2_SIGN.to(k)  # [[k11, -k01], [-k10, k00]]
+    adj = k.flip(-2, -1).mT * on(_ADJ2_SIGN, k.dtype, k.device)  # [[k11, -k01], [-k10, k00]]
     return torch.bmm(adj / det[:, None, None], (x2d - cam_mats[:, None, :2, 2]).mT)
 
 
@@ -220,7 +221,7 @@ def refine_on_so3(
     sol = torch.bmm(_inv3(m_bb), m_rb.mT)  # (B, 3, 9): S
     schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
     # [d vec(Exp(w) R) / dw, vec(R)]: one product gives the normal equations and the error.
-    jac = torch.mm(rot.flatten(-2), _ROTATION_JACOBIAN.to(rot)).view(-1, 9, 4)
+    jac = torch.mm(rot.flatten(-2), on(_ROTATION_JACOBIAN, rot.dtype, rot.device)).view(-1, 9, 4)
     normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
     step = torch.bmm(_inv3(normal[:, :3, :3]), normal[:, :3, 3:]).squeeze(-1).neg_()
     rot1 = torch.bmm(quat_to_matrix(quat_exp(step)), rot)
@@ -276,7 +277,8 @@ def dlt_6dof(
     u, v = xn.unbind(0)
     wts = torch.stack((w2, w2 * u, w2 * v, w2 * (u * u + v * v), w))
     moments = torch.bmm(prods.permute(1, 0, 2), wts.permute(1, 2, 0))  # (B, 13, 5)
-    ata = torch.mm(moments.flatten(-2), _DLT_ASSEMBLY.to(moments)).view(-1, 12, 12)
+    assembly = on(_DLT_ASSEMBLY, moments.dtype, moments.device)
+    ata = torch.mm(moments.flatten(-2), assembly).view(-1, 12, 12)
     scatter = moments[:, :9, 4].unflatten(-1, (3, 3))
     # P = [A | b] with xs: A = lam R / s, b = lam (R c + t) for the pose (R, t) and lam > 0
     # (the fixed entry is lam times the centroid's depth).

@@ -32,6 +32,7 @@ from epropnp_lib.pnp.cost import (
     point_terms,
 )
 from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof, init_6dof
+from epropnp_lib.tensor_constants import on
 
 
 class SolveStatus(enum.IntEnum):
@@ -169,7 +170,7 @@ def validate_problem(
         total = total + pose_init.sum(1)
     valid = torch.isfinite(total) & (w2d.amin((1, 2)) >= 0)
     k = cam_mats.flatten(1)  # last row (0, 0, 1), positive focal lengths
-    valid &= (k[:, 6:] == _K_LAST_ROW.to(k.device)).all(1)
+    valid &= (k[:, 6:] == on(_K_LAST_ROW, k.dtype, k.device)).all(1)
     valid &= torch.minimum(k[:, 0], k[:, 4]) > 0
     if bool(valid.all()):
         return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)

@@ -273,13 +273,14 @@ def test_solver_outputs_and_cached_constants_work_under_autograd(monkeypatch) ->
     """The solve runs in inference mode; neither its outputs nor the rotation constants it
     caches on first use may be inference tensors, or autograd code that meets them later
     fails ("Inference tensors cannot be saved for backward")."""
-    from epropnp_lib.geometry import rotations
+    from epropnp_lib import tensor_constants
 
-    monkeypatch.setattr(rotations, "_CONSTANTS", {})  # first use happens inside the solve
+    monkeypatch.setattr(tensor_constants, "_COPIES", {})  # first use happens inside the solve
     p = random_problems(4, 16, noise_std=1.0, generator=torch.Generator().manual_seed(0))
     sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
     assert not any(t.is_inference() for t in sol)
-    assert rotations._CONSTANTS and not any(c.is_inference() for c in rotations._CONSTANTS.values())
+    copies = tensor_constants._COPIES.values()
+    assert copies and not any(c.is_inference() for c in copies)
     q = p.pose[:, 3:].clone().requires_grad_(True)
     (quat_multiply(q, sol.pose[:, 3:]).sum() + (q * sol.cost[:, None]).sum()).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
