@@ -367,7 +367,7 @@ def init_6dof(
         x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3, 3)``.
     """
     dtype = x3d.dtype
-    x3d64 = x3d.movedim(-1, 0).contiguous().double()  # (3, B, N)
+    x3d64 = x3d.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
     w = w2d.double().mean(-1)
     k64 = cam_mats.double()
     xn = _normalized_image_points(x2d.double(), k64)  # (B, 2, N)

@@ -289,10 +289,11 @@ def solve_validated(
     # (CONVERGED, MAX_ITERATIONS) = (0, 1), then the worse statuses on top.
     status = (~converged).to(torch.int64)
     status.masked_fill_(degenerate, SolveStatus.DEGENERATE)
-    status.masked_fill_(~prob.valid, SolveStatus.INVALID_INPUT)
-    cov = torch.where((status >= SolveStatus.DEGENERATE)[:, None, None], torch.nan, cov)
-    pose = torch.where(prob.valid[:, None], st.pose, torch.nan)
-    cost = torch.where(prob.valid, st.cost, torch.nan)
+    invalid = ~prob.valid
+    status.masked_fill_(invalid, SolveStatus.INVALID_INPUT)
+    cov = cov.masked_fill((status >= SolveStatus.DEGENERATE)[:, None, None], torch.nan)
+    pose = st.pose.masked_fill(invalid[:, None], torch.nan)
+    cost = st.cost.masked_fill(invalid, torch.nan)
     return PnPSolution(pose, cost, cov, status, iters.clone())
 
 
