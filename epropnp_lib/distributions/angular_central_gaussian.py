@@ -44,7 +44,7 @@ DEFAULT_FIT_ITERS = 10
 #: Default relative regulariser of Lambda (normalised to trace 4) in ``fit``/``from_matrix``.
 #: It caps the concentration (eigenvalue ratio ~ 4 / eps, an orientation scale of ~2 sqrt(eps)
 #: rad).  History: 1e-5 until 2026-11-25; the fitted proposals of sharp posteriors (6DoF,
-#: N=512, 1 px) sat at that cap (~0.2 deg), wider than the posterior, and the AMIS weights had an
+#: N=512, 1 px) sat at that cap (~0.36 deg), wider than the posterior, and the AMIS weights had an
 #: effective sample size of 38 of 512 (log-normaliser spread over seeds 0.21 nats).  With 1e-6:
 #: 144 of 512 and 0.08 nats, float32 and float64 estimates agreeing within the seed noise.
 DEFAULT_ACG_EPS = 1e-6
