@@ -13,9 +13,17 @@ from epropnp_lib.pnp.sample_cost import sample_cost
 
 @pytest.mark.parametrize("space", [Pose6DoF, Pose4DoF])
 @pytest.mark.parametrize("huber", [None, HuberConfig(), HuberConfig(relative_delta=0.01)])
+@pytest.mark.parametrize("chunk", [1 << 18, 45])
 def test_sample_cost_matches_generic_cost_and_gradients(
-    space: type[PoseSpace], huber: HuberConfig | None
+    space: type[PoseSpace], huber: HuberConfig | None, chunk: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With ``chunk = 45`` (5 samples x 9 points) every problem is a chunk of its own: the
+    first, with a point behind the camera, takes the direct backward, the others the
+    summed one; with the default all problems share one chunk (direct)."""
+    import epropnp_lib.pnp.sample_cost as module
+
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(0)
     p = random_problems(3, 9, dof=space.tangent_dim, noise_std=2.0, dtype=torch.float64,
                         generator=gen)
@@ -25,6 +33,7 @@ def test_sample_cost_matches_generic_cost_and_gradients(
     poses = p.pose + noise
     poses[1, 0, 2] = -0.5  # some points at/behind the camera: depth clamping
     w2d = p.w2d * (0.5 + torch.rand(p.w2d.shape, generator=gen, dtype=torch.float64))
+    w2d[2, 4, 1] = 0.0  # a zero weight: its gradient is still defined
 
     # The threshold is a constant of the cost (detached): fix it from the unperturbed inputs.
     delta = None if huber is None else huber.threshold(p.x2d, w2d)
@@ -50,23 +59,21 @@ def test_sample_cost_matches_generic_cost_and_gradients(
     assert torch.autograd.gradcheck(fused, args)
 
 
-@pytest.mark.parametrize("save", [True, False])
-def test_saved_and_recomputed_residuals_agree_and_backward_twice(
-    save: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both backward strategies give the same gradient, also on a second backward
-    (``retain_graph``), where the saved residuals have been consumed and are recomputed."""
+def test_chunks_over_samples_and_backward_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks split over the samples of a problem (one of them with a clamped depth) sum to
+    the generic gradient, also on a second backward (``retain_graph``)."""
     import epropnp_lib.pnp.sample_cost as module
 
-    monkeypatch.setattr(module, "SAVE_RESIDUALS", save)
-    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 64)  # several chunks, split over samples too
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 64)  # 3 samples of 20 points per chunk
     gen = torch.Generator().manual_seed(3)
     p = random_problems(3, 20, noise_std=2.0, dtype=torch.float64, generator=gen)
     poses = p.pose + 0.05 * torch.randn((7,) + p.pose.shape, generator=gen, dtype=torch.float64)
+    poses[4, 1, 2] = 0.3  # a point behind the camera in the second chunk of problem 1
     delta = HuberConfig(relative_delta=0.05).threshold(p.x2d, p.w2d)
-    args = tuple(t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
-    cost = sample_cost(Pose6DoF, poses, *args, p.cam_mats, delta)
-    ref = evaluate_cost(Pose6DoF, poses, *args, p.cam_mats, delta).cost
+    x3d, x2d, w2d = (t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+    args = (x3d, x2d, w2d)
+    cost = sample_cost(Pose6DoF, poses, x3d, x2d, w2d, p.cam_mats, delta)
+    ref = evaluate_cost(Pose6DoF, poses, x3d, x2d, w2d, p.cam_mats, delta).cost
     assert torch.allclose(cost, ref)
     up = torch.randn(cost.shape, generator=gen, dtype=torch.float64)
     expected = torch.autograd.grad((ref * up).sum(), args)
@@ -74,3 +81,24 @@ def test_saved_and_recomputed_residuals_agree_and_backward_twice(
     second = torch.autograd.grad((cost * up).sum(), args)
     for e, a, b in zip(expected, first, second, strict=True):
         assert torch.allclose(e, a) and torch.allclose(e, b)
+
+
+def test_zero_threshold_gives_zero_cost_and_gradient() -> None:
+    """``delta = 0`` (e.g. all weights zero) makes the Huber cost vanish identically: zero
+    values and gradients, never NaN, while the other problems are unaffected."""
+    gen = torch.Generator().manual_seed(5)
+    p = random_problems(2, 12, noise_std=1.0, dtype=torch.float64, generator=gen)
+    poses = p.pose + 0.02 * torch.randn((4,) + p.pose.shape, generator=gen, dtype=torch.float64)
+    delta = HuberConfig().threshold(p.x2d, p.w2d)
+    assert delta is not None
+    delta[0] = 0.0
+    x3d, x2d, w2d = (t.clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+    args = (x3d, x2d, w2d)
+    cost = sample_cost(Pose6DoF, poses, x3d, x2d, w2d, p.cam_mats, delta)
+    ref = evaluate_cost(Pose6DoF, poses[:, 1:], x3d[1:], x2d[1:], w2d[1:], p.cam_mats[1:],
+                        delta[1:]).cost
+    assert torch.equal(cost[:, 0], torch.zeros(4, dtype=torch.float64))
+    assert torch.allclose(cost[:, 1:], ref)
+    grads = torch.autograd.grad(cost.sum(), args)
+    for g in grads:
+        assert torch.isfinite(g).all() and torch.equal(g[0], torch.zeros_like(g[0]))
