@@ -23,7 +23,7 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -131,6 +131,17 @@ class _Proposal(NamedTuple):
     position: MultivariateT
     orientation: VonMisesUniformMix | AngularCentralGaussian
 
+    @staticmethod
+    def stack(proposals: list[_Proposal]) -> _Proposal:
+        """``M`` proposals of batch ``(B,)`` as one of batch ``(M, B)``."""
+        ori = [p.orientation for p in proposals]  # one type (checked by ``stack``)
+        orientation: VonMisesUniformMix | AngularCentralGaussian
+        if isinstance(ori[0], AngularCentralGaussian):
+            orientation = AngularCentralGaussian.stack(cast(list[AngularCentralGaussian], ori))
+        else:
+            orientation = VonMisesUniformMix.stack(cast(list[VonMisesUniformMix], ori))
+        return _Proposal(MultivariateT.stack([p.position for p in proposals]), orientation)
+
 
 class EProPnPBase(nn.Module, ABC):
     """Shared AMIS machinery; use :class:`EProPnP6DoF` or :class:`EProPnP4DoF`."""
@@ -230,8 +241,6 @@ class EProPnPBase(nn.Module, ABC):
         proposal = self._initial_proposal(pose_star, sol.covariance, keep, prob.x3d)
         samples: list[torch.Tensor] = []
         log_p: list[torch.Tensor] = []  # differentiable -cost at each sample block
-        # log_q[tau][m]: log density of sample block tau under proposal m (detached).
-        log_q: list[list[torch.Tensor]] = []
         proposals = [proposal]
         n_it, k = cfg.num_iterations, cfg.num_samples
         log_mix = pose_star.new_zeros(0)
@@ -241,18 +250,18 @@ class EProPnPBase(nn.Module, ABC):
             log_p.append(-sample_cost(space, new, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
                                       delta))
             with torch.no_grad():
-                if it > 0:  # the new proposal at every earlier block, in one call
-                    earlier = self._log_prob(proposals[it], torch.cat(samples[:it]))
-                    for tau, part in enumerate(earlier.split(k)):
-                        log_q[tau].append(part)
-                log_q.append([self._log_prob(p, new) for p in proposals])
+                # Every sample so far under every proposal so far, in one call (recomputing
+                # the earlier pairs costs less than a call per pair): ((it + 1) K', it + 1, B).
+                drawn = torch.cat(samples)
+                log_q = self._log_prob(
+                    _Proposal.stack(proposals),
+                    drawn.unsqueeze(1).expand(-1, it + 1, -1, -1),
+                )
                 # log of the mixture of all proposals so far at every sample: (it + 1) K', B
-                log_mix = torch.stack(
-                    [torch.stack(row).logsumexp(0) for row in log_q]
-                ).flatten(0, 1) - math.log(it + 1)
+                log_mix = log_q.logsumexp(1) - math.log(it + 1)
                 if it + 1 < n_it:
                     log_v = torch.cat(log_p).detach() - log_mix
-                    proposals.append(self._fit(torch.cat(samples), log_v))
+                    proposals.append(self._fit(drawn, log_v))
         pose_samples = torch.cat(samples)
         log_weights = torch.cat(log_p) - log_mix
         log_normalizer = log_weights.logsumexp(0) - math.log(n_it * k)

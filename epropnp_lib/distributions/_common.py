@@ -18,7 +18,8 @@ still rejected after all rounds (probability below 1e-13 per draw for the gamma 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -119,6 +120,22 @@ def check_batch_param(
     else:
         t = torch.tensor(float(value), dtype=dtype, device=device)
     return t.expand(batch_shape)
+
+
+def stacked_params(
+    dists: Sequence[Any], cls: type, names: tuple[str, ...]
+) -> list[torch.Tensor]:
+    """The parameters ``names`` of ``dists`` (instances of ``cls`` of one batch shape ``batch``),
+    each stacked into ``(M, *batch, ...)`` (for the ``stack`` classmethods)."""
+    if len(dists) == 0:
+        raise ShapeError(f"{cls.__name__}.stack: need at least one distribution")
+    for d in dists:
+        if type(d) is not cls:
+            raise TypeError(f"{cls.__name__}.stack: got a {type(d).__name__}")
+    shapes = {tuple(d.batch_shape) for d in dists}
+    if len(shapes) > 1:
+        raise ShapeError(f"{cls.__name__}.stack: batch shapes differ: {sorted(shapes)}")
+    return [torch.stack([getattr(d, name) for d in dists]) for name in names]
 
 
 def normalized_weights(log_weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -35,6 +36,7 @@ from epropnp_lib.distributions._common import (
     mahalanobis_sq,
     normalized_weights,
     safe_cholesky,
+    stacked_params,
     value_shape,
 )
 
@@ -121,6 +123,13 @@ class AngularCentralGaussian:
     def matrix(self) -> torch.Tensor:
         """``Lambda = L L^T``: ``(*batch, 4, 4)``."""
         return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+    @classmethod
+    def stack(cls, dists: Sequence[AngularCentralGaussian]) -> AngularCentralGaussian:
+        """``M`` distributions of one batch shape ``batch`` as one of batch shape
+        ``(M, *batch)``."""
+        (tril,) = stacked_params(dists, cls, ("scale_tril",))
+        return cls(tril)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (w.r.t. the uniform surface measure on S^3) of ``x: (*S, 4)``.

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -37,6 +38,7 @@ from epropnp_lib.distributions._common import (
     mahalanobis_sq,
     normalized_weights,
     safe_cholesky,
+    stacked_params,
     standard_gamma,
     value_shape,
 )
@@ -122,6 +124,13 @@ class MultivariateT:
         reg = eps * scale.diagonal(dim1=-2, dim2=-1).sum(-1).abs() / 3.0 + min_variance
         eye = torch.eye(3, dtype=scale.dtype, device=scale.device)
         tril = safe_cholesky(scale + reg[..., None, None] * eye, reg)
+        return cls(loc, tril, df)
+
+    @classmethod
+    def stack(cls, dists: Sequence[MultivariateT]) -> MultivariateT:
+        """``M`` distributions of one batch shape ``batch`` as one of batch shape
+        ``(M, *batch)`` (e.g. to evaluate samples under several proposals in one call)."""
+        loc, tril, df = stacked_params(dists, cls, ("loc", "scale_tril", "df"))
         return cls(loc, tril, df)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

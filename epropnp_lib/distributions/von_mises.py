@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -37,6 +38,7 @@ from epropnp_lib.distributions._common import (
     check_generator,
     check_num,
     normalized_weights,
+    stacked_params,
     value_shape,
     von_mises_centered,
     work_dtype,
@@ -126,6 +128,13 @@ class VonMisesUniformMix:
             f"VonMisesUniformMix(batch_shape={tuple(self.batch_shape)}, dtype={self.dtype}, "
             f"device={self.device})"
         )
+
+    @classmethod
+    def stack(cls, dists: Sequence[VonMisesUniformMix]) -> VonMisesUniformMix:
+        """``M`` distributions of one batch shape ``batch`` as one of batch shape
+        ``(M, *batch)``."""
+        loc, kappa, mix = stacked_params(dists, cls, ("loc", "kappa", "uniform_mix"))
+        return cls(loc, kappa, mix)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (w.r.t. Lebesgue measure on [-pi, pi)) of angles ``x: (*S, 1)``.

@@ -465,29 +465,27 @@ def test_seeding_dtype_and_global_rng(dtype: torch.dtype) -> None:
 
 
 def test_log_prob_broadcasts_over_stacked_proposals() -> None:
-    """Evaluating K samples under I stacked proposals (batch (I, B)) in one call, as the AMIS
-    mixture needs: x (K, 1, B, D) -> (K, I, B)."""
+    """``stack`` turns I proposals of batch (B,) into one of batch (I, B), and K samples are
+    evaluated under all of them in one call, as the AMIS mixture needs: x (K, 1, B, D) or
+    (K, I, B, D) -> (K, I, B)."""
     d0, d1 = make_all(F64), make_all(F64, "cpu")
     d1[0] = MultivariateT(d1[0].loc + 1.0, d1[0].scale_tril * 2.0, 4.0)
-    stacked: list[Any] = [
-        MultivariateT(
-            torch.stack([d0[0].loc, d1[0].loc]),
-            torch.stack([d0[0].scale_tril, d1[0].scale_tril]),
-            torch.stack([d0[0].df, d1[0].df]),
-        ),
-        VonMisesUniformMix(
-            torch.stack([d0[1].loc, d1[1].loc + 1]), torch.stack([d0[1].kappa, d1[1].kappa])
-        ),
-        AngularCentralGaussian(torch.stack([d0[2].scale_tril, d1[2].scale_tril.flip(0)])),
-    ]
-    d1[1] = VonMisesUniformMix(d1[1].loc + 1, d1[1].kappa)
+    d1[1] = VonMisesUniformMix(d1[1].loc + 1, d1[1].kappa, 0.1)
     d1[2] = AngularCentralGaussian(d1[2].scale_tril.flip(0))
-    for a, b, s in zip(d0, d1, stacked, strict=True):
+    for a, b in zip(d0, d1, strict=True):
+        s: Any = type(a).stack([a, b])
+        assert s.batch_shape == (2, 2)
         x = a.sample(10, gen(1))
-        lp = s.log_prob(x[:, None])
-        assert lp.shape == (10, 2, 2)
-        torch.testing.assert_close(lp[:, 0], a.log_prob(x))
-        torch.testing.assert_close(lp[:, 1], b.log_prob(x))
+        for lp in (s.log_prob(x[:, None]), s.log_prob(x[:, None].expand(-1, 2, -1, -1))):
+            assert lp.shape == (10, 2, 2)
+            torch.testing.assert_close(lp[:, 0], a.log_prob(x))
+            torch.testing.assert_close(lp[:, 1], b.log_prob(x))
+        with pytest.raises(ShapeError):
+            type(a).stack([])
+        with pytest.raises(ShapeError):  # batch shapes (2,) and (1,)
+            type(a).stack([a, type(a).fit(x[:, :1], torch.zeros(10, 1, dtype=F64))])
+    with pytest.raises(TypeError):
+        MultivariateT.stack([d0[0], d0[1]])
 
 
 def test_bad_shapes_raise_shape_error() -> None:
