@@ -121,16 +121,18 @@ class _Workspace:
         self.tmp = like.new_empty(elements)  # omega
 
     def residuals(
-        self, proj: torch.Tensor, des: _Design, c: slice
+        self, rows: torch.Tensor, des: _Design, c: slice, ks: slice
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The planes ``(G_u, G_v, z, sq)``, each ``(b, k, N)``, of chunk ``proj: (b, k, 3, 4)``
-        of problems ``c``: the first three filled by one batched matmul (``z = P_k2 . X_i``,
-        not clamped yet), ``sq`` still empty (see :meth:`finish`)."""
-        b, k = proj.shape[:2]
+        """The planes ``(G_u, G_v, z, sq)``, each ``(b, k, N)``, of the chunk of problems ``c``
+        and samples ``ks``, from ``rows: (B, 3, K, 4)`` (the rows of ``P_k``, row-major): the
+        first three filled by one batched matmul (``z = P_k2 . X_i``, not clamped yet), ``sq``
+        still empty (see :meth:`finish`)."""
+        left = rows[c, :, ks]
+        b, _, k = left.shape[:3]
         n = des.right.shape[-1]
         planes = self.planes[: 3 * b * k * n].view(b, 3, k, n)
-        left = proj.permute(0, 2, 1, 3).reshape(3 * b, k, 4)
-        torch.bmm(left, des.right[c].view(3 * b, 4, n), out=planes.view(3 * b, k, n))
+        torch.bmm(left.reshape(3 * b, k, 4), des.right[c].view(3 * b, 4, n),
+                  out=planes.view(3 * b, k, n))
         return planes[:, 0], planes[:, 1], planes[:, 2], self.sq[: b * k * n].view(b, k, n)
 
     @staticmethod
@@ -203,10 +205,13 @@ class _SampleCost(torch.autograd.Function):
         chunks = _chunks(b, k, n)
         ws = _Workspace(proj, max(len(range(b)[c]) * len(range(k)[ks]) * n for c, ks in chunks))
         cost = proj.new_empty((b, k))
-        min_depth = proj.new_empty(len(chunks))
+        # Smallest depth per chunk (only needed by the backward).
+        min_depth = proj.new_empty(len(chunks) if any(ctx.needs_input_grad) else 0)
+        rows = proj.permute(0, 2, 1, 3).contiguous()  # (B, 3, K, 4)
         for i, (c, ks) in enumerate(chunks):
-            phi_u, phi_v, z, sq = ws.residuals(proj[c, ks], des, c)
-            torch.amin(z, out=min_depth[i])
+            phi_u, phi_v, z, sq = ws.residuals(rows, des, c, ks)
+            if min_depth.numel():
+                torch.amin(z, out=min_depth[i])
             z.clamp_min_(MIN_DEPTH)
             ws.finish(phi_u, phi_v, z, sq, des.offset[c])
             if des.robust:  # sum H = sum t - 1/2 sum t omega, t = |phi|^2 omega
@@ -228,22 +233,28 @@ class _SampleCost(torch.autograd.Function):
         n = x3d.shape[1]
         ws: _Workspace = ctx.workspace
         des: _Design = ctx.design
-        grad = grad_cost.transpose(0, 1) * des.factor[:, None]  # (B, K): g_k s^2
+        grad = grad_cost.transpose(0, 1)  # (B, K)
+        rows = proj.permute(0, 2, 1, 3).contiguous()  # (B, 3, K, 4)
+        # Left factors of the sums (B, 3, 8, K), weighted by g_k s^2:
+        # [g P0; g P2], [g P1; g P2], [g P2; 0] (P_r: (4, K)).
+        gp = (rows * (grad * des.factor[:, None])[:, None, :, None]).transpose(-1, -2)
+        left = gp.new_zeros((b, 3, 8, k))
+        left[:, :2, :4] = gp[:, :2]
+        left[:, :2, 4:] = gp[:, 2:3]
+        left[:, 2, :4] = gp[:, 2]
         # Sums over the samples, per point: (B, 3, 8, N) = [A_u; B_u], [A_v; B_v], [E; 0].
         sums = proj.new_zeros((b, 3, 8, n))
         direct = [proj.new_zeros(x3d.shape), proj.new_zeros(x2d.shape),
                   proj.new_zeros(w2d.shape)]
         clamped = (min_depth <= MIN_DEPTH).tolist()
         for (c, ks), has_clamped in zip(_chunks(b, k, n), clamped, strict=True):
-            pc = proj[c, ks]
             if has_clamped:
-                parts = _direct_chunk_grads(pc, x3d[c], x2d[c], w2d[c], center[c],
-                                            None if delta is None else delta[c],
-                                            grad_cost.transpose(0, 1)[c, ks])
+                parts = _direct_chunk_grads(proj[c, ks], x3d[c], x2d[c], w2d[c], center[c],
+                                            None if delta is None else delta[c], grad[c, ks])
                 for acc, part in zip(direct, parts, strict=True):
                     acc[c] += part
                 continue
-            phi_u, phi_v, z, sq = ws.residuals(pc, des, c)
+            phi_u, phi_v, z, sq = ws.residuals(rows, des, c, ks)
             ws.finish(phi_u, phi_v, z, sq, des.offset[c])
             if des.robust:  # omega / z
                 omega = torch.rsqrt(sq, out=ws.tmp[: sq.numel()].view_as(sq)).clamp_max_(1.0)
@@ -253,16 +264,11 @@ class _SampleCost(torch.autograd.Function):
             phi_u.mul_(z)  # beta_u
             phi_v.mul_(z)  # beta_v
             z.mul_(sq)  # eps
-            # Left factors (b, 3, 8, k): [g P0; g P2], [g P1; g P2], [g P2; 0].
-            gp = pc * grad[c, ks, None, None]  # (b, k, 3, 4)
-            left = gp.new_zeros((gp.shape[0], 3, 8, gp.shape[1]))
-            rows = gp.permute(0, 2, 3, 1)  # (b, 3, 4, k)
-            left[:, :2, :4] = rows[:, :2]
-            left[:, :2, 4:] = rows[:, 2:3]
-            left[:, 2, :4] = rows[:, 2]
-            nb, nk = gp.shape[:2]
-            planes = ws.planes[: 3 * nb * nk * n].view(3 * nb, nk, n)
-            sums[c] += torch.bmm(left.view(3 * nb, 8, nk), planes).view(nb, 3, 8, n)
+            lc = left[c, :, :, ks]
+            nb, nk = lc.shape[0], lc.shape[-1]
+            acc = sums[c].view(3 * nb, 8, n)  # each chunk adds its samples' share
+            torch.baddbmm(acc, lc.reshape(3 * nb, 8, nk),
+                          ws.planes[: 3 * nb * nk * n].view(3 * nb, nk, n), out=acc)
         xt = des.xh.transpose(-1, -2)[:, None]  # (B, 1, 4, N)
         a_u, b_u = sums[:, 0, :4], sums[:, 0, 4:]  # (B, 4, N)
         a_v, b_v = sums[:, 1, :4], sums[:, 1, 4:]
