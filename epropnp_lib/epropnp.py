@@ -373,13 +373,15 @@ class EProPnP6DoF(EProPnPBase):
         self, pose: torch.Tensor, rot_cov: torch.Tensor
     ) -> AngularCentralGaussian:
         # Near q*, exp(phi) * q* ~ q* + 1/2 (0, phi) * q*: Lambda = q* q*^T + M (S / 4) M^T
-        # with M the 4x3 map phi -> (0, phi) * q*.
-        q = pose[:, 3:]
-        basis = torch.eye(3, dtype=q.dtype, device=q.device)
+        # with M the 4x3 map phi -> (0, phi) * q*.  Formed in the ACG's work dtype: the
+        # second term can be 1e-10 of the first (float32 would round it away).
+        wd = AngularCentralGaussian.work_dtype(pose.device)
+        q, rot_cov = pose[:, 3:].to(wd), rot_cov.to(wd)
+        basis = torch.eye(3, dtype=wd, device=q.device)
         pure = torch.cat((torch.zeros_like(basis[:, :1]), basis), dim=-1)  # (3, 4)
         m = quat_multiply(pure[None], q[:, None, :]).transpose(-1, -2)  # (B, 4, 3)
         lam = q[:, :, None] * q[:, None, :] + m @ (0.25 * rot_cov) @ m.transpose(-1, -2)
-        return AngularCentralGaussian.from_matrix(lam)
+        return AngularCentralGaussian.from_matrix(lam, dtype=pose.dtype)
 
     def _fit_orientation(
         self, samples: torch.Tensor, log_weights: torch.Tensor

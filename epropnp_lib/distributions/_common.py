@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from epropnp_lib.errors import DeviceError, ShapeError
+from epropnp_lib.errors import DeviceError, DTypeError, ShapeError
 
 #: Rejection rounds of the gamma sampler, in blocks of these many vectorised rounds (10 in all;
 #: acceptance >= 0.95 per round for alpha >= 1, so on the CPU the second block runs only for
@@ -135,6 +135,9 @@ def stacked_params(
     shapes = {tuple(d.batch_shape) for d in dists}
     if len(shapes) > 1:
         raise ShapeError(f"{cls.__name__}.stack: batch shapes differ: {sorted(shapes)}")
+    dtypes = {d.dtype for d in dists}
+    if len(dtypes) > 1:
+        raise DTypeError(f"{cls.__name__}.stack: dtypes differ: {sorted(map(str, dtypes))}")
     return [torch.stack([getattr(d, name) for d in dists]) for name in names]
 
 

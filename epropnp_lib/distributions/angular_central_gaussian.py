@@ -12,6 +12,12 @@ the normalised Haar measure on SO(3) -- only a constant differs, and the Monte C
 only needs one consistent measure.  The parameter is ``scale_tril``, the lower Cholesky factor
 ``L`` of ``Lambda = L L^T``.
 
+Precision.  A sharp orientation posterior makes ``Lambda`` very ill-conditioned (eigenvalue
+ratio ~ 1 / (orientation scale in rad)^2: 1e8 for 0.006 deg), beyond what float32 can factorise
+or invert.  So ``Lambda``, its factor and all the linear algebra live in float64 (float32 on
+devices without float64, e.g. MPS, where the concentration cap is raised to match), whatever
+the distribution's dtype; samples and densities are returned in the distribution's dtype.
+
 Example::
 
     >>> import torch
@@ -38,18 +44,32 @@ from epropnp_lib.distributions._common import (
     safe_cholesky,
     stacked_params,
     value_shape,
+    work_dtype,
 )
+from epropnp_lib.errors import DTypeError
 
 _LOG_AREA_S3 = math.log(2.0 * math.pi**2)
 #: Default number of Tyler fixed-point iterations in :meth:`AngularCentralGaussian.fit`.
 DEFAULT_FIT_ITERS = 10
 #: Default relative regulariser of Lambda (normalised to trace 4) in ``fit``/``from_matrix``.
 #: It caps the concentration (eigenvalue ratio ~ 4 / eps, an orientation scale of ~2 sqrt(eps)
-#: rad).  History: 1e-5 until 2026-11-25; the fitted proposals of sharp posteriors (6DoF,
-#: N=512, 1 px) sat at that cap (~0.36 deg), wider than the posterior, and the AMIS weights had an
-#: effective sample size of 38 of 512 (log-normaliser spread over seeds 0.21 nats).  With 1e-6:
-#: 144 of 512 and 0.08 nats, float32 and float64 estimates agreeing within the seed noise.
-DEFAULT_ACG_EPS = 1e-6
+#: rad: 2e-6 rad for 1e-12, ten times a float32 quaternion's resolution).  History: 1e-5 until
+#: 2026-11-25, when the fitted proposals of sharp posteriors (6DoF, N=512, 1 px) sat at that cap
+#: (~0.36 deg), wider than the posterior: the AMIS weights had an effective sample size (ESS) of
+#: 38 of 512 (log-normaliser spread over seeds 0.21 nats); 1e-6 gave 144 and 0.08.  Then 1e-12
+#: with the linear algebra in float64 (before: the distribution's dtype): for 8 problems with
+#: N=1024 points at 0.2 px noise (weights 1/sigma), ESS median 1 -> 237 and log-normaliser
+#: spread 8.9 -> 0.05 nats (its mean moved by +16 nats: the old proposals missed the mode); for
+#: N=64 at 0.05 px, ESS 1 -> 203 and spread 152 -> 0.05 nats.
+DEFAULT_ACG_EPS = 1e-12
+#: The smallest ``eps`` honoured where the work dtype is float32 (no float64 on the device).
+MIN_EPS_FLOAT32 = 1e-6
+
+
+def _work(device: torch.device, eps: float) -> tuple[torch.dtype, float]:
+    """The work dtype on ``device`` and ``eps`` raised to what it can represent."""
+    wd = work_dtype(device)
+    return wd, (max(eps, MIN_EPS_FLOAT32) if wd == torch.float32 else eps)
 
 
 def _regularised(lam: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +90,11 @@ class AngularCentralGaussian:
     Args:
         scale_tril: ``(*batch, 4, 4)`` lower-triangular Cholesky factor of ``Lambda``,
             positive diagonal (not checked: checking values would synchronise the device).
+        dtype: the dtype of samples and densities; default ``scale_tril.dtype``.
 
     Attributes:
-        scale_tril: ``(*batch, 4, 4)``.
+        scale_tril: ``(*batch, 4, 4)``, kept in the work dtype (float64; float32 on devices
+            without float64), see the module docstring.
 
     Raises:
         ShapeError / DTypeError on bad arguments.
@@ -80,10 +102,13 @@ class AngularCentralGaussian:
 
     event_dim = 4
 
-    def __init__(self, scale_tril: torch.Tensor) -> None:
+    def __init__(self, scale_tril: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         check_shape(scale_tril, ["*", 4, 4], "scale_tril")
         check_float_tensors(scale_tril=scale_tril)
-        self.scale_tril = scale_tril
+        if dtype is not None and not dtype.is_floating_point:
+            raise DTypeError(f"dtype: expected a floating point dtype, got {dtype}")
+        self._dtype = scale_tril.dtype if dtype is None else dtype
+        self.scale_tril = scale_tril.to(work_dtype(scale_tril.device))
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -92,7 +117,8 @@ class AngularCentralGaussian:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.scale_tril.dtype
+        """The dtype of samples and densities (``scale_tril`` is in the work dtype)."""
+        return self._dtype
 
     @property
     def device(self) -> torch.device:
@@ -104,24 +130,32 @@ class AngularCentralGaussian:
             f"dtype={self.dtype}, device={self.device})"
         )
 
+    @staticmethod
+    def work_dtype(device: torch.device) -> torch.dtype:
+        """The dtype of ``Lambda`` and its factor on ``device`` (float64, or float32 where the
+        device has no float64): form matrices for :meth:`from_matrix` in it."""
+        return work_dtype(device)
+
     @classmethod
     def from_matrix(
-        cls, lam: torch.Tensor, eps: float = DEFAULT_ACG_EPS
+        cls, lam: torch.Tensor, eps: float = DEFAULT_ACG_EPS, dtype: torch.dtype | None = None
     ) -> AngularCentralGaussian:
         """Build from a symmetric positive (semi-)definite ``lam: (*batch, 4, 4)``.
 
         ``lam`` is normalised to trace 4 (the density is scale invariant), ``eps * I`` is
-        added, and it is factorised with jitter on failure (never raises inside a batch).
-        A non-finite or zero-trace element becomes the uniform distribution (``Lambda = I``).
+        added, and it is factorised with jitter on failure (never raises inside a batch), in
+        the work dtype; the distribution's dtype is ``dtype`` (default ``lam``'s).  A
+        non-finite or zero-trace element becomes the uniform distribution (``Lambda = I``).
         """
         check_shape(lam, ["*", 4, 4], "lam")
         check_float_tensors(lam=lam)
-        mat, jitter = _regularised(lam, eps)
-        return cls(safe_cholesky(mat, jitter))
+        wd, eps = _work(lam.device, eps)
+        mat, jitter = _regularised(lam.to(wd), eps)
+        return cls(safe_cholesky(mat, jitter), lam.dtype if dtype is None else dtype)
 
     @property
     def matrix(self) -> torch.Tensor:
-        """``Lambda = L L^T``: ``(*batch, 4, 4)``."""
+        """``Lambda = L L^T``: ``(*batch, 4, 4)``, in the work dtype."""
         return self.scale_tril @ self.scale_tril.transpose(-1, -2)
 
     @classmethod
@@ -129,7 +163,7 @@ class AngularCentralGaussian:
         """``M`` distributions of one batch shape ``batch`` as one of batch shape
         ``(M, *batch)``."""
         (tril,) = stacked_params(dists, cls, ("scale_tril",))
-        return cls(tril)
+        return cls(tril, dists[0].dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (w.r.t. the uniform surface measure on S^3) of ``x: (*S, 4)``.
@@ -139,9 +173,10 @@ class AngularCentralGaussian:
         ``x: (K, B, 4)``.
         """
         value_shape(x, 4, self.batch_shape)
-        m = mahalanobis_sq(self.scale_tril, x) / x.square().sum(-1)
+        xw = x.to(self.scale_tril.dtype)
+        m = mahalanobis_sq(self.scale_tril, xw) / xw.square().sum(-1)
         half_log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return -half_log_det - 2.0 * torch.log(m) - _LOG_AREA_S3
+        return (-half_log_det - 2.0 * torch.log(m) - _LOG_AREA_S3).to(self._dtype)
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num`` unit quaternions per batch element: returns ``(num, *batch, 4)``.
@@ -153,13 +188,14 @@ class AngularCentralGaussian:
         check_generator(generator, self.device)
         shape = (num, *self.batch_shape)
         with torch.no_grad():
-            n = torch.randn((*shape, 4), generator=generator, dtype=self.dtype, device=self.device)
+            wd = self.scale_tril.dtype
+            n = torch.randn((*shape, 4), generator=generator, dtype=wd, device=self.device)
             z = (self.scale_tril @ n.unsqueeze(-1)).squeeze(-1)
             norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-            tiny = torch.finfo(self.dtype).tiny
+            tiny = torch.finfo(wd).tiny
             unit_w = torch.zeros_like(z)
             unit_w[..., 0] = 1.0
-            return torch.where(norm > tiny, z / norm.clamp_min(tiny), unit_w)
+            return torch.where(norm > tiny, z / norm.clamp_min(tiny), unit_w).to(self._dtype)
 
     @classmethod
     def fit(
@@ -182,27 +218,34 @@ class AngularCentralGaussian:
         each followed by normalisation to trace 4 and ``+ eps I`` (relative to the mean
         eigenvalue 1), so Lambda stays positive definite even for collapsed weights; Cholesky
         failures get jitter, never an exception.  ``eps`` bounds the concentration:
-        ``Lambda`` eigenvalue ratios stay below about ``4 / eps``.  Returns a distribution of
-        batch shape ``batch``.
+        ``Lambda`` eigenvalue ratios stay below about ``4 / eps``.  Computed in the work
+        dtype; returns a distribution of batch shape ``batch`` and ``samples``' dtype.
         """
         check_fit_inputs(samples, log_weights, 4)
-        check_float_tensors(samples=samples, log_weights=log_weights)
+        dtype, _ = check_float_tensors(samples=samples, log_weights=log_weights)
         if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0:
             raise ValueError(f"num_iter: expected a non-negative int, got {num_iter!r}")
+        wd, eps = _work(samples.device, eps)
+        samples, log_weights = samples.to(wd), log_weights.to(wd)
         with torch.no_grad():
             norm = torch.linalg.vector_norm(samples, dim=-1)
-            tiny = torch.finfo(samples.dtype).tiny
+            tiny = torch.finfo(wd).tiny
             valid = torch.isfinite(norm) & (norm > tiny)
             x = torch.where(
                 valid.unsqueeze(-1),
                 samples / norm.clamp_min(tiny).unsqueeze(-1),
                 torch.zeros_like(samples),
             )
-            w = normalized_weights(log_weights, valid)
-            lam, jitter = _regularised(torch.einsum("k...,k...i,k...j->...ij", w, x, x), eps)
+            w = normalized_weights(log_weights, valid)  # 0 where not valid (and x = 0)
+            xs = x.movedim(0, -2)  # (*batch, K, 4): the samples of an element as rows
+            ws = w.movedim(0, -1).unsqueeze(-1)  # (*batch, K, 1)
+            lam, jitter = _regularised(xs.mT @ (ws * xs), eps)
+            eye = torch.eye(4, dtype=wd, device=xs.device).expand(lam.shape)
             for _ in range(num_iter):
                 tril = safe_cholesky(lam, jitter)
-                m = mahalanobis_sq(tril, x)
-                a = torch.where(valid, w / m.clamp_min(tiny), torch.zeros_like(w))
-                lam, _ = _regularised(torch.einsum("k...,k...i,k...j->...ij", a, x, x), eps)
-            return cls(safe_cholesky(lam, jitter))
+                # x_k^T Lambda^-1 x_k = |L^-1 x_k|^2, with L^-1 formed once (a triangular solve
+                # with K right-hand sides costs several times more).
+                inv = torch.linalg.solve_triangular(tril, eye, upper=False)
+                m = (xs @ inv.mT).square().sum(-1, keepdim=True)  # (*batch, K, 1)
+                lam, _ = _regularised(xs.mT @ (ws / m.clamp_min(tiny) * xs), eps)
+            return cls(safe_cholesky(lam, jitter), dtype)

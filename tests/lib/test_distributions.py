@@ -403,10 +403,32 @@ def test_acg_fit_importance_weights_recovers_target() -> None:
     x = AngularCentralGaussian(torch.eye(4).expand(1, 4, 4)).sample(200000, gen(55))
     logw = target.log_prob(x)  # uniform proposal: constant log density dropped
     fitted = AngularCentralGaussian.fit(x, logw)
-    assert fitted.scale_tril.dtype == torch.float32
+    assert fitted.dtype == torch.float32 and fitted.scale_tril.dtype == F64  # work dtype
     lam_true = normalised(target.matrix)
     rel = (normalised(fitted.matrix) - lam_true).norm() / lam_true.norm()
     assert rel < 0.05
+
+
+def test_acg_represents_sharp_orientations_in_float32() -> None:
+    """A float32 ACG of a very sharp orientation (eigenvalue ratio 1e9, ~0.004 deg) keeps its
+    linear algebra in float64: the float32 density agrees with float64 and a fit to its float32
+    samples recovers Lambda in its own metric (all generalised eigenvalues of
+    (Lambda_true, Lambda_fit) equal up to sampling error).  Before 2026-11-25 the float32 ACG
+    factorised a float32 Lambda (and capped the ratio at 4 / 1e-6): no such fit was possible.
+    """
+    tril64 = acg_tril([1.0, 3e-9, 2e-9, 1e-9], 58)
+    d32 = AngularCentralGaussian(tril64, dtype=torch.float32)
+    d64 = AngularCentralGaussian(tril64)
+    x = d32.sample(50000, gen(59))
+    assert x.dtype == torch.float32 and d32.log_prob(x).dtype == torch.float32
+    torch.testing.assert_close(d32.log_prob(x).double(), d64.log_prob(x.double()),
+                               rtol=1e-6, atol=1e-6)
+    fitted = AngularCentralGaussian.fit(x, torch.zeros(50000, dtype=torch.float32))
+    assert fitted.dtype == torch.float32
+    # (L^-1 Lambda_fit L^-T) has equal eigenvalues when the fit is exact (up to scale).
+    inv = torch.linalg.solve_triangular(tril64, torch.eye(4, dtype=F64), upper=False)
+    eig = torch.linalg.eigvalsh(inv @ fitted.matrix @ inv.mT)
+    assert float(eig.max() / eig.min()) < 1.1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -422,9 +444,7 @@ def test_acg_fit_collapsed_weights(dtype: torch.dtype) -> None:
     assert bool(torch.isfinite(lp).all()) and float(lp[0, 0]) > 10.0
     s = fitted.sample(100, gen(57))[:, 0]
     assert float((s @ x[5, 0]).abs().min()) > 0.99  # samples near +-q
-    torch.testing.assert_close(
-        fitted.matrix[2], (1 + 1e-5) * torch.eye(4, dtype=dtype), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(fitted.matrix[2], torch.eye(4, dtype=F64), rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +506,8 @@ def test_log_prob_broadcasts_over_stacked_proposals() -> None:
             type(a).stack([a, type(a).fit(x[:, :1], torch.zeros(10, 1, dtype=F64))])
     with pytest.raises(TypeError):
         MultivariateT.stack([d0[0], d0[1]])
+    with pytest.raises(DTypeError):
+        AngularCentralGaussian.stack([d0[2], make_all(torch.float32)[2]])
 
 
 def test_bad_shapes_raise_shape_error() -> None:
