@@ -34,6 +34,7 @@ from epropnp_lib.distributions import (
     MultivariateT,
     VonMisesUniformMix,
 )
+from epropnp_lib.distributions.von_mises import MAX_KAPPA
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import quat_multiply
@@ -399,8 +400,9 @@ class EProPnP4DoF(EProPnPBase):
     def _initial_orientation(
         self, pose: torch.Tensor, rot_cov: torch.Tensor
     ) -> VonMisesUniformMix:
-        var = rot_cov[:, 0, 0].clamp(1e-8, 1e8)
-        return VonMisesUniformMix(pose[:, 3], (1.0 / var).clamp(1e-3, 1e6), self.config.uniform_mix)
+        var = rot_cov[:, 0, 0].clamp(1.0 / MAX_KAPPA, 1e8)
+        kappa = (1.0 / var).clamp(1e-3, MAX_KAPPA)
+        return VonMisesUniformMix(pose[:, 3], kappa, self.config.uniform_mix)
 
     def _fit_orientation(
         self, samples: torch.Tensor, log_weights: torch.Tensor

@@ -302,8 +302,11 @@ def test_vm_fit_importance_weights_and_options() -> None:
     # collapsed weights -> kappa_max, never NaN
     logw_c = torch.full_like(logw, float("-inf"))
     logw_c[0] = 0.0
-    collapsed = VonMisesUniformMix.fit(x, logw_c)
+    collapsed = VonMisesUniformMix.fit(x, logw_c, kappa_max=1e6)
     torch.testing.assert_close(collapsed.kappa, torch.full((2,), 1e6))
+    # by default as concentrated as A1^-1 resolves (R = 1 - 1e-12): ~5e10
+    sharpest = VonMisesUniformMix.fit(x, logw_c).kappa
+    assert bool(torch.isfinite(sharpest).all()) and float(sharpest.min()) > 1e10
     torch.testing.assert_close(collapsed.loc, x[0, :, 0])
 
 

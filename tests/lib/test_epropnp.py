@@ -56,27 +56,34 @@ def test_amis_log_normalizer_matches_dense_integration() -> None:
     assert ((estimates - exact).abs() < 0.05 + 4 * spread).all()
 
 
-@pytest.mark.parametrize(("num_points", "noise"), [(512, 1.0), (1024, 0.2)])
-def test_amis_keeps_its_samples_useful_for_sharp_6dof_posteriors(
-    num_points: int, noise: float
+@pytest.mark.parametrize(
+    ("cls", "num_points", "noise"),
+    [(EProPnP6DoF, 512, 1.0), (EProPnP6DoF, 1024, 0.2), (EProPnP4DoF, 1024, 0.2),
+     (EProPnP4DoF, 64, 0.05)],
+)
+def test_amis_keeps_its_samples_useful_for_sharp_posteriors(
+    cls: type, num_points: int, noise: float
 ) -> None:
-    """A sharp 6DoF posterior (N points, Gaussian pixel noise sigma, weights 1 / sigma) must not
-    be sampled by a much wider orientation proposal: the effective sample size (ESS) of the
-    AMIS weights stays a sizeable fraction of the T K' = 512 samples, and so the
-    log-normaliser estimate's spread over seeds stays small.
+    """A sharp posterior (N points, Gaussian pixel noise sigma, weights 1 / sigma) must not be
+    sampled by a much wider orientation proposal: the effective sample size (ESS) of the AMIS
+    weights stays a sizeable fraction of the T K' = 512 samples, and so the log-normaliser
+    estimate's spread over seeds stays small.
 
-    History (2026-11-25; medians over the problems and seeds):
-    * N=512, 1 px: with the angular central Gaussian's concentration cap at eps = 1e-5, ESS 38
-      (minimum 14) and a spread of 0.21 nats; eps = 1e-6, 144 (67) and 0.08; eps = 1e-12 with
-      the ACG's linear algebra in float64, 234 (202) and 0.05.
-    * N=1024, 0.2 px: eps = 1e-6 in float32, ESS 1 and a spread of 8.9 nats (the proposals
-      missed the mode: the mean estimate was 16 nats low); eps = 1e-12 in float64, 237 (207)
-      and 0.05.
+    History (2026-11-25; medians over 8 problems and the seeds):
+    * 6DoF, N=512, 1 px: with the angular central Gaussian's concentration cap at eps = 1e-5,
+      ESS 38 and a spread of 0.21 nats; eps = 1e-6, 144 and 0.08; eps = 1e-12 with the ACG's
+      linear algebra in float64, 234 and 0.05.
+    * 6DoF, N=1024, 0.2 px: eps = 1e-6 in float32, ESS 1 and a spread of 8.9 nats (the
+      proposals missed the mode: the mean estimate was 16 nats low); then 237 and 0.05.
+    * 4DoF, N=1024, 0.2 px and N=64, 0.05 px: with the von Mises concentration capped at 1e6
+      and fitted in float32, ESS 12 and 3, spreads 0.40 and 1.9 nats; with the cap at 1e11 and
+      the fit in float64, 223 and 210, spreads 0.05 and 0.06.
     """
+    dof = cls.space.tangent_dim
     gen = torch.Generator().manual_seed(0)
-    p = random_problems(8, num_points, dof=6, noise_std=noise, generator=gen)
+    p = random_problems(8, num_points, dof=dof, noise_std=noise, generator=gen)
     w2d = p.w2d / noise
-    layer = EProPnP6DoF()
+    layer = cls()
     log_z, ess = [], []
     for seed in range(6):
         res = layer(p.x3d, p.x2d, w2d, p.cam_mats, with_step=False,
