@@ -22,7 +22,7 @@ class MonteCarloPoseLoss(nn.Module):
     average of ``norm_factor`` (the weight normalisation of MonoRUN that the paper adopts:
     pass the detached mean global weight scale, or mean ``w2d``), updated with ``momentum``
     in training mode only, so the loss keeps a steady gradient magnitude while the weights
-    grow.
+    grow.  An empty batch gives a zero loss.
 
     Args:
         init_norm_factor: initial value of the running normaliser.
@@ -54,7 +54,9 @@ class MonteCarloPoseLoss(nn.Module):
                                         device=self.norm_factor.device)
                 self.norm_factor.mul_(1 - self.momentum).add_(self.momentum * value)
         per_elem = kl_loss_per_element(result)
-        return per_elem.mean() / self.norm_factor.clamp_min(1e-12)
+        # The batch mean; an empty batch (e.g. an image without objects) gives 0, not NaN.
+        mean = per_elem.sum() / max(per_elem.numel(), 1)
+        return mean / self.norm_factor.clamp_min(1e-12)
 
 
 def kl_loss_per_element(result: EProPnPResult) -> torch.Tensor:
@@ -87,7 +89,7 @@ def derivative_regularization_loss(
         valid: ``(B,)`` bool mask of elements to include (default all).
 
     Returns:
-        Scalar mean over the valid elements.
+        Scalar mean over the valid elements (0 if there are none).
     """
     if pose_step.shape != pose_target.shape or pose_step.shape[-1] != space.dim:
         raise ShapeError(
@@ -102,6 +104,6 @@ def derivative_regularization_loss(
         rot = 1.0 - torch.cos(wrap_angle(pose_step[:, 3] - pose_target[:, 3]))
     per_elem = position_weight * pos.sum(-1) + orientation_weight * rot
     if valid is None:
-        return per_elem.mean()
+        return per_elem.sum() / max(per_elem.numel(), 1)  # 0 for an empty batch
     mask = valid.to(per_elem.dtype)
     return (per_elem * mask).sum() / mask.sum().clamp_min(1.0)

@@ -208,7 +208,7 @@ def mahalanobis_sq(tril: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.dim() > nb + 1 and x.shape[x.dim() - 1 - nb : -1] == batch:
         # x: (*lead, *b, n): one batched product over b with all leading samples stacked.
         lead = x.shape[: x.dim() - 1 - nb]
-        xs = x.reshape(-1, *batch, n).movedim(0, -2)  # (*b, M, n)
+        xs = x.reshape(math.prod(lead), *batch, n).movedim(0, -2)  # (*b, M, n)
         maha = (xs @ inv.transpose(-1, -2)).square().sum(-1)  # (*b, M)
         return maha.movedim(-1, 0).reshape(*lead, *batch)
     return torch.einsum("...ij,...j->...i", inv, x).square().sum(-1)

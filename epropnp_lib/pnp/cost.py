@@ -69,9 +69,19 @@ class HuberConfig:
         if self.relative_delta is None:
             return None
         if spread_sq is None:
-            spread_sq = x2d.detach().var(dim=-2).sum(dim=-1)
+            spread_sq = point_spread_sq(x2d.detach())
         spread = spread_sq.detach().sqrt()
         return self.relative_delta * w2d.detach().mean(dim=(-2, -1)) * spread
+
+
+def point_spread_sq(x2d: torch.Tensor) -> torch.Tensor:
+    """``var_x + var_y`` (unbiased) of the points ``x2d: S + (N, 2)`` of each problem: ``S``.
+
+    An empty batch gives an empty result (``torch.var`` would warn about it).
+    """
+    if x2d.shape[:-2].numel() == 0:
+        return x2d.new_zeros(x2d.shape[:-2])
+    return x2d.var(dim=-2).sum(dim=-1)
 
 
 #: The plain squared cost of Eq. (1), without the robust kernel.
@@ -292,6 +302,6 @@ def evaluate_cost(
 
 __all__ = [
     "NO_KERNEL", "CostTerms", "HuberConfig", "PointSet", "PointTerms", "augmented_normal_matrix",
-    "evaluate_cost", "huber",
+    "evaluate_cost", "huber", "point_spread_sq",
     "normal_equations_from_rows", "point_terms",
 ]

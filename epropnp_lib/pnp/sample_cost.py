@@ -203,7 +203,9 @@ class _SampleCost(torch.autograd.Function):
         n = x3d.shape[1]
         des = _design(x3d, x2d, w2d, center, delta)
         chunks = _chunks(b, k, n)
-        ws = _Workspace(proj, max(len(range(b)[c]) * len(range(k)[ks]) * n for c, ks in chunks))
+        ws = _Workspace(
+            proj, max((len(range(b)[c]) * len(range(k)[ks]) * n for c, ks in chunks), default=0)
+        )
         cost = proj.new_empty((b, k))
         # Smallest depth per chunk (only needed by the backward).
         min_depth = proj.new_empty(len(chunks) if any(ctx.needs_input_grad) else 0)
@@ -211,7 +213,7 @@ class _SampleCost(torch.autograd.Function):
         for i, (c, ks) in enumerate(chunks):
             phi_u, phi_v, z, sq = ws.residuals(rows, des, c, ks)
             if min_depth.numel():
-                torch.amin(z, out=min_depth[i])
+                torch.amin(z, out=min_depth[i]) if z.numel() else min_depth[i].fill_(torch.inf)
             z.clamp_min_(MIN_DEPTH)
             ws.finish(phi_u, phi_v, z, sq, des.offset[c])
             if des.robust:  # sum H = sum t - 1/2 sum t omega, t = |phi|^2 omega

@@ -29,6 +29,7 @@ from epropnp_lib.pnp.cost import (
     PointSet,
     augmented_normal_matrix,
     normal_equations_from_rows,
+    point_spread_sq,
     point_terms,
 )
 from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof, init_6dof
@@ -303,7 +304,7 @@ def _solve(
     """The body of :func:`solve_validated`: final state, iterations, converged flags,
     covariance and degenerate flags (all ``(B, ...)``)."""
     dof = space.tangent_dim
-    spread2 = prob.x2d.var(dim=-2).sum(-1)  # (B,): the Huber threshold's scale, and below
+    spread2 = point_spread_sq(prob.x2d)  # (B,): the Huber threshold's scale, and below
     delta = cfg.huber.threshold(prob.x2d, prob.w2d, spread2)
     pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, delta)
     batch, num_points = prob.x3d.shape[:2]

@@ -166,6 +166,28 @@ def test_one_bad_element_is_masked_in_the_loss() -> None:
     assert w2d.grad[137].abs().sum() == 0
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("cls", [EProPnP6DoF, EProPnP4DoF])
+def test_empty_batch_gives_empty_results_and_a_zero_loss(cls: type) -> None:
+    """B = 0 (a training image without objects): empty results of the right shapes, zero
+    losses, empty gradients -- no exception, no NaN, no warning."""
+    dim = cls.space.dim
+    p = random_problems(2, 16, dof=cls.space.tangent_dim, generator=_gen(12))
+    x3d, x2d, w2d = (t[:0].clone().requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+    layer = cls(MonteCarloConfig(num_iterations=2, num_samples=16))
+    res = layer(x3d, x2d, w2d, p.cam_mats[:0], pose_target=p.pose[:0], generator=_gen(13))
+    assert res.pose.shape == (0, dim) and res.pose_samples.shape == (32, 0, dim)
+    assert res.log_weights.shape == (32, 0) and res.log_normalizer.shape == (0,)
+    assert res.pose_step is not None and res.pose_step.shape == (0, dim)
+    loss = MonteCarloPoseLoss()(res) + derivative_regularization_loss(
+        layer.space, res.pose_step, p.pose[:0]
+    )
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert x3d.grad is not None and x3d.grad.shape == (0, 16, 3)
+    assert layer.posterior_samples(x3d, x2d, w2d, p.cam_mats[:0], 5, _gen(14)).shape == (5, 0, dim)
+
+
 def test_pose_step_is_a_zero_step_at_the_optimum_and_points_to_target() -> None:
     p = random_problems(8, 32, noise_std=1.0, dtype=torch.float64, generator=_gen(8))
     layer = EProPnP6DoF()
