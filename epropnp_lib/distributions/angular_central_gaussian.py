@@ -240,12 +240,8 @@ class AngularCentralGaussian:
             xs = x.movedim(0, -2)  # (*batch, K, 4): the samples of an element as rows
             ws = w.movedim(0, -1).unsqueeze(-1)  # (*batch, K, 1)
             lam, jitter = _regularised(xs.mT @ (ws * xs), eps)
-            eye = torch.eye(4, dtype=wd, device=xs.device).expand(lam.shape)
             for _ in range(num_iter):
                 tril = safe_cholesky(lam, jitter)
-                # x_k^T Lambda^-1 x_k = |L^-1 x_k|^2, with L^-1 formed once (a triangular solve
-                # with K right-hand sides costs several times more).
-                inv = torch.linalg.solve_triangular(tril, eye, upper=False)
-                m = (xs @ inv.mT).square().sum(-1, keepdim=True)  # (*batch, K, 1)
+                m = mahalanobis_sq(tril, x).movedim(0, -1).unsqueeze(-1)  # (*batch, K, 1)
                 lam, _ = _regularised(xs.mT @ (ws / m.clamp_min(tiny) * xs), eps)
             return cls(safe_cholesky(lam, jitter), dtype)

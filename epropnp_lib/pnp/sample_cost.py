@@ -224,7 +224,7 @@ class _SampleCost(torch.autograd.Function):
                 total = sq.sum(-1).mul_(0.5)
             cost[c, ks] = total.mul_(des.factor[c, None])
         ctx.save_for_backward(proj, x3d, x2d, w2d, center, delta, min_depth)
-        ctx.workspace, ctx.design = ws, des
+        ctx.workspace, ctx.design, ctx.rows = ws, des, rows
         return cost.transpose(0, 1)  # (K, B)
 
     @staticmethod
@@ -236,7 +236,7 @@ class _SampleCost(torch.autograd.Function):
         ws: _Workspace = ctx.workspace
         des: _Design = ctx.design
         grad = grad_cost.transpose(0, 1)  # (B, K)
-        rows = proj.permute(0, 2, 1, 3).contiguous()  # (B, 3, K, 4)
+        rows: torch.Tensor = ctx.rows  # (B, 3, K, 4), from the forward
         # Left factors of the sums (B, 3, 8, K), weighted by g_k s^2:
         # [g P0; g P2], [g P1; g P2], [g P2; 0] (P_r: (4, K)).
         gp = (rows * (grad * des.factor[:, None])[:, None, :, None]).transpose(-1, -2)
