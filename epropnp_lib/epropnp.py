@@ -240,30 +240,35 @@ class EProPnPBase(nn.Module, ABC):
                                  delta, jac)
 
         proposal = self._initial_proposal(pose_star, sol.covariance, keep, prob.x3d)
-        samples: list[torch.Tensor] = []
         log_p: list[torch.Tensor] = []  # differentiable -cost at each sample block
         proposals = [proposal]
         n_it, k = cfg.num_iterations, cfg.num_samples
         log_mix = pose_star.new_zeros(0)
+        drawn = log_q = pose_star.new_zeros(0)
         for it in range(n_it):
             new = self._sample(proposals[it], k, generator)  # (K', B, dim)
-            samples.append(new)
             log_p.append(-sample_cost(space, new, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
                                       delta))
             with torch.no_grad():
-                # Every sample so far under every proposal so far, in one call (recomputing
-                # the earlier pairs costs less than a call per pair): ((it + 1) K', it + 1, B).
-                drawn = torch.cat(samples)
-                log_q = self._log_prob(
-                    _Proposal.stack(proposals),
-                    drawn.unsqueeze(1).expand(-1, it + 1, -1, -1),
+                # log_q: every sample so far under every proposal so far, ((it + 1) K',
+                # it + 1, B).  Only the new pairs are evaluated: the new block under every
+                # proposal (one call on the stacked proposals) and the earlier blocks under
+                # the newest proposal.
+                rows = self._log_prob(
+                    _Proposal.stack(proposals), new.unsqueeze(1).expand(-1, it + 1, -1, -1)
                 )
+                if it == 0:
+                    log_q, drawn = rows, new
+                else:
+                    col = self._log_prob(proposals[it], drawn).unsqueeze(1)
+                    log_q = torch.cat((torch.cat((log_q, col), dim=1), rows))
+                    drawn = torch.cat((drawn, new))
                 # log of the mixture of all proposals so far at every sample: (it + 1) K', B
                 log_mix = log_q.logsumexp(1) - math.log(it + 1)
                 if it + 1 < n_it:
                     log_v = torch.cat(log_p).detach() - log_mix
                     proposals.append(self._fit(drawn, log_v))
-        pose_samples = torch.cat(samples)
+        pose_samples = drawn
         log_weights = torch.cat(log_p) - log_mix
         log_normalizer = log_weights.logsumexp(0) - math.log(n_it * k)
 
