@@ -12,7 +12,8 @@ runs after a warm-up; per-problem times divide by the batch size.
 
 ``--compare-opencv [B ...]`` instead times the 6DoF solve and OpenCV ``SOLVEPNP_ITERATIVE`` on
 the same problems, interleaved round by round in one process, and reports their ratio per batch
-size (``--write-readme`` writes that table too).
+size (``--write-readme`` writes that table too).  ``--pause-sweep [MS ...]`` times both at B=32
+right after idle pauses of these lengths (the latency of a node that waits for its frames).
 """
 
 from __future__ import annotations
@@ -191,6 +192,64 @@ def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
     ])
 
 
+def pause_sweep(pauses_ms: list[float], batch: int, rounds: int, threads: int) -> str:
+    """Markdown table: the 6DoF solve and OpenCV ``SOLVEPNP_ITERATIVE`` (a loop over the same
+    ``batch`` problems) each timed right after an idle pause (``time.sleep``), as a node that
+    waits for its next frame would run them.  Per round and pause: both run once back to back
+    (warm), then each is timed after its own pause.  Median (best) over the rounds."""
+    import cv2
+
+    from epropnp_lib.diagnostics import small_op_time_us
+    from epropnp_lib.pnp.problems import random_problems
+    from epropnp_lib.pnp.solver import solve_pnp
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    before = small_op_time_us()
+    p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
+    p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
+            p.cam_mats[i].double().numpy()) for i in range(batch)]
+    dist = p.x3d.new_zeros(5).double().numpy()
+    ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
+    opencv = functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
+
+    def after_pause(fn: Callable[[], Any], pause: float) -> float:
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) / batch * 1e3
+
+    times: dict[float, tuple[list[float], list[float]]] = {ms: ([], []) for ms in pauses_ms}
+    for _ in range(3):
+        ours()
+        opencv()
+    for _ in range(rounds):
+        for ms in pauses_ms:
+            ours()
+            opencv()
+            times[ms][0].append(after_pause(ours, ms / 1e3))
+            times[ms][1].append(after_pause(opencv, ms / 1e3))
+    lines = []
+    for ms, (t_ours, t_cv) in times.items():
+        lines.append(
+            f"| {ms:g} | {statistics.median(t_ours):.4f} ({min(t_ours):.4f}) "
+            f"| {statistics.median(t_cv):.4f} ({min(t_cv):.4f}) "
+            f"| {statistics.median(t_ours) / statistics.median(t_cv):.2f} |"
+        )
+    probe = (f"CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us "
+             f"before, {small_op_time_us():.2f} us after.")
+    return "\n".join([
+        f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
+        f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. B={batch}, N=64, 1 px "
+        f"noise, {rounds} rounds: median (best). {probe}",
+        "",
+        "| pause before the call (ms) | EPro-PnP 6DoF LM, init incl. (ms/problem) "
+        "| OpenCV ITERATIVE (ms/problem) | ratio of the medians |",
+        "|---:|---:|---:|---:|",
+        *lines,
+    ])
+
+
 def _write_table(marker_name: str, md: str) -> None:
     """Replace the table between ``<!-- table:NAME -->`` markers in bench/README.md."""
     readme = Path(__file__).with_name("README.md")
@@ -236,7 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-opencv", metavar="B", type=int, nargs="*",
                         help="instead of the cases: time the 6DoF solve against OpenCV "
                              "ITERATIVE at these batch sizes, interleaved (default 32 64 128 512)")
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of --compare-opencv")
+    parser.add_argument("--pause-sweep", metavar="MS", type=float, nargs="*",
+                        help="instead of the cases: time the 6DoF solve and OpenCV ITERATIVE "
+                             "at B=32 right after idle pauses of these lengths "
+                             "(default 0 2 10 33)")
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="rounds of --compare-opencv and --pause-sweep")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -245,6 +309,13 @@ def main(argv: list[str] | None = None) -> None:
         print(md)
         if args.write_readme:
             _write_table("cv_ratio", md)
+        return
+    if args.pause_sweep is not None:
+        md = pause_sweep(args.pause_sweep or [0.0, 2.0, 10.0, 33.0], 32, args.rounds,
+                         args.threads)
+        print(md)
+        if args.write_readme:
+            _write_table("pause", md)
         return
     if args.case:
         print(json.dumps(run_case(args.case, args.device, args.repeats)))
