@@ -137,6 +137,22 @@ def _opencv_loop(problems: list[tuple[Any, Any, Any]], dist: Any, flag: int) -> 
         cv2.solvePnP(x3d, x2d, k, dist, flags=flag)
 
 
+def _solver_pair(batch: int) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """The 6DoF solve (init incl.) of ``batch`` random problems (N=64, 1 px noise) and OpenCV
+    ``SOLVEPNP_ITERATIVE`` on the same problems in float64, one call per problem."""
+    import cv2
+
+    from epropnp_lib.pnp.problems import random_problems
+    from epropnp_lib.pnp.solver import solve_pnp
+
+    p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
+    p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
+            p.cam_mats[i].double().numpy()) for i in range(batch)]
+    dist = p.x3d.new_zeros(5).double().numpy()
+    ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
+    return ours, functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
+
+
 def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
     """Markdown table: 6DoF LM solve (init incl.) vs OpenCV ``SOLVEPNP_ITERATIVE`` per problem,
     on the same problems, interleaved round by round in this process (the machine's speed
@@ -144,22 +160,13 @@ def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
     import cv2
 
     from epropnp_lib.diagnostics import small_op_time_us
-    from epropnp_lib.pnp.problems import random_problems
-    from epropnp_lib.pnp.solver import solve_pnp
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     before = small_op_time_us()
     lines = []
     for batch in batches:
-        p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
-        p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
-                p.cam_mats[i].double().numpy()) for i in range(batch)]
-        dist = p.x3d.new_zeros(5).double().numpy()
-        ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
-
-        opencv = functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
-
+        ours, opencv = _solver_pair(batch)
         for _ in range(3):
             ours()
             opencv()
@@ -200,18 +207,11 @@ def pause_sweep(pauses_ms: list[float], batch: int, rounds: int, threads: int) -
     import cv2
 
     from epropnp_lib.diagnostics import small_op_time_us
-    from epropnp_lib.pnp.problems import random_problems
-    from epropnp_lib.pnp.solver import solve_pnp
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     before = small_op_time_us()
-    p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
-    p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
-            p.cam_mats[i].double().numpy()) for i in range(batch)]
-    dist = p.x3d.new_zeros(5).double().numpy()
-    ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
-    opencv = functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
+    ours, opencv = _solver_pair(batch)
 
     def after_pause(fn: Callable[[], Any], pause: float) -> float:
         time.sleep(pause)
