@@ -323,7 +323,9 @@ def test_layer_runs_on_device_and_agrees_with_the_cpu(device: str, dof: int) -> 
     assert torch.equal(out[6], run(device)[6])  # seeded: the same loss again
     ref = [t.cpu() for t in out] if device == "cpu" else list(run("cpu"))
     got = [t.cpu() for t in out]
-    for a, b in zip(got[:5], ref[:5], strict=True):  # solve, target cost, one-step pose
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    # Solve, target cost, one-step pose: the solver stops within its tolerance (1e-7, relative)
+    # of the optimum, and round-off may stop the two devices at different iterations.
+    for a, b in zip(got[:5], ref[:5], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     # AMIS estimates: the log normaliser's spread over seeds is ~0.05-0.1 nats (bench/README).
     assert (got[5] - ref[5]).abs().max() < 0.5
