@@ -14,10 +14,9 @@
 4DoF: the yaw-only problem is linear in ``(cos, sin, t)``: weighted linear least squares, then
   the translation is re-solved for the normalised yaw.
 
-The refinement starts from the quaternion of the DLT's 3x3 block (Shepperd's method,
-:func:`~epropnp_lib.geometry.rotations.matrix_to_quat`, on the block scaled to unit RMS singular
-value); the homography's rotation is the closest rotation to its columns (Horn's quaternion
-method, :func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  Everything runs in float64
+The DLT's 3x3 block is orthonormalised (Gram-Schmidt) before its refinement; the homography's
+rotation is the closest rotation to its columns (Horn's quaternion method,
+:func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  Everything runs in float64
 internally (12x12 and 9x9 systems) and returns the input dtype.
 """
 
@@ -30,6 +29,7 @@ import torch
 from epropnp_lib.geometry.rotations import (
     closest_rotation_quat,
     matrix_to_quat,
+    quat_exp,
     quat_to_matrix,
     skew,
 )
@@ -50,19 +50,14 @@ def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch
 _ADJ2_SIGN = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
 
 
-def _solve_sym3(m: torch.Tensor, rhs: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``alpha m^-1 rhs`` ``(B, 3, K)`` for symmetric ``m: (B, 3, 3)`` and ``rhs: (B, 3, K)``,
-    by the adjugate (its row ``i`` is ``m_{i+1} x m_{i+2}`` for the rows ``m_i`` of a symmetric
-    ``m``); non-finite where ``m`` is singular.  For float64 systems of this size it is exact
-    enough and several times cheaper than a LAPACK solve."""
-    pairs = m.index_select(-2, on(_ADJ_ROWS, torch.int64, m.device))  # rows 1, 2, 0, 2, 0, 1
-    adj = torch.linalg.cross(pairs[:, :3], pairs[:, 3:], dim=-1)
-    det = torch.linalg.vecdot(adj[:, 0], m[:, 0])
-    return torch.bmm(adj, rhs).div_((det * (1.0 / alpha))[:, None, None])
-
-
-_ADJ_ROWS = torch.tensor([1, 2, 0, 2, 0, 1])
-_IDENTITY_QUAT = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+def _inv3(m: torch.Tensor) -> torch.Tensor:
+    """Inverses ``(B, 3, 3)`` of ``m: (B, 3, 3)`` by the adjugate (row ``i`` of the inverse is
+    ``c_{i+1} x c_{i+2} / det`` for the columns ``c`` of ``m``); non-finite where ``m`` is
+    singular.  For float64 systems of this size it is exact enough and several times cheaper
+    than a LAPACK solve."""
+    cols = m.mT
+    adj = torch.linalg.cross(cols.roll(-1, dims=-2), cols.roll(-2, dims=-2), dim=-1)
+    return adj / torch.linalg.vecdot(adj[:, 0], cols[:, 0])[:, None, None]
 
 
 def _weighted_center_scale(
@@ -197,28 +192,12 @@ def _rotation_jacobian_map() -> torch.Tensor:
     return out.reshape(9, 36)
 
 
-def _left_increment_map() -> torch.Tensor:
-    """``(4, 12)``: ``q`` times this matrix is the flattened ``(4, 3)`` matrix ``E(q)`` with
-    ``E(q) w = (0, w) * q`` (Hamilton product), so that ``(1, w / 2) * q = q + E(q) w / 2``."""
-    out = torch.zeros(4, 4, 3, dtype=torch.float64)  # [k, i, j]: coefficient of q_k in E[i, j]
-    entries = [  # (i, j, k, sign): E[i, j] = sign q_k
-        (0, 0, 1, -1), (0, 1, 2, -1), (0, 2, 3, -1),
-        (1, 0, 0, 1), (1, 1, 3, 1), (1, 2, 2, -1),
-        (2, 0, 3, -1), (2, 1, 0, 1), (2, 2, 1, 1),
-        (3, 0, 2, 1), (3, 1, 1, -1), (3, 2, 0, 1),
-    ]
-    for i, j, k, sign in entries:
-        out[k, i, j] = sign
-    return out.reshape(4, 12)
-
-
 _DLT_ASSEMBLY = _dlt_assembly()
 _ROTATION_JACOBIAN = _rotation_jacobian_map()
-_LEFT_INCREMENT = _left_increment_map()
 
 
 def refine_on_so3(
-    ata: torch.Tensor, quat: torch.Tensor
+    ata: torch.Tensor, rot: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Gauss-Newton step of the DLT's algebraic error over rotations.
 
@@ -230,38 +209,42 @@ def refine_on_so3(
     is then a 3x3 solve.  Unlike the DLT's free 3x4 matrix, ``[R | b]`` has exactly the pose's
     degrees of freedom, so its optimum is close to the reprojection optimum.
 
-    The step is applied as ``q <- (1, w / 2) * q``, normalised: a rotation about the axis of
-    ``w`` by ``2 atan(|w| / 2)``, within ``|w|^3 / 12`` of ``Exp(w)`` -- below the error of
-    the Gauss-Newton step itself (the algebraic error is not quadratic in ``w``), and the
-    same fixed point.
-
     Args:
-        ata: ``(B, 12, 12)`` float64; quat: ``(B, 4)`` starting rotations (unit quaternions).
+        ata: ``(B, 12, 12)`` float64; rot: ``(B, 3, 3)`` starting rotations.
 
     Returns:
-        ``quat: (B, 4)``, its matrix ``rot: (B, 3, 3)`` and ``b: (B, 3)``.  An element whose
-        step does not lower the error (or is not finite) keeps its starting rotation, with the
-        best ``b`` for it; a moved one has ``w >= 0``.
+        ``quat: (B, 4)`` (w >= 0), its matrix ``rot: (B, 3, 3)`` and ``b: (B, 3)``.  An
+        element whose step does not lower the error (or is not finite) keeps its starting
+        rotation, with the best ``b`` for it.
     """
     m_rb, m_bb = ata[:, :9, 9:], ata[:, 9:, 9:]
-    sol = _solve_sym3(m_bb, m_rb.mT)  # (B, 3, 9): S
+    sol = torch.bmm(_inv3(m_bb), m_rb.mT)  # (B, 3, 9): S
     schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
-    rot = quat_to_matrix(quat)
     # [d vec(Exp(w) R) / dw, vec(R)]: one product gives the normal equations and the error.
-    jac = torch.mm(rot.view(-1, 9), on(_ROTATION_JACOBIAN, rot.dtype, rot.device)).view(-1, 9, 4)
+    jac = torch.mm(rot.flatten(-2), on(_ROTATION_JACOBIAN, rot.dtype, rot.device)).view(-1, 9, 4)
     normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
-    half_step = _solve_sym3(normal[:, :3, :3], normal[:, :3, 3:], alpha=-0.5)  # (B, 3, 1)
-    e = torch.mm(quat, on(_LEFT_INCREMENT, quat.dtype, quat.device)).view(-1, 4, 3)
-    quat1 = torch.baddbmm(quat.unsqueeze(-1), e, half_step).squeeze(-1)
-    # Normalised, with w >= 0 (copysign keeps a NaN norm NaN).
-    quat1 = quat1 / torch.linalg.vector_norm(quat1, dim=-1, keepdim=True).copysign(quat1[:, :1])
-    rot1 = quat_to_matrix(quat1)
-    r1 = rot1.view(-1, 9, 1)
+    step = torch.bmm(_inv3(normal[:, :3, :3]), normal[:, :3, 3:]).squeeze(-1).neg_()
+    rot1 = torch.bmm(quat_to_matrix(quat_exp(step)), rot)
+    r1 = rot1.flatten(-2).unsqueeze(-1)
     better = (r1 * torch.bmm(schur, r1)).sum((-2, -1)) <= normal[:, 3, 3]  # False for NaN
-    quat = torch.where(better[:, None], quat1, quat)
     rot = torch.where(better[:, None, None], rot1, rot)
-    b = torch.bmm(sol, rot.view(-1, 9, 1)).squeeze(-1).neg_()
-    return quat, rot, b
+    b = torch.bmm(sol, rot.flatten(-2).unsqueeze(-1)).squeeze(-1).neg_()
+    return matrix_to_quat(rot), rot, b
+
+
+def _orthonormalize(m: torch.Tensor) -> torch.Tensor:
+    """A rotation ``(B, 3, 3)`` near ``m: (B, 3, 3)`` (a positive multiple of a noisy rotation):
+    Gram-Schmidt on its first two rows, the third their cross product; the identity where ``m``
+    is not finite.  As a start for :func:`refine_on_so3` it is as good as the closest rotation
+    (which takes several times the ops): one Gauss-Newton step lands on the same optimum."""
+    norm = torch.linalg.vector_norm
+    r0 = m[:, 0] / norm(m[:, 0], dim=-1, keepdim=True)
+    r1 = torch.addcmul(m[:, 1], r0, torch.linalg.vecdot(m[:, 1], r0).unsqueeze(-1), value=-1.0)
+    r1 = r1 / norm(r1, dim=-1, keepdim=True)
+    r2 = torch.linalg.cross(r0, r1, dim=-1)  # all NaN if anything above is not finite
+    eye = torch.eye(3, dtype=m.dtype, device=m.device)
+    return torch.where(torch.isfinite(r2).all(-1)[:, None, None],
+                       torch.stack((r0, r1, r2), dim=-2), eye)
 
 
 def dlt_6dof(
@@ -301,15 +284,7 @@ def dlt_6dof(
     # (the fixed entry is lam times the centroid's depth).
     a = _null_vector_last_fixed(ata)[:, :9].unflatten(-1, (3, 3))
     system = DltSystem(ata, c3.T, s3)
-    # Start from the quaternion of a / lam (Shepperd's method on the positive multiple of a
-    # noisy rotation, scaled to unit RMS singular value: its error is of the order of the noise,
-    # like the closest rotation's, in fewer ops); the identity where it is not finite.
-    flat = a.reshape(-1, 9)
-    start = matrix_to_quat((flat / torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
-                            * 3.0**0.5).view(-1, 3, 3))
-    start = torch.where(start.isfinite().all(-1, keepdim=True), start,
-                        on(_IDENTITY_QUAT, start.dtype, start.device))
-    quat, t = system.refine(start)
+    quat, t = system.refine(_orthonormalize(a))
     return quat, t, scatter, system
 
 
@@ -329,10 +304,10 @@ class DltSystem(NamedTuple):
         """The problems ``idx: (M,)``."""
         return DltSystem(self.ata[idx], self.centre[idx], self.scale[idx])
 
-    def refine(self, quat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``quat: (B, 4)``:
+    def refine(self, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``rot: (B, 3, 3)``:
         ``[R / scale | R centre + t]`` is the refined ``[R | b] / scale``."""
-        quat, rot, b = refine_on_so3(self.ata, quat)
+        quat, rot, b = refine_on_so3(self.ata, rot)
         t = b / self.scale[:, None] - torch.bmm(rot, self.centre.unsqueeze(-1)).squeeze(-1)
         return quat, t
 
@@ -409,7 +384,7 @@ def init_6dof(
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
     homog = dlt.clone()
     rot_h, _ = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
-    quat_h, t_h = system.select(idx).refine(matrix_to_quat(rot_h))
+    quat_h, t_h = system.select(idx).refine(rot_h)
     homog[idx] = torch.cat((t_h, quat_h), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)
 

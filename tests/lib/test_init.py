@@ -56,6 +56,7 @@ def test_refine_on_so3_descends_to_the_constrained_algebraic_optimum() -> None:
     _, _, _, system = _dlt(p)
     p0 = _null_vector_last_fixed(system.ata)
     quat, _ = closest_rotation_quat(p0[:, :9].unflatten(-1, (3, 3)))
+    rot = quat_to_matrix(quat)
 
     def error(rot: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         z = torch.cat((rot.flatten(-2), b), -1)
@@ -63,7 +64,7 @@ def test_refine_on_so3_descends_to_the_constrained_algebraic_optimum() -> None:
 
     errors, quats = [], [quat]
     for _ in range(6):
-        quat, rot, b = refine_on_so3(system.ata, quat)
+        quat, rot, b = refine_on_so3(system.ata, rot)
         assert torch.allclose(quat_to_matrix(quat), rot, atol=1e-12)
         errors.append(error(rot, b))
         quats.append(quat)
@@ -82,11 +83,10 @@ def test_refine_on_so3_keeps_the_start_when_the_step_fails() -> None:
     ata = system.ata.clone()
     ata[1] = torch.nan  # a non-finite system
     ata[2, :9, :9] = -ata[2, :9, :9]  # a step that can only raise the error
-    start = p.pose[:, 3:]
+    start = quat_to_matrix(p.pose[:, 3:])
     quat, rot, _ = refine_on_so3(ata, start)
-    assert torch.equal(quat[1], start[1]) and torch.equal(quat[2], start[2])
-    assert torch.equal(rot[2], quat_to_matrix(start[2]))
-    assert not torch.equal(quat[0], start[0])  # the others move
+    assert torch.equal(rot[1], start[1]) and torch.equal(rot[2], start[2])
+    assert torch.allclose(quat[2], p.pose[2, 3:], atol=1e-12)
 
 
 def test_refined_init_starts_near_the_optimum() -> None:
@@ -132,6 +132,33 @@ def test_init_from_a_rotated_start_converges_under_refinement() -> None:
                                                      generator=torch.Generator().manual_seed(5)),
                                          dim=-1)
     quat = quat_multiply(quat_exp(axis * torch.deg2rad(torch.tensor(10.0))), p.pose[:, 3:])
+    rot = quat_to_matrix(quat)
     for _ in range(4):
-        quat, _, _ = refine_on_so3(system.ata, quat)
+        quat, rot, _ = refine_on_so3(system.ata, rot)
     assert quat_angle_between(quat, p.pose[:, 3:]).rad2deg().max() < 1e-6
+
+
+@pytest.mark.parametrize("num_points", [8, 12])
+def test_refined_init_stays_near_the_optimum_for_few_points(num_points: int) -> None:
+    """With few points the DLT's 3x3 block is far from a rotation, and the start of the SO(3)
+    refinement decides where it lands: the initial pose (the better candidate, as the solver
+    picks it) stays within a few posterior standard deviations of the optimum.
+
+    History (512 problems, 1 px, distance as in the test above): with the Gram-Schmidt start,
+    N=8 median 0.23, 90th percentile 0.60, 99th 2.4; N=12 0.24 / 0.41 / 0.70.  A start from
+    Shepperd's quaternion of the scaled block (tried in the sixth pass, reverted) gave N=8
+    0.71 / 5.6 / 24 and N=12 0.34 / 1.4 / 4.3, and at 3 px a 99th percentile of ~8000.
+    """
+    p = random_problems(512, num_points, noise_std=1.0, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(num_points))
+    opt = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    delta = HuberConfig().threshold(p.x2d, p.w2d)
+
+    def cost(pose: torch.Tensor) -> torch.Tensor:
+        return evaluate_cost(Pose6DoF, pose, p.x3d, p.x2d, p.w2d, p.cam_mats, delta).cost
+
+    cands = init_6dof(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    best = torch.stack([cost(c) for c in cands]).nan_to_num(torch.inf).amin(0)
+    d = (2 * (best - opt.cost)).clamp_min(0).sqrt()
+    q = d.quantile(torch.tensor([0.5, 0.9, 0.99], dtype=d.dtype))
+    assert q[0] < 0.5 and q[1] < 1.0 and q[2] < 3.0, q
