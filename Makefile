@@ -16,7 +16,7 @@ IN_VENV := cd "$(REPO)" && source tools/env.sh &&
 help:
 	@echo "make demo        set up the venv if needed, then run the main demo (python -m epropnp_ros.demo):"
 	@echo "                 nuScenes-format scene -> rosbag2 -> detector nodes -> DetectionEval -> video"
-	@echo "make demo-pnp    the PnP layer alone (python -m epropnp_lib.demo)"
+	@echo "make demo-pnp    the PnP layer alone (python -m epropnp_lib.pnp_demo)"
 	@echo "make test        set up the venv if needed, then ruff, mypy and pytest"
 	@echo "make lint        ruff check ."
 	@echo "make typecheck   mypy"
@@ -31,7 +31,7 @@ demo: setup
 	$(IN_VENV) python -m epropnp_ros.demo
 
 demo-pnp: setup
-	$(IN_VENV) python -m epropnp_lib.demo
+	$(IN_VENV) python -m epropnp_lib.pnp_demo
 
 test: setup
 	$(IN_VENV) ruff check .

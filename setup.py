@@ -62,7 +62,7 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            "epropnp-demo = epropnp_lib.demo:main",
+            "epropnp-pnp-demo = epropnp_lib.pnp_demo:main",
             "epropnp-nuscenes-to-bag = epropnp_ros.nuscenes_bag:main",
             "epropnp-bag-play = epropnp_ros.bag_player:main",
             "epropnp-closed-loop = epropnp_ros.closed_loop:main",

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from epropnp_lib.data.boxes import CameraBoxes
 from epropnp_lib.epropnp import MonteCarloConfig
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.rotations import wrap_angle
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.deformable import (

@@ -84,7 +84,7 @@ def street_image(width: int, height: int, tmp: Path) -> tuple[np.ndarray, np.nda
     import cv2
 
     from epropnp_lib.data.nuscenes import load_nuscenes
-    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
 
     root = tmp / f"nuscenes_{width}x{height}"
     generate_nuscenes_mini(root, scenes=("scene-0103",), samples_per_scene=2,

@@ -4,7 +4,7 @@
         [--samples 6] [--image-size 1600x900] [--sweeps] [--cameras ...]
 
 Generates a nuScenes-format scene (``scene-0103``, six cameras) with
-:mod:`epropnp_lib.data.nuscenes_generate`, then times
+:mod:`epropnp_lib.generators.nuscenes`, then times
 
 * the conversion (``epropnp_ros.nuscenes_bag.convert``, mcap, compressed images; camera images
   per second of wall time, and MB/s of bag written), and
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--cameras", nargs="*", default=[])
     args = parser.parse_args()
 
-    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
     from epropnp_ros.nuscenes_bag import CAMERAS, ConversionConfig, convert
 
     cameras = tuple(args.cameras) or CAMERAS

@@ -9,8 +9,8 @@ bop_toolkit's ``add`` / ``adi`` errors:
   distance to the *closest* predicted-transformed point:
   ``mean_i min_j ||(R* x_i + t*) - (R x_j + t)||``.  ADD-S <= ADD always.
 * **ADD(-S) accuracy at k d** -- ADD (ADD-S for symmetric objects, on LineMOD the eggbox and
-  the glue, :data:`LINEMOD_SYMMETRIC`) strictly below ``k`` times the object diameter; the paper
-  reports k = 0.02, 0.05, 0.1 (:data:`ADD_THRESHOLDS`).
+  the glue, :data:`epropnp_lib.data.bop.LINEMOD_SYMMETRIC`) strictly below ``k`` times the
+  object diameter; the paper reports k = 0.02, 0.05, 0.1 (:data:`ADD_THRESHOLDS`).
 * **n° n cm** -- rotation error strictly below ``n`` degrees and translation error strictly
   below ``n`` centimetres.  This assumes poses in **metres** (the unit of every tensor in
   epropnp; the BOP reader converts from millimetres).
@@ -52,8 +52,6 @@ from epropnp_lib.errors import ShapeError
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.geometry.rotations import quat_log, quat_multiply, quat_normalize, wrap_angle
 
-#: LineMOD objects evaluated with ADD-S (standard protocol; BOP ``lm`` object ids 10 and 11).
-LINEMOD_SYMMETRIC = ("eggbox", "glue")
 #: Fractions of the object diameter at which the paper reports ADD(-S) accuracy.
 ADD_THRESHOLDS = (0.02, 0.05, 0.1)
 #: Largest number of point pairs (batch x chunk x points) one ADD-S distance block holds.

@@ -9,10 +9,10 @@ DATA="${1:-/work/demo_data}"
 CONFIG=config/train/nuscenes_synthetic_small.yaml
 RUN=runs/nuscenes_synthetic_small
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-python -m epropnp_lib.data.nuscenes_generate --out "$DATA/train" \
+python -m epropnp_lib.generators.nuscenes --out "$DATA/train" \
     --scenes scene-0061 scene-0553 scene-0655 scene-0757 scene-0796 scene-1077 scene-1094 \
     scene-1100 --samples-per-scene 20 --image-size 640 360 --lidar-azimuth-steps 360 --seed 0
-python -m epropnp_lib.data.nuscenes_generate --out "$DATA/val" \
+python -m epropnp_lib.generators.nuscenes --out "$DATA/val" \
     --scenes scene-0103 scene-0916 --samples-per-scene 10 --image-size 640 360 \
     --lidar-azimuth-steps 360 --seed 1
 # stage 1: from scratch, 2000 steps

@@ -33,8 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after selecting the backend
 import torch  # noqa: E402
 
-from epropnp_lib.data.synthetic_objects import render_split  # noqa: E402
 from epropnp_lib.dataclass_io import from_dict  # noqa: E402
+from epropnp_lib.generators.objects import render_split  # noqa: E402
 from epropnp_lib.geometry.rotations import quat_to_matrix  # noqa: E402
 from epropnp_lib.nets.dense import DenseCorrespondenceNet  # noqa: E402
 

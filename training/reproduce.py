@@ -24,7 +24,7 @@ and evaluates each on a held-out split (ADD-0.1d, or ADD-S for a symmetric objec
 from its last checkpoint) and ``metrics.json``.
 
 The task is deliberately small so that a CPU learns it in minutes: one synthetic textured
-object (:mod:`epropnp_lib.data.synthetic_objects`), 64x64 crops, 16x16 correspondence maps,
+object (:mod:`epropnp_lib.generators.objects`), 64x64 crops, 16x16 correspondence maps,
 rotations within a cone around a canonical view; the exact settings are written into
 ``results.md``.  Every run is seeded: the network initialisation, the order of the training
 batches (a permutation per epoch from ``seed``) and the Monte Carlo samples (a generator per
@@ -49,16 +49,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from epropnp_lib.data.synthetic_objects import (
-    CropBatch,
-    SyntheticCropConfig,
-    downsample_coords,
-    make_object,
-    render_split,
-)
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.generators.objects import (
+    CropBatch,
+    SyntheticCropConfig,
+    make_object,
+    render_split,
+)
 from epropnp_lib.metrics import PoseErrors, PoseMetrics, pose_errors, summarize_errors
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.checkpoint import CheckpointError
@@ -70,6 +69,7 @@ from epropnp_lib.nets.dense import (
     TrainingInit,
     WeightNormalization,
 )
+from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.cost import HuberConfig
 from epropnp_lib.pnp.solver import SolverConfig
 

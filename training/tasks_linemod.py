@@ -3,7 +3,7 @@
 * data: :class:`~epropnp_lib.data.bop.BopDataset` instance crops (``data.bop``; the crop side
   must equal ``net.crop_size``) with their crop intrinsics, ground-truth object-coordinate maps
   and visible masks, brought to the network's output resolution by
-  :func:`~epropnp_lib.data.synthetic_objects.downsample_coords`;
+  :func:`~epropnp_lib.nets.dense_targets.downsample_coords`;
 * network and loss: :class:`~epropnp_lib.nets.dense.DenseCorrespondenceNet` and its
   :class:`~epropnp_lib.nets.dense.DenseNetLoss` (``net.loss``: Monte Carlo KL pose loss,
   coordinate regression, surrogate mask loss, derivative regularisation);
@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from epropnp_lib.data.bop import LINEMOD_13, BopConfig, BopDataset, BopSample, read_models_info
-from epropnp_lib.data.synthetic_objects import downsample_coords
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.metrics import PoseErrors, mean_over_objects, pose_errors, summarize_errors
 from epropnp_lib.nets.dense import (
@@ -36,6 +35,7 @@ from epropnp_lib.nets.dense import (
     DenseNetConfig,
     DenseNetLoss,
 )
+from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.solver import SolveStatus
 
 from .config import TrainConfig

@@ -3,7 +3,7 @@ rows "Basic EPro-PnP" and "+ coord. regr.".
 
 * data: :class:`~epropnp_lib.data.nuscenes.NuScenesCameraDataset` (nuscenes-devkit), one item
   per (sample, camera): the image, its intrinsics and the annotated boxes in its optical frame
-  (:class:`~epropnp_lib.data.boxes.CameraBoxes`); the devkit's ``NuScenes`` tables are loaded
+  (:class:`~epropnp_lib.geometry.boxes.CameraBoxes`); the devkit's ``NuScenes`` tables are loaded
   once per task and shared by the training and evaluation splits;
 * network and loss: :class:`~epropnp_lib.nets.deformable.DeformableCorrespondenceNet` and its
   :meth:`~epropnp_lib.nets.deformable.DeformableCorrespondenceNet.loss` (focal loss, Monte Carlo

@@ -1,1 +1,2 @@
-"""Dataset readers, format-faithful generators and synthetic data (ROS-free)."""
+"""Dataset readers (BOP / LineMOD, nuScenes through the devkit) returning documented tensors,
+and each dataset's constants."""

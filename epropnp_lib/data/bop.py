@@ -31,14 +31,14 @@ tensor this module returns is in **metres** (multiplied by :data:`MM_TO_M`); pos
 **Boxes.**  ``bbox_*`` are ``(x, y, w, h)`` with ``(x, y)`` the top-left pixel and ``w, h`` the
 differences of the extreme pixel indices (``w = x_max - x_min`` as ``bop_toolkit.misc.calc_2d_bbox``
 computes it); ``[-1, -1, -1, -1]`` marks an invisible instance.  Pixel centres are at integer
-coordinates (the convention of :mod:`epropnp_lib.data.render` and OpenCV).
+coordinates (the convention of :mod:`epropnp_lib.geometry.raster` and OpenCV).
 
 **Crops.**  With ``crop_size = S`` every instance becomes a square crop of side
 ``crop_scale * max(w, h)`` pixels centred on its box, resampled to ``S x S``; the crop's
 intrinsic matrix is ``A K`` where ``A`` is the affine map from image to crop pixels, so that
 projecting with it lands on crop pixels (the dense network's input).  Object-coordinate maps are
-rendered from the model with :func:`epropnp_lib.data.render.rasterize` under the ground-truth pose
-and the crop camera, and masked with the visible mask.
+rendered from the model with :func:`epropnp_lib.geometry.raster.rasterize` under the ground-truth
+pose and the crop camera, and masked with the visible mask.
 
 **Bad data** raises :class:`BopDataError` (a :class:`~epropnp_lib.errors.ConfigError`) naming the
 file: a missing file or image, invalid or truncated JSON/PLY, an unknown object id, an empty
@@ -65,13 +65,14 @@ import torch
 from torch.utils.data import Dataset
 
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.geometry.rotations import matrix_to_quat
-from epropnp_lib.metrics import LINEMOD_SYMMETRIC
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LINEMOD_OBJECTS",
+    "LINEMOD_SYMMETRIC",
     "LINEMOD_OBJECT_IDS",
     "LINEMOD_13",
     "MM_TO_M",
@@ -105,6 +106,8 @@ LINEMOD_OBJECTS: dict[int, str] = {
 }
 #: LineMOD object name -> BOP object id.
 LINEMOD_OBJECT_IDS: dict[str, int] = {name: i for i, name in LINEMOD_OBJECTS.items()}
+#: LineMOD objects evaluated with ADD-S (standard protocol; BOP ``lm`` object ids 10 and 11).
+LINEMOD_SYMMETRIC: tuple[str, ...] = ("eggbox", "glue")
 #: The 13 objects of the standard LineMOD protocol (bowl and cup excluded).
 LINEMOD_13: tuple[int, ...] = tuple(i for i in LINEMOD_OBJECTS if i not in (3, 7))
 
@@ -572,7 +575,7 @@ class BopConfig:
         num_model_points: number of model points per sample (a fixed, evenly strided subset of
             the vertices so that samples of different objects collate); ``0`` keeps all vertices.
         symmetric: ``"linemod"`` -- ADD-S for the LineMOD eggbox and glue
-            (:data:`~epropnp_lib.metrics.LINEMOD_SYMMETRIC`), the standard protocol;
+            (:data:`LINEMOD_SYMMETRIC`), the standard protocol;
             ``"models_info"`` -- ADD-S for every object with symmetries in models_info.json;
             ``"auto"`` -- ``linemod`` for ``lm``/``lmo``, else ``models_info``.
         check_files: verify at construction that every image and mask exists.
@@ -649,7 +652,7 @@ class BopInstance(NamedTuple):
 class BopSample(NamedTuple):
     """One object instance, as :meth:`BopDataset.__getitem__` returns it.
 
-    The first six fields match :class:`epropnp_lib.data.synthetic_objects.CropSample`.
+    The first six fields match :class:`epropnp_lib.generators.objects.CropSample`.
 
     Attributes:
         image: ``(3, S, S)`` float32 RGB in [0, 1] (``(3, H, W)`` whole image if crop_size 0).
@@ -698,11 +701,8 @@ def crop_transform(bbox: Sequence[float], size: int, scale: float) -> np.ndarray
     """
     x, y, w, h = (float(v) for v in bbox)
     side = scale * (max(w, h) + 1.0)
-    a = size / side
     cx, cy = x + 0.5 * w, y + 0.5 * h
-    return np.array([[a, 0.0, a * (0.5 * side - cx) - 0.5],
-                     [0.0, a, a * (0.5 * side - cy) - 0.5],
-                     [0.0, 0.0, 1.0]])
+    return pixel_affine(size / side, (cx - 0.5 * side, cy - 0.5 * side)).numpy()
 
 
 class BopDataset(Dataset[BopSample]):
@@ -942,7 +942,7 @@ class BopDataset(Dataset[BopSample]):
         mask_t = torch.from_numpy(mask).float().unsqueeze(0)
         out_h, out_w = mask.shape
         if self.config.render_coords:
-            from epropnp_lib.data.render import rasterize  # local: only needed for coords
+            from epropnp_lib.geometry.raster import rasterize  # local: only needed for coords
 
             ras = rasterize(model.vertices, model.faces, model.vertices, pose[None],
                             cam_k[None], out_h, out_w)

@@ -2,7 +2,7 @@
 
 * :class:`NuScenesCameraDataset` -- one item per (sample, camera) of a split, loaded with
   ``nuscenes-devkit``: the image, its intrinsics, the annotated boxes in that camera's optical
-  frame as :class:`~epropnp_lib.data.boxes.CameraBoxes` and the calibration / ego pose needed to
+  frame as :class:`~epropnp_lib.geometry.boxes.CameraBoxes` and the calibration / ego pose needed to
   write detections back.
 * :func:`write_results` -- camera-frame detections back to the global frame, merged over the six
   cameras, written as the official results JSON (every sample of the split present).
@@ -41,14 +41,60 @@ import cv2
 import torch
 
 from epropnp_lib.atomic_io import atomic_write
-from epropnp_lib.data.boxes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.rotations import quat_to_matrix
 
 logger = logging.getLogger(__name__)
 
+#: The 10 nuScenes detection classes, in the devkit's order
+#: (``nuscenes.eval.detection.constants.DETECTION_NAMES``); label ``i`` is ``NUSCENES_CLASSES[i]``.
+NUSCENES_CLASSES: tuple[str, ...] = (
+    "car",
+    "truck",
+    "bus",
+    "trailer",
+    "construction_vehicle",
+    "pedestrian",
+    "motorcycle",
+    "bicycle",
+    "traffic_cone",
+    "barrier",
+)
+
+#: The 8 nuScenes attributes, in the devkit's order (``ATTRIBUTE_NAMES``); -1 means none.
+NUSCENES_ATTRIBUTES: tuple[str, ...] = (
+    "pedestrian.moving",
+    "pedestrian.sitting_lying_down",
+    "pedestrian.standing",
+    "cycle.with_rider",
+    "cycle.without_rider",
+    "vehicle.moving",
+    "vehicle.parked",
+    "vehicle.stopped",
+)
+
+#: Typical (width, length, height) in metres of the nuScenes classes, in
+#: :data:`NUSCENES_CLASSES` order (rounded means of the training set;
+#: only the reference of the log-size regression, so approximate values are harmless).
+NUSCENES_MEAN_SIZES: tuple[tuple[float, float, float], ...] = (
+    (1.95, 4.62, 1.73),  # car
+    (2.51, 6.93, 2.84),  # truck
+    (2.94, 10.50, 3.47),  # bus
+    (2.90, 12.29, 3.87),  # trailer
+    (2.73, 6.37, 3.19),  # construction_vehicle
+    (0.67, 0.73, 1.77),  # pedestrian
+    (0.77, 2.11, 1.47),  # motorcycle
+    (0.60, 1.70, 1.28),  # bicycle
+    (0.41, 0.41, 1.07),  # traffic_cone
+    (2.49, 0.48, 0.98),  # barrier
+)
+
 __all__ = [
     "CAMERAS",
+    "NUSCENES_ATTRIBUTES",
+    "NUSCENES_CLASSES",
+    "NUSCENES_MEAN_SIZES",
     "DEFAULT_ATTRIBUTES",
     "KNOWN_CATEGORIES",
     "CameraDetections",

@@ -1,1 +1,2 @@
-"""Geometry: rotations, poses and their manifolds, pinhole projection with Jacobians."""
+"""Geometry: rotations, poses and their manifolds, pinhole projection with Jacobians, pixel grids
+and image affines, 3D boxes, and a batched triangle rasteriser."""

@@ -18,7 +18,7 @@ Architecture (no mmcv/mmdet; torchvision only)
   reference point and a learned per-point embedding) to normalised object coordinates (NOC,
   MonoRUN) and two weight logits.  ``x3d = NOC * (length, height, width)`` along the object axes
   (x = length/heading, y = height/down, z = width, as in
-  :mod:`epropnp_lib.data.boxes`); ``w2d = softmax over the N points * weight scale``.
+  :mod:`epropnp_lib.geometry.boxes`); ``w2d = softmax over the N points * weight scale``.
 * Object heads on the object feature: 3D score (localisation confidence), global weight
   scale ``(2,)`` (``exp`` of a clamped log), box size (log-ratio to the class mean size),
   velocity ``(vx, vz)`` and attribute logits (both optional).
@@ -72,10 +72,12 @@ from torch import nn
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
 from epropnp_lib.checks import check_shape
-from epropnp_lib.data.boxes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, CameraBoxes
+from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, NUSCENES_MEAN_SIZES
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import EProPnP4DoF, MonteCarloConfig
 from epropnp_lib.errors import ConfigError, DeviceError, DTypeError
+from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.losses import MonteCarloPoseLoss, derivative_regularization_loss
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
@@ -95,7 +97,6 @@ from epropnp_lib.pnp.solver import PnPSolution, SolveStatus, solve_pnp
 
 __all__ = [
     "CHECKPOINT_KIND",
-    "NUSCENES_MEAN_SIZES",
     "DeformableCheckpointError",
     "DeformableCorrespondenceNet",
     "DeformableLossConfig",
@@ -107,22 +108,6 @@ __all__ = [
 
 #: Checkpoint kind of :class:`DeformableCorrespondenceNet`.
 CHECKPOINT_KIND = "deformable_correspondence_net"
-
-#: Typical (width, length, height) in metres of the nuScenes classes, in
-#: :data:`~epropnp_lib.data.boxes.NUSCENES_CLASSES` order (rounded means of the training set;
-#: only the reference of the log-size regression, so approximate values are harmless).
-NUSCENES_MEAN_SIZES: tuple[tuple[float, float, float], ...] = (
-    (1.95, 4.62, 1.73),  # car
-    (2.51, 6.93, 2.84),  # truck
-    (2.94, 10.50, 3.47),  # bus
-    (2.90, 12.29, 3.87),  # trailer
-    (2.73, 6.37, 3.19),  # construction_vehicle
-    (0.67, 0.73, 1.77),  # pedestrian
-    (0.77, 2.11, 1.47),  # motorcycle
-    (0.60, 1.70, 1.28),  # bicycle
-    (0.41, 0.41, 1.07),  # traffic_cone
-    (2.49, 0.48, 0.98),  # barrier
-)
 
 #: Largest |log| of the predicted weight scale (keeps exp() finite from random weights).
 _MAX_LOG_SCALE = 12.0
@@ -406,7 +391,7 @@ class Detections(NamedTuple):
     """Detections of one image (``M`` boxes, ``N`` correspondences, ``S`` posterior samples).
 
     Attributes:
-        boxes: :class:`~epropnp_lib.data.boxes.CameraBoxes` (pose from the PnP solve, predicted
+        boxes: :class:`~epropnp_lib.geometry.boxes.CameraBoxes` (pose from the PnP solve, predicted
             size, class, score = class score * 3D score, velocity (NaN without the head),
             attribute (-1 without the head)).
         covariance: ``(M, 4, 4)`` Laplace covariance of ``(x, y, z, yaw)``.
@@ -588,7 +573,7 @@ class DeformableCorrespondenceNet(nn.Module):
             # than resizing the float image at 1600x900).
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
                               antialias=s < 1.0)
-            k = _scale_intrinsics(k, nw / w, nh / h)
+            k = pixel_affine((nw / w, nh / h), (-0.5, -0.5)).to(k) @ k
         x = x.to(self._dtype()) / 255.0 if x.dtype == torch.uint8 else x.to(self._dtype())
         x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
         # Channels-last activations: ~20% faster convolutions on the CPU (oneDNN), and the
@@ -662,7 +647,7 @@ class DeformableCorrespondenceNet(nn.Module):
 
         Args:
             images: ``(B, 3, H, W)``; cam_K: ``(B, 3, 3)`` as in :meth:`preprocess`.
-            targets: ``B`` ground-truth :class:`~epropnp_lib.data.boxes.CameraBoxes`.
+            targets: ``B`` ground-truth :class:`~epropnp_lib.geometry.boxes.CameraBoxes`.
             generator: source of randomness of the query draw and the Monte Carlo samples
                 (on the network's device).
         """
@@ -961,14 +946,6 @@ def _without_pretrained(config: DeformableNetConfig) -> DeformableNetConfig:
     bb = BackboneConfig(config.backbone.depth, config.backbone.base_width, None,
                         config.backbone.frozen_stages)
     return from_dict(DeformableNetConfig, {**to_dict(config), "backbone": to_dict(bb)})
-
-
-def _scale_intrinsics(cam_K: torch.Tensor, sx: float, sy: float) -> torch.Tensor:  # noqa: N803
-    """Intrinsics ``(B, 3, 3)`` of an image resized by ``(sx, sy)``: ``u' = (u + 0.5) sx - 0.5``
-    (pixel centres at integer coordinates)."""
-    s = cam_K.new_tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5],
-                          [0.0, 0.0, 1.0]])
-    return s @ cam_K
 
 
 def _gather_boxes(

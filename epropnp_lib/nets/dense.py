@@ -12,7 +12,7 @@ with 5 channels:
   ablation D0 of Table 1 that the paper reports to diverge).
 
 Each map cell is one 2D-3D correspondence at the crop pixel of its centre
-(:func:`epropnp_lib.data.synthetic_objects.pixel_grid`), so ``N = h * w`` (or the ``num_points``
+(:func:`epropnp_lib.geometry.camera.pixel_grid`), so ``N = h * w`` (or the ``num_points``
 cells of largest weight).  The pose comes from :class:`~epropnp_lib.epropnp.EProPnP6DoF`:
 :meth:`DenseCorrespondenceNet.predict_pose` solves (pose, Laplace covariance, status) and
 :class:`DenseNetLoss` trains with the Monte Carlo KL loss (Eq. 5), optionally with masked
@@ -51,10 +51,10 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from torch import nn
 
 from epropnp_lib.checks import check_float_tensors, check_shape
-from epropnp_lib.data.synthetic_objects import pixel_grid
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import EProPnP6DoF, EProPnPResult, MonteCarloConfig
 from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.geometry.camera import pixel_grid
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.losses import MonteCarloPoseLoss, derivative_regularization_loss
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone

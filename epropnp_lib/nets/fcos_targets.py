@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from epropnp_lib.data.boxes import CameraBoxes
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import project
 from epropnp_lib.geometry.rotations import yaw_to_matrix
 
@@ -114,7 +114,7 @@ def project_boxes(
     """Project boxes into an image.
 
     Args:
-        boxes: M boxes (:class:`~epropnp_lib.data.boxes.CameraBoxes`); cam_mat: ``(3, 3)``.
+        boxes: M boxes (:class:`~epropnp_lib.geometry.boxes.CameraBoxes`); cam_mat: ``(3, 3)``.
         image_size: ``(height, width)`` in pixels.
     """
     height, width = image_size

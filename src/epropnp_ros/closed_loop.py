@@ -323,7 +323,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
         scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
         video = None
         if config.render:
-            from epropnp_ros.render import render_detections
+            from epropnp_ros.detection_video import render_detections
 
             video = render_detections(nusc, frames_for_render, out)
         return ClosedLoopResult(results_path, scores_path, report, video, processed, dropped)

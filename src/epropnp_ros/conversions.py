@@ -80,8 +80,9 @@ from vision_msgs.msg import (
     ObjectHypothesisWithPose,
 )
 
-from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
+from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.errors import EProPnPError, NonFiniteError, ShapeError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.pose import pose_space
 from epropnp_lib.geometry.rotations import matrix_to_quat, yaw_to_quat
 from epropnp_lib.pnp.covariance import from_ros_covariance, to_ros_covariance
@@ -886,7 +887,8 @@ class ObjectPose3D(NamedTuple):
 
 
 class BoxesLike(Protocol):
-    """What :func:`objects_from_boxes` reads, e.g. :class:`epropnp_lib.data.boxes.CameraBoxes`."""
+    """What :func:`objects_from_boxes` reads, e.g.
+    :class:`epropnp_lib.geometry.boxes.CameraBoxes`."""
 
     @property
     def center(self) -> Any: ...  # (M, 3)

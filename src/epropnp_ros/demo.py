@@ -1,7 +1,7 @@
 """The main demo (``make demo``): a nuScenes-format scene → rosbag2 → detector nodes → scores.
 
 1. Generates a small nuScenes ``v1.0-mini``-format dataset (the ``mini_val`` scene
-   ``scene-0103``, six cameras) with :mod:`epropnp_lib.data.nuscenes_generate`.
+   ``scene-0103``, six cameras) with :mod:`epropnp_lib.generators.nuscenes`.
 2. Converts it to a rosbag2 (mcap) with :mod:`epropnp_ros.nuscenes_bag`.
 3. Runs the closed loop (:mod:`epropnp_ros.closed_loop`): one ``detector`` node per camera with
    the bundled checkpoint ``models/detector_small_synthetic.pt`` (see ``models/README.md``),
@@ -104,7 +104,7 @@ class DemoResult(NamedTuple):
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Generate → convert → closed loop (module docstring)."""
-    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
     from epropnp_ros.closed_loop import ClosedLoopConfig, run_closed_loop
     from epropnp_ros.nuscenes_bag import CAMERAS, ConversionConfig, convert
 

@@ -42,6 +42,7 @@ from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.boxes import BOX_EDGES, CORNER_SIGNS
 from epropnp_ros.conversions import (
     ArrayLike,
     ArrayShapeError,
@@ -56,7 +57,6 @@ from epropnp_ros.conversions import (
 )
 
 __all__ = [
-    "BOX_EDGES",
     "CLASS_PALETTE",
     "Ellipsoid",
     "MIN_MARKER_SCALE",
@@ -92,12 +92,6 @@ CLASS_PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.737, 0.741, 0.133), (0.090, 0.745, 0.812),
 )
 
-#: Corner index pairs of the 12 box edges; corners as in :func:`box_corners`.
-BOX_EDGES: tuple[tuple[int, int], ...] = (
-    (0, 1), (1, 3), (3, 2), (2, 0),  # x = -l/2 face
-    (4, 5), (5, 7), (7, 6), (6, 4),  # x = +l/2 face
-    (0, 4), (1, 5), (2, 6), (3, 7),  # along x
-)
 
 
 @dataclass(frozen=True)
@@ -172,14 +166,14 @@ def delete_all_marker(header: Any) -> Marker:
     return Marker(header=copy_header(header), action=Marker.DELETEALL)
 
 
-_CORNER_SIGNS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)]) - 0.5
+_CORNER_SIGNS = np.asarray(CORNER_SIGNS)
 _EDGE_INDEX = np.asarray(BOX_EDGES).reshape(-1)
 
 
 def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
     """``(8, 3)`` corners in the camera frame of a box ``size: (3,)`` (extents along the object
-    x, y, z axes) at ``pose: (7,)`` or ``(4,)``. Corner ``i`` has object coordinates
-    ``(+-x/2, +-y/2, +-z/2)`` with the signs of bits 2, 1, 0 of ``i`` (0 = minus)."""
+    x, y, z axes) at ``pose: (7,)`` or ``(4,)``, ordered as
+    :data:`epropnp_lib.geometry.boxes.CORNER_SIGNS`."""
     p = as_float64(pose, "pose")
     if p.shape not in ((7,), (4,)):
         raise ArrayShapeError(f"pose: expected (7,) or (4,), got {p.shape}")

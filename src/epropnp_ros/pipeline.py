@@ -47,6 +47,7 @@ import torch
 
 from epropnp_lib.epropnp import EProPnPBase
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class DetectorOutput(NamedTuple):
         samples: ``(M, S, 4)`` equally-weighted posterior samples.
         scores: ``(M,)`` detection scores.
         class_ids: ``M`` class names.
-        boxes: the :class:`~epropnp_lib.data.boxes.CameraBoxes` (CPU) of the kept detections,
+        boxes: the :class:`~epropnp_lib.geometry.boxes.CameraBoxes` (CPU) of the kept detections,
             with the (re-)solved poses written in (``center``, ``yaw``).
         timings: milliseconds per stage (``preprocess``, ``network``, ``pnp``, ``sampling``,
             ``total``).
@@ -205,11 +206,6 @@ def check_image(rgb: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int]:
     return h, w
 
 
-def affine_matrix(scale: float, tx: float, ty: float) -> np.ndarray:
-    """``(3, 3)`` map ``u_net = scale * u_img + t`` (applied to intrinsics as ``A @ K``)."""
-    return np.array([[scale, 0.0, tx], [0.0, scale, ty], [0.0, 0.0, 1.0]])
-
-
 def crop_affine(roi: Sequence[float], padding: float, crop_size: int) -> np.ndarray:
     """Affine ``(3, 3)`` of a square crop around ``roi = (x, y, w, h)`` (pixels, padded by
     ``padding`` about its centre) resized to ``crop_size`` pixels (pixel-centre convention:
@@ -217,8 +213,7 @@ def crop_affine(roi: Sequence[float], padding: float, crop_size: int) -> np.ndar
     x, y, w, h = (float(v) for v in roi)
     side = max(w, h, 1.0) * padding
     x0, y0 = x + 0.5 * w - 0.5 * side, y + 0.5 * h - 0.5 * side
-    s = crop_size / side
-    return affine_matrix(s, s * (0.5 - x0) - 0.5, s * (0.5 - y0) - 0.5)
+    return pixel_affine(crop_size / side, (x0 - 0.5, y0 - 0.5)).numpy()
 
 
 def warp_crops(rgb: np.ndarray, affines: Sequence[np.ndarray], crop_size: int) -> np.ndarray:
@@ -527,7 +522,7 @@ class DetectorPipeline:
     def __init__(
         self, net: Any, device: torch.device, settings: DetectorSettings | None = None
     ) -> None:
-        from epropnp_lib.data.boxes import NUSCENES_CLASSES
+        from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 
         self.net = net.to(device).eval()
         self.device = device

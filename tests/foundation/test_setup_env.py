@@ -126,7 +126,7 @@ def test_project_installed_editable_with_ament_entries(built_venv: Path) -> None
 
     assert Path(epropnp_ros.__file__).resolve() == REPO / "src" / "epropnp_ros" / "__init__.py"
     assert Path(epropnp_training.__file__).resolve() == REPO / "training" / "__init__.py"
-    assert (built_venv / "bin" / "epropnp-demo").is_file()
+    assert (built_venv / "bin" / "epropnp-pnp-demo").is_file()
 
     share = Path(get_package_share_directory("epropnp"))
     assert (share / "package.xml").resolve() == REPO / "package.xml"

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from epropnp_lib.data.boxes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, CameraBoxes
+from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES
 from epropnp_lib.errors import ShapeError
+from epropnp_lib.geometry.boxes import BOX_EDGES, FRONT_FACE, CameraBoxes
 from epropnp_lib.geometry.rotations import yaw_to_matrix
 
 
@@ -38,14 +39,17 @@ def test_corners_are_the_rotated_box(yaw: float) -> None:
     rot = yaw_to_matrix(torch.tensor(yaw))
     local = (corners - b.center) @ rot  # back to the object frame (R^T x)
     assert torch.allclose(local.abs().amax(0), torch.tensor([2.0, 0.75, 1.0]), atol=1e-5)
-    # edge lengths: length along object x, height along y, width along z
-    assert torch.dist(corners[0], corners[3]).item() == pytest.approx(4.0, abs=1e-5)
-    assert torch.dist(corners[0], corners[4]).item() == pytest.approx(1.5, abs=1e-5)
+    # edge lengths (corner bits 2, 1, 0 = object x, y, z): length along object x, height
+    # along y, width along z
+    assert torch.dist(corners[0], corners[4]).item() == pytest.approx(4.0, abs=1e-5)
+    assert torch.dist(corners[0], corners[2]).item() == pytest.approx(1.5, abs=1e-5)
     assert torch.dist(corners[0], corners[1]).item() == pytest.approx(2.0, abs=1e-5)
-    # bottom face (first four) has the larger y (camera y points down)
-    assert (corners[:4, 1] > corners[4:, 1]).all()
-    # heading: the +l face centre lies along (cos yaw, 0, -sin yaw) from the centre
-    front = corners[[0, 1, 4, 5]].mean(0) - b.center[0]
+    # bottom face (bit 1 set: object y = +h/2) has the larger y (camera y points down)
+    bottom = [i for i in range(8) if i & 2]
+    top = [i for i in range(8) if not i & 2]
+    assert (corners[bottom, 1] > corners[top, 1].max()).all()
+    # heading: the front face's centre lies along (cos yaw, 0, -sin yaw) from the centre
+    front = corners[list(FRONT_FACE)].mean(0) - b.center[0]
     assert torch.allclose(front, 2.0 * torch.tensor([math.cos(yaw), 0.0, -math.sin(yaw)]),
                           atol=1e-5)
 
@@ -59,3 +63,10 @@ def test_empty_select_pose4_and_validation() -> None:
     assert torch.allclose(b.pose4(), torch.tensor([[1.0, 0.5, 10.0, 0.3]]))
     with pytest.raises(ShapeError):
         b._replace(yaw=torch.zeros(2)).validate()
+
+
+def test_box_edges_are_the_twelve_edges() -> None:
+    """Every edge joins corners that differ in one sign: 4 along each object axis."""
+    diffs = sorted((a ^ b) for a, b in BOX_EDGES)
+    assert len(set(BOX_EDGES)) == 12 and diffs == [1] * 4 + [2] * 4 + [4] * 4
+    assert all(i & 4 for i in FRONT_FACE)

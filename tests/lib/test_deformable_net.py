@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from epropnp_lib.data.boxes import CameraBoxes
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError, DTypeError, ShapeError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import project
 from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.nets.backbone import BackboneConfig
@@ -23,7 +23,6 @@ from epropnp_lib.nets.deformable import (
     DeformableCorrespondenceNet,
     DeformableLossConfig,
     DeformableNetConfig,
-    _scale_intrinsics,
     small_config,
 )
 from epropnp_lib.pnp.solver import SolveStatus, solve_pnp
@@ -100,16 +99,6 @@ def test_config_round_trip_and_validation() -> None:
         from_dict(DeformableNetConfig, {"bogus": 1})
     with pytest.raises(ConfigError, match="max_pose_queries"):
         DeformableLossConfig(max_pose_queries=0)
-
-
-def test_scaled_intrinsics_match_resized_pixels() -> None:
-    k = camera(1, torch.float64)
-    pts = torch.tensor([[[0.3, -0.2, 5.0], [-1.0, 0.4, 8.0]]], dtype=torch.float64)
-    uv = project(pts, k).x2d
-    sx, sy = 0.4, 0.5
-    uv_scaled = project(pts, _scale_intrinsics(k, sx, sy)).x2d
-    expected = (uv + 0.5) * torch.tensor([sx, sy], dtype=torch.float64) - 0.5
-    torch.testing.assert_close(uv_scaled, expected)
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from epropnp_lib.data.boxes import CameraBoxes
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
 from epropnp_lib.nets.dcn import DeformConv2d, convert_to_deformable
 from epropnp_lib.nets.deform_attention import DeformableAttention

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from epropnp_lib.conventions import MIN_DEPTH
-from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.geometry.camera import pixel_affine, project, transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import (
     closest_rotation_quat,
@@ -248,3 +248,21 @@ def test_normal_equations_match_the_jacobian(space: type[PoseSpace]) -> None:
         torch.testing.assert_close(m[..., :dof, :dof], hess_ref)
         torch.testing.assert_close(m[..., :dof, dof], grad_ref)
         torch.testing.assert_close(m[..., dof, dof], (rw * res * res).sum(-1))
+
+
+# --- image affines ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("scale", "origin"), [((0.4, 0.5), (-0.5, -0.5)), (2.0, (10.25, -3.0))])
+def test_pixel_affine_intrinsics_project_to_resampled_pixels(
+    scale: float | tuple[float, float], origin: tuple[float, float]
+) -> None:
+    """Projecting with ``A @ K`` equals projecting with ``K`` and then resampling the pixels:
+    ``u' = s (u - x0) - 0.5``; the region's corner ``origin`` maps to ``(-0.5, -0.5)``."""
+    k = torch.tensor([[500.0, 0.0, 320.0], [0.0, 480.0, 240.0], [0.0, 0.0, 1.0]],
+                     dtype=torch.float64)
+    pts = torch.tensor([[0.3, -0.2, 5.0], [-1.0, 0.4, 8.0]], dtype=torch.float64)
+    a = pixel_affine(scale, origin)
+    s = torch.tensor(scale if isinstance(scale, tuple) else (scale, scale), dtype=torch.float64)
+    expected = s * (project(pts, k).x2d - torch.tensor(origin, dtype=torch.float64)) - 0.5
+    torch.testing.assert_close(project(pts, a @ k).x2d, expected)
+    corner = a @ torch.tensor([origin[0], origin[1], 1.0], dtype=torch.float64)
+    torch.testing.assert_close(corner[:2], torch.tensor([-0.5, -0.5], dtype=torch.float64))

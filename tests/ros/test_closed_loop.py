@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from epropnp_lib.data.boxes import CameraBoxes
+from epropnp_lib.geometry.boxes import CameraBoxes
 
 pytestmark = pytest.mark.ros
 

@@ -20,8 +20,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection3DArray
 
 from epropnp_lib.conventions import UNOBSERVED_ROTATION_VARIANCE
-from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
+from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.errors import NonFiniteError, ShapeError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.pnp.problems import random_problems
 from epropnp_lib.pnp.solver import solve_pnp
 from epropnp_ros import conversions as cv

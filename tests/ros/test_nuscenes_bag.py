@@ -25,7 +25,7 @@ SCENE = "scene-0061"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
 
     root = tmp_path_factory.mktemp("nuscenes")
     generate_nuscenes_mini(

@@ -6,7 +6,7 @@ Two kinds of fixtures, both written into ``tmp_path``:
   ``docs/bop_datasets_format.md``; JSON laid out as ``bop_toolkit_lib.inout.save_json`` writes
   it; PLY headers as in the ``lm`` model files) -- they check the reader against the format,
   independently of our own writer;
-* a mini dataset from :func:`epropnp_lib.data.bop_generate.generate_bop_lm` -- round trip.
+* a mini dataset from :func:`epropnp_lib.generators.bop.generate_bop_lm` -- round trip.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from epropnp_lib import metrics
-from epropnp_lib.data import bop_generate
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset, crop_transform, read_ply
-from epropnp_lib.data.bop_generate import GeneratedBop, generate_bop_lm
-from epropnp_lib.data.render import rasterize
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.generators import bop as bop_generate
+from epropnp_lib.generators.bop import GeneratedBop, generate_bop_lm
+from epropnp_lib.geometry.raster import rasterize
 from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.pnp.solver import solve_pnp
 

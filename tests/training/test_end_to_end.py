@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from epropnp_lib.data.bop_generate import generate_bop_lm
-from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini
+from epropnp_lib.generators.bop import generate_bop_lm
+from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
 from epropnp_lib.nets.checkpoint import load_checkpoint
 from epropnp_lib.nets.deformable import CHECKPOINT_KIND as DEFORMABLE_KIND
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from epropnp_lib.data.boxes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, CameraBoxes
 from epropnp_lib.data.nuscenes import (
     CAMERAS,
+    NUSCENES_ATTRIBUTES,
+    NUSCENES_CLASSES,
     CameraDetections,
     NuScenesCameraDataset,
     NuScenesEvalError,
@@ -27,8 +28,9 @@ from epropnp_lib.data.nuscenes import (
     load_nuscenes,
     write_results,
 )
-from epropnp_lib.data.nuscenes_generate import generate_nuscenes_mini, main
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.generators.nuscenes import generate_nuscenes_mini, main
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.rotations import quat_exp, quat_to_matrix
 
 SIZE = (192, 108)

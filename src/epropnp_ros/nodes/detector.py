@@ -81,7 +81,7 @@ class DetectorNode(EstimatorNode[DetectorParams]):
                                        self.marker_class_names())
 
     def marker_class_names(self) -> tuple[str, ...]:
-        from epropnp_lib.data.boxes import NUSCENES_CLASSES
+        from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 
         return tuple(NUSCENES_CLASSES)
 

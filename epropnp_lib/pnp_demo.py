@@ -4,7 +4,7 @@ Until the detector lands, ``make demo`` runs this: it generates a seeded batch o
 4DoF problems, solves them, prints the pose, the Laplace covariance in the ROS 6x6 layout,
 posterior samples, the Monte Carlo KL loss and timings.
 
-    python -m epropnp_lib.demo [--batch 512] [--points 64] [--noise 1.0] [--seed 0]
+    python -m epropnp_lib.pnp_demo [--batch 512] [--points 64] [--noise 1.0] [--seed 0]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run(batch: int, points: int, noise: float, seed: int, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (``epropnp-demo``)."""
+    """Console entry point (``epropnp-pnp-demo``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512, help="problems per batch")
     parser.add_argument("--points", type=int, default=64, help="correspondences per problem")

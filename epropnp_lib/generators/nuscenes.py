@@ -18,7 +18,7 @@ ray reaches), so none is dropped from the evaluation.
 
 Images: an analytic street background (ground plane with lane markings, sidewalks, building
 facades, sky, distance haze) with the boxes drawn on top as shaded, class-coloured cuboids by
-:func:`epropnp_lib.data.render.rasterize`; each face has a texture that shows the orientation
+:func:`epropnp_lib.geometry.raster.rasterize`; each face has a texture that shows the orientation
 (vehicles: windscreen and headlights on the front, tail lights at the back, wheels and windows on
 the sides; pedestrians: a face on the front).  Objects are rendered at the *annotation* time of a
 key frame (the sample/lidar timestamp) seen from the ego pose at the *camera's* timestamp, so the
@@ -56,8 +56,8 @@ import cv2
 import numpy as np
 import torch
 
-from epropnp_lib.data.render import rasterize
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.raster import rasterize
 from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -1205,7 +1205,7 @@ def _write_scene(root: Path, tables: dict[str, list[dict[str, Any]]], scene: _Sc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m epropnp_lib.data.nuscenes_generate --out DIR``."""
+    """CLI: ``python -m epropnp_lib.generators.nuscenes --out DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="dataroot to write")
     parser.add_argument("--scenes", nargs="+", default=list(DEFAULT_SCENES))

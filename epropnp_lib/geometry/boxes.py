@@ -1,4 +1,4 @@
-"""3D boxes of one image in the camera (optical) frame, and the nuScenes detection taxonomy.
+"""3D boxes: their corners and edges, and the boxes of one image in its camera (optical) frame.
 
 Box convention (used by the nuScenes reader, the deformable network, the ROS conversions):
 
@@ -20,35 +20,35 @@ from typing import NamedTuple
 import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
+from epropnp_lib.geometry.rotations import yaw_to_matrix
 
-__all__ = ["NUSCENES_ATTRIBUTES", "NUSCENES_CLASSES", "CameraBoxes"]
+__all__ = ["BOX_EDGES", "FRONT_FACE", "CameraBoxes", "box_corners"]
 
-#: The 10 nuScenes detection classes, in the devkit's order
-#: (``nuscenes.eval.detection.constants.DETECTION_NAMES``); label ``i`` is ``NUSCENES_CLASSES[i]``.
-NUSCENES_CLASSES: tuple[str, ...] = (
-    "car",
-    "truck",
-    "bus",
-    "trailer",
-    "construction_vehicle",
-    "pedestrian",
-    "motorcycle",
-    "bicycle",
-    "traffic_cone",
-    "barrier",
+#: Signs ``(8, 3)`` of the box corners along the object x, y, z axes: corner ``i`` is
+#: ``(+-x/2, +-y/2, +-z/2)`` with the signs of bits 2, 1, 0 of ``i`` (0 = minus).
+CORNER_SIGNS: tuple[tuple[float, float, float], ...] = tuple(
+    (((i >> 2) & 1) - 0.5, ((i >> 1) & 1) - 0.5, (i & 1) - 0.5) for i in range(8)
 )
 
-#: The 8 nuScenes attributes, in the devkit's order (``ATTRIBUTE_NAMES``); -1 means none.
-NUSCENES_ATTRIBUTES: tuple[str, ...] = (
-    "pedestrian.moving",
-    "pedestrian.sitting_lying_down",
-    "pedestrian.standing",
-    "cycle.with_rider",
-    "cycle.without_rider",
-    "vehicle.moving",
-    "vehicle.parked",
-    "vehicle.stopped",
+#: Corner index pairs of the 12 box edges (corners as in :data:`CORNER_SIGNS`).
+BOX_EDGES: tuple[tuple[int, int], ...] = (
+    (0, 1), (1, 3), (3, 2), (2, 0),  # x = -x/2 face
+    (4, 5), (5, 7), (7, 6), (6, 4),  # x = +x/2 face (the front: the heading points out of it)
+    (0, 4), (1, 5), (2, 6), (3, 7),  # along x
 )
+
+#: Corner indices of the front face (object ``x = +x/2``), in cyclic order.
+FRONT_FACE: tuple[int, int, int, int] = (4, 5, 7, 6)
+
+
+def box_corners(center: torch.Tensor, rotation: torch.Tensor, extents: torch.Tensor
+                ) -> torch.Tensor:
+    """Corners of boxes: ``center: (..., 3)``, ``rotation: (..., 3, 3)`` (object axes in the
+    parent frame), ``extents: (..., 3)`` (full lengths along the object x, y, z axes) ->
+    ``(..., 8, 3)`` in the parent frame, ordered as :data:`CORNER_SIGNS`."""
+    signs = torch.tensor(CORNER_SIGNS, dtype=extents.dtype, device=extents.device)
+    local = signs * extents[..., None, :]  # (..., 8, 3)
+    return local @ rotation.transpose(-1, -2) + center[..., None, :]
 
 
 class CameraBoxes(NamedTuple):
@@ -58,9 +58,11 @@ class CameraBoxes(NamedTuple):
         center: (M, 3) metres.
         size: (M, 3) (width, length, height) metres.
         yaw: (M,) radians about the camera y axis.
-        labels: (M,) long, index into :data:`NUSCENES_CLASSES`.
+        labels: (M,) long, class index (nuScenes:
+            :data:`epropnp_lib.data.nuscenes.NUSCENES_CLASSES`).
         velocity: (M, 2) m/s along camera (x, z); NaN where unknown.
-        attributes: (M,) long, index into :data:`NUSCENES_ATTRIBUTES`, -1 for none.
+        attributes: (M,) long, attribute index (nuScenes:
+            :data:`~epropnp_lib.data.nuscenes.NUSCENES_ATTRIBUTES`), -1 for none.
         scores: (M,) confidence in [0, 1]; 1 for ground truth.
     """
 
@@ -114,19 +116,7 @@ class CameraBoxes(NamedTuple):
         return torch.cat([self.center, self.yaw[:, None]], dim=-1)
 
     def corners(self) -> torch.Tensor:
-        """(M, 8, 3) box corners in the camera frame.
-
-        Order: the 4 corners at object ``y = +h/2`` (bottom, since y points down) then the 4 at
-        ``y = -h/2``; each group runs (+l, +w), (+l, -w), (-l, -w), (-l, +w) over (object x, z).
-        """
-        w, length, h = self.size.unbind(-1)
-        sx = self.size.new_tensor([1, 1, -1, -1, 1, 1, -1, -1])
-        sy = self.size.new_tensor([1, 1, 1, 1, -1, -1, -1, -1])
-        sz = self.size.new_tensor([1, -1, -1, 1, 1, -1, -1, 1])
-        local = torch.stack(
-            [sx * length[:, None] / 2, sy * h[:, None] / 2, sz * w[:, None] / 2], dim=-1
-        )  # (M, 8, 3)
-        c, s = torch.cos(self.yaw)[:, None], torch.sin(self.yaw)[:, None]
-        x = c * local[..., 0] + s * local[..., 2]
-        z = -s * local[..., 0] + c * local[..., 2]
-        return torch.stack([x, local[..., 1], z], dim=-1) + self.center[:, None, :]
+        """(M, 8, 3) box corners in the camera frame, ordered as :data:`CORNER_SIGNS` over the
+        object axes (x = length, y = height, z = width); :data:`FRONT_FACE` is the +length
+        face."""
+        return box_corners(self.center, yaw_to_matrix(self.yaw), self.size[:, [1, 2, 0]])

@@ -22,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from epropnp_lib.data.boxes import NUSCENES_CLASSES, CameraBoxes
+from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
+from epropnp_lib.geometry.boxes import BOX_EDGES, FRONT_FACE, CameraBoxes
 
 __all__ = ["CLASS_COLOURS", "draw_detections", "render_detections"]
 
@@ -41,8 +42,6 @@ TILES: tuple[tuple[str, ...], ...] = (
 )
 #: Length (metres) of the heading tick drawn for each posterior sample.
 SAMPLE_TICK_M = 0.5
-_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4),
-          (0, 4), (1, 5), (2, 6), (3, 7))
 
 
 def _project(points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,10 +89,11 @@ def draw_detections(
         uv, front = _project(corners[i], k)
         if not front.all():
             continue
-        for a, b in _EDGES:
+        for a, b in BOX_EDGES:
             _line(img, uv[a], uv[b], colour, scale)
-        _line(img, uv[0], uv[5], colour, scale)  # cross on the front (+length) face
-        _line(img, uv[1], uv[4], colour, scale)
+        f0, f1, f2, f3 = FRONT_FACE  # a cross on the front (+length) face
+        _line(img, uv[f0], uv[f2], colour, scale)
+        _line(img, uv[f1], uv[f3], colour, scale)
         # 2-sigma ellipse of the (x, z) position covariance, at the centre's height.
         cov_xz = covariances[i][np.ix_([0, 2], [0, 2])]
         if np.isfinite(cov_xz).all():

@@ -1,4 +1,4 @@
-"""Property tests of the z-buffered rasteriser (epropnp_lib.data.render)."""
+"""Property tests of the z-buffered rasteriser (epropnp_lib.geometry.raster)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from epropnp_lib.data.render import RasterizeError, rasterize
 from epropnp_lib.errors import ShapeError
 from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.geometry.raster import RasterizeError, rasterize
 from epropnp_lib.geometry.rotations import quat_normalize, quat_to_matrix
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0)

@@ -27,8 +27,8 @@ The crop's intrinsics are therefore ``K = [[f, 0, cx], [0, f, cy], [0, 0, 1]]`` 
 at the crop centre ``((S - 1) / 2, (S - 1) / 2)`` plus a jitter; ``cam_K`` is exactly the matrix
 to use with pixel coordinates in the crop (pixel centres at integer coordinates).
 
-Dense maps at a network's output stride use :func:`pixel_grid` (the 2D points) and
-:func:`downsample_coords` (the matching ground truth).
+Dense maps at a network's output stride use :func:`epropnp_lib.geometry.camera.pixel_grid` (the
+2D points) and :func:`epropnp_lib.nets.dense_targets.downsample_coords` (the ground truth).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as nnf
 
 from epropnp_lib.checks import check_float_tensors, check_shape
-from epropnp_lib.data.render import rasterize
-from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.errors import ConfigError
+from epropnp_lib.geometry.raster import rasterize
 from epropnp_lib.geometry.rotations import quat_exp, quat_multiply, quat_normalize, quat_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,10 @@ __all__ = [
     "SyntheticCropConfig",
     "SyntheticCropDataset",
     "SyntheticObject",
-    "downsample_coords",
     "make_object",
-    "pixel_grid",
     "render_object",
     "render_samples",
     "render_split",
-    "stride_intrinsics",
 ]
 
 #: Names accepted by :func:`make_object`; ``object_index`` in the samples indexes this tuple.
@@ -416,7 +413,7 @@ def render_object(obj: SyntheticObject, pose: torch.Tensor, cam_mats: torch.Tens
                   height: int, width: int) -> ObjectRender:
     """Render ``obj`` under poses ``pose: (N, 7)`` with intrinsics ``cam_mats: (N, 3, 3)``.
 
-    The computation dtype/device are those of ``pose``; see :func:`epropnp_lib.data.render.
+    The computation dtype/device are those of ``pose``; see :func:`epropnp_lib.geometry.raster.
     rasterize` for the pixel conventions.
     """
     check_shape(pose, ["N", 7], "pose")
@@ -781,105 +778,6 @@ class SyntheticCropDataset(torch.utils.data.Dataset[CropSample]):
 
 
 # --------------------------------------------------------------------------------------------
-# Output-stride grids
-# --------------------------------------------------------------------------------------------
-
-def pixel_grid(height: int, width: int, stride: int, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-    """Crop-pixel coordinates of the cell centres of a ``(height, width)`` output map.
-
-    Cell ``(i, j)`` (row ``i``, column ``j``) covers the crop pixels ``j * stride ..
-    j * stride + stride - 1`` (columns) and likewise rows; with pixel centres at integer
-    coordinates (pixel ``k`` spans ``[k - 0.5, k + 0.5)``) its centre is::
-
-        x = j * stride + (stride - 1) / 2,    y = i * stride + (stride - 1) / 2
-
-    Returns:
-        ``(height * width, 2)`` points ``(x, y)`` in row-major order (index ``i * width + j``),
-        matching ``map.flatten(-2)`` of a ``(..., height, width)`` map.
-    """
-    if height < 1 or width < 1 or stride < 1:
-        raise ShapeError(f"pixel_grid: sizes and stride must be positive, got "
-                         f"{height} x {width}, stride {stride}")
-    off = (stride - 1) / 2
-    ys = torch.arange(height, dtype=dtype, device=device) * stride + off
-    xs = torch.arange(width, dtype=dtype, device=device) * stride + off
-    return torch.stack((xs.expand(height, width), ys[:, None].expand(height, width)),
-                       dim=-1).reshape(-1, 2)
-
-
-def stride_intrinsics(cam_mats: torch.Tensor, stride: int) -> torch.Tensor:
-    """Intrinsics ``(..., 3, 3)`` of the output map of ``stride``: pixel ``(j, i)`` of a map
-    rendered with them sees exactly what crop point ``pixel_grid(..., stride)[i * W + j]`` sees.
-
-    ``K' = A K`` with ``A = [[1/s, 0, -(s-1)/(2s)], [0, 1/s, -(s-1)/(2s)], [0, 0, 1]]`` (the
-    inverse of the cell-centre formula of :func:`pixel_grid`).  Rendering the object with
-    ``K'`` at the output size (:func:`render_object`) gives exact ground truth at every cell,
-    an alternative to :func:`downsample_coords` without interpolation across occlusion edges.
-
-    Args:
-        cam_mats: ``(..., 3, 3)`` crop intrinsics.
-        stride: output stride ``s >= 1``.
-    """
-    check_shape(cam_mats, ["*", 3, 3], "cam_mats")
-    if stride < 1:
-        raise ShapeError(f"stride must be >= 1, got {stride}")
-    off = (stride - 1) / (2 * stride)
-    a = cam_mats.new_tensor([[1 / stride, 0.0, -off], [0.0, 1 / stride, -off], [0.0, 0.0, 1.0]])
-    return a @ cam_mats
-
-
-def downsample_coords(coords: torch.Tensor, mask: torch.Tensor, stride: int,
-                      max_spread_ratio: float | None = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground truth at the cell centres of :func:`pixel_grid` with ``stride``.
-
-    For an odd stride the cell centre is a pixel centre and its value is taken (exact).  For an
-    even stride it lies between the 2 x 2 central pixels of the cell, whose coordinates are
-    averaged (bilinear interpolation at the centre), and the cell counts as covered only when
-    all four are.  Where the four straddle an occlusion edge of the object with itself, their
-    average lies between the two surfaces; such cells are detected by the spread of the four
-    samples (largest distance to their mean) exceeding ``max_spread_ratio`` times the median
-    spread of the map's covered cells, and are left out of the mask (``None`` keeps them).
-    :func:`stride_intrinsics` renders exact ground truth at the cell centres instead.
-
-    Args:
-        coords: ``(..., 3, H, W)`` object-coordinate maps, ``H, W`` divisible by ``stride``.
-        mask: ``(..., 1, H, W)`` float (> 0.5 = covered) or bool masks.
-        stride: output stride.
-        max_spread_ratio: occlusion-edge rejection threshold for even strides (see above).
-
-    Returns:
-        ``coords (..., 3, H / stride, W / stride)`` (0 where not covered) and
-        ``mask (..., 1, H / stride, W / stride)`` float in {0, 1}.
-    """
-    dims = check_shape(coords, ["*", 3, "H", "W"], "coords")
-    check_shape(mask, ["*", 1, "H", "W"], "mask", dims)
-    if stride < 1 or dims["H"] % stride or dims["W"] % stride:
-        raise ShapeError(f"downsample_coords: map size {dims['H']} x {dims['W']} is not "
-                         f"divisible by stride {stride}")
-    covered = mask > 0.5
-    if stride % 2:
-        c = (stride - 1) // 2
-        out_m = covered[..., c::stride, c::stride]
-        out_c = coords[..., c::stride, c::stride]
-    else:
-        c = stride // 2 - 1
-        sl = [(slice(c + a, None, stride), slice(c + b, None, stride))
-              for a in (0, 1) for b in (0, 1)]
-        out_m = torch.stack([covered[..., ys, xs] for ys, xs in sl]).all(0)
-        samples = torch.stack([coords[..., ys, xs] for ys, xs in sl])  # (4, ..., 3, h, w)
-        out_c = samples.mean(0)
-        if max_spread_ratio is not None:
-            spread = (samples - out_c).norm(dim=-3, keepdim=True).amax(0)  # (..., 1, h, w)
-            flat = torch.where(out_m, spread, torch.nan).reshape(-1, out_m[..., 0, :, :].
-                                                                 flatten(-2).shape[-1])
-            ref = flat.nanmedian(dim=-1).values.reshape(out_m.shape[:-3] + (1, 1, 1))
-            out_m = out_m & ~(spread > max_spread_ratio * ref)
-    maskf = out_m.to(coords.dtype)
-    return out_c * maskf, maskf
-
-
-# --------------------------------------------------------------------------------------------
 # CLI: contact sheet
 # --------------------------------------------------------------------------------------------
 
@@ -901,7 +799,7 @@ def contact_sheet(batch: CropBatch, obj: SyntheticObject, columns: int = 8) -> t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m epropnp_lib.data.synthetic_objects --out DIR --num 16``: write one PNG
+    """``python -m epropnp_lib.generators.objects --out DIR --num 16``: write one PNG
     contact sheet per object (crops and their coordinate maps)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", type=Path, required=True, help="output directory")

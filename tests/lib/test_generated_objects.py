@@ -1,4 +1,4 @@
-"""Tests of the synthetic 6DoF object crops (epropnp_lib.data.synthetic_objects)."""
+"""Tests of the synthetic 6DoF object crops (epropnp_lib.generators.objects)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from epropnp_lib.data.synthetic_objects import (
+from epropnp_lib.dataclass_io import from_dict
+from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.generators.objects import (
     CANONICAL_QUAT,
     OBJECT_NAMES,
     CropBatch,
     SyntheticCropConfig,
     SyntheticCropDataset,
-    downsample_coords,
     main,
     make_object,
-    pixel_grid,
     render_object,
     render_samples,
     render_split,
-    stride_intrinsics,
 )
-from epropnp_lib.dataclass_io import from_dict
-from epropnp_lib.errors import ConfigError, ShapeError
-from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.geometry.camera import pixel_grid, project, stride_intrinsics, transform_points
 from epropnp_lib.geometry.rotations import quat_angle_between, quat_multiply, quat_to_matrix
+from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.solver import solve_pnp
 
 
