@@ -8,14 +8,15 @@ Frames
 
 Rotations
     Library quaternions are unit quaternions in **(w, x, y, z)** order (scalar first), with the
-    Hamilton product.  ROS messages use (x, y, z, w); conversion happens only in the ROS
-    ``conversions`` module.  ``q`` and ``-q`` denote the same rotation.
+    Hamilton product.  ROS messages use (x, y, z, w); conversion happens only in
+    ``epropnp_ros.poses``.  ``q`` and ``-q`` denote the same rotation.
 
 4DoF poses (nuScenes-style)
     Translation plus a yaw angle about the camera's **y axis** (pointing down).  The rotation of
     yaw ``theta`` is ``R_y(theta) = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``.
 
-Pose vectors
+Pose vectors (their sizes are ``Pose6DoF.dim`` / ``Pose4DoF.dim`` of
+:mod:`epropnp_lib.geometry.pose`, with ``tangent_dim`` for the increments)
     6DoF pose tensor: ``(..., 7)`` = ``(tx, ty, tz, qw, qx, qy, qz)``.
     4DoF pose tensor: ``(..., 4)`` = ``(tx, ty, tz, yaw)``.
 
@@ -39,15 +40,6 @@ Tensors
 """
 
 from __future__ import annotations
-
-#: Dimension of the 6DoF pose vector (t, q_wxyz).
-POSE6_DIM = 7
-#: Dimension of the 4DoF pose vector (t, yaw).
-POSE4_DIM = 4
-#: Tangent dimension of a 6DoF pose.
-TANGENT6_DIM = 6
-#: Tangent dimension of a 4DoF pose.
-TANGENT4_DIM = 4
 
 #: Variance (rad^2) reported for the rotations a 4DoF pose does not observe (roll/pitch about
 #: the camera x and z axes).  ROS tools treat a very large variance as "unknown"; zero would

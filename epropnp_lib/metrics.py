@@ -49,7 +49,7 @@ import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.errors import ShapeError
-from epropnp_lib.geometry.pose import Pose6DoF
+from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
 from epropnp_lib.geometry.rotations import quat_log, quat_multiply, quat_normalize, wrap_angle
 
 #: Fractions of the object diameter at which the paper reports ADD(-S) accuracy.
@@ -240,11 +240,11 @@ def pose_delta(pose_pred: torch.Tensor, pose_gt: torch.Tensor) -> torch.Tensor:
     check_shape(pose_gt, ["B", "D"], "pose_gt", dims)
     check_float_tensors(pose_pred=pose_pred, pose_gt=pose_gt)
     dt = pose_gt[:, :3] - pose_pred[:, :3]
-    if dims["D"] == 7:
+    if dims["D"] == Pose6DoF.dim:
         inv = quat_normalize(pose_pred[:, 3:]) * pose_pred.new_tensor([1.0, -1.0, -1.0, -1.0])
         rel = quat_multiply(quat_normalize(pose_gt[:, 3:]), inv)
         return torch.cat((dt, quat_log(rel)), dim=-1)
-    if dims["D"] == 4:
+    if dims["D"] == Pose4DoF.dim:
         return torch.cat((dt, wrap_angle(pose_gt[:, 3:] - pose_pred[:, 3:])), dim=-1)
     raise ShapeError(f"pose_pred: expected (B, 7) or (B, 4), got {tuple(pose_pred.shape)}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,6 +33,35 @@ GAMMA_BLOCK_ROUNDS = (2, 8)
 #: all; acceptance >= 0.65 per round for every kappa, so the first block settles ~98.6 % of the
 #: draws and, on the CPU, the later ones run only for the few left).
 VM_BLOCK_ROUNDS = (4, 8, 8, 12)
+
+
+class Proposal:
+    """What the proposal distributions share: batch shape, dtype, device and repr, read from
+    the parameter tensor named ``_param`` whose last ``_event_dims`` dimensions are not batch."""
+
+    _param: ClassVar[str]
+    _event_dims: ClassVar[int]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """The batch shape ``batch``."""
+        param: torch.Tensor = getattr(self, self._param)
+        return param.shape[: param.dim() - self._event_dims]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of samples and densities."""
+        return getattr(self, self._param).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, self._param).device
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, dtype={self.dtype}, "
+            f"device={self.device})"
+        )
 
 
 def work_dtype(device: torch.device) -> torch.dtype:
@@ -197,7 +226,7 @@ def mahalanobis_sq(tril: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``|L^-1 x|^2`` for ``tril: (*b, n, n)`` (lower) and ``x: (*S, n)`` broadcasting with ``b``.
 
     Inverts the (small) batch of factors once and applies it with one broadcast ``einsum``:
-    an order of magnitude faster than a triangular solve per sample on CPU.  Returns
+    much cheaper than a triangular solve per sample on the CPU.  Returns
     ``broadcast(S, b)``.
     """
     n = tril.shape[-1]

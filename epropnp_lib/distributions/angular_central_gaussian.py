@@ -36,6 +36,7 @@ import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions._common import (
+    Proposal,
     check_fit_inputs,
     check_generator,
     check_num,
@@ -53,14 +54,8 @@ _LOG_AREA_S3 = math.log(2.0 * math.pi**2)
 DEFAULT_FIT_ITERS = 10
 #: Default relative regulariser of Lambda (normalised to trace 4) in ``fit``/``from_matrix``.
 #: It caps the concentration (eigenvalue ratio ~ 4 / eps, an orientation scale of ~2 sqrt(eps)
-#: rad: 2e-6 rad for 1e-12, ten times a float32 quaternion's resolution).  History: 1e-5 until
-#: 2026-11-25, when the fitted proposals of sharp posteriors (6DoF, N=512, 1 px) sat at that cap
-#: (~0.36 deg), wider than the posterior: the AMIS weights had an effective sample size (ESS) of
-#: 38 of 512 (log-normaliser spread over seeds 0.21 nats); 1e-6 gave 144 and 0.08.  Then 1e-12
-#: with the linear algebra in float64 (before: the distribution's dtype): for 8 problems with
-#: N=1024 points at 0.2 px noise (weights 1/sigma), ESS median 1 -> 237 and log-normaliser
-#: spread 8.9 -> 0.05 nats (its mean moved by +16 nats: the old proposals missed the mode); for
-#: N=64 at 0.05 px, ESS 1 -> 203 and spread 152 -> 0.05 nats.
+#: rad: 2e-6 rad for 1e-12, ten times a float32 quaternion's resolution), so that the proposals
+#: of sharp posteriors are not wider than the posterior; it needs the float64 linear algebra.
 DEFAULT_ACG_EPS = 1e-12
 #: The smallest ``eps`` honoured where the work dtype is float32 (no float64 on the device).
 MIN_EPS_FLOAT32 = 1e-6
@@ -84,7 +79,7 @@ def _regularised(lam: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     return lam + eps * eye, jitter
 
 
-class AngularCentralGaussian:
+class AngularCentralGaussian(Proposal):
     """Batched angular central Gaussian on the unit quaternions S^3.
 
     Args:
@@ -102,6 +97,9 @@ class AngularCentralGaussian:
 
     event_dim = 4
 
+    _param = "scale_tril"
+    _event_dims = 2
+
     def __init__(self, scale_tril: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         check_shape(scale_tril, ["*", 4, 4], "scale_tril")
         check_float_tensors(scale_tril=scale_tril)
@@ -111,24 +109,9 @@ class AngularCentralGaussian:
         self.scale_tril = scale_tril.to(work_dtype(scale_tril.device))
 
     @property
-    def batch_shape(self) -> torch.Size:
-        """The batch shape ``batch`` (``scale_tril.shape[:-2]``)."""
-        return self.scale_tril.shape[:-2]
-
-    @property
     def dtype(self) -> torch.dtype:
         """The dtype of samples and densities (``scale_tril`` is in the work dtype)."""
         return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.scale_tril.device
-
-    def __repr__(self) -> str:
-        return (
-            f"AngularCentralGaussian(batch_shape={tuple(self.batch_shape)}, "
-            f"dtype={self.dtype}, device={self.device})"
-        )
 
     @staticmethod
     def work_dtype(device: torch.device) -> torch.dtype:

@@ -31,6 +31,7 @@ import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions._common import (
+    Proposal,
     check_batch_param,
     check_fit_inputs,
     check_generator,
@@ -48,7 +49,7 @@ from epropnp_lib.errors import ShapeError
 DEFAULT_DF = 3.0
 
 
-class MultivariateT:
+class MultivariateT(Proposal):
     """Batched 3D multivariate t distribution.
 
     Args:
@@ -67,6 +68,9 @@ class MultivariateT:
 
     event_dim = 3
 
+    _param = "loc"
+    _event_dims = 1
+
     def __init__(
         self,
         loc: torch.Tensor,
@@ -84,25 +88,6 @@ class MultivariateT:
         self.loc = loc
         self.scale_tril = scale_tril
         self.df = check_batch_param(df, "df", loc.shape[:-1], dtype, device)
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        """The batch shape ``batch`` (``loc.shape[:-1]``)."""
-        return self.loc.shape[:-1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.loc.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.loc.device
-
-    def __repr__(self) -> str:
-        return (
-            f"MultivariateT(batch_shape={tuple(self.batch_shape)}, dtype={self.dtype}, "
-            f"device={self.device})"
-        )
 
     @classmethod
     def from_scale_matrix(

@@ -33,6 +33,7 @@ import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions._common import (
+    Proposal,
     check_batch_param,
     check_fit_inputs,
     check_generator,
@@ -48,11 +49,9 @@ from epropnp_lib.errors import ShapeError
 
 #: Default weight of the uniform component (reference EPro-PnP).
 DEFAULT_UNIFORM_MIX = 0.25
-#: Largest concentration fitted by default (a yaw scale of 1 / sqrt(kappa) = 3e-6 rad, a dozen
-#: float32 ulps of an angle near pi).  History: 1e6 (1e-3 rad) until 2026-11-25, when sharp
-#: 4DoF posteriors were sampled by much wider proposals: N=1024 points at 0.2 px noise
-#: (weights 1/sigma, yaw std 3e-5 rad) had an AMIS effective sample size of 12 of 512 and a
-#: log-normaliser spread over seeds of 0.40 nats; N=64 at 0.05 px, 3 and 1.9 nats.
+#: Largest concentration fitted by default: a yaw scale of 1 / sqrt(kappa) = 3e-6 rad, a dozen
+#: float32 ulps of an angle near pi, so that sharp 4DoF posteriors get proposals as sharp as
+#: they are (a lower cap samples them with much wider proposals and few effective samples).
 MAX_KAPPA = 1e11
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -77,7 +76,7 @@ def a1_inverse(r: torch.Tensor, newton_steps: int = 3) -> torch.Tensor:
     return k
 
 
-class VonMisesUniformMix:
+class VonMisesUniformMix(Proposal):
     """Batched von Mises + uniform mixture on the circle.
 
     Args:
@@ -95,6 +94,9 @@ class VonMisesUniformMix:
     """
 
     event_dim = 1
+
+    _param = "loc"
+    _event_dims = 0
 
     def __init__(
         self,
@@ -114,25 +116,6 @@ class VonMisesUniformMix:
         self.kappa = kappa
         self.uniform_mix = check_batch_param(
             uniform_mix, "uniform_mix", loc.shape, loc.dtype, loc.device
-        )
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        """The batch shape ``batch`` (``loc.shape``)."""
-        return self.loc.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.loc.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.loc.device
-
-    def __repr__(self) -> str:
-        return (
-            f"VonMisesUniformMix(batch_shape={tuple(self.batch_shape)}, dtype={self.dtype}, "
-            f"device={self.device})"
         )
 
     @classmethod

@@ -147,7 +147,7 @@ def _cm_center_scale(
     ``(D, B, N)``."""
     c = (pts * w).sum(-1) / wsum
     centred = pts - c.unsqueeze(-1)
-    # (a vector_norm over the leading dim takes a 20-30x slower reduction path)
+    # (a vector_norm over the leading dim takes a much slower reduction path)
     mean_dist = (centred.square().sum(0).sqrt() * w).sum(-1) / wsum
     return c, target / mean_dist.clamp_min(1e-12), centred
 

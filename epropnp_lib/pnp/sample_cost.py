@@ -1,39 +1,11 @@
 """The robust cost at many poses of one set of correspondences, with a hand-written backward.
 
 The Monte Carlo loss evaluates the cost of Eq. 11 at ``K = T K'`` pose samples of each of ``B``
-problems with ``N`` points: ``K B N`` projections (8.4 M for the paper's ``K = 512``, ``B = 32``,
-``N = 512``).  Generic autograd would store a dozen ``(K, B, N)`` intermediates; here the work is
-a few passes over cache-sized chunks, and the backward recomputes the chunk instead of reading
-stored residuals back from memory (on the CPU, writing and re-reading ``(K, B, N)`` arrays
-costs more than the arithmetic).
-
-Formulation.  With ``P_k = K' [R_k | t_k]`` (``K'``: intrinsics without the principal point,
-which is subtracted from the observations instead), homogeneous points ``X_i = (x3d_i, 1)``,
-``c = (c_u, c_v)`` the principal point and ``s`` the kernel's scale (``s = delta``, or 1 without
-the kernel), the residual in units of ``s`` is
-
-    phi_u = G_u / z - w_u' (x2d_u - c_u),   G_u = w_u' (P_k0 . X_i),   w_u' = w_u / s,
-    z = max(P_k2 . X_i, MIN_DEPTH)           (and the same for v),
-
-so that one batched matmul gives ``(G_u, G_v, z)`` for every sample and point with the weights
-already applied.  The cost is ``s^2 sum_i H(|phi_i|)`` with the unit Huber function
-``H(r) = r^2 / 2`` for ``r <= 1`` and ``r - 1/2`` beyond (``H(r) = r^2 / 2`` everywhere without
-the kernel), which equals ``1/2 sum_i rho(||f_i||^2)`` of :mod:`epropnp_lib.pnp.cost`.
-
-Backward.  ``dH/dphi = omega phi`` with ``omega = min(1, 1 / |phi|)``.  Where every depth of a
-chunk is in front of the camera (``z = P_k2 . X_i``), all gradients follow from three ``(k, N)``
-planes ``beta_u = omega phi_u / z``, ``beta_v``, ``eps = omega |phi|^2 / z`` and one batched
-matmul that sums them over the samples with the rows of ``P_k`` (weighted by the upstream
-gradient ``g_k`` and ``s^2``):
-
-    A_u = sum_k g_k s^2 beta_u P_k0,  B_u = sum_k g_k s^2 beta_u P_k2,  E = sum_k g_k s^2 eps P_k2,
-    dL/dX_i = w_u' (A_u - x_u B_u) + w_v' (A_v - x_v B_v) - E,
-    dL/dx2d_u = -w_u' X_i . B_u,    dL/dw_u = (X_i . A_u - x_u X_i . B_u) / s,
-
-(``x_u = x2d_u - c_u``; 4-vectors per point).  A chunk with a clamped depth (a sample that puts
-a point at or behind the camera) takes the direct path, :func:`_direct_chunk_grads`.
-:func:`sample_cost` equals :func:`epropnp_lib.pnp.cost.evaluate_cost` ``.cost``, values and
-gradients (tested in float64, both paths).
+problems with ``N`` points: ``K B N`` projections.  Instead of a dozen stored ``(K, B, N)``
+autograd intermediates, the work is a few passes over cache-sized chunks, and the backward
+recomputes each chunk instead of reading stored residuals back (the derivation is in
+:class:`_SampleCost`).  :func:`sample_cost` equals :func:`epropnp_lib.pnp.cost.evaluate_cost`
+``.cost``, values and gradients (tested in float64, both backward paths).
 """
 
 from __future__ import annotations
@@ -78,7 +50,7 @@ def _chunks(batch: int, samples: int, points: int) -> list[tuple[slice, slice]]:
 
 
 class _Design(NamedTuple):
-    """Per-call constants of the scaled formulation (module docstring)."""
+    """Per-call constants of the scaled formulation (:class:`_SampleCost`)."""
 
     xh: torch.Tensor  # (B, N, 4) homogeneous points
     right: torch.Tensor  # (B, 3, 4, N): rows w_u' X^T, w_v' X^T, X^T
@@ -187,6 +159,33 @@ class _SampleCost(torch.autograd.Function):
 
     Works in chunks of problems and samples (:func:`_chunks`) in a reused scratch
     :class:`_Workspace`; the backward recomputes each chunk.
+
+    Formulation.  With ``P_k = K' [R_k | t_k]`` (``K'``: intrinsics without the principal point,
+    which is subtracted from the observations instead), homogeneous points ``X_i = (x3d_i, 1)``,
+    ``c = (c_u, c_v)`` the principal point and ``s`` the kernel's scale (``s = delta``, or 1 without
+    the kernel), the residual in units of ``s`` is
+
+        phi_u = G_u / z - w_u' (x2d_u - c_u),   G_u = w_u' (P_k0 . X_i),   w_u' = w_u / s,
+        z = max(P_k2 . X_i, MIN_DEPTH)           (and the same for v),
+
+    so that one batched matmul gives ``(G_u, G_v, z)`` for every sample and point with the weights
+    already applied.  The cost is ``s^2 sum_i H(|phi_i|)`` with the unit Huber function
+    ``H(r) = r^2 / 2`` for ``r <= 1`` and ``r - 1/2`` beyond (``H(r) = r^2 / 2`` everywhere without
+    the kernel), which equals ``1/2 sum_i rho(||f_i||^2)`` of :mod:`epropnp_lib.pnp.cost`.
+
+    Backward.  ``dH/dphi = omega phi`` with ``omega = min(1, 1 / |phi|)``.  Where every depth of a
+    chunk is in front of the camera (``z = P_k2 . X_i``), all gradients follow from three ``(k, N)``
+    planes ``beta_u = omega phi_u / z``, ``beta_v``, ``eps = omega |phi|^2 / z`` and one batched
+    matmul that sums them over the samples with the rows of ``P_k`` (weighted by the upstream
+    gradient ``g_k`` and ``s^2``):
+
+        A_u = sum_k g_k s^2 beta_u P_k0,  B_u = sum_k g_k s^2 beta_u P_k2,
+        E = sum_k g_k s^2 eps P_k2,
+        dL/dX_i = w_u' (A_u - x_u B_u) + w_v' (A_v - x_v B_v) - E,
+        dL/dx2d_u = -w_u' X_i . B_u,    dL/dw_u = (X_i . A_u - x_u X_i . B_u) / s,
+
+    (``x_u = x2d_u - c_u``; 4-vectors per point).  A chunk with a clamped depth (a sample that puts
+    a point at or behind the camera) takes the direct path, :func:`_direct_chunk_grads`.
     """
 
     @staticmethod

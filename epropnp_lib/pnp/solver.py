@@ -22,7 +22,7 @@ import torch
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.conventions import MIN_DEPTH
 from epropnp_lib.errors import ConfigError, DegenerateInputError
-from epropnp_lib.geometry.pose import PoseSpace, pose_space
+from epropnp_lib.geometry.pose import Pose6DoF, PoseSpace, pose_space
 from epropnp_lib.pnp.cost import (
     CostTerms,
     HuberConfig,
@@ -192,7 +192,7 @@ def validate_problem(
     if pose_init is not None:
         ident = torch.zeros_like(pose_init[0])
         ident[2] = 5.0
-        if space.dim == 7:
+        if isinstance(space, Pose6DoF):
             ident[3] = 1.0
         pose_init = torch.where(bad[:, None], ident, pose_init)
     return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)

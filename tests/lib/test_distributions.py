@@ -416,8 +416,8 @@ def test_acg_represents_sharp_orientations_in_float32() -> None:
     """A float32 ACG of a very sharp orientation (eigenvalue ratio 1e9, ~0.004 deg) keeps its
     linear algebra in float64: the float32 density agrees with float64 and a fit to its float32
     samples recovers Lambda in its own metric (all generalised eigenvalues of
-    (Lambda_true, Lambda_fit) equal up to sampling error).  Before 2026-11-25 the float32 ACG
-    factorised a float32 Lambda (and capped the ratio at 4 / 1e-6): no such fit was possible.
+    (Lambda_true, Lambda_fit) equal up to sampling error), which a float32 factorisation of
+    Lambda could not give.
     """
     tril64 = acg_tril([1.0, 3e-9, 2e-9, 1e-9], 58)
     d32 = AngularCentralGaussian(tril64, dtype=torch.float32)

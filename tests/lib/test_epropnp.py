@@ -47,10 +47,8 @@ def test_amis_log_normalizer_matches_dense_integration() -> None:
         f"std of one estimate over 64 seeds {spread.tolist()} nats"
     )
     # The estimator's bias is within 0.05 nats, up to the Monte Carlo error of the mean over
-    # the seeds (3 standard errors, ~0.02).  History: the mean over 16 seeds missed 0.05 by
-    # 0.008 for the 4th problem after a change of the samplers' random streams (2026-11-25);
-    # over 384 seeds its bias is -0.038 +- 0.004 nats with either stream (bench/amis.py reports
-    # 0.027 mean, 0.038 max over its problems).  Single runs scatter by their spread.
+    # the seeds (3 standard errors, ~0.02; bench/amis.py measures the bias over many seeds).
+    # Single runs scatter by their spread.
     assert (err < 0.05 + 3 * standard_error).all()
     assert spread.max() < 0.1
     assert ((estimates - exact).abs() < 0.05 + 4 * spread).all()
@@ -67,17 +65,8 @@ def test_amis_keeps_its_samples_useful_for_sharp_posteriors(
     """A sharp posterior (N points, Gaussian pixel noise sigma, weights 1 / sigma) must not be
     sampled by a much wider orientation proposal: the effective sample size (ESS) of the AMIS
     weights stays a sizeable fraction of the T K' = 512 samples, and so the log-normaliser
-    estimate's spread over seeds stays small.
-
-    History (2026-11-25; medians over 8 problems and the seeds):
-    * 6DoF, N=512, 1 px: with the angular central Gaussian's concentration cap at eps = 1e-5,
-      ESS 38 and a spread of 0.21 nats; eps = 1e-6, 144 and 0.08; eps = 1e-12 with the ACG's
-      linear algebra in float64, 234 and 0.05.
-    * 6DoF, N=1024, 0.2 px: eps = 1e-6 in float32, ESS 1 and a spread of 8.9 nats (the
-      proposals missed the mode: the mean estimate was 16 nats low); then 237 and 0.05.
-    * 4DoF, N=1024, 0.2 px and N=64, 0.05 px: with the von Mises concentration capped at 1e6
-      and fitted in float32, ESS 12 and 3, spreads 0.40 and 1.9 nats; with the cap at 1e11 and
-      the fit in float64, 223 and 210, spreads 0.05 and 0.06.
+    estimate's spread over seeds stays small (bench/README.md has the measured ESS and
+    spreads, and the proposal caps that fail this test).
     """
     dof = cls.space.tangent_dim
     gen = torch.Generator().manual_seed(0)

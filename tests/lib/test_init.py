@@ -94,10 +94,6 @@ def test_refined_init_starts_near_the_optimum() -> None:
     the optimum (Mahalanobis distance sqrt(2 (cost_init - cost_opt)), the cost being the
     negative log-likelihood), where the plain DLT lands several away; the LM solver then needs
     one step.
-
-    History: measured when the refinement was introduced (N=64, 512 problems): plain DLT
-    median 8.2, 90th percentile 14.4; refined median 0.39, 90th percentile 0.58; every element
-    stopped after one step (2 iterations) instead of 2-3 steps.
     """
     p = random_problems(256, 64, noise_std=1.0, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(3))
@@ -142,12 +138,8 @@ def test_init_from_a_rotated_start_converges_under_refinement() -> None:
 def test_refined_init_stays_near_the_optimum_for_few_points(num_points: int) -> None:
     """With few points the DLT's 3x3 block is far from a rotation, and the start of the SO(3)
     refinement decides where it lands: the initial pose (the better candidate, as the solver
-    picks it) stays within a few posterior standard deviations of the optimum.
-
-    History (512 problems, 1 px, distance as in the test above): with the Gram-Schmidt start,
-    N=8 median 0.23, 90th percentile 0.60, 99th 2.4; N=12 0.24 / 0.41 / 0.70.  A start from
-    Shepperd's quaternion of the scaled block (tried in the sixth pass, reverted) gave N=8
-    0.71 / 5.6 / 24 and N=12 0.34 / 1.4 / 4.3, and at 3 px a 99th percentile of ~8000.
+    picks it) stays within a few posterior standard deviations of the optimum (the bounds
+    hold with margin for the Gram-Schmidt start; a start that ruins few-point poses fails them).
     """
     p = random_problems(512, num_points, noise_std=1.0, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(num_points))
