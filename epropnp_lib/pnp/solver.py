@@ -192,7 +192,7 @@ def validate_problem(
     if pose_init is not None:
         ident = torch.zeros_like(pose_init[0])
         ident[2] = 5.0
-        if isinstance(space, Pose6DoF):
+        if issubclass(space, Pose6DoF):
             ident[3] = 1.0
         pose_init = torch.where(bad[:, None], ident, pose_init)
     return ValidatedProblem(x3d, x2d, w2d, cam_mats, pose_init, valid)
