@@ -23,7 +23,7 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import Literal, NamedTuple, cast, overload
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import quat_multiply
 from epropnp_lib.pnp.cost import CostTerms, evaluate_cost
+from epropnp_lib.pnp.robust import RobustConfig, RobustPnPSolution, solve_pnp_robust
 from epropnp_lib.pnp.sample_cost import sample_cost
 from epropnp_lib.pnp.solver import (
     PnPSolution,
@@ -167,6 +168,7 @@ class EProPnPBase(nn.Module, ABC):
         """Orientation proposal fitted to ``samples: (K, B, dim - 3)`` and their log-weights."""
 
     # --- public API ------------------------------------------------------------------------
+    @overload
     def solve(
         self,
         x3d: torch.Tensor,
@@ -174,12 +176,53 @@ class EProPnPBase(nn.Module, ABC):
         w2d: torch.Tensor,
         cam_mats: torch.Tensor,
         pose_init: torch.Tensor | None = None,
-    ) -> PnPSolution:
+        *,
+        robust: Literal[False] = False,
+        generator: torch.Generator | None = None,
+    ) -> PnPSolution: ...
+
+    @overload
+    def solve(
+        self,
+        x3d: torch.Tensor,
+        x2d: torch.Tensor,
+        w2d: torch.Tensor,
+        cam_mats: torch.Tensor,
+        pose_init: torch.Tensor | None = None,
+        *,
+        robust: Literal[True] | RobustConfig,
+        generator: torch.Generator | None = None,
+    ) -> RobustPnPSolution: ...
+
+    def solve(
+        self,
+        x3d: torch.Tensor,
+        x2d: torch.Tensor,
+        w2d: torch.Tensor,
+        cam_mats: torch.Tensor,
+        pose_init: torch.Tensor | None = None,
+        *,
+        robust: bool | RobustConfig = False,
+        generator: torch.Generator | None = None,
+    ) -> PnPSolution | RobustPnPSolution:
         """Solve only (no sampling): pose, Laplace covariance, status.  Shapes as
-        :func:`~epropnp_lib.pnp.solver.solve_pnp`."""
-        return solve_pnp(
-            x3d, x2d, w2d, cam_mats, dof=self.space.tangent_dim, pose_init=pose_init,
-            config=self.config.solver,
+        :func:`~epropnp_lib.pnp.solver.solve_pnp`.
+
+        ``robust`` (``True`` or a :class:`~epropnp_lib.pnp.robust.RobustConfig`): the
+        inference mode for correspondences with gross outliers,
+        :func:`~epropnp_lib.pnp.robust.solve_pnp_robust` (random subsets from ``generator``,
+        ``pose_init`` unused); its result adds each element's inlier fraction.  The default is
+        the paper's cost, which the training forward always uses.
+        """
+        if robust is False:
+            return solve_pnp(
+                x3d, x2d, w2d, cam_mats, dof=self.space.tangent_dim, pose_init=pose_init,
+                config=self.config.solver,
+            )
+        return solve_pnp_robust(
+            x3d, x2d, w2d, cam_mats, dof=self.space.tangent_dim,
+            config=robust if isinstance(robust, RobustConfig) else None,
+            solver=self.config.solver, generator=generator,
         )
 
     def forward(

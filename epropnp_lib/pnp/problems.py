@@ -71,3 +71,37 @@ def random_problems(
     w2d = torch.full_like(x2d, w)
     out = (x3d, x2d, w2d, cam, pose)
     return PnPProblem(*(t.to(device=device, dtype=dtype) for t in out))
+
+
+class OutlierProblem(NamedTuple):
+    """A batch of PnP problems in which some image points are gross outliers.
+
+    Attributes:
+        problem: the :class:`PnPProblem` (its ``x2d`` holds the outliers).
+        inliers: ``(B, N)`` bool, False where the image point was replaced.
+    """
+
+    problem: PnPProblem
+    inliers: torch.Tensor
+
+
+def with_outliers(
+    problem: PnPProblem,
+    fraction: float,
+    image_size: tuple[int, int] = (640, 480),
+    generator: torch.Generator | None = None,
+) -> OutlierProblem:
+    """``problem`` with ``round(fraction * N)`` image points per element replaced by points
+    uniform in the ``(width, height)`` image (the other points keep their noise); which points,
+    and where they go, come from ``generator`` (drawn on the CPU)."""
+    x2d = problem.x2d
+    batch, n = x2d.shape[:2]
+    num_out = round(fraction * n)
+    order = torch.rand(batch, n, generator=generator, dtype=torch.float64).argsort(dim=-1)
+    inliers = torch.ones(batch, n, dtype=torch.bool)
+    inliers.scatter_(1, order[:, :num_out], False)
+    size = torch.tensor(image_size, dtype=torch.float64)
+    uniform = torch.rand(batch, n, 2, generator=generator, dtype=torch.float64) * size - 0.5
+    out = torch.where(inliers[..., None], x2d.cpu().double(), uniform)
+    problem = problem._replace(x2d=out.to(device=x2d.device, dtype=x2d.dtype))
+    return OutlierProblem(problem, inliers.to(x2d.device))

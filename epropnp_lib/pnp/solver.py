@@ -276,17 +276,23 @@ def solve_pnp(
 
 @torch.no_grad()
 def solve_validated(
-    space: type[PoseSpace], prob: ValidatedProblem, cfg: SolverConfig
+    space: type[PoseSpace],
+    prob: ValidatedProblem,
+    cfg: SolverConfig,
+    delta: torch.Tensor | None = None,
 ) -> PnPSolution:
     """:func:`solve_pnp` on a problem already checked by :func:`validate_problem` (for
     callers that need the sanitised tensors themselves, so the checks run once).
+
+    ``delta: (B,)`` replaces the Huber thresholds of ``cfg.huber`` (e.g. robust scale
+    estimates, :mod:`epropnp_lib.pnp.robust`).
 
     The solve runs in ``torch.inference_mode`` (no autograd or version-counter bookkeeping:
     ~10-15 % of a small batch's time, which is per-op overhead); the returned tensors are
     built outside it, so they are ordinary tensors that autograd code may use and save.
     """
     with torch.inference_mode():
-        st, iters, converged, cov, degenerate = _solve(space, prob, cfg)
+        st, iters, converged, cov, degenerate = _solve(space, prob, cfg, delta)
     # (CONVERGED, MAX_ITERATIONS) = (0, 1), then the worse statuses on top.
     status = (~converged).to(torch.int64)
     status.masked_fill_(degenerate, SolveStatus.DEGENERATE)
@@ -299,46 +305,18 @@ def solve_validated(
 
 
 def _solve(
-    space: type[PoseSpace], prob: ValidatedProblem, cfg: SolverConfig
-) -> tuple[_State, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    space: type[PoseSpace], prob: ValidatedProblem, cfg: SolverConfig, delta: torch.Tensor | None
+) -> tuple[SolverState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The body of :func:`solve_validated`: final state, iterations, converged flags,
     covariance and degenerate flags (all ``(B, ...)``)."""
-    dof = space.tangent_dim
     spread2 = point_spread_sq(prob.x2d)  # (B,): the Huber threshold's scale, and below
-    delta = cfg.huber.threshold(prob.x2d, prob.w2d, spread2)
+    if delta is None:
+        delta = cfg.huber.threshold(prob.x2d, prob.w2d, spread2)
     pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, delta)
-    batch, num_points = prob.x3d.shape[:2]
     w_point = prob.w2d.sum(-1)  # (B, N)
-    # Cost if every residual were as large as the 2D spread, times relative round-off squared.
-    cost_scale = 0.5 * (prob.w2d * prob.w2d).sum(dim=(-2, -1)) * spread2
-    cost_floor = cost_scale * (100.0 * torch.finfo(prob.x3d.dtype).eps) ** 2
-    if prob.pose_init is not None:
-        pose = space.canonical(prob.pose_init)
-    else:
-        init = init_6dof if dof == 6 else init_4dof
-        cands = init(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # (C, B, dim)
-        # Non-finite entries: the first candidate's, made finite (the solver reports the rest).
-        first = cands[:1].nan_to_num(0.0)
-        cands = first if cands.shape[0] == 1 else torch.where(cands.isfinite(), cands, first)
-        if dof == 6 and num_points < cfg.multi_start_below:
-            hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
-            starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
-            n_starts = starts.shape[0]
-            st_all, _, _ = _optimize(
-                space, starts.flatten(0, 1), pts.repeat(n_starts), cfg, cost_floor.repeat(n_starts)
-            )
-            cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
-            best = cost_all.argmin(0)
-            cands = torch.take_along_dim(
-                st_all.pose.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
-            )
-        if cands.shape[0] > 1:
-            cand_cost = point_terms(space, cands, pts).half_rho.sum(-1).nan_to_num(torch.inf)
-            best = cand_cost.argmin(0)
-            pose = torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
-        else:
-            pose = cands[0]
-    st, iters, converged = _optimize(space, pose, pts, cfg, cost_floor)
+    cost_floor = cost_round_off(prob, spread2)
+    pose = initial_pose(space, prob, pts, cfg, cost_floor)
+    st, iters, converged = optimize_pose(space, pose, pts, cfg, cost_floor)
     pose = st.pose
 
     # The Hessian carries the round-off of the input dtype: scale the threshold with it.
@@ -351,7 +329,46 @@ def _solve(
     return st, iters, converged, cov, degenerate
 
 
-class _State(NamedTuple):
+def initial_pose(
+    space: type[PoseSpace],
+    prob: ValidatedProblem,
+    pts: PointSet,
+    cfg: SolverConfig,
+    cost_floor: torch.Tensor,
+) -> torch.Tensor:
+    """The solver's start ``(B, dim)``: ``prob.pose_init``, or the closed-form candidate of
+    least cost (with a multi-start for 6DoF problems of fewer than ``cfg.multi_start_below``
+    points); ``pts`` is ``prob`` as a :class:`PointSet`, ``cost_floor: (B,)`` the round-off
+    level of the cost (see :func:`optimize_pose`)."""
+    if prob.pose_init is not None:
+        return space.canonical(prob.pose_init)
+    batch, num_points = prob.x3d.shape[:2]
+    dof = space.tangent_dim
+    init = init_6dof if dof == 6 else init_4dof
+    cands = init(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # (C, B, dim)
+    # Non-finite entries: the first candidate's, made finite (the solver reports the rest).
+    first = cands[:1].nan_to_num(0.0)
+    cands = first if cands.shape[0] == 1 else torch.where(cands.isfinite(), cands, first)
+    if dof == 6 and num_points < cfg.multi_start_below:
+        hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
+        starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
+        n_starts = starts.shape[0]
+        st_all, _, _ = optimize_pose(
+            space, starts.flatten(0, 1), pts.repeat(n_starts), cfg, cost_floor.repeat(n_starts)
+        )
+        cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
+        best = cost_all.argmin(0)
+        cands = torch.take_along_dim(
+            st_all.pose.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
+        )
+    if cands.shape[0] == 1:
+        return cands[0]
+    cand_cost = point_terms(space, cands, pts).half_rho.sum(-1).nan_to_num(torch.inf)
+    best = cand_cost.argmin(0)
+    return torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
+
+
+class SolverState(NamedTuple):
     """What the LM loop keeps per element (all ``(B, ...)``)."""
 
     pose: torch.Tensor
@@ -372,10 +389,10 @@ class _State(NamedTuple):
         return self.normal[:, :d, d]
 
 
-def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> _State:
+def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> SolverState:
     terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
-    return _State(pose, terms.half_rho.sum(-1),
+    return SolverState(pose, terms.half_rho.sum(-1),
                   augmented_normal_matrix(terms.rows, terms.robust_weight), terms.depth)
 
 
@@ -391,20 +408,27 @@ def _behind(depth: torch.Tensor, w_point: torch.Tensor) -> torch.Tensor:
 COMPACT_MIN_POINTS = 8192
 
 
-def _optimize(
+def cost_round_off(prob: ValidatedProblem, spread_sq: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` cost change below which round-off dominates: the cost if every residual were as
+    large as the 2D spread (``spread_sq: (B,)``), times the relative round-off squared."""
+    cost_scale = 0.5 * (prob.w2d * prob.w2d).sum(dim=(-2, -1)) * spread_sq
+    return cost_scale * (100.0 * torch.finfo(prob.x3d.dtype).eps) ** 2
+
+
+def optimize_pose(
     space: type[PoseSpace],
     pose: torch.Tensor,
     pts: PointSet,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
-) -> tuple[_State, torch.Tensor, torch.Tensor]:
+) -> tuple[SolverState, torch.Tensor, torch.Tensor]:
     """The LM / GN loop with per-element early exit, from ``pose: (B, dim)``.
 
     ``cost_floor: (B,)`` is the cost change below which round-off dominates (noise-free
     problems have zero cost at the optimum).
 
     Returns:
-        the final :class:`_State`, iteration counts ``(B,)`` and converged flags ``(B,)``.
+        the final :class:`SolverState`, iteration counts ``(B,)`` and converged flags ``(B,)``.
     """
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     damping = pose.new_full(pose.shape[:1], cfg.initial_damping if lm else 1e-9)
@@ -415,16 +439,16 @@ def _optimize(
 
 def _iterate(
     space: type[PoseSpace],
-    st: _State,
+    st: SolverState,
     damping: torch.Tensor,
     nu: torch.Tensor,
     pts: PointSet,
     cfg: SolverConfig,
     cost_floor: torch.Tensor,
     max_iterations: int,
-) -> tuple[_State, torch.Tensor, torch.Tensor]:
+) -> tuple[SolverState, torch.Tensor, torch.Tensor]:
     """Up to ``max_iterations`` LM / GN iterations of all elements of ``st`` (see
-    :func:`_optimize`); ``damping, nu: (B,)`` is the trust-region state.
+    :func:`optimize_pose`); ``damping, nu: (B,)`` is the trust-region state.
 
     Every iteration evaluates the whole batch and updates the still-active elements through
     masks; once few are left in a large batch it continues on the gathered active elements
@@ -452,10 +476,10 @@ def _iterate(
         if may_compact and 2 * int(active.sum()) <= batch:
             idx = active.nonzero().squeeze(-1)
             sub, sub_iters, sub_conv = _iterate(
-                space, _State(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),
+                space, SolverState(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),
                 cfg, cost_floor[idx], max_iterations - it,
             )
-            st = _State(*(t.index_put((idx,), s) for t, s in zip(st, sub, strict=True)))
+            st = SolverState(*(t.index_put((idx,), s) for t, s in zip(st, sub, strict=True)))
             iters = iters.index_put((idx,), iters[idx] + sub_iters)
             converged = converged.index_put((idx,), sub_conv)
             break
@@ -503,7 +527,7 @@ def _iterate(
             near_gn = accept
             stalled = active & ~accept & small_cost
             hopeless = active & ~accept  # Gauss-Newton would only repeat the same step
-        st = _State(
+        st = SolverState(
             torch.where(accept[:, None], new.pose, st.pose),
             torch.where(accept, new.cost, st.cost),
             torch.where(accept[:, None, None], new.normal, st.normal),

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from epropnp_lib.errors import DegenerateInputError, DeviceError, DTypeError, ShapeError
 from epropnp_lib.geometry.camera import project, transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
 from epropnp_lib.geometry.rotations import quat_log, quat_multiply, quat_to_matrix
+from epropnp_lib.pnp.cost import HuberConfig
 from epropnp_lib.pnp.covariance import from_ros_covariance, to_ros_covariance
 from epropnp_lib.pnp.problems import random_problems
 from epropnp_lib.pnp.solver import SolverConfig, SolverMode, SolveStatus, solve_pnp
@@ -284,3 +288,70 @@ def test_solver_outputs_and_cached_constants_work_under_autograd(monkeypatch) ->
     q = p.pose[:, 3:].clone().requires_grad_(True)
     (quat_multiply(q, sol.pose[:, 3:]).sum() + (q * sol.cost[:, None]).sum()).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_adaptive_huber_threshold_is_eq_12() -> None:
+    """delta = relative_delta * mean(w2d) * sqrt(var_x(x2d) + var_y(x2d)) (supplementary
+    Eq. 12), by hand: the corners of a 2 px square have unbiased variances 4/3 per axis, the
+    weights average 2, so delta = 0.5 * 2 * sqrt(8/3)."""
+    x2d = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]], dtype=torch.float64)
+    w2d = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [2.0, 2.0]]], dtype=torch.float64)
+    delta = HuberConfig().threshold(x2d, w2d)
+    assert delta is not None
+    assert delta.item() == pytest.approx(0.5 * 2.0 * math.sqrt(8.0 / 3.0), rel=1e-12)
+    # Scaling the weights scales the threshold (the weighted residuals scale alike).
+    scaled = HuberConfig().threshold(x2d, 3.0 * w2d)
+    assert scaled is not None and scaled.item() == pytest.approx(3.0 * delta.item(), rel=1e-12)
+
+
+def test_most_weight_behind_the_camera_is_degenerate() -> None:
+    """A pose that puts most of the weight behind the camera is DEGENERATE even where the
+    points in front give a well-conditioned Hessian; a minority behind is not."""
+    p = random_problems(2, 64, dtype=torch.float64, generator=_gen(21))
+    w2d = p.w2d.clone()
+    # Object-frame depth along the camera axis at the true pose: the camera sees the object's
+    # points at depth t_z + (R x)_z. Shift the pose so that the plane z_cam = 0 cuts the object.
+    rot = Pose6DoF.rotation(p.pose)
+    depth_obj = (p.x3d @ rot.transpose(-1, -2))[..., 2]  # (B, N): (R x)_z
+    pose = p.pose.clone()
+    pose[:, 2] = -depth_obj.median(dim=-1).values  # half of the points at or behind the camera
+    behind = depth_obj + pose[:, 2:3] <= 0
+    w2d[0][behind[0]] *= 4.0  # element 0: most weight behind; element 1: a minority
+    w2d[1][~behind[1]] *= 4.0
+    cfg = SolverConfig(max_iterations=0)
+    sol = solve_pnp(p.x3d, p.x2d, w2d, p.cam_mats, pose_init=pose, config=cfg)
+    assert sol.status[0] == SolveStatus.DEGENERATE
+    assert sol.status[1] == SolveStatus.MAX_ITERATIONS
+
+
+@pytest.mark.parametrize(("dof", "flatness"), [(6, 1.0), (6, 0.0), (6, 0.02), (4, 1.0)])
+def test_laplace_covariance_matches_the_chi_square_law(dof: int, flatness: float) -> None:
+    """The squared Mahalanobis distance of the truth follows chi-square with ``dof`` degrees of
+    freedom as a whole distribution (coverage at 50/90/95/99 % and the Kolmogorov-Smirnov
+    statistic), also for planar and near-planar points where the cross terms of the covariance
+    matter (a covariance without them fails here)."""
+
+
+    p = random_problems(2000, 16, dof=dof, noise_std=1.5, flatness=flatness,
+                        dtype=torch.float64, generator=_gen(30 + dof))
+    sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=dof)
+    ok = sol.status == SolveStatus.CONVERGED
+    assert ok.float().mean() > 0.99
+    if dof == 6:
+        err = _tangent_error(sol.pose, p.pose)
+    else:
+        err = sol.pose - p.pose
+        err[:, 3] = torch.remainder(err[:, 3] + torch.pi, 2 * torch.pi) - torch.pi
+
+    def mahalanobis_sq(cov: torch.Tensor) -> np.ndarray:
+        m = (err[:, None, :] @ torch.linalg.solve(cov, err[..., None]))[:, 0, 0]
+        return m[ok].numpy()
+
+    maha = mahalanobis_sq(sol.covariance)
+    for level in (0.5, 0.9, 0.95, 0.99):
+        coverage = float((maha <= stats.chi2.ppf(level, dof)).mean())
+        assert abs(coverage - level) < 0.03, (level, coverage)
+    assert stats.kstest(maha, stats.chi2(dof).cdf).statistic < 0.05
+    if flatness < 1.0:
+        diagonal = torch.diag_embed(sol.covariance.diagonal(dim1=-2, dim2=-1))
+        assert stats.kstest(mahalanobis_sq(diagonal), stats.chi2(dof).cdf).statistic > 0.07
