@@ -250,6 +250,95 @@ def pause_sweep(pauses_ms: list[float], batch: int, rounds: int, threads: int) -
     ])
 
 
+def _rotation_errors_deg(quats: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` angles between unit quaternions ``(B, 4)`` (float64, no acos round-off)."""
+    from epropnp_lib.geometry.rotations import quat_multiply
+
+    inv = truth.double() * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=torch.float64)
+    rel = quat_multiply(quats.double(), inv)
+    return torch.rad2deg(2 * torch.atan2(rel[:, 1:].norm(dim=-1), rel[:, 0].abs()))
+
+
+def robust_vs_ransac(batch: int, rounds: int, threads: int, fraction: float = 0.2) -> str:
+    """Markdown table: robust mode (``solve_pnp_robust``) and the default solve against OpenCV
+    ``solvePnPRansac`` (its defaults: 100 iterations, 8 px, EPnP + ITERATIVE refinement) on
+    problems with ``fraction`` of the image points uniform in the image (N = 128, 1 px noise
+    on the rest), and the robust mode on the same problems without outliers.  Times
+    interleaved round by round (a new problem set each round); failures are rotation errors
+    above 5 degrees over all rounds."""
+    import cv2
+
+    from epropnp_lib.diagnostics import small_op_time_us
+    from epropnp_lib.geometry.rotations import matrix_to_quat
+    from epropnp_lib.pnp.problems import random_problems, with_outliers
+    from epropnp_lib.pnp.robust import solve_pnp_robust
+    from epropnp_lib.pnp.solver import solve_pnp
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    before = small_op_time_us()
+    names = ("EPro-PnP robust mode", "EPro-PnP default", "OpenCV solvePnPRansac",
+             "EPro-PnP robust mode, no outliers", "EPro-PnP default, no outliers")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    errors: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for r in range(rounds + 1):  # round 0 warms up
+        clean = random_problems(batch, 128, noise_std=1.0,
+                                generator=torch.Generator().manual_seed(1000 + r))
+        p = with_outliers(clean, fraction, generator=torch.Generator().manual_seed(2000 + r))
+        q = p.problem
+        arrays = [(q.x3d[i].double().numpy(), q.x2d[i].double().numpy(),
+                   q.cam_mats[i].double().numpy()) for i in range(batch)]
+
+        def ransac(arrays: list[tuple[Any, Any, Any]] = arrays) -> torch.Tensor:
+            quats = []
+            for x3d, x2d, k in arrays:
+                _, rvec, _, _ = cv2.solvePnPRansac(x3d, x2d, k, None)
+                quats.append(matrix_to_quat(torch.from_numpy(cv2.Rodrigues(rvec)[0])))
+            return torch.stack(quats)
+
+        calls: dict[str, Callable[[], torch.Tensor]] = {
+            names[0]: lambda q=q: solve_pnp_robust(q.x3d, q.x2d, q.w2d, q.cam_mats).pose[:, 3:],
+            names[1]: lambda q=q: solve_pnp(q.x3d, q.x2d, q.w2d, q.cam_mats).pose[:, 3:],
+            names[2]: ransac,
+            names[3]: lambda c=clean: solve_pnp_robust(
+                c.x3d, c.x2d, c.w2d, c.cam_mats).pose[:, 3:],
+            names[4]: lambda c=clean: solve_pnp(c.x3d, c.x2d, c.w2d, c.cam_mats).pose[:, 3:],
+        }
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            quats = call()
+            dt = time.perf_counter() - t0
+            if r:
+                times[name].append(dt / batch * 1e3)
+                errors[name].append(_rotation_errors_deg(quats, q.pose[:, 3:]))
+    ransac_ms = statistics.median(times[names[2]])
+    ransac_err = torch.cat(errors[names[2]]).median().item()
+    lines = []
+    for name in names:
+        err = torch.cat(errors[name])
+        ms = statistics.median(times[name])
+        ratio = "" if "no outliers" in name else f"{ms / ransac_ms:.2f}"
+        rel = "" if "no outliers" in name else f"{err.median().item() / ransac_err:.2f}"
+        lines.append(f"| {name} | {100 * (err > 5).double().mean().item():.2f} "
+                     f"| {err.median().item():.3f} | {rel} | {ms:.3f} ({min(times[name]):.3f}) "
+                     f"| {ratio} |")
+    probe = (f"CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us "
+             f"before, {small_op_time_us():.2f} us after.")
+    return "\n".join([
+        f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
+        f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. B={batch}, N=128, "
+        f"{100 * fraction:.0f} % of the image points uniform in the 640x480 image, 1 px noise "
+        f"on the others; {rounds} interleaved rounds, a new problem set each: failures and "
+        f"median error over all {rounds * batch} problems, time median (best) over the "
+        f"rounds. {probe}",
+        "",
+        "| solve | failures > 5° (%) | median rotation error (°) | error / RANSAC "
+        "| ms/problem | time / RANSAC |",
+        "|---|---:|---:|---:|---:|---:|",
+        *lines,
+    ])
+
+
 def _write_table(marker_name: str, md: str) -> None:
     """Replace the table between ``<!-- table:NAME -->`` markers in bench/README.md."""
     readme = Path(__file__).with_name("README.md")
@@ -299,8 +388,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of the cases: time the 6DoF solve and OpenCV ITERATIVE "
                              "at B=32 right after idle pauses of these lengths "
                              "(default 0 2 10 33)")
+    parser.add_argument("--robust-vs-ransac", metavar="B", type=int, nargs="?", const=128,
+                        help="instead of the cases: robust mode, the default solve and OpenCV "
+                             "solvePnPRansac on B problems with 20 %% outliers (default 128), "
+                             "interleaved")
     parser.add_argument("--rounds", type=int, default=30,
-                        help="rounds of --compare-opencv and --pause-sweep")
+                        help="rounds of --compare-opencv, --pause-sweep and --robust-vs-ransac")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -309,6 +402,12 @@ def main(argv: list[str] | None = None) -> None:
         print(md)
         if args.write_readme:
             _write_table("cv_ratio", md)
+        return
+    if args.robust_vs_ransac is not None:
+        md = robust_vs_ransac(args.robust_vs_ransac, args.rounds, args.threads)
+        print(md)
+        if args.write_readme:
+            _write_table("robust", md)
         return
     if args.pause_sweep is not None:
         md = pause_sweep(args.pause_sweep or [0.0, 2.0, 10.0, 33.0], 32, args.rounds,
