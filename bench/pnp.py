@@ -10,9 +10,11 @@ Each case runs in its own child process so that its peak memory (max RSS on the 
 ``torch.cuda.max_memory_allocated`` on a GPU) is its own.  Times are the median of ``--repeats``
 runs after a warm-up; per-problem times divide by the batch size.
 
-``--compare-opencv [B ...]`` instead times the 6DoF solve and OpenCV ``SOLVEPNP_ITERATIVE`` on
-the same problems, interleaved round by round in one process, and reports their ratio per batch
-size (``--write-readme`` writes that table too).  ``--pause-sweep [MS ...]`` times both at B=32
+``--compare-opencv [B ...]`` instead times the 6DoF solve and OpenCV's ``SOLVEPNP_ITERATIVE``,
+``SOLVEPNP_SQPNP`` and ``SOLVEPNP_EPNP`` on the same problems (``--points N ...``), interleaved
+round by round in one process, and reports the ratios per batch size (``--write-readme`` writes
+that table too); ``--robust-vs-ransac [B]`` compares robust mode with ``solvePnPRansac`` on a
+set with 20 % outliers.  ``--pause-sweep [MS ...]`` times both at B=32
 right after idle pauses of these lengths (the latency of a node that waits for its frames).
 """
 
@@ -137,26 +139,41 @@ def _opencv_loop(problems: list[tuple[Any, Any, Any]], dist: Any, flag: int) -> 
         cv2.solvePnP(x3d, x2d, k, dist, flags=flag)
 
 
-def _solver_pair(batch: int) -> tuple[Callable[[], Any], Callable[[], None]]:
-    """The 6DoF solve (init incl.) of ``batch`` random problems (N=64, 1 px noise) and OpenCV
-    ``SOLVEPNP_ITERATIVE`` on the same problems in float64, one call per problem."""
+def _solver_pair(batch: int, num_points: int = 64, flag: int | None = None
+                 ) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """The 6DoF solve (init incl.) of ``batch`` random problems (1 px noise) and OpenCV's
+    ``solvePnP`` with ``flag`` (default ``SOLVEPNP_ITERATIVE``) on the same problems in
+    float64, one call per problem."""
     import cv2
 
     from epropnp_lib.pnp.problems import random_problems
     from epropnp_lib.pnp.solver import solve_pnp
 
-    p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
+    p = random_problems(batch, num_points, noise_std=1.0,
+                        generator=torch.Generator().manual_seed(0))
     p64 = [(p.x3d[i].double().numpy(), p.x2d[i].double().numpy(),
             p.cam_mats[i].double().numpy()) for i in range(batch)]
     dist = p.x3d.new_zeros(5).double().numpy()
     ours = functools.partial(solve_pnp, p.x3d, p.x2d, p.w2d, p.cam_mats)
-    return ours, functools.partial(_opencv_loop, p64, dist, cv2.SOLVEPNP_ITERATIVE)
+    flag = cv2.SOLVEPNP_ITERATIVE if flag is None else flag
+    return ours, functools.partial(_opencv_loop, p64, dist, flag)
 
 
-def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
-    """Markdown table: 6DoF LM solve (init incl.) vs OpenCV ``SOLVEPNP_ITERATIVE`` per problem,
-    on the same problems, interleaved round by round in this process (the machine's speed
-    drifts: each round times both back to back).  Median and best over the rounds."""
+def _median_ratio(a: list[float], b: list[float]) -> float:
+    """Median of the per-round ratios ``a[i] / b[i]``."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+#: OpenCV methods of :func:`compare_opencv`.
+OPENCV_METHODS = ("ITERATIVE", "SQPNP", "EPNP")
+
+
+def compare_opencv(batches: list[int], rounds: int, threads: int,
+                   num_points: tuple[int, ...] = (64,)) -> str:
+    """Markdown table: 6DoF LM solve (init incl.) vs OpenCV ``SOLVEPNP_ITERATIVE``,
+    ``SOLVEPNP_SQPNP`` and ``SOLVEPNP_EPNP`` per problem, on the same problems, interleaved
+    round by round in this process (the machine's speed drifts: each round times all back to
+    back).  Times: median (best) over the rounds; ratios: median of the per-round ratios."""
     import cv2
 
     from epropnp_lib.diagnostics import small_op_time_us
@@ -165,36 +182,41 @@ def compare_opencv(batches: list[int], rounds: int, threads: int) -> str:
     cv2.setNumThreads(1)
     before = small_op_time_us()
     lines = []
-    for batch in batches:
-        ours, opencv = _solver_pair(batch)
-        for _ in range(3):
-            ours()
-            opencv()
-        t_ours, t_cv, ratio = [], [], []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            ours()
-            t1 = time.perf_counter()
-            opencv()
-            t2 = time.perf_counter()
-            t_ours.append((t1 - t0) / batch * 1e3)
-            t_cv.append((t2 - t1) / batch * 1e3)
-            ratio.append((t1 - t0) / (t2 - t1))
-        lines.append(
-            f"| {batch} | {statistics.median(t_ours):.4f} ({min(t_ours):.4f}) "
-            f"| {statistics.median(t_cv):.4f} ({min(t_cv):.4f}) "
-            f"| {statistics.median(ratio):.2f} ({min(ratio):.2f}–{max(ratio):.2f}) |"
-        )
+    for n in num_points:
+        for batch in batches:
+            runs: dict[str, Callable[[], Any]] = {}
+            # ITERATIVE's DLT start needs 6 points (non-planar).
+            methods = [m for m in OPENCV_METHODS if n >= 6 or m != "ITERATIVE"]
+            for method in methods:
+                ours, opencv = _solver_pair(batch, n, getattr(cv2, f"SOLVEPNP_{method}"))
+                runs[method] = opencv
+            runs = {"ours": ours, **runs}
+            for _ in range(3):
+                for fn in runs.values():
+                    fn()
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(rounds):
+                for k, fn in runs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append((time.perf_counter() - t0) / batch * 1e3)
+            cells = [f"{statistics.median(times[k]):.4f} ({min(times[k]):.4f})"
+                     if k in times else "—" for k in ("ours", *OPENCV_METHODS)]
+            ratios = [f"{_median_ratio(times['ours'], times[m]):.2f}" if m in times else "—"
+                      for m in OPENCV_METHODS]
+            lines.append(f"| {n} | {batch} | " + " | ".join(cells) + " | "
+                         + " | ".join(ratios) + " |")
     probe = (f"CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us "
              f"before, {small_op_time_us():.2f} us after.")
+    methods = " | ".join(f"OpenCV {m} (ms/problem)" for m in OPENCV_METHODS)
+    ratio_heads = " | ".join(f"ours / {m}" for m in OPENCV_METHODS)
     return "\n".join([
         f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
-        f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. N=64, 1 px noise, "
-        f"{rounds} interleaved rounds: median (best). {probe}",
+        f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. 1 px noise, "
+        f"{rounds} interleaved rounds: median (best).  {probe}",
         "",
-        "| B | EPro-PnP 6DoF LM, init incl. (ms/problem) | OpenCV ITERATIVE (ms/problem) "
-        "| time ratio, median (range) |",
-        "|---:|---:|---:|---:|",
+        f"| N | B | EPro-PnP 6DoF LM, init incl. (ms/problem) | {methods} | {ratio_heads} |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *lines,
     ])
 
@@ -392,13 +414,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of the cases: robust mode, the default solve and OpenCV "
                              "solvePnPRansac on B problems with 20 %% outliers (default 128), "
                              "interleaved")
+    parser.add_argument("--points", type=int, nargs="+", default=[64],
+                        help="numbers of points N of --compare-opencv (default 64)")
     parser.add_argument("--rounds", type=int, default=30,
                         help="rounds of --compare-opencv, --pause-sweep and --robust-vs-ransac")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.compare_opencv is not None:
-        md = compare_opencv(args.compare_opencv or [32, 64, 128, 512], args.rounds, args.threads)
+        md = compare_opencv(args.compare_opencv or [32, 64, 128, 256, 512], args.rounds,
+                            args.threads, tuple(args.points))
         print(md)
         if args.write_readme:
             _write_table("cv_ratio", md)

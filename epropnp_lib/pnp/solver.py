@@ -13,6 +13,7 @@ correspondences through the Monte Carlo loss and the derivative regulariser inst
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -329,6 +330,13 @@ def _solve(
     return st, iters, converged, cov, degenerate
 
 
+#: Iterations of every multi-start start before the best few (:data:`MULTI_START_KEPT`) are
+#: solved in full: the starts that lead to the global optimum have the lowest costs by then.
+MULTI_START_ITERATIONS = 3
+#: Starts of a multi-start solved in full.
+MULTI_START_KEPT = 3
+
+
 def initial_pose(
     space: type[PoseSpace],
     prob: ValidatedProblem,
@@ -353,14 +361,22 @@ def initial_pose(
         hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
         starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
         n_starts = starts.shape[0]
+        # A few iterations from every start, then the full solve from the best few.
+        short = dataclasses.replace(cfg, max_iterations=min(cfg.max_iterations,
+                                                            MULTI_START_ITERATIONS))
         st_all, _, _ = optimize_pose(
-            space, starts.flatten(0, 1), pts.repeat(n_starts), cfg, cost_floor.repeat(n_starts)
+            space, starts.flatten(0, 1), pts.repeat(n_starts), short, cost_floor.repeat(n_starts)
         )
         cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
-        best = cost_all.argmin(0)
-        cands = torch.take_along_dim(
-            st_all.pose.unflatten(0, (n_starts, batch)), best[None, :, None], dim=0
-        )
+        keep = min(MULTI_START_KEPT, n_starts)
+        top = cost_all.topk(keep, dim=0, largest=False).indices  # (keep, B)
+        kept = torch.take_along_dim(st_all.pose.unflatten(0, (n_starts, batch)), top[..., None],
+                                    dim=0)
+        st_kept, _, _ = optimize_pose(space, kept.flatten(0, 1), pts.repeat(keep), cfg,
+                                      cost_floor.repeat(keep))
+        cost_kept = st_kept.cost.unflatten(0, (keep, batch)).nan_to_num(torch.inf)
+        cands = torch.take_along_dim(st_kept.pose.unflatten(0, (keep, batch)),
+                                     cost_kept.argmin(0)[None, :, None], dim=0)
     if cands.shape[0] == 1:
         return cands[0]
     cand_cost = point_terms(space, cands, pts).half_rho.sum(-1).nan_to_num(torch.inf)
