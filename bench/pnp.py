@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import re
 import resource
@@ -361,6 +362,78 @@ def robust_vs_ransac(batch: int, rounds: int, threads: int, fraction: float = 0.
     ])
 
 
+def _busy_loop() -> None:
+    """A CPU-bound process beside the benchmark (another node on the robot)."""
+    while True:
+        pass
+
+
+def contended_child(batches: list[int], rounds: int) -> dict[str, float]:
+    """In this process (threads and wait policy already set): median solve time (ms) of each
+    batch quiet, then with one busy process started beside it, then quiet again."""
+    import multiprocessing
+
+    from epropnp_lib.pnp.problems import random_problems
+    from epropnp_lib.pnp.solver import solve_pnp
+
+    out: dict[str, float] = {}
+    for batch in batches:
+        p = random_problems(batch, 64, noise_std=1.0, generator=torch.Generator().manual_seed(0))
+
+        def median_ms(p: Any = p) -> float:
+            for _ in range(3):
+                solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times) * 1e3
+
+        quiet = median_ms()
+        busy = multiprocessing.get_context("spawn").Process(target=_busy_loop, daemon=True)
+        busy.start()
+        try:
+            time.sleep(0.5)
+            contended = median_ms()
+        finally:
+            busy.terminate()
+            busy.join()
+        out[f"quiet_{batch}"] = min(quiet, median_ms())
+        out[f"contended_{batch}"] = contended
+    return out
+
+
+def contended(batches: list[int], rounds: int) -> str:
+    """Markdown table: the 6DoF solve quiet and beside one busy process, for torch intra-op
+    threads 1 and 2 and OpenMP's default (active) and PASSIVE wait policies; each setting in a
+    fresh child process (the wait policy must be set before torch starts)."""
+    settings = [(1, None), (2, None), (2, "PASSIVE")]
+    lines = []
+    for threads, policy in settings:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env.pop("OMP_WAIT_POLICY", None)
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        cmd = [sys.executable, __file__, "--contended-child", *map(str, batches),
+               "--threads", str(threads), "--rounds", str(rounds)]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                        env=env).stdout.strip().splitlines()[-1])
+        for batch in batches:
+            q, c = res[f"quiet_{batch}"], res[f"contended_{batch}"]
+            lines.append(f"| {threads} | {policy or 'default'} | {batch} | {q:.2f} | {c:.2f} "
+                         f"| {c / q:.2f} |")
+    return "\n".join([
+        f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores); torch "
+        f"{torch.__version__}. 6DoF solve, N=64, 1 px noise; median of {rounds} calls quiet "
+        "(the better of before and after) and beside one busy-looping process.",
+        "",
+        "| torch threads | OMP_WAIT_POLICY | B | quiet (ms) | contended (ms) | contended / quiet |",
+        "|---:|---|---:|---:|---:|---:|",
+        *lines,
+    ])
+
+
 def _write_table(marker_name: str, md: str) -> None:
     """Replace the table between ``<!-- table:NAME -->`` markers in bench/README.md."""
     readme = Path(__file__).with_name("README.md")
@@ -414,6 +487,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of the cases: robust mode, the default solve and OpenCV "
                              "solvePnPRansac on B problems with 20 %% outliers (default 128), "
                              "interleaved")
+    parser.add_argument("--contended", metavar="B", type=int, nargs="*",
+                        help="instead of the cases: the solve quiet and beside a busy process, "
+                             "per thread setting (default B: 32 256)")
+    parser.add_argument("--contended-child", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--points", type=int, nargs="+", default=[64],
                         help="numbers of points N of --compare-opencv (default 64)")
     parser.add_argument("--rounds", type=int, default=30,
@@ -427,6 +504,15 @@ def main(argv: list[str] | None = None) -> None:
         print(md)
         if args.write_readme:
             _write_table("cv_ratio", md)
+        return
+    if args.contended_child:
+        print(json.dumps(contended_child(args.contended_child, args.rounds)))
+        return
+    if args.contended is not None:
+        md = contended(args.contended or [32, 256], args.rounds)
+        print(md)
+        if args.write_readme:
+            _write_table("contended", md)
         return
     if args.robust_vs_ransac is not None:
         md = robust_vs_ransac(args.robust_vs_ransac, args.rounds, args.threads)
