@@ -73,7 +73,7 @@ from torchvision.ops import batched_nms, sigmoid_focal_loss
 
 from epropnp_lib.checks import check_shape
 from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, NUSCENES_MEAN_SIZES
-from epropnp_lib.dataclass_io import from_dict, to_dict
+from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.epropnp import EProPnP4DoF, MonteCarloConfig
 from epropnp_lib.errors import ConfigError, DeviceError, DTypeError
 from epropnp_lib.geometry.boxes import CameraBoxes
@@ -81,7 +81,7 @@ from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.losses import MonteCarloPoseLoss, derivative_regularization_loss
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
-from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from epropnp_lib.nets.checkpoint import CheckpointError, load_model, save_checkpoint
 from epropnp_lib.nets.dcn import convert_to_deformable
 from epropnp_lib.nets.deform_attention import DeformableAttention
 from epropnp_lib.nets.fcos_targets import (
@@ -917,35 +917,10 @@ class DeformableCorrespondenceNet(nn.Module):
             DeformableCheckpointError: the stored config is invalid or the tensors do not fit
                 it (the message names the file and the first offending keys).
         """
-        ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND, map_location=map_location)
-        try:
-            config = from_dict(DeformableNetConfig, ckpt.config, where=f"{path}: config")
-        except ConfigError as exc:
-            raise DeformableCheckpointError(f"{path}: invalid deformable network config: {exc}"
-                                            ) from exc
-        # Never load ImageNet weights again: the checkpoint holds the trained backbone.
-        config = _without_pretrained(config)
-        net = cls(config)
-        own = net.state_dict()
-        missing = sorted(set(own) - set(ckpt.state_dict))
-        unexpected = sorted(set(ckpt.state_dict) - set(own))
-        wrong = sorted(k for k in set(own) & set(ckpt.state_dict)
-                       if own[k].shape != ckpt.state_dict[k].shape)
-        if missing or unexpected or wrong:
-            raise DeformableCheckpointError(
-                f"{path}: tensors do not fit the stored config: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
-            )
-        net.load_state_dict(ckpt.state_dict)
-        return net.to(map_location)
-
-
-def _without_pretrained(config: DeformableNetConfig) -> DeformableNetConfig:
-    if config.backbone.pretrained is None:
-        return config
-    bb = BackboneConfig(config.backbone.depth, config.backbone.base_width, None,
-                        config.backbone.frozen_stages)
-    return from_dict(DeformableNetConfig, {**to_dict(config), "backbone": to_dict(bb)})
+        net, _ = load_model(path, kind=CHECKPOINT_KIND, config_class=DeformableNetConfig,
+                            build=cls, error=DeformableCheckpointError,
+                            name="deformable network", map_location=map_location)
+        return net
 
 
 def _gather_boxes(

@@ -51,14 +51,14 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from torch import nn
 
 from epropnp_lib.checks import check_float_tensors, check_shape
-from epropnp_lib.dataclass_io import from_dict, to_dict
+from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.epropnp import EProPnP6DoF, EProPnPResult, MonteCarloConfig
 from epropnp_lib.errors import ConfigError, ShapeError
 from epropnp_lib.geometry.camera import pixel_grid
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.losses import MonteCarloPoseLoss, derivative_regularization_loss
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
-from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from epropnp_lib.nets.checkpoint import CheckpointError, load_model, save_checkpoint
 from epropnp_lib.pnp.cost import evaluate_cost
 from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, SolveStatus, solve_pnp
 
@@ -416,19 +416,10 @@ class DenseCorrespondenceNet(nn.Module):
             DenseCheckpointError: the config is not a valid :class:`DenseNetConfig` or the
                 weights do not fit the network it describes.
         """
-        ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND, map_location=map_location)
-        try:
-            config = from_dict(DenseNetConfig, ckpt.config, where=f"{path}: config")
-        except ConfigError as exc:
-            raise DenseCheckpointError(f"{path}: invalid dense network config: {exc}") from exc
-        net = cls(config)
-        try:
-            net.load_state_dict(ckpt.state_dict)
-        except RuntimeError as exc:
-            raise DenseCheckpointError(
-                f"{path}: the weights do not match the network of its config: {exc}"
-            ) from exc
-        return net.to(map_location), dict(ckpt.extra or {})
+        net, ckpt = load_model(path, kind=CHECKPOINT_KIND, config_class=DenseNetConfig,
+                               build=cls, error=DenseCheckpointError, name="dense network",
+                               map_location=map_location)
+        return net, dict(ckpt.extra or {})
 
 
 def predict_pose(layer: EProPnP6DoF, out: DenseNetOutput, multi_start: bool = True) -> PnPSolution:
