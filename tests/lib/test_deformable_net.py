@@ -129,7 +129,7 @@ def test_kl_gradients_reach_points_weights_and_backbone() -> None:
     torch.manual_seed(0)
     net = DeformableCorrespondenceNet(tiny_config())
     images, cam, targets = scene()
-    x, k = net.preprocess(images, cam)
+    x, k, _ = net.preprocess(images, cam)
     dense = net.forward_dense(x, k)
     b_idx = torch.tensor([0, 0, 1])
     l_idx = torch.tensor([10, 50, 70])
@@ -214,8 +214,8 @@ def test_detect_on_random_weights() -> None:
     # uint8 images of the same content (resized as uint8, then scaled to [0, 1]) give the
     # same network input up to quantisation (1 / 255 before the normalisation by ~0.225).
     as_uint8 = (images * 255).round().to(torch.uint8)
-    x_float, k_float = net.preprocess(as_uint8.float() / 255, cam)
-    x_uint8, k_uint8 = net.preprocess(as_uint8, cam)
+    x_float, k_float, _ = net.preprocess(as_uint8.float() / 255, cam)
+    x_uint8, k_uint8, _ = net.preprocess(as_uint8, cam)
     assert x_uint8.dtype == torch.float32 and x_uint8.shape == (2, 3, H // 2, W // 2)
     torch.testing.assert_close(x_uint8, x_float, atol=0.03, rtol=0)
     torch.testing.assert_close(k_uint8, k_float)
@@ -289,7 +289,7 @@ def test_input_validation() -> None:
     net = DeformableCorrespondenceNet(tiny_config()).eval()
     with pytest.raises(ShapeError, match="images"):
         net.detect(torch.rand(1, 4, H, W), camera(1))
-    with pytest.raises(ShapeError, match="cam_K"):
+    with pytest.raises(ShapeError, match="cam_mats"):
         net.detect(torch.rand(2, 3, H, W), camera(1))
     with pytest.raises(DTypeError, match="images"):
         net.detect(torch.zeros(1, 3, H, W, dtype=torch.int32), camera(1))
