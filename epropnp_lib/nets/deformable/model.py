@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch convention
 from torch import nn
-from torchvision.ops import batched_nms
 
 from epropnp_lib.checks import check_shape
 from epropnp_lib.dataclass_io import to_dict
@@ -30,18 +29,26 @@ from epropnp_lib.nets.backbone import ResNetBackbone
 from epropnp_lib.nets.checkpoint import CheckpointError, load_model, save_checkpoint
 from epropnp_lib.nets.dcn import convert_to_deformable
 from epropnp_lib.nets.deform_attention import DeformableAttention
-from epropnp_lib.nets.deformable.config import DeformableNetConfig
+from epropnp_lib.nets.deformable.config import (
+    DeformableNetConfig,
+    check_input_scale,
+    check_score_threshold,
+)
 from epropnp_lib.nets.deformable.heads import FCOSHead
 from epropnp_lib.nets.deformable.inference import (
     Detections,
-    bev_rectangles,
+    Queries,
+    empty_queries,
     no_detections,
+    select_detections,
     solve_multi_start,
+    take_solution,
+    top_locations,
 )
 from epropnp_lib.nets.deformable.loss import DeformableLosses, deformable_loss
 from epropnp_lib.nets.fcos_targets import LevelSpec, level_locations, object_extent
 from epropnp_lib.nets.fpn import FPN
-from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
+from epropnp_lib.pnp.solver import PnPSolution
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -150,7 +157,8 @@ class DeformableCorrespondenceNet(nn.Module):
       correspondences, with point-wise and object-level features;
     * the point subnet and the object heads (:meth:`decode_queries`).
 
-    Training: :meth:`loss`; inference: :meth:`detect`.
+    Training: :meth:`loss`; inference: :meth:`detect` = :meth:`predict` (correspondences of
+    the candidate objects), :meth:`solve`, :meth:`select` and :meth:`pose_samples`.
 
     Example::
 
@@ -343,6 +351,68 @@ class DeformableCorrespondenceNet(nn.Module):
 
     # --- inference --------------------------------------------------------------------------
     @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        cam_mats: torch.Tensor,
+        *,
+        score_threshold: float | None = None,
+        input_scale: float | None = None,
+    ) -> Queries:
+        """The candidate objects of a batch, before the PnP solve.
+
+        Per image and level, the locations whose best class score is at least
+        ``score_threshold`` (one query per location, its best class), the ``pre_nms_top_k``
+        of highest score per level; each query's correspondences, size, velocity and attribute
+        (:meth:`decode_queries`) and its score = class score * 3D score.  The score does not
+        depend on the pose: queries below the threshold are dropped here, before the PnP
+        solve, the most expensive step of inference.
+
+        Args:
+            images: ``(B, 3, H, W)`` RGB in [0, 1] (floating) or uint8.
+            cam_mats: ``(B, 3, 3)`` intrinsics of ``images``.
+            score_threshold: least score in [0, 1) (None: the config's).
+            input_scale: resize factor in (0, 4] of the images (None: the config's).
+
+        Returns:
+            :class:`~epropnp_lib.nets.deformable.inference.Queries` in network-input pixels.
+        """
+        cfg = self.config
+        threshold = cfg.score_threshold if score_threshold is None else score_threshold
+        check_score_threshold(threshold)
+        if input_scale is not None:
+            check_input_scale(input_scale)
+        x, k, affines = self.preprocess(images, cam_mats, input_scale)
+        dense = self.forward_dense(x, k)
+        scores, labels = dense.cls_logits.sigmoid().max(dim=-1)  # (B, L)
+        b_idx, l_idx = top_locations(scores, dense.level_index, len(dense.levels), threshold,
+                                     cfg.pre_nms_top_k)
+        if b_idx.numel() == 0:
+            return empty_queries(x, cfg.num_correspondences, affines)
+        labels = labels[b_idx, l_idx]
+        out = self.decode_queries(dense, b_idx, l_idx, labels)
+        attributes = (out.attribute_logits.argmax(-1) if cfg.num_attributes > 0
+                      else torch.full_like(labels, -1))
+        queries = Queries(out.x3d, out.x2d, out.w2d, out.cam_mats, b_idx, labels,
+                          scores[b_idx, l_idx] * out.score3d_logit.sigmoid(), out.size,
+                          out.velocity, attributes, affines)
+        above = queries.scores >= threshold
+        return queries if bool(above.all()) else queries.select(above)
+
+    @torch.no_grad()
+    def select(
+        self, queries: Queries, solution: PnPSolution, *, score_threshold: float | None = None
+    ) -> list[torch.Tensor]:
+        """Per image, the indices into ``queries`` of its detections, best first, given the
+        ``solution`` of their solve (:meth:`solve`): usable solves scoring at least
+        ``score_threshold`` (None: the config's), class-aware NMS on bird's-eye-view boxes
+        (:func:`~epropnp_lib.nets.deformable.inference.select_detections`), at most
+        ``max_detections``."""
+        cfg = self.config
+        threshold = cfg.score_threshold if score_threshold is None else score_threshold
+        return select_detections(queries, solution, threshold, cfg.nms_iou, cfg.max_detections)
+
+    @torch.no_grad()
     def detect(
         self,
         images: torch.Tensor,
@@ -351,14 +421,9 @@ class DeformableCorrespondenceNet(nn.Module):
         generator: torch.Generator | None = None,
         sample_iterations: int | None = None,
     ) -> list[Detections]:
-        """Detect 3D boxes.
-
-        Per image and level, the locations whose best class score passes ``score_threshold``
-        (one query per location, its best class), top ``pre_nms_top_k`` per level; the PnP
-        solve of each query gives the pose and its Laplace covariance (:meth:`solve`); score =
-        class score * 3D score; class-aware NMS on bird's-eye-view boxes
-        (:func:`~epropnp_lib.nets.deformable.inference.bev_rectangles`); at most
-        ``max_detections`` per image.
+        """Detect 3D boxes: :meth:`predict`, :meth:`solve` (pose and Laplace covariance of each
+        query in network-input pixels), :meth:`select`, :meth:`pose_samples` of the kept
+        detections.
 
         Args:
             images: ``(B, 3, H, W)`` RGB in [0, 1] (floating) or uint8.
@@ -371,61 +436,24 @@ class DeformableCorrespondenceNet(nn.Module):
         Returns:
             ``B`` :class:`~epropnp_lib.nets.deformable.inference.Detections`.
         """
-        cfg = self.config
-        x, k, _ = self.preprocess(images, cam_mats)
-        dense = self.forward_dense(x, k)
-        n_pts = cfg.num_correspondences
-        scores_all, labels_all = dense.cls_logits.sigmoid().max(dim=-1)  # (B, L)
-        b_sel, l_sel = [], []
-        for b in range(x.shape[0]):
-            for lv in range(len(dense.levels)):
-                idx = (dense.level_index == lv).nonzero().squeeze(-1)
-                sc = scores_all[b, idx]
-                keep = sc >= cfg.score_threshold
-                idx, sc = idx[keep], sc[keep]
-                if idx.numel() > cfg.pre_nms_top_k:
-                    idx = idx[sc.topk(cfg.pre_nms_top_k).indices]
-                l_sel.append(idx)
-                b_sel.append(torch.full_like(idx, b))
-        b_idx, l_idx = torch.cat(b_sel), torch.cat(l_sel)
-        if b_idx.numel() == 0:
-            return [no_detections(x, n_pts, num_pose_samples) for _ in range(x.shape[0])]
-        labels = labels_all[b_idx, l_idx]
-        out = self.decode_queries(dense, b_idx, l_idx, labels)
-        # The final score does not depend on the pose: queries below the threshold are dropped
-        # before the (multi-start) PnP solve, the most expensive step of inference.
-        score = scores_all[b_idx, l_idx] * out.score3d_logit.sigmoid()
-        above = score >= cfg.score_threshold
-        if not bool(above.all()):
-            out = QueryOutput(*(field[above] for field in out))
-            b_idx, l_idx, labels, score = b_idx[above], l_idx[above], labels[above], score[above]
-            if b_idx.numel() == 0:
-                return [no_detections(x, n_pts, num_pose_samples) for _ in range(x.shape[0])]
-        sol = self.solve(out.x3d, out.x2d, out.w2d, out.cam_mats)
-        attrs = (out.attribute_logits.argmax(-1) if cfg.num_attributes > 0
-                 else torch.full_like(labels, -1))
-        boxes = CameraBoxes(sol.pose[:, :3], out.size, sol.pose[:, 3], labels, out.velocity,
-                            attrs, score)
-        ok = (sol.status <= SolveStatus.MAX_ITERATIONS) & (score >= cfg.score_threshold) & (
-            torch.isfinite(sol.pose).all(-1))
-        sx, sy = images.shape[-1] / x.shape[-1], images.shape[-2] / x.shape[-2]
-        x2d_orig = (out.x2d + 0.5) * out.x2d.new_tensor([sx, sy]) - 0.5
+        queries = self.predict(images, cam_mats)
+        if queries.num_queries == 0:
+            empty = no_detections(queries.x3d, self.config.num_correspondences, num_pose_samples)
+            return [empty] * queries.num_images
+        q = queries
+        sol = self.solve(q.x3d, q.x2d, q.w2d, q.cam_mats)
+        boxes = q.boxes(sol)
+        x2d_image = q.image_points()
         results = []
-        for b in range(x.shape[0]):
-            sel = ((b_idx == b) & ok).nonzero().squeeze(-1)
-            if sel.numel() > 0:
-                bev = bev_rectangles(boxes.select(sel))
-                kept = batched_nms(bev, score[sel], labels[sel], cfg.nms_iou)
-                sel = sel[kept[: cfg.max_detections]]
+        for sel in self.select(q, sol):
             samples = None
             if num_pose_samples > 0:
                 samples = self.pose_samples(
-                    out.x3d[sel], out.x2d[sel], out.w2d[sel], out.cam_mats[sel],
-                    PnPSolution(*(t[sel] for t in sol)), num_pose_samples, generator,
-                    sample_iterations,
-                ) if sel.numel() > 0 else x.new_zeros(num_pose_samples, 0, 4)
-            results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_orig[sel],
-                                      out.x3d[sel], out.w2d[sel], samples))
+                    q.x3d[sel], q.x2d[sel], q.w2d[sel], q.cam_mats[sel], take_solution(sol, sel),
+                    num_pose_samples, generator, sample_iterations,
+                ) if sel.numel() > 0 else q.x3d.new_zeros(num_pose_samples, 0, 4)
+            results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_image[sel],
+                                      q.x3d[sel], q.w2d[sel], samples))
         return results
 
     @torch.no_grad()
