@@ -8,7 +8,6 @@ are :class:`~epropnp_lib.nets.dense.DenseNetOutput` (``B`` crops, ``N`` correspo
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -21,6 +20,7 @@ from epropnp_lib.epropnp import EProPnP6DoF, EProPnPResult
 from epropnp_lib.errors import ConfigError, ShapeError
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.losses import MonteCarloPoseLoss, derivative_regularization_loss
+from epropnp_lib.nets.config_checks import check_non_negative
 from epropnp_lib.pnp.cost import evaluate_cost
 from epropnp_lib.pnp.solver import SolveStatus
 
@@ -116,11 +116,8 @@ class DenseLossConfig:
             raise ConfigError(f"training_init must be a TrainingInit, got {self.training_init!r}")
         if not isinstance(self.pose_loss, PoseLossKind):
             raise ConfigError(f"pose_loss must be a PoseLossKind, got {self.pose_loss!r}")
-        for name in ("pose_weight", "coord_weight", "mask_weight", "reg_weight",
-                     "position_weight", "orientation_weight"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"DenseLossConfig.{name} must be >= 0, got {v}")
+        check_non_negative(self, ("pose_weight", "coord_weight", "mask_weight", "reg_weight",
+                                  "position_weight", "orientation_weight"), "DenseLossConfig.")
         if not self.position_beta > 0:
             raise ConfigError(f"position_beta must be positive, got {self.position_beta}")
         if self.train_points < 0 or 0 < self.train_points < Pose6DoF.min_points:

@@ -12,6 +12,7 @@ from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.nets.backbone import BackboneConfig
+from epropnp_lib.nets.config_checks import check_non_negative
 
 __all__ = [
     "DeformableLossConfig",
@@ -80,12 +81,10 @@ class DeformableLossConfig:
     init_from_target: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("cls_weight", "offset_weight", "kl_weight", "reg_weight",
-                     "reg_position_weight", "reg_orientation_weight", "size_weight",
-                     "score_weight", "velocity_weight", "attribute_weight", "coord_weight",
-                     "focal_gamma"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_non_negative(self, ("cls_weight", "offset_weight", "kl_weight", "reg_weight",
+                                  "reg_position_weight", "reg_orientation_weight",
+                                  "size_weight", "score_weight", "velocity_weight",
+                                  "attribute_weight", "coord_weight", "focal_gamma"))
         if not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
         if not self.score_distance > 0:
