@@ -579,18 +579,18 @@ class DetectorPipeline:
                         q.x3d[kept], x2d[kept], w2d[kept], cams[kept], take_solution(sol, kept),
                         cfg.num_samples, self.generator, cfg.sample_iterations)
                 timer.lap("sampling")
-        return self._output(boxes, cov, samples, timer)
+        return self._output(cfg, boxes, cov, samples, timer)
 
     def _output(
         self,
+        cfg: DetectorSettings,
         boxes: CameraBoxes,
         cov: torch.Tensor,
         samples: torch.Tensor | None,
         timer: _Timer,
     ) -> DetectorOutput:
-        """The live score threshold and detection limit applied to the selected detections
-        (``M`` boxes, covariance ``(M, 4, 4)``, samples ``(S, M, 4)``)."""
-        cfg = self.settings
+        """The live score threshold and detection limit of ``cfg`` applied to the selected
+        detections (``M`` boxes, covariance ``(M, 4, 4)``, samples ``(S, M, 4)``)."""
         keep = (boxes.scores >= cfg.score_threshold).nonzero().squeeze(-1)
         keep = keep[boxes.scores[keep].argsort(descending=True)][: cfg.max_detections]
         boxes = boxes.select(keep).to("cpu")

@@ -436,11 +436,10 @@ class DeformableCorrespondenceNet(nn.Module):
         Returns:
             ``B`` :class:`~epropnp_lib.nets.deformable.inference.Detections`.
         """
-        queries = self.predict(images, cam_mats)
-        if queries.num_queries == 0:
-            empty = no_detections(queries.x3d, self.config.num_correspondences, num_pose_samples)
-            return [empty] * queries.num_images
-        q = queries
+        q = self.predict(images, cam_mats)
+        if q.num_queries == 0:
+            n = self.config.num_correspondences
+            return [no_detections(q.x3d, n, num_pose_samples) for _ in range(q.num_images)]
         sol = self.solve(q.x3d, q.x2d, q.w2d, q.cam_mats)
         boxes = q.boxes(sol)
         x2d_image = q.image_points()
