@@ -10,22 +10,34 @@ load).  ``kind`` names what the file holds (``"dense_correspondence_net"``,
 ``"deformable_correspondence_net"``, ``"training_state"``, ...): loading a file of the wrong kind
 is an error, not a silent partial load.  Files are written to a temporary name in the same
 directory and renamed, so an interrupted save never leaves a truncated checkpoint under the
-final name.
+final name.  :func:`load_model` rebuilds a network from its file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import Field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import torch
+from torch import nn
 
 from epropnp_lib.atomic_io import atomic_write
+from epropnp_lib.dataclass_io import from_dict
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.nets.backbone import BackboneConfig
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]
 
 _FORMAT = "epropnp-checkpoint"
 #: Version of the file layout above; bumped on incompatible changes.
@@ -121,3 +133,70 @@ def load_checkpoint(
     if bad:
         raise CheckpointError(f"{p}: state_dict entries are not tensors: {bad[:5]}")
     return Checkpoint(payload["kind"], payload["config"], state, payload["extra"], version)
+
+
+class NetConfig(Protocol):
+    """A network's config dataclass: it has a ResNet backbone."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @property
+    def backbone(self) -> BackboneConfig: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=NetConfig)
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    config_class: type[ConfigT],
+    build: Callable[[ConfigT], ModelT],
+    error: type[CheckpointError],
+    name: str,
+    map_location: str | torch.device = "cpu",
+) -> tuple[ModelT, Checkpoint]:
+    """Rebuild the network stored in a checkpoint of ``kind``; returns it (on
+    ``map_location``) and the file's contents.
+
+    The stored config is validated by ``from_dict(config_class, ...)`` and built by ``build``
+    without its backbone's ``pretrained`` file: the checkpoint holds the trained backbone, so
+    ImageNet weights are never loaded again (nor needed on this machine).
+
+    Args:
+        path: checkpoint file.
+        kind: the network's checkpoint kind.
+        config_class: its config dataclass.
+        build: the network's constructor.
+        error: the network's :class:`CheckpointError` subclass.
+        name: the network's name in messages (``"dense network"``).
+        map_location: device of the tensors and of the network.
+
+    Raises:
+        CheckpointError: missing, truncated or malformed file, or another kind.
+        error: the stored config is invalid, or the tensors do not fit it (the message names
+            the file and the first offending keys).
+    """
+    ckpt = load_checkpoint(path, kind=kind, map_location=map_location)
+    try:
+        config = from_dict(config_class, ckpt.config, where=f"{path}: config")
+    except ConfigError as exc:
+        raise error(f"{path}: invalid {name} config: {exc}") from exc
+    if config.backbone.pretrained is not None:
+        backbone = dataclasses.replace(config.backbone, pretrained=None)
+        config = dataclasses.replace(config, backbone=backbone)
+    net = build(config)
+    own = net.state_dict()
+    missing = sorted(set(own) - set(ckpt.state_dict))
+    unexpected = sorted(set(ckpt.state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(ckpt.state_dict)
+                   if own[k].shape != ckpt.state_dict[k].shape)
+    if missing or unexpected or wrong:
+        raise error(
+            f"{path}: the weights do not match the network of its config: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
+    net.load_state_dict(ckpt.state_dict)
+    return net.to(map_location), ckpt

@@ -1,19 +1,6 @@
-"""Multi-head deformable attention that turns object queries into 2D-3D correspondence points.
-
-After Deformable DETR (Zhu et al., ICLR 2021), as used by the deformable correspondence network
-of EPro-PnP (paper 4.2, Fig. 5).  Each query (embedding ``e``, reference point ``r`` in input
-pixels, stride ``s`` of its pyramid level) samples ``N = heads * points`` locations
-
-    ``x2d_hp = r + s * offset_hp(e)``
-
-bilinearly (:func:`torch.nn.functional.grid_sample`) from every pyramid level, mixes the levels
-with per-point softmax weights, and projects the result to the *point-wise features* ``(N, E)``.
-The same locations are the 2D points of the correspondences.  Each head then aggregates its
-channel group of the point features with softmax attention weights over its points into the
-*object-level feature* (output projection, residual, LayerNorm, feed-forward, LayerNorm).
-
-Sampling is linear, so the value projection is applied after sampling (``N`` vectors per query
-instead of whole feature maps); locations outside the image read zeros.
+"""Multi-head deformable attention (after Deformable DETR, Zhu et al., ICLR 2021) that turns
+object queries into the 2D points and features of their correspondences (EPro-PnP paper 4.2,
+Fig. 5).  ``Q`` queries, ``N = heads * points`` points each, features of size ``E``.
 """
 
 from __future__ import annotations
@@ -46,7 +33,18 @@ class DeformableSampling(NamedTuple):
 
 
 class DeformableAttention(nn.Module):
-    """Multi-head, multi-level deformable sampling and attention (module docstring).
+    """Multi-head, multi-level deformable sampling and attention.
+
+    Each query (embedding ``e``, reference point ``r`` in input pixels, stride ``s`` of its
+    pyramid level) samples ``N = heads * points`` locations ``x2d_hp = r + s * offset_hp(e)``
+    bilinearly (:func:`torch.nn.functional.grid_sample`) from every pyramid level, mixes the
+    levels with per-point softmax weights, and projects the result to the point-wise features
+    ``(N, E)``.  The same locations are the 2D points of the correspondences.  Each head then
+    aggregates its channel group of the point features with softmax attention weights over
+    its points into the object-level feature (output projection, residual, LayerNorm,
+    feed-forward, LayerNorm).  Sampling is linear, so the value projection is applied after
+    sampling (``N`` vectors per query instead of whole feature maps); locations outside the
+    image read zeros.
 
     Args:
         in_channels: channels of the pyramid maps.

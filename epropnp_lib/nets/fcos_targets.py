@@ -1,27 +1,8 @@
-"""FCOS-style target assignment and 3D-box geometry for the deformable correspondence network.
+"""FCOS-style target assignment and 3D-box geometry for the deformable correspondence network,
+written from the FCOS (Tian et al., ICCV 2019) and FCOS3D (Wang et al., ICCVW 2021) papers.
 
-Written from the descriptions in the FCOS (Tian et al., ICCV 2019) and FCOS3D (Wang et al.,
-ICCVW 2021) papers:
-
-* Every feature-map cell ``(i, j)`` of a level with stride ``s`` is a *location* at pixel
-  ``((j + 0.5) s - 0.5, (i + 0.5) s - 0.5)`` of the network input (pixel centres at integer
-  coordinates, as in the intrinsics ``K``).
-* A ground-truth box is described in the image by its **projected 3D centre** and its **2D
-  extent**, the axis-aligned rectangle around its eight projected corners, clipped to the
-  image.  Boxes whose centre lies less than :data:`MIN_BOX_DEPTH` in front of the camera are
-  ignored.
-* Centre sampling: a location is a candidate for a box only inside the square of half-size
-  ``radius * s`` around the projected centre, clipped to the 2D extent (so a box whose projected
-  centre falls outside the image gets no location).
-* Regress ranges: a location of level ``l`` only takes boxes whose largest distance from the
-  location to the sides of the 2D extent, ``max(l, t, r, b)``, lies in ``[lo_l, hi_l]``.
-* Ambiguity: a location that is a candidate for several boxes takes the box whose projected
-  centre is nearest (FCOS3D's distance-based rule; FCOS uses the smallest area).
-
-The targets of a positive location are its class, the index of its box and the offset from the
-location to the projected centre in units of the stride.  :func:`ray_box_coordinates` gives the
-normalised object coordinates where camera rays first hit a box: the dense stand-in this project
-uses for the paper's LiDAR-based coordinate regression.
+Locations are the feature-map cells of all pyramid levels, in network-input pixels (pixel
+centres at integer coordinates, as in the intrinsics); ``L`` locations, ``M`` boxes.
 """
 
 from __future__ import annotations
@@ -74,7 +55,8 @@ def level_locations(
     levels: Sequence[LevelSpec], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Location pixels ``(L, 2)``, strides ``(L,)`` and level indices ``(L,)`` (long) of all
-    levels, concatenated in level order, each level row-major."""
+    levels, concatenated in level order, each level row-major: cell ``(i, j)`` of a level of
+    stride ``s`` is at pixel ``((j + 0.5) s - 0.5, (i + 0.5) s - 0.5)``."""
     locs, strides, index = [], [], []
     for k, lv in enumerate(levels):
         ys = (torch.arange(lv.height, dtype=dtype, device=device) + 0.5) * lv.stride - 0.5
@@ -94,7 +76,7 @@ def object_extent(size: torch.Tensor) -> torch.Tensor:
 
 
 class ProjectedBoxes(NamedTuple):
-    """Image-plane description of boxes (see the module docstring).
+    """Image-plane description of boxes: the projected 3D centre and the 2D extent.
 
     Attributes:
         center: ``(M, 2)`` projected 3D centres (pixels).
@@ -109,20 +91,23 @@ class ProjectedBoxes(NamedTuple):
 
 
 def project_boxes(
-    boxes: CameraBoxes, cam_mat: torch.Tensor, image_size: tuple[int, int]
+    boxes: CameraBoxes, cam_mats: torch.Tensor, image_size: tuple[int, int]
 ) -> ProjectedBoxes:
-    """Project boxes into an image.
+    """Project boxes into an image: the projected 3D centre and the 2D extent, the
+    axis-aligned rectangle around the eight projected corners, clipped to the image.  Boxes
+    whose centre lies less than :data:`MIN_BOX_DEPTH` in front of the camera are invalid.
 
     Args:
-        boxes: M boxes (:class:`~epropnp_lib.geometry.boxes.CameraBoxes`); cam_mat: ``(3, 3)``.
+        boxes: M boxes (:class:`~epropnp_lib.geometry.boxes.CameraBoxes`).
+        cam_mats: ``(3, 3)`` intrinsics of the image.
         image_size: ``(height, width)`` in pixels.
     """
     height, width = image_size
     center = boxes.center
     corners = boxes.corners()  # (M, 8, 3)
     corners = torch.cat((corners[..., :2], corners[..., 2:].clamp_min(MIN_BOX_DEPTH)), dim=-1)
-    uv = project(corners, cam_mat).x2d  # (M, 8, 2)
-    c2d = project(center[:, None, :], cam_mat).x2d[:, 0]
+    uv = project(corners, cam_mats).x2d  # (M, 8, 2)
+    c2d = project(center[:, None, :], cam_mats).x2d[:, 0]
     x1 = uv[..., 0].amin(-1).clamp(-0.5, width - 0.5)
     x2 = uv[..., 0].amax(-1).clamp(-0.5, width - 0.5)
     y1 = uv[..., 1].amin(-1).clamp(-0.5, height - 0.5)
@@ -140,7 +125,21 @@ def assign_locations(
     num_classes: int,
     center_radius: float = 1.5,
 ) -> LocationTargets:
-    """FCOS/FCOS3D assignment of ground-truth boxes to locations (module docstring).
+    """FCOS/FCOS3D assignment of ground-truth boxes to locations.
+
+    * Boxes are described in the image by :func:`project_boxes`.
+    * Centre sampling: a location is a candidate for a box only inside the square of
+      half-size ``center_radius * s`` (``s`` its stride) around the projected centre, clipped
+      to the 2D extent (so a box whose projected centre falls outside the image gets no
+      location).
+    * Regress ranges: a location of level ``l`` only takes boxes whose largest distance from
+      the location to the sides of the 2D extent, ``max(l, t, r, b)``, lies in
+      ``[lo_l, hi_l]``.
+    * Ambiguity: a location that is a candidate for several boxes takes the box whose
+      projected centre is nearest (FCOS3D's distance-based rule; FCOS uses the smallest area).
+
+    The targets of a positive location are its class, the index of its box and the offset
+    from the location to the projected centre in units of the stride.
 
     Args:
         levels: the pyramid levels, in the order the network concatenates them.

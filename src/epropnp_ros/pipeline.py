@@ -1,37 +1,16 @@
-"""The ROS-free inference pipelines of the nodes: RGB image + intrinsics in, poses out.
+"""The ROS-free inference pipelines of the nodes: one RGB image and its camera in, poses with
+covariance and posterior samples out (numpy, camera frame).
 
-``DetectorPipeline`` (deformable correspondence network, 4DoF, nuScenes classes) and
-``PoseEstimatorPipeline`` (dense correspondence network, 6DoF, one object, on crops) share one
-path:
-
-1. **Input**: ``rgb: (H, W, 3) uint8`` and :class:`Intrinsics` (pinhole matrix of the image and,
-   for a distorted image, the function that undistorts pixels to that pinhole camera);
-   :func:`intrinsics_from_camera` builds them from a ``CameraInfo`` model: ``K`` and the
-   distortion for raw images, ``P`` (and no distortion) for rectified ones.
-2. **Network input**: the detector resizes the whole image by ``input_scale``; the pose estimator
-   crops square regions of interest (padded, resized to the network's crop size). Either is an
-   axis-aligned affine map ``u_net = s * u_img + t`` (pixel-centre convention), so the network's
-   intrinsics are ``A @ K`` with ``A = [[s, 0, tx], [0, s, ty], [0, 0, 1]]``.
-3. **Correspondences and PnP**: without distortion the network's own correspondences are solved
-   with ``A @ K``. With distortion, the network's 2D points are mapped back to image pixels,
-   undistorted to the pinhole camera ``K``, and solved there (weights times ``s``, so that the
-   cost is unchanged by the change of pixel units): the distortion is never ignored.
-4. **Output** (:class:`DetectorOutput` / :class:`PoseOutput`): per object the pose (4DoF
-   ``(x, y, z, yaw)`` / 6DoF ``(t, q_wxyz)``), the library covariance (the ROS layout is made by
-   :mod:`epropnp_ros.conversions`), equally-weighted posterior samples
-   (:meth:`epropnp_lib.epropnp.EProPnPBase.posterior_samples`, seeded ``torch.Generator``),
-   scores, class names, and per-stage timings (ms). Objects whose solve failed are dropped and
-   counted (``num_failed``).
-
-Errors: bad input (shape/dtype of the image, non-finite intrinsics, image size different from
-the calibration) raises :class:`PipelineInputError`; a missing or malformed checkpoint raises the
-network's ``CheckpointError`` (a :class:`~epropnp_lib.errors.ConfigError`) from
-``from_checkpoint`` -- never random weights.
+:class:`DetectorPipeline` (deformable correspondence network, 4DoF, nuScenes classes, whole
+image resized) and :class:`PoseEstimatorPipeline` (dense correspondence network, 6DoF, one
+object, square crops) both predict correspondences in network pixels, map them to undistorted
+image pixels when the camera is distorted (:func:`to_image_frame`), and solve each object once.
+Bad input raises :class:`PipelineInputError`; a missing or malformed checkpoint the network's
+``CheckpointError`` -- never random weights.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -39,15 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import cv2
 import numpy as np
 import torch
 
+from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.epropnp import EProPnPBase
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import pixel_affine
+from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
+from epropnp_lib.nets.deformable.inference import image_points, take_solution
+from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 
 if TYPE_CHECKING:
@@ -114,11 +98,12 @@ class DetectorOutput(NamedTuple):
         samples: ``(M, S, 4)`` equally-weighted posterior samples.
         scores: ``(M,)`` detection scores.
         class_ids: ``M`` class names.
-        boxes: the :class:`~epropnp_lib.geometry.boxes.CameraBoxes` (CPU) of the kept detections,
-            with the (re-)solved poses written in (``center``, ``yaw``).
+        boxes: the :class:`~epropnp_lib.geometry.boxes.CameraBoxes` (CPU) of the kept detections
+            (``center`` and ``yaw`` = ``pose``).
         timings: milliseconds per stage (``preprocess``, ``network``, ``pnp``, ``sampling``,
-            ``total``).
-        num_failed: detections dropped because their PnP solve failed.
+            ``postprocess``, ``total``).
+        num_failed: detections dropped because their PnP solve failed: 0, since the network's
+            ``select`` leaves the candidates whose solve failed out before the NMS.
     """
 
     pose: np.ndarray
@@ -126,7 +111,7 @@ class DetectorOutput(NamedTuple):
     samples: np.ndarray
     scores: np.ndarray
     class_ids: tuple[str, ...]
-    boxes: Any
+    boxes: CameraBoxes
     timings: dict[str, float]
     num_failed: int
 
@@ -230,7 +215,10 @@ def warp_crops(rgb: np.ndarray, affines: Sequence[np.ndarray], crop_size: int) -
 def to_image_frame(
     x2d: torch.Tensor, w2d: torch.Tensor, affines: torch.Tensor, undistort: UndistortFn
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Network-pixel correspondences to undistorted image pixels.
+    """Network-pixel correspondences to undistorted image pixels, for a distorted camera: the
+    points are mapped back to raw image pixels, undistorted to the pinhole camera the poses
+    are solved with, and the weights scaled by ``s``, so that the cost is unchanged by the
+    change of pixel units.
 
     Args:
         x2d: ``(B, N, 2)`` points in network pixels.
@@ -243,8 +231,7 @@ def to_image_frame(
         (a residual of one network pixel is ``1 / s`` image pixels).
     """
     scale = affines[:, None, [0, 1], [0, 1]]  # (B, 1, 2)
-    shift = affines[:, None, :2, 2]
-    raw = (x2d - shift) / scale
+    raw = image_points(x2d, affines)
     flat = raw.detach().reshape(-1, 2).cpu().double().numpy()
     und = np.asarray(undistort(flat), dtype=np.float64).reshape(raw.shape)
     return torch.as_tensor(und, dtype=x2d.dtype, device=x2d.device), w2d * scale
@@ -293,18 +280,17 @@ def _valid(sol: PnPSolution) -> torch.Tensor:
 
 
 def _kept(
-    sol: PnPSolution | None, samples: torch.Tensor | None, dim: int
+    sol: PnPSolution | None, samples: torch.Tensor | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(keep (B,), pose (M, dim), covariance (M, D, D), samples (M, S, dim))`` of the valid
+    """``(keep (B,), pose (M, 7), covariance (M, 6, 6), samples (M, S, 7))`` of the valid 6DoF
     solves, as float64 numpy."""
     if sol is None:
-        d = 6 if dim == 7 else 4  # tangent dimension
-        return np.zeros(0, bool), np.zeros((0, dim)), np.zeros((0, d, d)), np.zeros((0, 0, dim))
+        return np.zeros(0, bool), np.zeros((0, 7)), np.zeros((0, 6, 6)), np.zeros((0, 0, 7))
     valid = _valid(sol)
     pose = sol.pose[valid].double().cpu().numpy()
     cov = sol.covariance[valid].double().cpu().numpy()
     if samples is None:
-        smp = np.zeros((len(pose), 0, dim))
+        smp = np.zeros((len(pose), 0, 7))
     else:
         smp = samples[:, valid].transpose(0, 1).double().cpu().numpy()
     return valid.cpu().numpy(), pose, cov, smp
@@ -340,9 +326,12 @@ def _solve_and_sample(
 SAMPLE_ITERATIONS = 2
 
 
-def _check_sample_iterations(value: int) -> None:
-    if not 1 <= value <= 8:
-        raise ConfigError(f"sample_iterations must be in [1, 8], got {value}")
+def _check_sampling(num_samples: int, sample_iterations: int) -> None:
+    """The sampling settings both pipelines share."""
+    if num_samples < 0:
+        raise ConfigError(f"num_samples must be >= 0, got {num_samples}")
+    if not 1 <= sample_iterations <= 8:
+        raise ConfigError(f"sample_iterations must be in [1, 8], got {sample_iterations}")
 
 
 # --- pose estimator (dense net, 6DoF) --------------------------------------------------------
@@ -366,9 +355,7 @@ class PoseEstimatorSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_samples < 0:
-            raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
-        _check_sample_iterations(self.sample_iterations)
+        _check_sampling(self.num_samples, self.sample_iterations)
         if not (math.isfinite(self.roi_padding) and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1, got {self.roi_padding}")
 
@@ -377,13 +364,16 @@ class PoseEstimatorPipeline:
     """Regions of an image -> 6DoF poses with covariance and samples (dense network).
 
     Args:
-        net: a :class:`~epropnp_lib.nets.dense.DenseCorrespondenceNet` (eval mode is set here).
+        net: the dense network (eval mode is set here).
         device: where it runs.
         settings: :class:`PoseEstimatorSettings` (replace :attr:`settings` to change them live).
     """
 
     def __init__(
-        self, net: Any, device: torch.device, settings: PoseEstimatorSettings | None = None
+        self,
+        net: DenseCorrespondenceNet,
+        device: torch.device,
+        settings: PoseEstimatorSettings | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.device = device
@@ -398,8 +388,6 @@ class PoseEstimatorPipeline:
     ) -> PoseEstimatorPipeline:
         """Load a dense-network checkpoint (``CheckpointError`` naming the file when it is
         missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
-        from epropnp_lib.nets.dense import DenseCorrespondenceNet
-
         dev = resolve_device(device)
         net, _ = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
         logger.info("loaded dense correspondence net from %s on %s", path, dev)
@@ -460,7 +448,7 @@ class PoseEstimatorPipeline:
         scores: np.ndarray,
         timer: _Timer,
     ) -> PoseOutput:
-        keep, pose, cov, smp = _kept(sol, samples, dim=7)
+        keep, pose, cov, smp = _kept(sol, samples)
         m = len(pose)
         return PoseOutput(
             pose=pose, covariance=cov, samples=smp, scores=scores[keep],
@@ -499,31 +487,30 @@ class DetectorSettings:
             raise ConfigError(f"max_detections must be >= 1, got {self.max_detections}")
         if not (math.isfinite(self.input_scale) and 0 <= self.input_scale <= 4):
             raise ConfigError(f"input_scale must be in [0, 4], got {self.input_scale}")
-        if self.num_samples < 0:
-            raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
-        _check_sample_iterations(self.sample_iterations)
+        _check_sampling(self.num_samples, self.sample_iterations)
 
 
 class DetectorPipeline:
     """One image -> 4DoF detections with covariance and samples (deformable network).
 
-    The network resizes the image by its ``input_scale`` and applies its own score threshold
-    (a floor: :attr:`DetectorSettings.score_threshold` can only raise it) and top-k; this
-    pipeline adds the undistortion (re-solving each detection with undistorted 2D points), the
-    live score threshold / detection limit and the posterior samples.
+    The network predicts the candidate objects of the image, resized by the live
+    ``input_scale`` (0: the checkpoint's), above a score floor (:meth:`score_floor`); each is
+    solved once, in network pixels or, for a distorted camera, in undistorted image pixels;
+    the network selects the detections (score, BEV NMS) and draws their posterior samples;
+    this pipeline applies the live score threshold and detection limit.
 
     Args:
-        net: a :class:`~epropnp_lib.nets.deformable.DeformableCorrespondenceNet`.
+        net: the deformable network (eval mode is set here).
         device: where it runs.
-        settings: :class:`DetectorSettings` (replace :attr:`settings` to change them live;
-            ``input_scale`` 0 keeps the checkpoint's resize factor).
+        settings: :class:`DetectorSettings` (replace :attr:`settings` to change them live).
     """
 
     def __init__(
-        self, net: Any, device: torch.device, settings: DetectorSettings | None = None
+        self,
+        net: DeformableCorrespondenceNet,
+        device: torch.device,
+        settings: DetectorSettings | None = None,
     ) -> None:
-        from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
-
         self.net = net.to(device).eval()
         self.device = device
         self.settings = settings or DetectorSettings()
@@ -534,9 +521,6 @@ class DetectorPipeline:
                 f"network has {self.net.config.num_classes}"
             )
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
-        self.native_input_scale = float(self.net.config.input_scale)
-        self.native_score_threshold = float(self.net.config.score_threshold)
-        self.set_input_scale(self.settings.input_scale)
 
     @classmethod
     def from_checkpoint(
@@ -544,30 +528,16 @@ class DetectorPipeline:
     ) -> DetectorPipeline:
         """Load a deformable-network checkpoint (``CheckpointError`` naming the file when it
         is missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
-        from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
-
         dev = resolve_device(device)
         net = DeformableCorrespondenceNet.from_checkpoint(path, map_location=dev)
         logger.info("loaded deformable correspondence net from %s on %s", path, dev)
         return cls(net, dev, settings)
 
-    def set_input_scale(self, scale: float) -> None:
-        """Resize factor of the images before the network (the network's config field; 0: the
-        checkpoint's value)."""
-        if not (math.isfinite(scale) and 0 <= scale <= 4):
-            raise ConfigError(f"input_scale must be in [0, 4], got {scale}")
-        scale = scale or self.native_input_scale
-        if self.net.config.input_scale != scale:
-            self.net.config = dataclasses.replace(self.net.config, input_scale=scale)
-
-    def _set_score_floor(self, threshold: float) -> None:
-        """Raise the network's own score floor to the live threshold, so that queries that would
-        be dropped anyway are not solved (never below the checkpoint's floor)."""
-        # The network's floor must stay below 1 (its config's range); a live threshold of 1
-        # is still applied after detection.
-        floor = min(max(self.native_score_threshold, threshold), 0.999)
-        if self.net.config.score_threshold != floor:
-            self.net.config = dataclasses.replace(self.net.config, score_threshold=floor)
+    def score_floor(self, threshold: float) -> float:
+        """The network's score threshold for a live ``threshold``: never below the
+        checkpoint's, so that queries that would be dropped anyway are not solved, and below
+        1 (the network's range; a live threshold of 1 is still applied after selection)."""
+        return min(max(self.net.config.score_threshold, threshold), 0.999)
 
     def process(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DetectorOutput:
         """Detections of one image.
@@ -579,59 +549,59 @@ class DetectorPipeline:
         Returns:
             :class:`DetectorOutput` (scores descending).
         """
-        h, w = check_image(rgb, intrinsics)
+        check_image(rgb, intrinsics)
         cfg = self.settings
         timer = _Timer(self.device)
-        self.set_input_scale(cfg.input_scale)
-        self._set_score_floor(cfg.score_threshold)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         image = image.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8
         k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
         timer.lap("preprocess")
-        distorted = intrinsics.undistort is not None
-        n_samples = 0 if distorted else cfg.num_samples
+        floor = self.score_floor(cfg.score_threshold)
         with torch.inference_mode():
-            det = self.net.detect(image, k_img[None], n_samples, self.generator,
-                                  cfg.sample_iterations)[0]
-        timer.lap("network")
-        boxes, cov, samples = det.boxes, det.covariance, det.pose_samples
-        num_failed = 0
-        if distorted and boxes.num_boxes > 0:
-            # The network's 2D points are raw image pixels; its weights are per pixel of the
-            # network input (scale s): undistort and re-solve with the pinhole intrinsics.
-            s = self.net.config.input_scale
-            sx, sy = max(1, round(w * s)) / w, max(1, round(h * s)) / h
-            affine = torch.tensor([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]],
-                                  device=self.device).expand(boxes.num_boxes, 3, 3)
-            ident = torch.eye(3, device=self.device).expand_as(affine)
-            x2d, w2d = to_image_frame(det.x2d, det.w2d * affine[:, None, [0, 1], [0, 1]],
-                                      ident, intrinsics.undistort)  # type: ignore[arg-type]
-            cams = k_img.expand(boxes.num_boxes, 3, 3)
-            # The network's multi-start solve: the closed-form start alone fails for learned
-            # points (see DeformableCorrespondenceNet.solve).
-            sol = self.net.solve(det.x3d, x2d, w2d, cams)
-            timer.lap("pnp")
-            samples = (self.net.pose_samples(det.x3d, x2d, w2d, cams, sol, cfg.num_samples,
-                                             self.generator, cfg.sample_iterations)
-                       if cfg.num_samples > 0 else None)
-            timer.lap("sampling")
-            valid = _valid(sol)
-            num_failed = int((~valid).sum())
-            boxes = boxes._replace(center=sol.pose[:, :3], yaw=sol.pose[:, 3]).select(valid)
-            cov = sol.covariance[valid]
-            samples = samples[:, valid] if samples is not None else None
+            q = self.net.predict(image, k_img[None], score_threshold=floor,
+                                 input_scale=cfg.input_scale or None)
+            timer.lap("network")
+            x2d, w2d, cams = q.x2d, q.w2d, q.cam_mats
+            if intrinsics.undistort is not None and q.num_queries > 0:
+                x2d, w2d = to_image_frame(x2d, w2d, q.affines[q.image_index],
+                                          intrinsics.undistort)
+                cams = k_img.expand(q.num_queries, 3, 3)
+            boxes = CameraBoxes.empty(dtype=q.x3d.dtype, device=q.x3d.device)
+            cov = q.x3d.new_zeros(0, 4, 4)
+            samples = None
+            if q.num_queries > 0:
+                sol = self.net.solve(q.x3d, x2d, w2d, cams)
+                timer.lap("pnp")
+                [kept] = self.net.select(q, sol, score_threshold=floor)
+                boxes, cov = q.boxes(sol).select(kept), sol.covariance[kept]
+                if cfg.num_samples > 0 and kept.numel() > 0:
+                    samples = self.net.pose_samples(
+                        q.x3d[kept], x2d[kept], w2d[kept], cams[kept], take_solution(sol, kept),
+                        cfg.num_samples, self.generator, cfg.sample_iterations)
+                timer.lap("sampling")
+        return self._output(cfg, boxes, cov, samples, timer)
+
+    def _output(
+        self,
+        cfg: DetectorSettings,
+        boxes: CameraBoxes,
+        cov: torch.Tensor,
+        samples: torch.Tensor | None,
+        timer: _Timer,
+    ) -> DetectorOutput:
+        """The live score threshold and detection limit of ``cfg`` applied to the selected
+        detections (``M`` boxes, covariance ``(M, 4, 4)``, samples ``(S, M, 4)``)."""
         keep = (boxes.scores >= cfg.score_threshold).nonzero().squeeze(-1)
         keep = keep[boxes.scores[keep].argsort(descending=True)][: cfg.max_detections]
         boxes = boxes.select(keep).to("cpu")
-        cov = cov[keep].double().cpu().numpy()
         m = boxes.num_boxes
         pose = torch.cat((boxes.center, boxes.yaw[:, None]), dim=1).double().numpy()
         smp = (samples[:, keep].transpose(0, 1).double().cpu().numpy()
-               if samples is not None and cfg.num_samples > 0 else np.zeros((m, 0, 4)))
+               if samples is not None else np.zeros((m, cfg.num_samples, 4)))
         timer.lap("postprocess")
         return DetectorOutput(
-            pose=pose, covariance=cov, samples=smp,
+            pose=pose, covariance=cov[keep].double().cpu().numpy(), samples=smp,
             scores=boxes.scores.double().numpy(),
             class_ids=tuple(self.class_names[int(i)] for i in boxes.labels),
-            boxes=boxes, timings=timer.total(), num_failed=num_failed,
+            boxes=boxes, timings=timer.total(), num_failed=0,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ import torchvision
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.nets.backbone import BackboneConfig, PretrainedWeightsError, ResNetBackbone
 from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
 
 
 @pytest.mark.parametrize(("depth", "width"), [(18, 8), (50, 4)])
@@ -96,3 +100,40 @@ def test_atomic_write_permissions_and_interruption(tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # nothing half-written
     finally:
         os.umask(mask)
+
+
+class _CreatesFile:
+    """Unpickling this object creates a directory at ``marker`` (a stand-in for any code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[[str], None], tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def _tiny_dense() -> DenseCorrespondenceNet:
+    return DenseCorrespondenceNet(DenseNetConfig(
+        backbone=BackboneConfig(depth=18, base_width=8), crop_size=32, output_stride=8,
+        head_channels=8))
+
+
+def _tiny_deformable() -> DeformableCorrespondenceNet:
+    return DeformableCorrespondenceNet(small_config(
+        backbone=BackboneConfig(depth=18, base_width=8), fpn_channels=8, head_channels=8,
+        embed_dim=8, num_heads=2, num_points=2, point_hidden=8))
+
+
+@pytest.mark.parametrize("build", [_tiny_dense, _tiny_deformable], ids=["dense", "deformable"])
+def test_checkpoint_with_code_in_its_pickle_is_refused(
+    tmp_path: Path, build: Callable[[], DenseCorrespondenceNet | DeformableCorrespondenceNet]
+) -> None:
+    """A checkpoint that is valid except for an object whose unpickling runs code: loading it
+    must fail with a CheckpointError before that code runs (``torch.load(weights_only=True)``)."""
+    net = build()
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.ckpt"
+    net.save(path, extra={"payload": _CreatesFile(marker)})
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*evil.ckpt"):
+        type(net).from_checkpoint(path)
+    assert not marker.exists()

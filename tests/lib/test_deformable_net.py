@@ -12,7 +12,7 @@ from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError, DTypeError, ShapeError
 from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_lib.geometry.camera import project
+from epropnp_lib.geometry.camera import pixel_affine, project
 from epropnp_lib.geometry.pose import Pose4DoF
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.checkpoint import CheckpointError, save_checkpoint
@@ -25,6 +25,7 @@ from epropnp_lib.nets.deformable import (
     DeformableNetConfig,
     small_config,
 )
+from epropnp_lib.nets.deformable.inference import take_solution
 from epropnp_lib.pnp.solver import SolveStatus, solve_pnp
 
 H, W = 96, 160
@@ -129,7 +130,7 @@ def test_kl_gradients_reach_points_weights_and_backbone() -> None:
     torch.manual_seed(0)
     net = DeformableCorrespondenceNet(tiny_config())
     images, cam, targets = scene()
-    x, k = net.preprocess(images, cam)
+    x, k, _ = net.preprocess(images, cam)
     dense = net.forward_dense(x, k)
     b_idx = torch.tensor([0, 0, 1])
     l_idx = torch.tensor([10, 50, 70])
@@ -214,12 +215,59 @@ def test_detect_on_random_weights() -> None:
     # uint8 images of the same content (resized as uint8, then scaled to [0, 1]) give the
     # same network input up to quantisation (1 / 255 before the normalisation by ~0.225).
     as_uint8 = (images * 255).round().to(torch.uint8)
-    x_float, k_float = net.preprocess(as_uint8.float() / 255, cam)
-    x_uint8, k_uint8 = net.preprocess(as_uint8, cam)
+    x_float, k_float, _ = net.preprocess(as_uint8.float() / 255, cam)
+    x_uint8, k_uint8, _ = net.preprocess(as_uint8, cam)
     assert x_uint8.dtype == torch.float32 and x_uint8.shape == (2, 3, H // 2, W // 2)
     torch.testing.assert_close(x_uint8, x_float, atol=0.03, rtol=0)
     torch.testing.assert_close(k_uint8, k_float)
     assert check_detections(net.detect(as_uint8, cam), cfg.num_correspondences, 0) > 0
+
+
+def test_detect_is_predict_solve_select_samples() -> None:
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(score_threshold=0.0, pre_nms_top_k=4,
+                                                  input_scale=0.5, max_detections=3)).eval()
+    images, cam, _ = scene()
+    dets = net.detect(images, cam, num_pose_samples=4, generator=torch.Generator().manual_seed(1))
+    q = net.predict(images, cam)
+    assert q.num_images == 2 and q.num_queries > 0
+    assert q.x3d.shape == (q.num_queries, 8, 3) and q.cam_mats.shape == (q.num_queries, 3, 3)
+    sol = net.solve(q.x3d, q.x2d, q.w2d, q.cam_mats)
+    kept = net.select(q, sol)
+    gen = torch.Generator().manual_seed(1)
+    for d, sel in zip(dets, kept, strict=True):
+        assert 0 < sel.numel() <= 3
+        assert torch.equal(q.image_index[sel], torch.full_like(sel, int(q.image_index[sel[0]])))
+        torch.testing.assert_close(d.boxes.center, sol.pose[sel, :3], rtol=0, atol=0)
+        torch.testing.assert_close(d.covariance, sol.covariance[sel], rtol=0, atol=0)
+        torch.testing.assert_close(d.boxes.scores, q.scores[sel], rtol=0, atol=0)
+        samples = net.pose_samples(q.x3d[sel], q.x2d[sel], q.w2d[sel], q.cam_mats[sel],
+                                   take_solution(sol, sel), 4, gen)
+        torch.testing.assert_close(d.pose_samples, samples, rtol=0, atol=0)
+        # 2D points back in image pixels: the inverse of the resize affine.
+        x2d_net = (d.x2d + 0.5) * 0.5 - 0.5
+        torch.testing.assert_close(x2d_net, q.x2d[sel])
+
+
+def test_predict_arguments_never_rewrite_the_config() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(score_threshold=0.0, pre_nms_top_k=6)
+    net = DeformableCorrespondenceNet(cfg).eval()
+    images, cam, _ = scene()
+    q = net.predict(images, cam, score_threshold=0.0058, input_scale=0.5)
+    assert net.config is cfg
+    assert 0 < q.num_queries < net.predict(images, cam, input_scale=0.5).num_queries
+    assert bool((q.scores >= 0.0058).all())
+    torch.testing.assert_close(q.affines[0], pixel_affine(0.5, (-0.5, -0.5)).float())
+    torch.testing.assert_close(q.cam_mats, q.affines[q.image_index] @ cam[q.image_index])
+    net.config = dataclasses.replace(cfg, score_threshold=0.0058, input_scale=0.5)
+    ref = net.predict(images, cam)
+    for name, a, b in zip(q._fields, q, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with pytest.raises(ConfigError, match="score_threshold"):
+        net.predict(images, cam, score_threshold=1.0)
+    with pytest.raises(ConfigError, match="input_scale"):
+        net.predict(images, cam, input_scale=0.0)
 
 
 def test_multi_start_solve_and_pose_samples() -> None:
@@ -289,7 +337,7 @@ def test_input_validation() -> None:
     net = DeformableCorrespondenceNet(tiny_config()).eval()
     with pytest.raises(ShapeError, match="images"):
         net.detect(torch.rand(1, 4, H, W), camera(1))
-    with pytest.raises(ShapeError, match="cam_K"):
+    with pytest.raises(ShapeError, match="cam_mats"):
         net.detect(torch.rand(2, 3, H, W), camera(1))
     with pytest.raises(DTypeError, match="images"):
         net.detect(torch.zeros(1, 3, H, W, dtype=torch.int32), camera(1))

@@ -1,4 +1,5 @@
-"""Tests of the dense correspondence network (epropnp_lib.nets.dense)."""
+"""Tests of the dense correspondence network and its losses (epropnp_lib.nets.dense,
+epropnp_lib.nets.dense_loss)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from epropnp_lib.nets.dense import (
     CHECKPOINT_KIND,
     DenseCheckpointError,
     DenseCorrespondenceNet,
-    DenseLossConfig,
     DenseNetConfig,
+    WeightNormalization,
+)
+from epropnp_lib.nets.dense_loss import (
+    DenseLossConfig,
     DenseNetLoss,
     PoseLossKind,
     TrainingInit,
-    WeightNormalization,
     implicit_pose,
     masked_coordinate_loss,
     training_init,

@@ -20,6 +20,8 @@ from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.nets.checkpoint import CheckpointError
+from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+from epropnp_lib.pnp.solver import PnPSolution
 from epropnp_ros.conversions import CameraModel
 from epropnp_ros.pipeline import (
     DetectorPipeline,
@@ -54,8 +56,6 @@ def _image(seed: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def detector_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
-
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = DeformableCorrespondenceNet(
@@ -198,11 +198,27 @@ def test_detector_pipeline_outputs(detector_ckpt: Path) -> None:
                                   out.samples)
     pipe.settings = dataclasses.replace(settings, score_threshold=1.0)
     assert len(pipe.process(_image(), Intrinsics(K, None, W, H)).pose) == 0
-    # input_scale 0 keeps the checkpoint's factor; a positive value replaces it.
-    assert pipe.net.config.input_scale == 1.0
-    pipe.settings = dataclasses.replace(settings, input_scale=0.5)
-    pipe.process(_image(), Intrinsics(K, None, W, H))
-    assert pipe.net.config.input_scale == 0.5
+
+
+def test_detector_live_settings_never_rewrite_the_network(detector_ckpt: Path) -> None:
+    """input_scale 0 keeps the checkpoint's factor, a positive value replaces it, and a live
+    score threshold raises the network's floor: as call arguments, the same detections as a
+    network whose config says so, and the network's config stays the checkpoint's."""
+    settings = DetectorSettings(score_threshold=0.0065, max_detections=3, num_samples=4,
+                                input_scale=0.5)
+    pipe = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    stored = pipe.net.config
+    out = pipe.process(_image(), Intrinsics(K, None, W, H))
+    assert pipe.net.config is stored and stored.input_scale == 1.0
+    assert stored.score_threshold == 0.0
+    native = DeformableCorrespondenceNet.from_checkpoint(detector_ckpt)
+    native.config = dataclasses.replace(stored, input_scale=0.5, score_threshold=0.0065)
+    ref = DetectorPipeline(native, torch.device("cpu"),
+                           dataclasses.replace(settings, input_scale=0.0)).process(
+        _image(), Intrinsics(K, None, W, H))
+    assert len(out.pose) > 0
+    for name in ("pose", "covariance", "samples", "scores"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(ref, name))
 
 
 def test_detector_pipeline_with_distortion_resolves(detector_ckpt: Path) -> None:
@@ -212,9 +228,41 @@ def test_detector_pipeline_with_distortion_resolves(detector_ckpt: Path) -> None
     out = pipe.process(_image(), intr)
     m = len(out.pose)
     assert m + out.num_failed >= 1
-    assert "pnp" in out.timings and "sampling" in out.timings  # the re-solve ran
+    assert "pnp" in out.timings and "sampling" in out.timings
     assert out.samples.shape == (m, 4, 4)
     assert np.all(np.isfinite(out.pose)) and np.all(np.isfinite(out.covariance))
+
+
+def test_distorted_detections_are_solved_once(
+    detector_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distorted camera's candidates are solved once, with undistorted image pixels and the
+    pinhole intrinsics: the output is that solve's selected detections."""
+    settings = DetectorSettings(score_threshold=0.0, max_detections=4, num_samples=0)
+    pipe = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    intr = intrinsics_from_camera(_camera((-0.2, 0.05, 0.0, 0.0, 0.0)), rectified=False)
+    assert intr.undistort is not None
+    net = pipe.net
+    solve = net.solve
+    calls: list[int] = []
+
+    def counted(*args: torch.Tensor) -> PnPSolution:
+        calls.append(args[0].shape[0])
+        return solve(*args)
+
+    monkeypatch.setattr(net, "solve", counted)
+    out = pipe.process(_image(), intr)
+    assert len(calls) == 1 and len(out.pose) > 0
+    # The same single solve, step by step.
+    image = torch.from_numpy(_image()).permute(2, 0, 1)[None]
+    k_img = torch.as_tensor(intr.cam_mat, dtype=torch.float32)
+    q = net.predict(image, k_img[None], score_threshold=0.0)
+    assert calls[0] == q.num_queries  # every candidate, in one batch
+    x2d, w2d = to_image_frame(q.x2d, q.w2d, q.affines[q.image_index], intr.undistort)
+    sol = solve(q.x3d, x2d, w2d, k_img.expand(q.num_queries, 3, 3))
+    [kept] = net.select(q, sol)
+    np.testing.assert_array_equal(out.pose[:, :3], sol.pose[kept, :3].double().numpy())
+    np.testing.assert_array_equal(out.covariance, sol.covariance[kept].double().numpy())
 
 
 def test_checkpoint_errors_name_the_file(tmp_path: Path, dense_ckpt: Path) -> None:
