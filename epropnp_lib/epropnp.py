@@ -45,6 +45,7 @@ from epropnp_lib.pnp.solver import (
     PnPSolution,
     SolverConfig,
     SolveStatus,
+    ValidatedProblem,
     normal_equations,
     solve_pnp,
     solve_validated,
@@ -267,13 +268,7 @@ class EProPnPBase(nn.Module, ABC):
         if pose_target is not None:
             check_shape(pose_target, ["B", space.dim], "pose_target", dims)
             check_float_tensors(x3d=x3d, pose_target=pose_target)
-        if solution is None:
-            sol = solve_validated(space, prob, cfg.solver)
-        else:
-            check_shape(solution.pose, ["B", space.dim], "solution.pose", dims)
-            check_shape(solution.covariance, ["B", space.tangent_dim, space.tangent_dim],
-                        "solution.covariance", dims)
-            sol = solution
+        sol = self._solution(prob, solution, cfg, dims["B"])
         keep = (sol.status <= SolveStatus.MAX_ITERATIONS) & prob.valid
         pose_star = torch.where(keep[:, None], sol.pose, self._fallback_pose(prob.x3d, sol.pose))
         delta = cfg.solver.huber.threshold(prob.x2d, prob.w2d)
@@ -283,11 +278,53 @@ class EProPnPBase(nn.Module, ABC):
                                  delta, jac)
 
         proposal = self._initial_proposal(pose_star, sol.covariance, keep, prob.x3d)
+        pose_samples, log_weights = self._amis(prob, proposal, delta, cfg, generator)
+        log_normalizer = log_weights.logsumexp(0) - math.log(pose_samples.shape[0])
+        target_cost = None
+        if pose_target is not None:
+            tgt = torch.where(prob.valid[:, None], space.canonical(pose_target), pose_star)
+            target_cost = cost_at(tgt).cost
+        pose_step = None
+        if with_step:
+            pose_step = self._one_step(cost_at(pose_star, True), pose_star, keep, cfg.step_eps)
+        return EProPnPResult(
+            sol.pose, sol.covariance, sol.cost, sol.status, pose_samples, log_weights,
+            log_normalizer, target_cost, pose_step,
+        )
+
+    def _solution(
+        self,
+        prob: ValidatedProblem,
+        solution: PnPSolution | None,
+        cfg: MonteCarloConfig,
+        batch: int,
+    ) -> PnPSolution:
+        """``y*`` and its covariance: ``solution`` when given (shapes checked), else solved."""
+        space = self.space
+        if solution is None:
+            return solve_validated(space, prob, cfg.solver)
+        dims = {"B": batch}
+        check_shape(solution.pose, ["B", space.dim], "solution.pose", dims)
+        check_shape(solution.covariance, ["B", space.tangent_dim, space.tangent_dim],
+                    "solution.covariance", dims)
+        return solution
+
+    def _amis(
+        self,
+        prob: ValidatedProblem,
+        proposal: _Proposal,
+        delta: torch.Tensor | None,
+        cfg: MonteCarloConfig,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The AMIS iterations of Algorithm 1 from ``proposal``: ``T K'`` samples ``(T K', B,
+        dim)`` and their importance log-weights ``(T K', B)`` (differentiable through the
+        cost)."""
+        space = self.space
         log_p: list[torch.Tensor] = []  # differentiable -cost at each sample block
         proposals = [proposal]
         n_it, k = cfg.num_iterations, cfg.num_samples
-        log_mix = pose_star.new_zeros(0)
-        drawn = log_q = pose_star.new_zeros(0)
+        log_mix = drawn = log_q = prob.x3d.new_zeros(0)
         for it in range(n_it):
             new = self._sample(proposals[it], k, generator)  # (K', B, dim)
             log_p.append(-sample_cost(space, new, prob.x3d, prob.x2d, prob.w2d, prob.cam_mats,
@@ -311,27 +348,19 @@ class EProPnPBase(nn.Module, ABC):
                 if it + 1 < n_it:
                     log_v = torch.cat(log_p).detach() - log_mix
                     proposals.append(self._fit(drawn, log_v))
-        pose_samples = drawn
-        log_weights = torch.cat(log_p) - log_mix
-        log_normalizer = log_weights.logsumexp(0) - math.log(n_it * k)
+        return drawn, torch.cat(log_p) - log_mix
 
-        target_cost = None
-        if pose_target is not None:
-            tgt = torch.where(prob.valid[:, None], space.canonical(pose_target), pose_star)
-            target_cost = cost_at(tgt).cost
-        pose_step = None
-        if with_step:
-            terms = cost_at(pose_star, True)
-            hess, grad = normal_equations(terms)
-            eps = cfg.step_eps * hess.diagonal(dim1=-2, dim2=-1).mean(-1).detach()
-            eye = torch.eye(space.tangent_dim, dtype=hess.dtype, device=hess.device)
-            step = -torch.linalg.solve_ex(hess + eps[:, None, None] * eye, grad)[0]
-            step = torch.where(keep[:, None] & torch.isfinite(step), step, 0.0)
-            pose_step = space.retract(pose_star, step)
-        return EProPnPResult(
-            sol.pose, sol.covariance, sol.cost, sol.status, pose_samples, log_weights,
-            log_normalizer, target_cost, pose_step,
-        )
+    def _one_step(
+        self, terms: CostTerms, pose_star: torch.Tensor, keep: torch.Tensor, step_eps: float
+    ) -> torch.Tensor:
+        """The differentiable one-step pose ``y* (+) dy`` of Eq. 9 ``(B, dim)`` from the cost
+        terms at ``y*`` (with Jacobian); no step where ``keep: (B,)`` is False."""
+        hess, grad = normal_equations(terms)
+        eps = step_eps * hess.diagonal(dim1=-2, dim2=-1).mean(-1).detach()
+        eye = torch.eye(self.space.tangent_dim, dtype=hess.dtype, device=hess.device)
+        step = -torch.linalg.solve_ex(hess + eps[:, None, None] * eye, grad)[0]
+        step = torch.where(keep[:, None] & torch.isfinite(step), step, 0.0)
+        return self.space.retract(pose_star, step)
 
     @torch.no_grad()
     def posterior_samples(

@@ -105,6 +105,15 @@ def pixel_affine(scale: float | tuple[float, float], origin: tuple[float, float]
                          [0.0, 0.0, 1.0]], dtype=torch.float64)
 
 
+def image_points(x2d: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pixel_affine` on points: ``x2d: (..., N, 2)`` in the pixels of
+    resampled images back in the pixels of the images, for the image-to-resampled affines
+    ``affines: (..., 3, 3)`` (scale and shift only)."""
+    scale = affines[..., None, [0, 1], [0, 1]]
+    shift = affines[..., None, :2, 2]
+    return (x2d - shift) / scale
+
+
 def stride_intrinsics(cam_mats: torch.Tensor, stride: int) -> torch.Tensor:
     """Intrinsics ``(..., 3, 3)`` of the output map of ``stride`` of an image with intrinsics
     ``cam_mats: (..., 3, 3)``: pixel ``(j, i)`` of the map sees what image point

@@ -28,9 +28,9 @@ from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.epropnp import EProPnPBase
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_lib.geometry.camera import pixel_affine
+from epropnp_lib.geometry.camera import image_points, pixel_affine
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
-from epropnp_lib.nets.deformable.inference import image_points, take_solution
+from epropnp_lib.nets.deformable.inference import take_solution
 from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 

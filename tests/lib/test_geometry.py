@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from epropnp_lib.conventions import MIN_DEPTH
-from epropnp_lib.geometry.camera import pixel_affine, project, transform_points
+from epropnp_lib.geometry.camera import image_points, pixel_affine, project, transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.geometry.rotations import (
     closest_rotation_quat,
@@ -266,3 +266,10 @@ def test_pixel_affine_intrinsics_project_to_resampled_pixels(
     torch.testing.assert_close(project(pts, a @ k).x2d, expected)
     corner = a @ torch.tensor([origin[0], origin[1], 1.0], dtype=torch.float64)
     torch.testing.assert_close(corner[:2], torch.tensor([-0.5, -0.5], dtype=torch.float64))
+
+
+def test_image_points_invert_pixel_affine() -> None:
+    a = torch.stack([pixel_affine((0.4, 0.5), (-0.5, -0.5)), pixel_affine(2.0, (10.25, -3.0))])
+    pts = torch.tensor([[3.0, 4.0], [-1.5, 200.0]], dtype=torch.float64)
+    resampled = pts @ a[:, :2, :2].transpose(-1, -2) + a[:, None, :2, 2]  # (2, 2, 2)
+    torch.testing.assert_close(image_points(resampled, a), pts.expand(2, 2, 2))

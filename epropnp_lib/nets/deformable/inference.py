@@ -13,6 +13,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_lib.geometry.camera import image_points
 from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof
 from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, SolveStatus, solve_pnp
 
@@ -21,7 +22,6 @@ __all__ = [
     "Queries",
     "bev_rectangles",
     "empty_queries",
-    "image_points",
     "no_detections",
     "select_detections",
     "solve_multi_start",
@@ -92,15 +92,6 @@ def empty_queries(like: torch.Tensor, num_points: int, affines: torch.Tensor) ->
     return Queries(like.new_zeros(0, num_points, 3), like.new_zeros(0, num_points, 2),
                    like.new_zeros(0, num_points, 2), like.new_zeros(0, 3, 3), index, index,
                    like.new_zeros(0), like.new_zeros(0, 3), like.new_zeros(0, 2), index, affines)
-
-
-def image_points(x2d: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
-    """Points ``x2d: (..., N, 2)`` of resampled images back in the pixels of the images, for
-    axis-aligned affines ``affines: (..., 3, 3)`` (scale and shift, as
-    :func:`~epropnp_lib.geometry.camera.pixel_affine`) from image to resampled pixels."""
-    scale = affines[..., None, [0, 1], [0, 1]]
-    shift = affines[..., None, :2, 2]
-    return (x2d - shift) / scale
 
 
 def top_locations(
