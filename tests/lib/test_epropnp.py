@@ -284,19 +284,19 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dof", [6, 4])
 def test_layer_runs_on_device_and_agrees_with_the_cpu(device: str, dof: int) -> None:
-    """The solve, the Monte Carlo forward and the loss's backward on ``device`` (the CUDA run
-    happens only where a GPU exists; the CPU run checks the test itself).  Everything stays on
-    the device; the deterministic parts equal the CPU's, the Monte Carlo parts agree within
-    their sampling noise (the device's random stream is its own), and the same seed repeats
-    the same loss."""
+    """The solve, the Monte Carlo forward and the loss's backward on ``device`` in float32 (the
+    CUDA run happens only where a GPU exists), against a reference computed separately on the
+    CPU in float64 with another seed: everything stays on the device, the deterministic parts
+    agree within float32 round-off and the solver's tolerance, the Monte Carlo parts within
+    their sampling noise, and the same seed repeats the same loss."""
     p = random_problems(8, 32, dof=dof, noise_std=1.0, dtype=torch.float64, generator=_gen(0))
     layer = EProPnP6DoF() if dof == 6 else EProPnP4DoF()
 
-    def run(dev: str) -> tuple[torch.Tensor, ...]:
-        x3d, x2d, w2d = (t.to(dev).requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
-        cam, target = p.cam_mats.to(dev), p.pose.to(dev)
+    def run(dev: str, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+        x3d, x2d, w2d = (t.to(dev, dtype).requires_grad_() for t in (p.x3d, p.x2d, p.w2d))
+        cam, target = p.cam_mats.to(dev, dtype), p.pose.to(dev, dtype)
         res = layer(x3d, x2d, w2d, cam, pose_target=target,
-                    generator=torch.Generator(device=dev).manual_seed(1))
+                    generator=torch.Generator(device=dev).manual_seed(seed))
         loss = MonteCarloPoseLoss()(res) + derivative_regularization_loss(
             layer.space, res.pose_step, target, res.valid).mean()
         loss.backward()
@@ -304,17 +304,19 @@ def test_layer_runs_on_device_and_agrees_with_the_cpu(device: str, dof: int) -> 
         return (res.pose, res.covariance, res.status, res.target_cost, res.pose_step,
                 res.log_normalizer, loss.detach(), x2d.grad, w2d.grad)
 
-    out = run(device)
+    out = run(device, torch.float32, 1)
     for t in out:
         assert t.device.type == device
         assert torch.isfinite(t).all()
     assert (out[2] == SolveStatus.CONVERGED).all()
-    assert torch.equal(out[6], run(device)[6])  # seeded: the same loss again
-    ref = [t.cpu() for t in out] if device == "cpu" else list(run("cpu"))
-    got = [t.cpu() for t in out]
-    # Solve, target cost, one-step pose: the solver stops within its tolerance (1e-7, relative)
-    # of the optimum, and round-off may stop the two devices at different iterations.
-    for a, b in zip(got[:5], ref[:5], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    assert torch.equal(out[6], run(device, torch.float32, 1)[6])  # seeded: the same loss again
+    ref = [t.double() for t in run("cpu", torch.float64, 2)]
+    got = [t.cpu().double() for t in out]
+    # Pose, covariance, target cost, one-step pose: float32 round-off of a 1 px problem, and
+    # the solver's tolerance (1e-7, relative).
+    torch.testing.assert_close(got[0], ref[0], rtol=3e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-2, atol=1e-8)
+    torch.testing.assert_close(got[3], ref[3], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got[4], ref[4], rtol=3e-4, atol=1e-5)
     # AMIS estimates: the log normaliser's spread over seeds is ~0.05-0.1 nats (bench/README).
     assert (got[5] - ref[5]).abs().max() < 0.5
