@@ -69,7 +69,7 @@ def make_figures(
     test = render_split(data_config(cfg, "test"))
     b = index_batch(test, torch.arange(min(num, int(test.image.shape[0]))))
     net.eval()
-    res, sol = net.predict_pose(b.image, b.cam_K)
+    res, sol = net.predict_pose(b.image, b.cam_mats)
     n = int(b.image.shape[0])
     ext = net.config.object_extent
     w = (res.weight_map * res.scale[:, :, None, None]).cpu()

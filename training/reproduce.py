@@ -52,12 +52,8 @@ from tqdm import tqdm
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.generators.objects import (
-    CropBatch,
-    SyntheticCropConfig,
-    make_object,
-    render_split,
-)
+from epropnp_lib.generators.object_meshes import make_object
+from epropnp_lib.generators.objects import CropBatch, SyntheticCropConfig, render_split
 from epropnp_lib.metrics import PoseErrors, PoseMetrics, pose_errors, summarize_errors
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.checkpoint import CheckpointError
@@ -335,7 +331,7 @@ def train_variant(
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         b = index_batch(train, batch_indices(cfg, num, step))
-        out = net(b.image, b.cam_K)
+        out = net(b.image, b.cam_mats)
         stride = net_cfg.output_stride
         coords_gt = mask_gt = None
         if net_cfg.loss.coord_weight > 0 or net_cfg.loss.mask_weight > 0:
@@ -387,7 +383,7 @@ def evaluate(
     failed = 0
     for i in range(0, n_of(test), batch_size):
         b = index_batch(test, torch.arange(i, min(i + batch_size, n_of(test))))
-        _, sol = net.predict_pose(b.image, b.cam_K)
+        _, sol = net.predict_pose(b.image, b.cam_mats)
         ok = torch.isfinite(sol.pose).all(-1)
         failed += int((~ok).sum())
         pose = torch.where(ok[:, None], sol.pose, b.pose)

@@ -76,6 +76,7 @@ __all__ = [
     "LINEMOD_OBJECT_IDS",
     "LINEMOD_13",
     "MM_TO_M",
+    "M_TO_MM",
     "BopCamera",
     "BopConfig",
     "BopDataError",
@@ -97,6 +98,8 @@ __all__ = [
 
 #: Millimetres (BOP) to metres (epropnp tensors).
 MM_TO_M = 1.0e-3
+#: Metres to millimetres (what the BOP files store).
+M_TO_MM = 1000.0
 
 #: BOP ``lm`` object ids and the LineMOD object names.
 LINEMOD_OBJECTS: dict[int, str] = {
