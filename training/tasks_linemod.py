@@ -132,7 +132,7 @@ class LinemodModule(TrainingModule):
 
     def forward(self, batch: BopSample, generator: torch.Generator) -> StepOutput:
         net = self.model
-        out = net(batch.image, batch.cam_K)
+        out = net(batch.image, batch.cam_mats)
         coords, mask = downsample_coords(batch.coords, batch.mask, net.config.output_stride)
         # The PnP solve and the Monte Carlo loss run in float32 even under mixed precision.
         with torch.autocast(out.x3d.device.type, enabled=False):
@@ -183,8 +183,8 @@ class LinemodTask(Task):
         per_object: dict[int, list[PoseErrors]] = {}
         failed = 0
         for batch in loader:
-            images, cam_k = batch.image.to(device), batch.cam_K.to(device)
-            _, sol = net.predict_pose(images, cam_k)
+            images, cam_mats = batch.image.to(device), batch.cam_mats.to(device)
+            _, sol = net.predict_pose(images, cam_mats)
             pose = sol.pose.detach().cpu().float()
             failed += int((sol.status.cpu() > SolveStatus.MAX_ITERATIONS).sum())
             for obj_id in batch.obj_id.unique().tolist():

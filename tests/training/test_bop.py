@@ -207,7 +207,7 @@ def test_hand_written_scene_whole_images(tmp_path: Path) -> None:
     torch.testing.assert_close(s1.pose[:3], torch.tensor([0.1, 0.0, 0.5]))
     torch.testing.assert_close(quat_to_matrix(s0.pose[3:]),
                                torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-    torch.testing.assert_close(s0.cam_K, torch.tensor(
+    torch.testing.assert_close(s0.cam_mats, torch.tensor(
         [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
     assert s0.diameter.item() == pytest.approx(0.069282)
     assert (s0.obj_id.item(), s1.obj_id.item()) == (1, 10)
@@ -227,7 +227,7 @@ def test_hand_written_scene_whole_images(tmp_path: Path) -> None:
     # The model projected with the file's pose and K lands in the annotated box.
     verts = ds.model(1).vertices
     x_cam = verts @ quat_to_matrix(s0.pose[3:]).T + s0.pose[:3]
-    uv = (x_cam @ s0.cam_K.T)[:, :2] / x_cam[:, 2:]
+    uv = (x_cam @ s0.cam_mats.T)[:, :2] / x_cam[:, 2:]
     assert uv[:, 0].min().item() >= 35 - 1 and uv[:, 0].max().item() <= 45 + 1
     assert uv[:, 1].min().item() >= 25 - 1 and uv[:, 1].max().item() <= 35 + 1
 
@@ -241,7 +241,7 @@ def test_hand_written_scene_crops(tmp_path: Path) -> None:
     # The box (35..45, 25..35) has centre (40, 30); with side 1.5 * 11 its crop maps the centre
     # to the crop centre (15.5, 15.5).
     a = crop_transform([35, 25, 10, 10], 32, 1.5)
-    torch.testing.assert_close(s.cam_K, torch.from_numpy(a).float() @ torch.tensor(
+    torch.testing.assert_close(s.cam_mats, torch.from_numpy(a).float() @ torch.tensor(
         [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
     centre = a @ np.array([40.0, 30.0, 1.0])
     assert centre[:2].tolist() == pytest.approx([15.5, 15.5])
@@ -431,11 +431,11 @@ def test_generated_whole_images_are_consistent(generated: GeneratedBop) -> None:
         # The model read back from the PLY, under the pose and K read back from the JSON,
         # covers the full mask: its projected vertices span it, its silhouette matches it.
         x_cam = model.vertices @ quat_to_matrix(s.pose[3:]).T + s.pose[:3]
-        uv = (x_cam @ s.cam_K.T)[:, :2] / x_cam[:, 2:]
+        uv = (x_cam @ s.cam_mats.T)[:, :2] / x_cam[:, 2:]
         assert xs.min() >= uv[:, 0].min() - 0.5 and xs.max() <= uv[:, 0].max() + 0.5
         assert ys.min() >= uv[:, 1].min() - 0.5 and ys.max() <= uv[:, 1].max() + 0.5
         ras = rasterize(model.vertices, model.faces, model.vertices, s.pose[None],
-                        s.cam_K[None], GEN_SIZE[1], GEN_SIZE[0])
+                        s.cam_mats[None], GEN_SIZE[1], GEN_SIZE[0])
         assert _iou(ras.mask[0], full) > 0.97
 
 
@@ -454,7 +454,7 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
         v, u = has.nonzero(as_tuple=True)
         x2d = torch.stack((u, v), -1).double()[None]
         x3d = coords[:, v, u].T.double()[None]
-        sol = solve_pnp(x3d, x2d, torch.ones_like(x2d), batch.cam_K[i].double()[None])
+        sol = solve_pnp(x3d, x2d, torch.ones_like(x2d), batch.cam_mats[i].double()[None])
         pose = batch.pose[i].double()[None]
         assert metrics.rotation_error_deg(sol.pose, pose).item() < 0.5
         assert metrics.translation_error(sol.pose, pose).item() < 0.005 * pose[0, 2].item()
