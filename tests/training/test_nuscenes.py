@@ -206,7 +206,7 @@ def test_camera_boxes_match_the_devkit_camera_frame(val: NuScenesCameraDataset,
     _, boxes, k = nusc.get_sample_data(item.frame.sample_data_token,
                                        box_vis_level=BoxVisibility.NONE)
     by_token = {b.token: b for b in boxes}
-    torch.testing.assert_close(item.cam_mat, torch.tensor(k, dtype=torch.float32))
+    torch.testing.assert_close(item.cam_mats, torch.tensor(k, dtype=torch.float32))
     for i, token in enumerate(item.ann_tokens):
         ref = by_token[token]
         torch.testing.assert_close(item.boxes.center[i], torch.tensor(ref.center).float(),
