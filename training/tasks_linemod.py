@@ -39,7 +39,7 @@ from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.solver import SolveStatus
 
 from .config import TrainConfig
-from .engine import StepOutput, Task, TrainingModule
+from .task import StepOutput, Task, TrainingModule
 
 __all__ = [
     "CONFIG_CLASS",

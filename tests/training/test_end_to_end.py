@@ -25,7 +25,7 @@ from epropnp_lib.nets.dense import CHECKPOINT_KIND as DENSE_KIND
 from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_training import evaluate as evaluate_cli
 from epropnp_training import train as train_cli
-from epropnp_training.engine import TRAINING_STATE_KIND
+from epropnp_training.training_state import TRAINING_STATE_KIND
 
 ENGINE: dict[str, Any] = {
     "seed": 0, "device": "cpu", "epochs": 1, "max_steps": 3, "lr": 1e-3,

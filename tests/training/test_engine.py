@@ -20,16 +20,12 @@ from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_c
 from epropnp_training import evaluate as evaluate_cli
 from epropnp_training import train as train_cli
 from epropnp_training.config import TrainConfig, config_from_mapping
-from epropnp_training.engine import (
-    TRAINING_STATE_KIND,
-    StepOutput,
-    TrainingError,
-    find_latest_checkpoint,
-    lr_factor,
-    to_device,
-    train,
-)
+from epropnp_training.distributed import to_device
+from epropnp_training.engine import TrainingError, train
+from epropnp_training.optim import lr_factor
+from epropnp_training.task import StepOutput
 from epropnp_training.tasks_toy import ToyModule, ToyTask, ToyTrainConfig, build_task
+from epropnp_training.training_state import TRAINING_STATE_KIND, find_latest_checkpoint
 
 
 @pytest.fixture(autouse=True)
