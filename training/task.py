@@ -7,18 +7,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.nets.checkpoint import save_checkpoint
 
 from .config import TrainConfig
 
-__all__ = ["StepOutput", "Task", "TrainingModule"]
+__all__ = ["StepOutput", "Task", "TrainingModule", "task_network"]
+
+_Net = TypeVar("_Net", bound=nn.Module)
 
 
 class StepOutput(NamedTuple):
@@ -90,3 +92,22 @@ class Task(ABC):
             config=to_dict(net_cfg) if net_cfg is not None else {},
             state_dict=module.model.state_dict(),
         )
+
+    def eval_loader(self, dataset: Dataset[Any],
+                    collate_fn: Callable[[list[Any]], Any] | None) -> DataLoader[Any]:
+        """The evaluation loader of ``dataset``: in order, ``eval_batch_size`` items per batch,
+        ``num_workers`` workers."""
+        return DataLoader(dataset, batch_size=self.config.eval_batch_size, shuffle=False,
+                          num_workers=self.config.num_workers, collate_fn=collate_fn)
+
+
+def task_network(module: TrainingModule, cls: type[_Net]) -> _Net:
+    """``module.model``, checked to be the task's network class ``cls``.
+
+    Raises:
+        TypeError: another network.
+    """
+    net = module.model
+    if not isinstance(net, cls):
+        raise TypeError(f"expected a {cls.__name__}, got {type(net).__name__}")
+    return net
