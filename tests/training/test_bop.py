@@ -274,6 +274,32 @@ def _scene(root: Path) -> Path:
     return root / "lm" / "test" / "000002"
 
 
+#: A scene file replaced by bad content, and the error that names it.
+BAD_SCENE_FILES = [
+    pytest.param("scene_gt.json", SCENE_GT[: len(SCENE_GT) // 2],
+                 r"scene_gt\.json: invalid or truncated JSON", id="truncated"),
+    pytest.param("scene_gt.json", SCENE_GT.replace('"cam_t_m2c"', '"cam_t"'),
+                 r"scene_gt\.json: image 0, annotation 0: missing key 'cam_t_m2c'",
+                 id="missing-key"),
+    pytest.param("scene_gt.json", SCENE_GT.replace("[0.0, 0.0, 400.0]", "[0.0, 400.0]"),
+                 r"cam_t_m2c: expected a list of 3 numbers", id="wrong-length"),
+    pytest.param("scene_gt.json", SCENE_GT.replace('"obj_id": 10', '"obj_id": 99'),
+                 r"scene_gt\.json: image 0, annotation 1: unknown object id 99",
+                 id="unknown-object"),
+    pytest.param("scene_gt.json", "{}", r"scene_gt\.json: empty scene", id="empty-scene"),
+    pytest.param("scene_gt_info.json", '{\n  "0": []\n}',
+                 r"scene_gt_info\.json: image 0 has 0 entries", id="gt-info-inconsistent"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "error"), BAD_SCENE_FILES)
+def test_bad_scene_file_is_named(tmp_path: Path, name: str, content: str, error: str) -> None:
+    write_hand_scene(tmp_path)
+    (_scene(tmp_path) / name).write_text(content)
+    with pytest.raises(BopDataError, match=error):
+        BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False))
+
+
 def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = BopConfig(crop_size=0, render_coords=False)
     write_hand_scene(tmp_path)
@@ -307,35 +333,8 @@ def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     with pytest.raises(BopDataError, match=r"mask_visib/000000_000001\.png: mask not found"):
         BopDataset(tmp_path, "test", config=cfg)
     cv2.imwrite(str(mask), _box_mask([56, 26, 7, 7]))
-    # Truncated JSON.
-    gt = _scene(tmp_path) / "scene_gt.json"
-    gt.write_text(SCENE_GT[: len(SCENE_GT) // 2])
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: invalid or truncated JSON"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Missing key and wrong length.
-    gt.write_text(SCENE_GT.replace('"cam_t_m2c"', '"cam_t"'))
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 0: missing "
-                                           r"key 'cam_t_m2c'"):
-        BopDataset(tmp_path, "test", config=cfg)
-    gt.write_text(SCENE_GT.replace("[0.0, 0.0, 400.0]", "[0.0, 400.0]"))
-    with pytest.raises(BopDataError, match=r"cam_t_m2c: expected a list of 3 numbers"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Unknown object in an annotation.
-    gt.write_text(SCENE_GT.replace('"obj_id": 10', '"obj_id": 99'))
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 1: unknown "
-                                           r"object id 99"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Empty scene.
-    gt.write_text("{}")
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: empty scene"):
-        BopDataset(tmp_path, "test", config=cfg)
-    gt.write_text(SCENE_GT)
-    # gt_info inconsistent with scene_gt.
-    info = _scene(tmp_path) / "scene_gt_info.json"
-    info.write_text('{\n  "0": []\n}')
-    with pytest.raises(BopDataError, match=r"scene_gt_info\.json: image 0 has 0 entries"):
-        BopDataset(tmp_path, "test", config=cfg)
     # Low visibility: skipped with a counted warning, not an error.
+    info = _scene(tmp_path) / "scene_gt_info.json"
     info.write_text(SCENE_GT_INFO.replace('"visib_fract": 1.0}, {', '"visib_fract": 0.05}, {'))
     with caplog.at_level(logging.WARNING, logger="epropnp_lib.data.bop"):
         ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False,

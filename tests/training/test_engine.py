@@ -27,13 +27,7 @@ from epropnp_training.task import StepOutput
 from epropnp_training.tasks_toy import ToyModule, ToyTask, ToyTrainConfig, build_task
 from epropnp_training.training_state import TRAINING_STATE_KIND, find_latest_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_config(log_dir: Path, **changes: Any) -> ToyTrainConfig:

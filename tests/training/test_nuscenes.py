@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -386,23 +387,27 @@ def test_missing_image_is_an_error_or_a_counted_skip(mini: Path, tmp_path: Path)
     assert len(ds) == 3 * 6 - 1 and ds.skipped["missing_image"] == 1
 
 
-def test_truncated_table_names_the_file(mini: Path, tmp_path: Path) -> None:
-    root = _copy(mini, tmp_path)
-    table = root / "v1.0-mini" / "sample_annotation.json"
-    text = table.read_text()
-    table.write_text(text[: len(text) // 2])
-    with pytest.raises(NuScenesFormatError, match="sample_annotation.json.*truncated") as info:
-        load_nuscenes(root)
-    assert info.value.path == table
+def _truncated(text: str) -> str:
+    return text[: len(text) // 2]
 
 
-def test_dangling_token_names_the_table(mini: Path, tmp_path: Path) -> None:
-    root = _copy(mini, tmp_path)
-    table = root / "v1.0-mini" / "instance.json"
-    records = json.loads(table.read_text())
+def _dangling_category(text: str) -> str:
+    records = json.loads(text)
     records[0]["category_token"] = "0" * 32
-    table.write_text(json.dumps(records))
-    with pytest.raises(NuScenesFormatError, match="category_token") as info:
+    return json.dumps(records)
+
+
+@pytest.mark.parametrize(("name", "corrupt", "error"), [
+    pytest.param("sample_annotation.json", _truncated, "sample_annotation.json.*truncated",
+                 id="truncated"),
+    pytest.param("instance.json", _dangling_category, "category_token", id="dangling-token"),
+])
+def test_bad_table_is_named(mini: Path, tmp_path: Path, name: str,
+                            corrupt: Callable[[str], str], error: str) -> None:
+    root = _copy(mini, tmp_path)
+    table = root / "v1.0-mini" / name
+    table.write_text(corrupt(table.read_text()))
+    with pytest.raises(NuScenesFormatError, match=error) as info:
         load_nuscenes(root)
     assert info.value.path == table
 
