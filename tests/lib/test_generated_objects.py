@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,11 +78,11 @@ def test_textures_respect_exactly_the_symmetries() -> None:
                 assert not torch.allclose(obj.texture(p @ rot.T), obj.texture(p), atol=1e-3)
 
 
-def _cfg(**kw: object) -> SyntheticCropConfig:
-    base: dict[str, object] = {"object_name": "drill", "image_size": 64, "num_samples": 6,
+def _cfg(**kw: Any) -> SyntheticCropConfig:
+    base: dict[str, Any] = {"object_name": "drill", "image_size": 64, "num_samples": 6,
                                "seed": 3}
     base.update(kw)
-    return SyntheticCropConfig(**base)  # type: ignore[arg-type]
+    return SyntheticCropConfig(**base)
 
 
 def test_samples_are_deterministic_and_batch_independent() -> None:

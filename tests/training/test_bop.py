@@ -16,6 +16,7 @@ import logging
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -464,10 +465,10 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
 
 
 def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:
-    kw = {"num_scenes": 1, "images_per_scene": 1, "objects": ["eggbox"], "image_size": (64, 48),
-          "seed": 5}
-    a = generate_bop_lm(tmp_path / "a", **kw)  # type: ignore[arg-type]
-    b = generate_bop_lm(tmp_path / "b", binary_ply=True, **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"num_scenes": 1, "images_per_scene": 1, "objects": ["eggbox"],
+                          "image_size": (64, 48), "seed": 5}
+    a = generate_bop_lm(tmp_path / "a", **kw)
+    b = generate_bop_lm(tmp_path / "b", binary_ply=True, **kw)
     assert a.object_ids == {"eggbox": 10}
     ply_a, ply_b = (read_ply(g.dataset_dir / "models" / "obj_000010.ply") for g in (a, b))
     head = (b.dataset_dir / "models" / "obj_000010.ply").read_bytes()[:40]

@@ -253,7 +253,7 @@ class _FakeWriter:
 
 def test_tensorboard_events_when_installed(tmp_path: Path, monkeypatch: Any) -> None:
     fake = types.ModuleType("torch.utils.tensorboard")
-    fake.SummaryWriter = _FakeWriter  # type: ignore[attr-defined]
+    fake.SummaryWriter = _FakeWriter
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     cfg = toy_config(tmp_path, epochs=1, eval_split=None)
     train(cfg, build_task(cfg))

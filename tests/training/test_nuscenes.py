@@ -342,13 +342,13 @@ GOLDEN_MATE = 0.4482051
 
 
 def test_generation_is_deterministic_and_the_cli_writes_it(tmp_path: Path) -> None:
-    args = dict(scenes=("scene-0103",), samples_per_scene=2, image_size=(64, 36),
-                lidar_azimuth_steps=90)
-    a = generate_nuscenes_mini(tmp_path / "a", seed=5, **args)  # type: ignore[arg-type]
+    args: dict[str, Any] = dict(scenes=("scene-0103",), samples_per_scene=2,
+                                image_size=(64, 36), lidar_azimuth_steps=90)
+    a = generate_nuscenes_mini(tmp_path / "a", seed=5, **args)
     assert main(["--out", str(tmp_path / "b"), "--scenes", "scene-0103", "--samples-per-scene",
                  "2", "--image-size", "64", "36", "--lidar-azimuth-steps", "90",
                  "--seed", "5"]) == 0
-    generate_nuscenes_mini(tmp_path / "c", seed=6, **args)  # type: ignore[arg-type]
+    generate_nuscenes_mini(tmp_path / "c", seed=6, **args)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
                    if p.is_file())
     assert len(files) == 13 + 1 + a.num_sample_data
