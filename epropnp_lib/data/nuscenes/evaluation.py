@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from epropnp_lib.data.nuscenes.errors import NuScenesEvalError, NuScenesFormatError
-from epropnp_lib.data.nuscenes.loading import load_nuscenes
+from epropnp_lib.data.nuscenes.loading import load_nuscenes, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +128,7 @@ def evaluate(
 
 def _read_results(results_path: Path) -> dict[str, Any]:
     """The content of a results file: an object with ``meta`` and ``results``."""
-    if not results_path.is_file():
-        raise NuScenesFormatError(results_path, "results file not found")
-    try:
-        content = json.loads(results_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NuScenesFormatError(results_path, f"not valid JSON ({exc})") from exc
+    content = read_json_file(results_path, "results file not found")
     if not isinstance(content, dict) or not {"meta", "results"} <= set(content):
         raise NuScenesFormatError(results_path, "expected an object with 'meta' and 'results'")
     return content

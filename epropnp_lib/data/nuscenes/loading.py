@@ -11,7 +11,7 @@ from typing import Any
 
 from epropnp_lib.data.nuscenes.errors import NuScenesFormatError
 
-__all__ = ["load_nuscenes"]
+__all__ = ["load_nuscenes", "read_json_file"]
 
 _TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
            "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
@@ -33,13 +33,19 @@ _REFERENCES = (
 )
 
 
-def _load_table(path: Path) -> list[dict[str, Any]]:
+def read_json_file(path: Path, missing: str, invalid_hint: str = "") -> Any:
+    """The content of a JSON file; :class:`NuScenesFormatError` naming it when it is missing
+    (message ``missing``) or not valid JSON (the parser's message, then ``invalid_hint``)."""
     if not path.is_file():
-        raise NuScenesFormatError(path, "table file is missing")
+        raise NuScenesFormatError(path, missing)
     try:
-        table = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NuScenesFormatError(path, f"not valid JSON ({exc}); truncated or corrupt?") from exc
+        raise NuScenesFormatError(path, f"not valid JSON ({exc}){invalid_hint}") from exc
+
+
+def _load_table(path: Path) -> list[dict[str, Any]]:
+    table = read_json_file(path, "table file is missing", "; truncated or corrupt?")
     if not isinstance(table, list) or not all(isinstance(r, dict) and "token" in r
                                                for r in table):
         raise NuScenesFormatError(path, "expected a JSON list of records with a 'token'")
