@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Regenerate the demo detector models/detector_small_synthetic.pt (see models/README.md):
 # generate the nuScenes-format training and validation scenes, train, evaluate, copy.
-#   tools/train_demo_detector.sh [DATA_DIR]      (default /work/demo_data; about 1 hour on 2 cores)
+#   tools/train_demo_detector.sh [DATA_DIR]   (default: runs/demo_data in the repository)
 set -euo pipefail
+DATA="${1:-}"
+case "$DATA" in
+    "") ;;
+    /*) ;;
+    *) DATA="$PWD/$DATA" ;;  # relative to where the script is called from
+esac
 cd "$(dirname "$0")/.."
+DATA="${DATA:-runs/demo_data}"
 source tools/env.sh
-DATA="${1:-/work/demo_data}"
 CONFIG=config/train/nuscenes_synthetic_small.yaml
 RUN=runs/nuscenes_synthetic_small
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -1,11 +1,11 @@
 """epropnp_training: training, evaluation and reproduction CLIs (installed as ``epropnp_training``).
 
-What lives here (see DESIGN section 1):
-
 * train / evaluate / reproduce command-line entry points, single process or ``torchrun`` (DDP)
-  for more than one device;
-* flat YAML configurations (``config/``) parsed into dataclasses that reject unknown keys;
-* named, versioned evaluation presets (nuScenes via ``nuscenes-devkit``, BOP/LineMOD).
+  for more than one device (:mod:`.train`, :mod:`.evaluate`, :mod:`.reproduce`);
+* flat YAML configurations (``config/train/``) parsed into dataclasses that reject unknown keys
+  (:mod:`.config`);
+* the engine (:mod:`.engine`) and one module per task (``tasks_*``): LineMOD/BOP, nuScenes
+  (evaluated by the devkit's ``DetectionEval``), a toy task.
 
 Imports :mod:`epropnp_lib`; neither :mod:`epropnp_lib` nor :mod:`epropnp_ros` imports this
 package.

@@ -1,24 +1,15 @@
-"""Training configurations: one self-contained YAML file per run, parsed into a dataclass.
+"""Training configurations: one self-contained YAML file per run (no ``_base_`` includes),
+parsed into a dataclass.
 
-A training YAML is *flat* in the sense that matters: one file states the whole run, with no
-``_base_`` includes or inheritance chains.  Its keys are
+Keys: the engine settings of :class:`TrainConfig` at the top level, always with ``task``
+(``toy``, ``linemod`` or ``nuscenes``: the task module and its config class) and
+``paper_reference``; ``net:`` -- the network's own config dataclass, nested as it nests;
+``data:`` -- the task's data settings.  Every key is checked by
+:func:`epropnp_lib.dataclass_io.from_dict` (unknown, missing or mistyped keys raise
+:class:`~epropnp_lib.errors.ConfigError` naming the key and the file), ranges by
+``__post_init__``.  Command-line overrides are dotted paths, values parsed as YAML scalars::
 
-* the engine settings of :class:`TrainConfig` at the top level (``seed``, ``epochs``, ``lr``,
-  ``optimizer``, ``batch_size``, ``log_dir``, ...), always including ``task`` (which task module
-  and which config class: ``toy``, ``linemod`` or ``nuscenes``) and ``paper_reference`` (the
-  paper's table row and number the file targets, or ``""``);
-* ``net:`` -- the network's own config dataclass (e.g. ``DenseNetConfig``), nested exactly as
-  that dataclass nests (``net.backbone.depth``), so the network's fields are written once, by the
-  network module, never repeated here;
-* ``data:`` -- the task's data settings (dataset root, splits, sizes).
-
-Every key is checked by :func:`epropnp_lib.dataclass_io.from_dict`: an unknown key, a missing
-required key or a value of the wrong type raises :class:`~epropnp_lib.errors.ConfigError` naming
-the key and the file; ranges are checked by ``__post_init__``.
-
-Command-line overrides use dotted paths into that structure, values parsed as YAML scalars::
-
-    --set lr=2e-4 --set net.backbone.depth=18 --set data.root=/data/lm --set max_steps=10
+    --set lr=2e-4 --set net.backbone.depth=18 --set data.root=data/lm --set max_steps=10
 
 Example::
 

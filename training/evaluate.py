@@ -25,7 +25,8 @@ import torch
 from epropnp_lib.errors import ConfigError, EProPnPError
 
 from .config import load_config, task_module
-from .engine import load_weights, run_evaluation
+from .engine import run_evaluation
+from .training_state import load_weights
 
 logger = logging.getLogger(__name__)
 

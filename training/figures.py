@@ -27,18 +27,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after selecting the backend
-import torch  # noqa: E402
+from epropnp_lib.dataclass_io import from_dict
+from epropnp_lib.generators.objects import render_split
+from epropnp_lib.geometry.rotations import quat_to_matrix
+from epropnp_lib.nets.dense import DenseCorrespondenceNet
 
-from epropnp_lib.dataclass_io import from_dict  # noqa: E402
-from epropnp_lib.generators.objects import render_split  # noqa: E402
-from epropnp_lib.geometry.rotations import quat_to_matrix  # noqa: E402
-from epropnp_lib.nets.dense import DenseCorrespondenceNet  # noqa: E402
-
-from .reproduce import ReproConfig, data_config, index_batch  # noqa: E402
+from .reproduce import ReproConfig, data_config, index_batch
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +66,13 @@ def make_figures(
     test = render_split(data_config(cfg, "test"))
     b = index_batch(test, torch.arange(min(num, int(test.image.shape[0]))))
     net.eval()
-    res, sol = net.predict_pose(b.image, b.cam_K)
+    res, sol = net.predict_pose(b.image, b.cam_mats)
     n = int(b.image.shape[0])
     ext = net.config.object_extent
     w = (res.weight_map * res.scale[:, :, None, None]).cpu()
 
-    fig, axes = plt.subplots(n, 5, figsize=(12, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(12, 2.5 * n))  # no pyplot: no global backend state
+    axes = fig.subplots(n, 5, squeeze=False)
     titles = ("input", "weight X", "weight Y", "coordinates (learned)", "coordinates (truth)")
     for i in range(n):
         gt = b.coords[i] * b.mask[i]
@@ -96,12 +94,12 @@ def make_figures(
     fig.tight_layout()
     maps_path = out / "maps.png"
     fig.savefig(maps_path, dpi=100)
-    plt.close(fig)
 
     gen = torch.Generator().manual_seed(seed)
     samples = net.pnp.posterior_samples(res.x3d, res.x2d, res.w2d, res.cam_mats, num_samples,
                                         generator=gen)  # (S, B, 7)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
+    fig = Figure(figsize=(4 * n, 3.6))
+    axes = fig.subplots(1, n, squeeze=False)
     for i in range(n):
         ax = axes[0][i]
         ok = torch.isfinite(samples[:, i]).all(-1)
@@ -130,7 +128,6 @@ def make_figures(
     fig.tight_layout()
     orient_path = out / "orientation.png"
     fig.savefig(orient_path, dpi=100)
-    plt.close(fig)
     return [maps_path, orient_path]
 
 

@@ -1,35 +1,19 @@
 """Reproduce the paper's central claim on a CPU: learning 2D-3D correspondences from scratch.
 
 One command trains the dense correspondence network (:mod:`epropnp_lib.nets.dense`) from
-scratch, with the same data, budget and seeds, under five losses::
+scratch, with the same data, budget and seeds, under the five losses of
+:data:`~.reproduce_report.VARIANTS` (Table 3's Monte Carlo KL, reprojection and implicit
+differentiation; Table 1's D0 without the Softmax denominator and C1 with detached weights)::
 
-    python -m epropnp_training.reproduce --out runs/repro            # full run (~25 min, 2 cores)
-    python -m epropnp_training.reproduce --out /tmp/s --budget-scale 0.02   # smoke run
+    python -m epropnp_training.reproduce --out runs/repro                         # full run
+    python -m epropnp_training.reproduce --out runs/repro_smoke --budget-scale 0.02   # smoke
 
-=====================  ======================================================  ================
-variant                loss                                                     paper
-=====================  ======================================================  ================
-``monte_carlo``        (i) Monte Carlo KL divergence (Eq. 5)                    Table 3 row 3
-``reprojection``       (ii) reprojection NLL at the target pose only [11]      Table 3 row 2
-``implicit``           (iii) pose error of the LM solution, implicit-function  Table 3 row 1
-                       -theorem gradient [10] (see :mod:`epropnp_lib.nets.dense`)
-``no_softmax``         (iv) KL, weights ``exp(logit)`` (no Softmax denominator)  Table 1 D0
-``detach_weights``     (v) KL with the weights detached (+ surrogate mask loss)   Table 1 C1
-=====================  ======================================================  ================
-
-and evaluates each on a held-out split (ADD-0.1d, or ADD-S for a symmetric object; 5°5cm;
-2°2cm; median rotation / translation errors).  It writes ``DIR/results.json``, ``DIR/results.md``
-(our numbers next to the paper's) and one directory per variant with its checkpoint
-(``checkpoint.pt``, resumable: rerunning skips finished variants and resumes an interrupted one
-from its last checkpoint) and ``metrics.json``.
-
-The task is deliberately small so that a CPU learns it in minutes: one synthetic textured
-object (:mod:`epropnp_lib.generators.objects`), 64x64 crops, 16x16 correspondence maps,
-rotations within a cone around a canonical view; the exact settings are written into
-``results.md``.  Every run is seeded: the network initialisation, the order of the training
-batches (a permutation per epoch from ``seed``) and the Monte Carlo samples (a generator per
-step) depend only on ``seed`` and the step, so a resumed run continues exactly as an
-uninterrupted one would.
+and evaluates each on a held-out split (ADD(-S)-0.1d, 5°5cm, 2°2cm, median errors) into
+``DIR/results.json``, ``DIR/results.md`` (:mod:`.reproduce_report`) and one directory per variant
+(``checkpoint.pt``, ``metrics.json``); rerunning skips finished variants and resumes an
+interrupted one.  The task is small (one synthetic object, 64x64 crops, 16x16 maps, rotations
+within a cone); the initialisation, batch order and Monte Carlo samples depend only on ``seed``
+and the step, so a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -52,12 +36,8 @@ from tqdm import tqdm
 from epropnp_lib.dataclass_io import from_dict, to_dict
 from epropnp_lib.epropnp import MonteCarloConfig
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.generators.objects import (
-    CropBatch,
-    SyntheticCropConfig,
-    make_object,
-    render_split,
-)
+from epropnp_lib.generators.object_meshes import make_object
+from epropnp_lib.generators.objects import CropBatch, SyntheticCropConfig, render_split
 from epropnp_lib.metrics import PoseErrors, PoseMetrics, pose_errors, summarize_errors
 from epropnp_lib.nets.backbone import BackboneConfig
 from epropnp_lib.nets.checkpoint import CheckpointError
@@ -65,6 +45,7 @@ from epropnp_lib.nets.dense import (
     DenseCorrespondenceNet,
     DenseLossConfig,
     DenseNetConfig,
+    DenseNetLoss,
     PoseLossKind,
     TrainingInit,
     WeightNormalization,
@@ -73,37 +54,9 @@ from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.cost import HuberConfig
 from epropnp_lib.pnp.solver import SolverConfig
 
+from .reproduce_report import PAPER, VARIANT_LABELS, VARIANTS, markdown_table
+
 logger = logging.getLogger(__name__)
-
-#: Variant names in run order.
-VARIANTS: tuple[str, ...] = (
-    "monte_carlo", "reprojection", "implicit", "no_softmax", "detach_weights",
-)
-
-#: What each variant is, for the table.
-VARIANT_LABELS: dict[str, str] = {
-    "monte_carlo": "(i) Monte Carlo KL (EPro-PnP)",
-    "reprojection": "(ii) Reprojection at target pose [11]",
-    "implicit": "(iii) Implicit differentiation [10]",
-    "no_softmax": "(iv) KL, no Softmax denominator",
-    "detach_weights": "(v) KL, weights detached (+ mask loss)",
-}
-
-#: The paper's numbers (LineMOD, all 13 objects; percentages).  Table 3 rows are trained
-#: without coordinate regression (from scratch), like ours; Table 1 rows C1 / D0 are ablations
-#: of B0, which keeps CDPN's coordinate regression.
-PAPER: dict[str, dict[str, Any]] = {
-    "monte_carlo": {"source": "Table 3, Monte Carlo, no coord. regr.", "add_01": 79.46,
-                    "deg2": 44.18, "cm2": 81.55, "deg2_cm2": 40.96},
-    "reprojection": {"source": "Table 3, Reprojection, no coord. regr.", "add_01": 14.56,
-                     "deg2": 0.32, "cm2": 42.30, "deg2_cm2": 0.16},
-    "implicit": {"source": "Table 3, Implicit diff., no coord. regr.", "add_01": None,
-                 "note": "divergence"},
-    "no_softmax": {"source": "Table 1 D0 (B0 -> no Softmax denom.; B0: 92.66)",
-                   "add_01": None, "note": "divergence"},
-    "detach_weights": {"source": "Table 1 C1 (B0 -> detach weights; B0: 92.66)",
-                       "add_01": 87.27},
-}
 
 
 @dataclass(frozen=True)
@@ -210,7 +163,6 @@ def variant_net_config(base: DenseNetConfig, variant: str) -> DenseNetConfig:
     raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
-# --- data ---------------------------------------------------------------------------------------
 def data_config(cfg: ReproConfig, split: str) -> SyntheticCropConfig:
     """The synthetic crop settings of ``split`` ('train' or 'test')."""
     n = cfg.num_train if split == "train" else cfg.num_test
@@ -250,7 +202,6 @@ def index_batch(batch: CropBatch, idx: torch.Tensor) -> CropBatch:
     return CropBatch(*(t[idx] for t in batch))
 
 
-# --- training -----------------------------------------------------------------------------------
 def learning_rate(cfg: ReproConfig, step: int) -> float:
     """Linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup_steps:
@@ -288,31 +239,7 @@ def train_variant(
 
     ``stop_at`` stops after that step with a checkpoint, as an interruption would (tests)."""
     ckpt_path = vdir / "checkpoint.pt"
-    net_cfg = variant_net_config(cfg.net, variant)
-    torch.manual_seed(cfg.seed)
-    net = DenseCorrespondenceNet(net_cfg)
-    loss_fn = net.make_loss()
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
-    state = TrainState()
-    if ckpt_path.is_file():
-        try:
-            net, extra = DenseCorrespondenceNet.from_checkpoint(ckpt_path)
-            opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
-            opt.load_state_dict(extra["optimizer"])
-            loss_fn = net.make_loss()
-            loss_fn.load_state_dict(extra["loss_state"])
-            state = TrainState(**extra["train_state"])
-            logger.info("%s: resuming at step %d", variant, state.step)
-        except (CheckpointError, KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(
-                f"{ckpt_path}: cannot resume variant {variant!r} ({exc}); delete the file to "
-                f"restart it"
-            ) from exc
-        if net.config != net_cfg:
-            raise CheckpointError(
-                f"{ckpt_path} was written with another configuration; delete it or use another "
-                f"--out"
-            )
+    net, loss_fn, opt, state = _start_or_resume(cfg, variant, ckpt_path)
 
     def save() -> None:
         net.save(ckpt_path, extra={
@@ -323,7 +250,6 @@ def train_variant(
             "repro_config": to_dict(cfg),
         })
 
-    num = n_of(train)
     net.train()
     loss_fn.train()
     bar = tqdm(total=cfg.steps, initial=state.step, desc=variant, disable=not progress,
@@ -332,26 +258,8 @@ def train_variant(
     while state.step < last and not state.diverged:
         t0 = time.perf_counter()
         step = state.step
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        b = index_batch(train, batch_indices(cfg, num, step))
-        out = net(b.image, b.cam_K)
-        stride = net_cfg.output_stride
-        coords_gt = mask_gt = None
-        if net_cfg.loss.coord_weight > 0 or net_cfg.loss.mask_weight > 0:
-            coords_gt, mask_gt = downsample_coords(b.coords, b.mask, stride)
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        losses = loss_fn(net.pnp, out, b.pose, coords_gt, mask_gt, generator=gen)
-        total = losses.total
-        opt.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(total))
+        finite, value, valid = _train_step(cfg, net, loss_fn, opt, train, step)
         if finite:
-            total.backward()
-            grads = [p.grad for p in net.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip_norm)
-            finite = bool(torch.isfinite(norm)) and len(grads) > 0
-        if finite:
-            opt.step()
             state.nonfinite_run = 0
         else:
             state.nonfinite_run += 1
@@ -360,12 +268,11 @@ def train_variant(
                 state.diverged = True
                 logger.warning("%s: %d consecutive non-finite losses at step %d: diverged",
                                variant, state.nonfinite_run, step)
-        value = float(total.detach()) if finite else float("nan")
-        state.history.append([step, value, float(losses.valid_fraction)])
+        state.history.append([step, value, valid])
         state.step += 1
         state.seconds += time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.4g}", valid=f"{float(losses.valid_fraction):.2f}")
+        bar.set_postfix(loss=f"{value:.4g}", valid=f"{valid:.2f}")
         if state.step % cfg.checkpoint_every == 0 or state.step >= last or state.diverged:
             save()
     bar.close()
@@ -374,7 +281,69 @@ def train_variant(
     return net, state
 
 
-# --- evaluation ---------------------------------------------------------------------------------
+def _start_or_resume(
+    cfg: ReproConfig, variant: str, ckpt_path: Path,
+) -> tuple[DenseCorrespondenceNet, DenseNetLoss, torch.optim.Optimizer, TrainState]:
+    """The network (seeded), its loss, the optimiser and the state of ``variant``: fresh, or
+    from ``ckpt_path`` when it exists."""
+    net_cfg = variant_net_config(cfg.net, variant)
+    torch.manual_seed(cfg.seed)
+    net = DenseCorrespondenceNet(net_cfg)
+    loss_fn = net.make_loss()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    state = TrainState()
+    if not ckpt_path.is_file():
+        return net, loss_fn, opt, state
+    try:
+        net, extra = DenseCorrespondenceNet.from_checkpoint(ckpt_path)
+        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+        opt.load_state_dict(extra["optimizer"])
+        loss_fn = net.make_loss()
+        loss_fn.load_state_dict(extra["loss_state"])
+        state = TrainState(**extra["train_state"])
+        logger.info("%s: resuming at step %d", variant, state.step)
+    except (CheckpointError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{ckpt_path}: cannot resume variant {variant!r} ({exc}); delete the file to "
+            f"restart it"
+        ) from exc
+    if net.config != net_cfg:
+        raise CheckpointError(
+            f"{ckpt_path} was written with another configuration; delete it or use another "
+            f"--out"
+        )
+    return net, loss_fn, opt, state
+
+
+def _train_step(cfg: ReproConfig, net: DenseCorrespondenceNet, loss_fn: DenseNetLoss,
+                opt: torch.optim.Optimizer, train: CropBatch,
+                step: int) -> tuple[bool, float, float]:
+    """One optimiser step (skipped when the loss or the gradient norm is not finite); returns
+    whether it was taken, the loss (``nan`` if not) and the fraction of valid solves."""
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(cfg, step)
+    b = index_batch(train, batch_indices(cfg, n_of(train), step))
+    out = net(b.image, b.cam_mats)
+    loss_cfg = net.config.loss
+    coords_gt = mask_gt = None
+    if loss_cfg.coord_weight > 0 or loss_cfg.mask_weight > 0:
+        coords_gt, mask_gt = downsample_coords(b.coords, b.mask, net.config.output_stride)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    losses = loss_fn(net.pnp, out, b.pose, coords_gt, mask_gt, generator=gen)
+    total = losses.total
+    opt.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(total))
+    if finite:
+        total.backward()
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip_norm)
+        finite = bool(torch.isfinite(norm)) and len(grads) > 0
+    if finite:
+        opt.step()
+    value = float(total.detach()) if finite else float("nan")
+    return finite, value, float(losses.valid_fraction)
+
+
 @torch.no_grad()
 def evaluate(
     net: DenseCorrespondenceNet, test: CropBatch, points: torch.Tensor, diameter: float,
@@ -387,7 +356,7 @@ def evaluate(
     failed = 0
     for i in range(0, n_of(test), batch_size):
         b = index_batch(test, torch.arange(i, min(i + batch_size, n_of(test))))
-        _, sol = net.predict_pose(b.image, b.cam_K)
+        _, sol = net.predict_pose(b.image, b.cam_mats)
         ok = torch.isfinite(sol.pose).all(-1)
         failed += int((~ok).sum())
         pose = torch.where(ok[:, None], sol.pose, b.pose)
@@ -400,7 +369,6 @@ def evaluate(
     return summarize_errors(PoseErrors.cat(parts)), failed / max(1, n_of(test))
 
 
-# --- the run ------------------------------------------------------------------------------------
 def run(
     cfg: ReproConfig, out: Path, variants: Sequence[str] = VARIANTS, progress: bool = True,
     threads: int | None = None,
@@ -486,96 +454,6 @@ _INIT_TEXT = {
     TrainingInit.CLOSED_FORM: "the closed form",
     TrainingInit.BEST: "both the target pose and the closed form (the lower-cost optimum wins)",
 }
-
-
-def _fmt(x: Any, digits: int = 2) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def markdown_table(summary: dict[str, Any]) -> str:
-    """``results.md``: the task and one row per variant, ours next to the paper's."""
-    obj = summary["object"]
-    add_name = "ADD-S-0.1d" if obj["symmetric"] else "ADD-0.1d"
-    lines = [
-        "# EPro-PnP reproduction on a CPU (synthetic data)",
-        "",
-        summary["task"],
-        "",
-        f"| variant | {add_name} (ours) | ADD(-S)-0.1d (paper) | 5°5cm | 2°2cm | "
-        "median rot. (°) | median trans. (cm) | failed solves | diverged | paper source |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in VARIANTS:
-        if v not in summary["variants"]:
-            continue
-        e = summary["variants"][v]
-        m = e["metrics"]
-        p = e["paper"]
-        paper_add = _fmt(p.get("add_01")) if p.get("add_01") is not None else p.get("note", "-")
-        lines.append(
-            f"| {e['label']} | {_fmt(m['add_01'])} | {paper_add} | {_fmt(m['deg5_cm5'])} | "
-            f"{_fmt(m['deg2_cm2'])} | {_fmt(m['median_rotation_deg'])} | "
-            f"{_fmt(m['median_translation_cm'])} | {_fmt(100 * e['failed_solves'], 1)} % | "
-            f"{'yes' if e['diverged'] else 'no'} | {p['source']} |"
-        )
-    lines += ["", *claim_lines(summary)]
-    lines += [
-        "",
-        "Percentages over the held-out crops; a failed PnP solve counts as a wrong pose. "
-        "The paper's numbers are LineMOD averages over 13 real objects (ResNet-34, 256 px "
-        "crops, 64x64 maps); ours are one synthetic object on a small CPU budget, so compare "
-        "the pattern between rows, not the absolute values.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-#: The paper's pattern: (first) beats (second) on ADD(-S)-0.1d (a tie is reported as such,
-#: with the median rotation errors).
-CLAIMS: tuple[tuple[str, str, str], ...] = (
-    ("monte_carlo", "reprojection", "KL beats the reprojection loss from scratch (Table 3)"),
-    ("monte_carlo", "implicit", "KL beats implicit differentiation from scratch (Table 3)"),
-    ("monte_carlo", "no_softmax", "removing the Softmax denominator hurts (Table 1, D0)"),
-    ("monte_carlo", "detach_weights", "detaching the weights hurts (Table 1, C1)"),
-)
-
-
-def claim_lines(summary: dict[str, Any]) -> list[str]:
-    """One line per claim of the paper: holds / does not hold, with the two numbers."""
-    res = summary["variants"]
-    out = ["Claims (ADD(-S)-0.1d, ours):", ""]
-    for a, b, text in CLAIMS:
-        if a not in res or b not in res:
-            continue
-        ma, mb = res[a]["metrics"], res[b]["metrics"]
-        va, vb = ma["add_01"], mb["add_01"]
-        ra, rb = ma["median_rotation_deg"], mb["median_rotation_deg"]
-        if va != vb:
-            verdict = "holds" if va > vb else "does NOT hold"
-        else:
-            verdict = ("tie on ADD(-S)-0.1d; holds on the rotation error" if ra < rb
-                       else "tie on ADD(-S)-0.1d; does NOT hold on the rotation error")
-        out.append(f"- {text}: {verdict} ({va:.2f} vs {vb:.2f}; median rotation error "
-                   f"{_fmt(ra)}° vs {_fmt(rb)}°)")
-    if "monte_carlo" in res:
-        v = res["monte_carlo"]["metrics"]["add_01"]
-        out.append(f"- (i) learns from scratch: ADD(-S)-0.1d {v:.2f} % "
-                   f"(5°5cm {res['monte_carlo']['metrics']['deg5_cm5']:.2f} %)")
-    return out
-
-
-def parse_markdown_table(text: str) -> list[dict[str, str]]:
-    """Rows of the table in ``results.md`` as ``{column: cell}`` (for tests and tools)."""
-    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
-    if len(rows) < 2:
-        raise ValueError("no markdown table found")
-    header = [c.strip() for c in rows[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in r.strip("|").split("|")), strict=True))
-            for r in rows[2:]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from epropnp_lib.data.bop import LINEMOD_13, BopConfig, BopDataset, BopSample, read_models_info
 from epropnp_lib.errors import ConfigError
@@ -39,7 +39,7 @@ from epropnp_lib.nets.dense_targets import downsample_coords
 from epropnp_lib.pnp.solver import SolveStatus
 
 from .config import TrainConfig
-from .engine import StepOutput, Task, TrainingModule
+from .task import StepOutput, Task, TrainingModule, task_network
 
 __all__ = [
     "CONFIG_CLASS",
@@ -132,7 +132,7 @@ class LinemodModule(TrainingModule):
 
     def forward(self, batch: BopSample, generator: torch.Generator) -> StepOutput:
         net = self.model
-        out = net(batch.image, batch.cam_K)
+        out = net(batch.image, batch.cam_mats)
         coords, mask = downsample_coords(batch.coords, batch.mask, net.config.output_stride)
         # The PnP solve and the Monte Carlo loss run in float32 even under mixed precision.
         with torch.autocast(out.x3d.device.type, enabled=False):
@@ -167,24 +167,19 @@ class LinemodTask(Task):
         return collate_bop
 
     def export_model(self, module: TrainingModule, path: Path) -> None:
-        if not isinstance(module.model, DenseCorrespondenceNet):
-            raise TypeError(f"expected a DenseCorrespondenceNet, got {type(module.model)}")
-        module.model.save(path)
+        task_network(module, DenseCorrespondenceNet).save(path)
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
     ) -> dict[str, Any]:
-        net = module.model
-        if not isinstance(net, DenseCorrespondenceNet):
-            raise TypeError(f"expected a DenseCorrespondenceNet, got {type(net).__name__}")
+        net = task_network(module, DenseCorrespondenceNet)
         data = self.dataset(split)
-        loader = DataLoader(data, batch_size=self.config.eval_batch_size, shuffle=False,
-                            num_workers=self.config.num_workers, collate_fn=collate_bop)
+        loader = self.eval_loader(data, collate_bop)
         per_object: dict[int, list[PoseErrors]] = {}
         failed = 0
         for batch in loader:
-            images, cam_k = batch.image.to(device), batch.cam_K.to(device)
-            _, sol = net.predict_pose(images, cam_k)
+            images, cam_mats = batch.image.to(device), batch.cam_mats.to(device)
+            _, sol = net.predict_pose(images, cam_mats)
             pose = sol.pose.detach().cpu().float()
             failed += int((sol.status.cpu() > SolveStatus.MAX_ITERATIONS).sum())
             for obj_id in batch.obj_id.unique().tolist():

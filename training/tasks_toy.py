@@ -32,7 +32,8 @@ from epropnp_lib.losses import MonteCarloPoseLoss
 from epropnp_lib.pnp.problems import random_problems
 
 from .config import TrainConfig
-from .engine import StepOutput, Task, TrainingModule, derive_seed
+from .distributed import derive_seed
+from .task import StepOutput, Task, TrainingModule
 
 __all__ = ["CONFIG_CLASS", "ToyDataConfig", "ToyNetConfig", "ToyTrainConfig", "build_task"]
 

@@ -1,29 +1,18 @@
 """Generator of a small LineMOD-like dataset in the exact BOP layout (``<root>/lm``).
 
-It writes what :mod:`epropnp_lib.data.bop` reads and what the bop_toolkit writes
-(``bop_toolkit_lib.inout.save_json`` / ``save_ply`` formatting, ``scripts/calc_gt_info.py``
-semantics), from the procedural meshes of :mod:`epropnp_lib.generators.objects` scaled to
-millimetres and images rendered with :func:`epropnp_lib.geometry.raster.rasterize`::
+It writes what :mod:`epropnp_lib.data.bop` reads, formatted as the bop_toolkit writes it
+(``inout.save_json`` / ``save_ply``, ``scripts/calc_gt_info.py`` semantics), from the procedural
+objects of :mod:`epropnp_lib.generators.object_meshes` in millimetres::
 
-    <root>/lm/camera.json
-    <root>/lm/test_targets_bop19.json
-    <root>/lm/models/models_info.json, obj_<id 6 digits>.ply
+    <root>/lm/camera.json, test_targets_bop19.json, models/models_info.json, models/obj_*.ply
     <root>/lm/<split>/<scene 6 digits>/scene_camera.json, scene_gt.json, scene_gt_info.json,
         rgb/<im>.png, depth/<im>.png (uint16 mm), mask/<im>_<gt>.png, mask_visib/<im>_<gt>.png
 
-Objects get LineMOD ids and names: a symmetric synthetic object becomes id 10 ``eggbox`` (a
-second one id 11 ``glue``), so that the standard protocol evaluates it with ADD-S; asymmetric
-objects keep their LineMOD id when their name is a LineMOD name (e.g. ``duck`` -> 9) and
-otherwise take the next free asymmetric id (1 ``ape``, 2 ``benchvise``, ...).
-
-Each image shows ``objects_per_image`` objects (the scene's main object plus others, all
-annotated, possibly occluding each other, like Occluded LineMOD) on a smooth random background,
-with Lambertian shading.  ``mask`` is an instance's full silhouette (inside the image),
-``mask_visib`` its part not hidden by a nearer object (from the z-buffers), and
-``scene_gt_info.json`` follows ``calc_gt_info.py``: ``px_count_all`` and ``bbox_obj`` count
-the silhouette including the part outside the image (rendered on a larger canvas).
-
-CLI: ``python -m epropnp_lib.generators.bop --out DIR [--num-scenes N ...]``.
+Ids: a symmetric object becomes 10 ``eggbox`` (a second one 11 ``glue``), so that the standard
+protocol evaluates it with ADD-S; an asymmetric one keeps its LineMOD id when its name is a
+LineMOD name, else takes the next free asymmetric id.  Each image shows ``objects_per_image``
+annotated objects that may occlude each other; ``px_count_all`` and ``bbox_obj`` count the whole
+silhouette, also outside the image (rendered on a larger canvas).
 """
 
 from __future__ import annotations
@@ -41,10 +30,20 @@ import cv2
 import numpy as np
 import torch
 
-from epropnp_lib.data.bop import LINEMOD_OBJECT_IDS, LINEMOD_OBJECTS, LINEMOD_SYMMETRIC
+from epropnp_lib.data.bop import (
+    LINEMOD_OBJECT_IDS,
+    LINEMOD_OBJECTS,
+    LINEMOD_SYMMETRIC,
+    M_TO_MM,
+)
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.generators import objects as synthetic_objects
-from epropnp_lib.geometry.camera import project, transform_points
+from epropnp_lib.generators.object_meshes import (
+    OBJECT_NAMES,
+    SyntheticObject,
+    make_object,
+    render_object,
+)
+from epropnp_lib.geometry.camera import pixel_affine, project, transform_points
 from epropnp_lib.geometry.rotations import quat_normalize, quat_to_matrix
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ __all__ = ["LINEMOD_K", "GeneratedBop", "generate_bop_lm", "main", "save_bop_jso
 #: Intrinsics of the LineMOD Kinect at 640 x 480 (BOP ``lm/camera.json``).
 LINEMOD_K = ((572.4114, 0.0, 325.2611), (0.0, 573.57043, 242.04899), (0.0, 0.0, 1.0))
 _LINEMOD_SIZE = (640, 480)
-_M_TO_MM = 1000.0
 #: Asymmetric LineMOD ids in the order they are handed out to unnamed objects.
 _FREE_IDS = (1, 2, 4, 5, 6, 8, 9, 12, 13, 14, 15)
 #: Synthetic object names that stand for a LineMOD object of another name.
@@ -162,6 +160,11 @@ def write_ply(
     path.write_text(header + "\n".join(rows) + "\n", encoding="ascii")
 
 
+def _row_major(mat: torch.Tensor | np.ndarray) -> list[float]:
+    """The entries of a matrix as a flat list of floats (BOP's row-major JSON matrices)."""
+    return [float(v) for v in mat.reshape(-1)]
+
+
 def calc_2d_bbox(xs: np.ndarray, ys: np.ndarray) -> list[int]:
     """``[x, y, w, h]`` of pixel coordinates, ``w = x_max - x_min`` (bop_toolkit.misc)."""
     x0, y0 = int(xs.min()), int(ys.min())
@@ -175,7 +178,7 @@ def calc_2d_bbox(xs: np.ndarray, ys: np.ndarray) -> list[int]:
 
 class _Model(NamedTuple):
     obj_id: int
-    obj: synthetic_objects.SyntheticObject
+    obj: SyntheticObject
     symmetry: dict[str, Any]  # models_info symmetry entries (mm)
 
 
@@ -209,7 +212,7 @@ def assign_linemod_ids(names: Sequence[str], symmetric: Sequence[bool]) -> dict[
     return out
 
 
-def _symmetry_entries(obj: synthetic_objects.SyntheticObject) -> dict[str, Any]:
+def _symmetry_entries(obj: SyntheticObject) -> dict[str, Any]:
     """models_info.json symmetry entries of a synthetic object (offsets in millimetres)."""
     if not obj.symmetric or obj.symmetry_order == 1:
         return {}
@@ -222,12 +225,12 @@ def _symmetry_entries(obj: synthetic_objects.SyntheticObject) -> dict[str, Any]:
         m[:3, :3] = quat_to_matrix(obj.symmetry_quat(2 * math.pi * k / obj.symmetry_order)
                                    ).numpy()
         m[np.abs(m) < 1e-12] = 0.0
-        mats.append([float(v) for v in m.reshape(-1)])
+        mats.append(_row_major(m))
     return {"symmetries_discrete": mats}
 
 
 def _load_models(names: Sequence[str]) -> list[_Model]:
-    objs = [synthetic_objects.make_object(n) for n in names]
+    objs = [make_object(n) for n in names]
     ids = assign_linemod_ids(names, [bool(o.symmetric) for o in objs])
     out = []
     for name, obj in zip(names, objs, strict=True):
@@ -240,7 +243,7 @@ def _write_models(models_dir: Path, models: Sequence[_Model], binary: bool) -> N
     for m in models:
         # Millimetres with 4 decimals, as bop_toolkit's save_ply writes them; the box and the
         # diameter are those of the vertices as written (bop_toolkit calc_model_info).
-        v = np.round(m.obj.vertices.detach().double().cpu().numpy() * _M_TO_MM, 4)
+        v = np.round(m.obj.vertices.detach().double().cpu().numpy() * M_TO_MM, 4)
         colors = (m.obj.vertex_colors.detach().cpu().numpy() * 255.0).round().clip(0, 255)
         write_ply(models_dir / f"obj_{m.obj_id:06d}.ply", v, m.obj.faces.cpu().numpy(),
                   m.obj.normals.detach().cpu().numpy(), colors.astype(np.uint8), binary=binary)
@@ -283,11 +286,12 @@ class _Render(NamedTuple):
     bbox_obj: list[int]
 
 
-def _render_instance(model: _Model, pose: torch.Tensor, k: torch.Tensor, width: int,
+def _render_instance(model: _Model, pose: torch.Tensor, cam_mats: torch.Tensor, width: int,
                      height: int, light: torch.Tensor) -> _Render:
-    """Render one object on a canvas grown to its whole silhouette (calc_gt_info semantics)."""
+    """Render one object on a canvas grown to its whole silhouette (calc_gt_info semantics);
+    ``pose: (7,)``, ``cam_mats: (3, 3)`` float64, ``light: (3,)`` unit direction."""
     x_cam = transform_points(model.obj.vertices.double(), quat_to_matrix(pose[3:]), pose[:3])
-    uv = project(x_cam, k).x2d
+    uv = project(x_cam, cam_mats).x2d
     pads = (
         max(0, math.ceil(-float(uv[:, 0].min())) + 1),  # left
         max(0, math.ceil(-float(uv[:, 1].min())) + 1),  # top
@@ -297,11 +301,9 @@ def _render_instance(model: _Model, pose: torch.Tensor, k: torch.Tensor, width: 
     # As calc_gt_info, at most one image size beyond each border.
     pad_l, pad_t, pad_r, pad_b = (min(p, lim) for p, lim in
                                   zip(pads, (width, height, width, height), strict=True))
-    big_k = k.clone()
-    big_k[0, 2] += pad_l
-    big_k[1, 2] += pad_t
-    ren = synthetic_objects.render_object(model.obj, pose[None].float(), big_k[None].float(),
-                                          height + pad_t + pad_b, width + pad_l + pad_r)
+    big_k = pixel_affine(1.0, (-pad_l - 0.5, -pad_t - 0.5)) @ cam_mats
+    ren = render_object(model.obj, pose[None].float(), big_k[None].float(),
+                        height + pad_t + pad_b, width + pad_l + pad_r)
     mask_big = ren.mask[0, 0] > 0
     ys, xs = mask_big.nonzero(as_tuple=True)
     px_all = int(mask_big.sum())
@@ -315,9 +317,11 @@ def _render_instance(model: _Model, pose: torch.Tensor, k: torch.Tensor, width: 
     return _Render(depth, color, px_all, bbox)
 
 
-def _sample_pose(k: torch.Tensor, width: int, height: int, g: torch.Generator,
+def _sample_pose(cam_mats: torch.Tensor, width: int, height: int, g: torch.Generator,
                  near: tuple[float, float] | None = None) -> torch.Tensor:
-    """Random pose ``(7,)`` float64: uniform rotation, depth 0.55-0.95 m, centre in view."""
+    """Random pose ``(7,)`` float64: uniform rotation, depth 0.55-0.95 m, centre in view of
+    the camera ``cam_mats: (3, 3)``."""
+    k = cam_mats
     z = 0.55 + 0.4 * float(torch.rand((), generator=g, dtype=torch.float64))
     if near is None:
         u = width * (0.3 + 0.4 * float(torch.rand((), generator=g, dtype=torch.float64)))
@@ -356,7 +360,7 @@ def generate_bop_lm(
             ``objects[i % len(objects)]``.
         images_per_scene: images per scene.
         objects: synthetic object names (default: all of
-            :data:`epropnp_lib.generators.objects.OBJECT_NAMES`).
+            :data:`epropnp_lib.generators.object_meshes.OBJECT_NAMES`).
         image_size: ``(width, height)``; the LineMOD intrinsics are scaled to it.
         seed: all randomness comes from one ``torch.Generator`` seeded from it and the split
             name (so one seed gives independent train and test images).
@@ -370,7 +374,48 @@ def generate_bop_lm(
     Returns:
         :class:`GeneratedBop`.
     """
-    names = list(objects) if objects is not None else list(synthetic_objects.OBJECT_NAMES)
+    names = list(objects) if objects is not None else list(OBJECT_NAMES)
+    objects_per_image = _check_args(names, num_scenes, images_per_scene, image_size,
+                                    objects_per_image)
+    width, height = image_size
+    # Independent streams per split: the same seed gives different train and test images.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
+    out = Path(root) / "lm"
+    models = _load_models(names)
+    _write_models(out / "models", models, binary_ply)
+    cam_mats = linemod_intrinsics(width, height)
+    k_list = _row_major(cam_mats)
+    save_bop_json(out / "camera.json", {
+        "cx": k_list[2], "cy": k_list[5], "depth_scale": 1.0, "fx": k_list[0],
+        "fy": k_list[4], "height": height, "width": width})
+    camera = _Camera(cam_mats, width, height)
+    targets: list[dict[str, int]] = []
+    n_inst = 0
+    for s in range(num_scenes):
+        scene_targets = _write_scene(out / split / f"{s + 1:06d}", s + 1, models,
+                                     s % len(models), images_per_scene, objects_per_image,
+                                     camera, g)
+        targets += scene_targets
+        n_inst += sum(t["inst_count"] for t in scene_targets)
+    if split == "test":
+        save_bop_json(out / "test_targets_bop19.json", targets)
+    mapping = {m.obj.name: m.obj_id for m in models}
+    logger.info("wrote %s: %d scenes, %d images, %d instances, objects %s", out, num_scenes,
+                num_scenes * images_per_scene, n_inst, mapping)
+    return GeneratedBop(out, mapping, tuple(range(1, num_scenes + 1)),
+                        num_scenes * images_per_scene, n_inst)
+
+
+def linemod_intrinsics(width: int, height: int) -> torch.Tensor:
+    """``(3, 3)`` float64 intrinsics of the LineMOD camera (:data:`LINEMOD_K`, 640 x 480)
+    resampled to ``width x height`` (:func:`~epropnp_lib.geometry.camera.pixel_affine`)."""
+    scale = (width / _LINEMOD_SIZE[0], height / _LINEMOD_SIZE[1])
+    return pixel_affine(scale, (-0.5, -0.5)) @ torch.tensor(LINEMOD_K, dtype=torch.float64)
+
+
+def _check_args(names: Sequence[str], num_scenes: int, images_per_scene: int,
+                image_size: tuple[int, int], objects_per_image: int | None) -> int:
+    """Validate the arguments of :func:`generate_bop_lm`; returns ``objects_per_image``."""
     width, height = image_size
     if num_scenes < 1 or images_per_scene < 1:
         raise ConfigError("num_scenes and images_per_scene must be >= 1")
@@ -383,105 +428,101 @@ def generate_bop_lm(
     if not 1 <= objects_per_image <= len(names):
         raise ConfigError(f"objects_per_image must lie in [1, {len(names)}], "
                           f"got {objects_per_image}")
-    unknown = [n for n in names if n not in synthetic_objects.OBJECT_NAMES]
+    unknown = [n for n in names if n not in OBJECT_NAMES]
     if unknown:
         raise ConfigError(f"unknown synthetic objects {unknown}; known: "
-                          f"{list(synthetic_objects.OBJECT_NAMES)}")
-    # Independent streams per split: the same seed gives different train and test images.
-    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
-    out = Path(root) / "lm"
-    models = _load_models(names)
-    _write_models(out / "models", models, binary_ply)
+                          f"{list(OBJECT_NAMES)}")
+    return objects_per_image
 
-    sx, sy = width / _LINEMOD_SIZE[0], height / _LINEMOD_SIZE[1]
-    k = torch.tensor(LINEMOD_K, dtype=torch.float64)
-    k[0] *= sx
-    k[1] *= sy
-    # Pixel centres at integers: scaling the image by s maps u to s (u + 0.5) - 0.5.
-    k[0, 2] += 0.5 * sx - 0.5
-    k[1, 2] += 0.5 * sy - 0.5
-    k_list = [float(v) for v in k.reshape(-1)]
-    save_bop_json(out / "camera.json", {
-        "cx": k_list[2], "cy": k_list[5], "depth_scale": 1.0, "fx": k_list[0],
-        "fy": k_list[4], "height": height, "width": width})
 
+class _Camera(NamedTuple):
+    cam_mats: torch.Tensor  # (3, 3) float64
+    width: int
+    height: int
+
+
+def _write_scene(scene_dir: Path, scene_id: int, models: Sequence[_Model], main: int,
+                 images_per_scene: int, objects_per_image: int, camera: _Camera,
+                 g: torch.Generator) -> list[dict[str, int]]:
+    """Write the images of one scene (centred on ``models[main]``) and its three JSON files;
+    returns its ``test_targets_bop19.json`` entries."""
+    scene_gt: dict[int, list[dict[str, Any]]] = {}
+    scene_info: dict[int, list[dict[str, Any]]] = {}
+    scene_cam: dict[int, dict[str, Any]] = {}
+    k_list = _row_major(camera.cam_mats)
     targets: list[dict[str, int]] = []
-    scene_ids = []
-    n_inst = 0
-    for s in range(num_scenes):
-        scene_id = s + 1
-        scene_ids.append(scene_id)
-        scene_dir = out / split / f"{scene_id:06d}"
-        main = s % len(models)
-        scene_gt: dict[int, list[dict[str, Any]]] = {}
-        scene_info: dict[int, list[dict[str, Any]]] = {}
-        scene_cam: dict[int, dict[str, Any]] = {}
-        for im_id in range(images_per_scene):
-            others = [i for i in range(len(models)) if i != main]
-            perm = torch.randperm(len(others), generator=g).tolist()
-            chosen = [main] + [others[i] for i in perm[:objects_per_image - 1]]
-            # Unit direction towards the light, roughly from the camera.
-            light = torch.nn.functional.normalize(
-                torch.randn(3, generator=g) + torch.tensor([0.0, 0.0, -2.0]), dim=0)
-            poses = [_sample_pose(k, width, height, g)]
-            centre = project(poses[0][None, :3], k).x2d[0]
-            for _ in chosen[1:]:
-                poses.append(_sample_pose(k, width, height, g,
-                                          near=(float(centre[0]), float(centre[1]))))
-            renders = [_render_instance(models[i], p, k, width, height, light)
-                       for i, p in zip(chosen, poses, strict=True)]
-            depth_all = torch.stack([r.depth for r in renders]).amin(0)
-            image = _background(height, width, g)
-            gts, infos = [], []
-            for gt_id, (mi, pose, r) in enumerate(zip(chosen, poses, renders, strict=True)):
-                mask = torch.isfinite(r.depth)
-                visib = mask & (r.depth <= depth_all)
-                image = torch.where(visib[None], r.color, image)
-                _save_png(scene_dir / "mask" / f"{im_id:06d}_{gt_id:06d}.png",
-                          mask.numpy().astype(np.uint8) * 255)
-                _save_png(scene_dir / "mask_visib" / f"{im_id:06d}_{gt_id:06d}.png",
-                          visib.numpy().astype(np.uint8) * 255)
-                rot = quat_to_matrix(pose[3:]).numpy()
-                gts.append({"cam_R_m2c": [float(v) for v in rot.reshape(-1)],
-                            "cam_t_m2c": [float(v) * _M_TO_MM for v in pose[:3]],
-                            "obj_id": models[mi].obj_id})
-                n_visib = int(visib.sum())
-                ys, xs = visib.nonzero(as_tuple=True)
-                infos.append({
-                    "bbox_obj": r.bbox_obj if n_visib else [-1, -1, -1, -1],
-                    "bbox_visib": calc_2d_bbox(xs.numpy(), ys.numpy()) if n_visib
-                    else [-1, -1, -1, -1],
-                    "px_count_all": r.px_count_all,
-                    "px_count_valid": int(mask.sum()),
-                    "px_count_visib": n_visib,
-                    "visib_fract": n_visib / r.px_count_all if r.px_count_all else 0.0,
-                })
-            noise = torch.randn(image.shape, generator=g) * 0.01
-            rgb = ((image + noise).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            _save_png(scene_dir / "rgb" / f"{im_id:06d}.png",
-                      np.ascontiguousarray(rgb[..., ::-1]))
-            depth_mm = torch.where(torch.isfinite(depth_all), depth_all * _M_TO_MM,
-                                   torch.zeros_like(depth_all))
-            _save_png(scene_dir / "depth" / f"{im_id:06d}.png",
-                      depth_mm.round().clamp(0, 65535).numpy().astype(np.uint16))
-            scene_gt[im_id] = gts
-            scene_info[im_id] = infos
-            scene_cam[im_id] = {"cam_K": k_list, "depth_scale": 1.0}
-            counts: dict[int, int] = {}
-            for gt in gts:
-                counts[gt["obj_id"]] = counts.get(gt["obj_id"], 0) + 1
-            targets += [{"im_id": im_id, "inst_count": c, "obj_id": o, "scene_id": scene_id}
-                        for o, c in sorted(counts.items())]
-            n_inst += len(gts)
-        save_bop_json(scene_dir / "scene_gt.json", scene_gt)
-        save_bop_json(scene_dir / "scene_gt_info.json", scene_info)
-        save_bop_json(scene_dir / "scene_camera.json", scene_cam)
-    if split == "test":
-        save_bop_json(out / "test_targets_bop19.json", targets)
-    mapping = {m.obj.name: m.obj_id for m in models}
-    logger.info("wrote %s: %d scenes, %d images, %d instances, objects %s", out, num_scenes,
-                num_scenes * images_per_scene, n_inst, mapping)
-    return GeneratedBop(out, mapping, tuple(scene_ids), num_scenes * images_per_scene, n_inst)
+    for im_id in range(images_per_scene):
+        others = [i for i in range(len(models)) if i != main]
+        perm = torch.randperm(len(others), generator=g).tolist()
+        chosen = [models[i] for i in [main] + [others[i] for i in perm[:objects_per_image - 1]]]
+        gts, infos = _write_image(scene_dir, im_id, chosen, camera, g)
+        scene_gt[im_id] = gts
+        scene_info[im_id] = infos
+        scene_cam[im_id] = {"cam_K": k_list, "depth_scale": 1.0}
+        counts: dict[int, int] = {}
+        for gt in gts:
+            counts[gt["obj_id"]] = counts.get(gt["obj_id"], 0) + 1
+        targets += [{"im_id": im_id, "inst_count": c, "obj_id": o, "scene_id": scene_id}
+                    for o, c in sorted(counts.items())]
+    save_bop_json(scene_dir / "scene_gt.json", scene_gt)
+    save_bop_json(scene_dir / "scene_gt_info.json", scene_info)
+    save_bop_json(scene_dir / "scene_camera.json", scene_cam)
+    return targets
+
+
+def _write_image(scene_dir: Path, im_id: int, chosen: Sequence[_Model], camera: _Camera,
+                 g: torch.Generator) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Render one image of the ``chosen`` objects (the first one in view, the others near it)
+    and write its rgb, depth and masks; returns its scene_gt and scene_gt_info entries."""
+    k, width, height = camera
+    # Unit direction towards the light, roughly from the camera.
+    light = torch.nn.functional.normalize(
+        torch.randn(3, generator=g) + torch.tensor([0.0, 0.0, -2.0]), dim=0)
+    poses = [_sample_pose(k, width, height, g)]
+    centre = project(poses[0][None, :3], k).x2d[0]
+    for _ in chosen[1:]:
+        poses.append(_sample_pose(k, width, height, g, near=(float(centre[0]), float(centre[1]))))
+    renders = [_render_instance(m, p, k, width, height, light)
+               for m, p in zip(chosen, poses, strict=True)]
+    depth_all = torch.stack([r.depth for r in renders]).amin(0)
+    image = _background(height, width, g)
+    gts, infos = [], []
+    for gt_id, (model, pose, r) in enumerate(zip(chosen, poses, renders, strict=True)):
+        mask = torch.isfinite(r.depth)
+        visib = mask & (r.depth <= depth_all)
+        image = torch.where(visib[None], r.color, image)
+        _save_png(scene_dir / "mask" / f"{im_id:06d}_{gt_id:06d}.png",
+                  mask.numpy().astype(np.uint8) * 255)
+        _save_png(scene_dir / "mask_visib" / f"{im_id:06d}_{gt_id:06d}.png",
+                  visib.numpy().astype(np.uint8) * 255)
+        rot = quat_to_matrix(pose[3:]).numpy()
+        gts.append({"cam_R_m2c": _row_major(rot),
+                    "cam_t_m2c": [float(v) * M_TO_MM for v in pose[:3]],
+                    "obj_id": model.obj_id})
+        infos.append(_gt_info(r, mask, visib))
+    noise = torch.randn(image.shape, generator=g) * 0.01
+    rgb = ((image + noise).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    _save_png(scene_dir / "rgb" / f"{im_id:06d}.png", np.ascontiguousarray(rgb[..., ::-1]))
+    depth_mm = torch.where(torch.isfinite(depth_all), depth_all * M_TO_MM,
+                           torch.zeros_like(depth_all))
+    _save_png(scene_dir / "depth" / f"{im_id:06d}.png",
+              depth_mm.round().clamp(0, 65535).numpy().astype(np.uint16))
+    return gts, infos
+
+
+def _gt_info(r: _Render, mask: torch.Tensor, visib: torch.Tensor) -> dict[str, Any]:
+    """The scene_gt_info entry of an instance (``calc_gt_info.py`` semantics); ``mask`` and
+    ``visib``: ``(H, W)`` bool silhouette and visible part inside the image."""
+    n_visib = int(visib.sum())
+    ys, xs = visib.nonzero(as_tuple=True)
+    return {
+        "bbox_obj": r.bbox_obj if n_visib else [-1, -1, -1, -1],
+        "bbox_visib": calc_2d_bbox(xs.numpy(), ys.numpy()) if n_visib else [-1, -1, -1, -1],
+        "px_count_all": r.px_count_all,
+        "px_count_valid": int(mask.sum()),
+        "px_count_visib": n_visib,
+        "visib_fract": n_visib / r.px_count_all if r.px_count_all else 0.0,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images-per-scene", type=int, default=4)
     parser.add_argument("--objects", nargs="+", default=None,
                         help=f"synthetic objects (default: all of "
-                             f"{list(synthetic_objects.OBJECT_NAMES)})")
+                             f"{list(OBJECT_NAMES)})")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)

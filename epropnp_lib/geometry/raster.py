@@ -1,43 +1,23 @@
-"""A batched, z-buffered triangle rasteriser in plain PyTorch (CPU or CUDA).
+"""A batched, z-buffered triangle rasteriser in plain PyTorch (CPU or CUDA, not differentiable).
 
 It renders meshes seen by pinhole cameras for the synthetic data generators: depth, coverage
-mask, the index of the visible face and perspective-correct interpolated vertex attributes
-(object coordinates, normals, colours) per pixel.
+mask, index of the visible face and perspective-correct interpolated vertex attributes.
 
 Conventions (those of :mod:`epropnp_lib.conventions` and :mod:`epropnp_lib.geometry.camera`):
+pose ``(B, 7)`` = ``(t, q_wxyz)`` maps object to camera (OpenCV optical frame); vertices are
+projected with :func:`~epropnp_lib.geometry.camera.project`, the function the PnP solver uses;
+pixel ``(u, v)`` has its centre at integer coordinates and is covered by a triangle when the
+centre lies inside it or on its boundary.
 
-* pose ``(B, 7)`` = ``(t, q_wxyz)`` maps object to camera, ``x_cam = R x_obj + t``; the camera
-  is the OpenCV optical frame (x right, y down, z forward);
-* vertices are projected with :func:`epropnp_lib.geometry.camera.project` (the same function
-  the PnP solver uses), so a rendered attribute and the solver agree to rounding;
-* the centre of pixel ``(u, v)`` (column ``u``, row ``v``) is at the integer coordinates
-  ``(u, v)``: pixel column ``i`` covers ``[i - 0.5, i + 0.5)``.  A pixel is covered by a triangle
-  when its **centre** lies inside the projected triangle or on its boundary (both triangles of a
-  shared edge cover the edge pixels; the depth test picks one).
+Rules: a triangle with a vertex at depth ``<= znear`` (or not finite) is dropped whole, not
+clipped (callers pad a batch with vertices at ``z = 0``); no back-face culling; degenerate
+triangles are dropped; the smallest depth wins, exact ties go to the larger face index;
+attributes are interpolated perspective-correctly, so an attribute affine in the 3D position
+(object coordinates) is exactly the 3D point seen through the pixel centre.
 
-Rules:
-
-* **znear**: a triangle with any vertex at depth ``<= znear`` (or a non-finite vertex) is
-  **dropped** whole, not clipped.  Meshes are expected to be in front of the camera (the data
-  generators place them there); dropping is also how callers pad a batch: put unused
-  vertices at ``z = 0`` or NaN and their faces disappear.
-* **Back faces** are rasterised like front faces (no culling); closed meshes come out right
-  through the depth test.  Degenerate (zero-area on screen) triangles are dropped.
-* **Depth test**: the smallest camera depth wins; exact ties go to the larger face index, so
-  the result does not depend on the order in which faces are processed.
-* **Interpolation** is perspective-correct: ``1/z`` is affine in the pixel coordinates and each
-  attribute ``a`` is interpolated as ``(sum_i l_i a_i / z_i) / (sum_i l_i / z_i)`` with the
-  screen-space barycentrics ``l_i``.  An attribute that is an affine function of the 3D
-  position (e.g. object coordinates) is therefore exactly the 3D point seen through the pixel
-  centre.
-
-Algorithm: for every valid triangle and every row of its clipped screen bounding box, the run
-of pixel centres between the triangle's edges is computed (a scanline span; no dense pixels x
-faces product), barycentrics and depth are evaluated at these candidate pixels, and a
-scatter-min z-buffer keeps the nearest.  Spans and candidate pixels are processed in chunks of
-at most ``max_chunk`` (or one triangle's rows / one row, if larger) so memory stays bounded for
-big images (e.g. 1600 x 900 with hundreds of large faces).  The rasteriser is not
-differentiable (it runs under ``torch.no_grad``).
+Algorithm: scanline spans per (triangle, row) of the clipped bounding box, barycentrics and
+depth at the candidate pixel centres, a scatter-min z-buffer; spans and pixels are processed in
+chunks of at most ``max_chunk`` so memory stays bounded for large images.
 
 Example::
 
@@ -279,17 +259,8 @@ def _zbuffer_spans(
     return zbuf, fbuf
 
 
-def _check_inputs(
-    vertices: torch.Tensor,
-    faces: torch.Tensor,
-    attributes: torch.Tensor,
-    pose: torch.Tensor,
-    cam_mats: torch.Tensor,
-    height: int,
-    width: int,
-    znear: float,
-    max_chunk: int,
-) -> None:
+def _check_tensors(vertices: torch.Tensor, faces: torch.Tensor, attributes: torch.Tensor,
+                   pose: torch.Tensor, cam_mats: torch.Tensor) -> None:
     dims = check_shape(pose, ["B", 7], "pose")
     dims = check_shape(cam_mats, ["B", 3, 3], "cam_mats", dims)
     if vertices.dim() == 2:
@@ -309,6 +280,9 @@ def _check_inputs(
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= dims["V"]):
         raise RasterizeError(f"faces: indices must lie in [0, {dims['V']}), got "
                              f"[{int(faces.min())}, {int(faces.max())}]")
+
+
+def _check_settings(height: int, width: int, znear: float, max_chunk: int) -> None:
     if height < 1 or width < 1:
         raise RasterizeError(f"image size must be positive, got {height} x {width}")
     if not znear > 0:
@@ -350,29 +324,39 @@ def rasterize(
         ShapeError, DTypeError, DeviceError: malformed inputs.
         RasterizeError: face indices out of range, non-positive size, znear or max_chunk.
     """
-    _check_inputs(vertices, faces, attributes, pose, cam_mats, height, width, znear, max_chunk)
+    _check_tensors(vertices, faces, attributes, pose, cam_mats)
+    _check_settings(height, width, znear, max_chunk)
     batch = pose.shape[0]
     num_faces = faces.shape[0]
-    chans = attributes.shape[-1]
-    dtype, device = vertices.dtype, vertices.device
     faces = faces.long()
     hw = height * width
-
     rot = quat_to_matrix(quat_normalize(pose[:, 3:]))
     x_cam = transform_points(vertices, rot, pose[:, :3])  # (B, V, 3)
     uv = project(x_cam, cam_mats).x2d  # (B, V, 2)
     tri_uv = uv[:, faces].reshape(batch * num_faces, 3, 2)
     tri_z = x_cam[..., 2][:, faces].reshape(batch * num_faces, 3)
+    tri = _screen_triangles(tri_uv, tri_z, num_faces, height, width, max(float(znear), MIN_DEPTH))
+    zbuf, fbuf = _zbuffer(tri, batch * hw, max_chunk, vertices.dtype)
+    return Raster(
+        depth=zbuf.view(batch, height, width),
+        mask=(fbuf >= 0).view(batch, height, width),
+        attributes=_interpolate(tri, fbuf, faces, attributes).view(
+            batch, height, width, attributes.shape[-1]).permute(0, 3, 1, 2).contiguous(),
+        face_index=fbuf.view(batch, height, width),
+    )
+
+
+def _screen_triangles(tri_uv: torch.Tensor, tri_z: torch.Tensor, num_faces: int, height: int,
+                      width: int, near: float) -> _TriangleData:
+    """Coefficients and clipped integer bounding boxes of the projected triangles ``tri_uv:
+    (T, 3, 2)`` with depths ``tri_z: (T, 3)``; dropped triangles get no rows."""
     coef, area2 = _triangle_coefficients(tri_uv, tri_z)
-    near = max(float(znear), MIN_DEPTH)
     valid = (
         (tri_z > near).all(-1)
         & torch.isfinite(tri_uv).flatten(1).all(-1)
         & torch.isfinite(coef).all(-1)
         & (area2 != 0)
     )
-
-    # Clipped integer bounding boxes of the pixel centres each triangle may cover.
     lo = tri_uv.amin(-2)
     hi = tri_uv.amax(-2)
     x0 = lo[:, 0].clamp(-1, width).ceil().long().clamp_min(0)
@@ -380,46 +364,55 @@ def rasterize(
     x1 = hi[:, 0].clamp(-1, width).floor().long().clamp_max(width - 1)
     y1 = hi[:, 1].clamp(-1, height).floor().long().clamp_max(height - 1)
     rows = torch.where(valid & (x1 >= x0), (y1 - y0 + 1).clamp_min(0), 0)
-    cum_rows = torch.cumsum(rows, 0)
-    tri_data = _TriangleData(coef, x0, y0, x1, rows, cum_rows - rows, num_faces, height, width)
+    return _TriangleData(coef, x0, y0, x1, rows, torch.cumsum(rows, 0) - rows, num_faces,
+                         height, width)
 
-    zbuf = torch.full((batch * hw,), torch.inf, dtype=dtype, device=device)
-    fbuf = torch.full((batch * hw,), -1, dtype=torch.long, device=device)
+
+def _zbuffer(tri: _TriangleData, size: int, max_chunk: int,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest depth ``(size,)`` (+inf where none) and its face ``(size,)`` (-1 where none) over
+    all triangles, in chunks of at most ``max_chunk`` spans / candidate pixels."""
+    device = tri.coef.device
+    zbuf = torch.full((size,), torch.inf, dtype=dtype, device=device)
+    fbuf = torch.full((size,), -1, dtype=torch.long, device=device)
     num_pairs = 0
     # Triangles are processed in index order (image-major, then face), so ties between chunks
     # go to the later chunk, i.e. to the larger face index, as within a chunk.
-    for t0, t1 in _ranges(cum_rows, max_chunk):
-        spans = _spans(tri_data, t0, t1)
+    for t0, t1 in _ranges(tri.first_row + tri.rows, max_chunk):
+        spans = _spans(tri, t0, t1)
         cum_len = torch.cumsum(spans.length, 0)
         for s0, s1 in _ranges(cum_len, max_chunk):
             num_pairs += int(cum_len[s1 - 1] - (cum_len[s0 - 1] if s0 else 0))
-            chunk_z, chunk_f = _zbuffer_spans(spans, s0, s1, zbuf.shape[0])
+            chunk_z, chunk_f = _zbuffer_spans(spans, s0, s1, size)
             better = (chunk_f >= 0) & (chunk_z <= zbuf)
             zbuf = torch.where(better, chunk_z, zbuf)
             fbuf = torch.where(better, chunk_f, fbuf)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("rasterize: %d candidate pairs for %d covered pixels", num_pairs,
                      int((fbuf >= 0).sum()))
+    return zbuf, fbuf
 
-    # Interpolate the attributes of the visible face at each covered pixel.
-    out = torch.zeros(batch * hw, chans, dtype=attributes.dtype, device=device)
+
+def _interpolate(tri: _TriangleData, fbuf: torch.Tensor, faces: torch.Tensor,
+                 attributes: torch.Tensor) -> torch.Tensor:
+    """``(B * H * W, C)`` perspective-correct attributes of the visible face of each pixel
+    (``fbuf: (B * H * W,)``), 0 where empty."""
+    hw = tri.height * tri.width
+    out = torch.zeros(fbuf.shape[0], attributes.shape[-1], dtype=attributes.dtype,
+                      device=fbuf.device)
     covered = (fbuf >= 0).nonzero().squeeze(-1)
-    if covered.numel():
-        b = covered // hw
-        rem = covered % hw
-        face = fbuf[covered]
-        tri = b * num_faces + face
-        c = coef.index_select(0, tri)
-        l1, l2, inv_z = _evaluate(c, (rem % width).to(dtype), (rem // width).to(dtype))
-        w = torch.stack(((1.0 - l1 - l2) * c[:, _IZA], l1 * c[:, _IZB], l2 * c[:, _IZC]), -1)
-        w = w / inv_z.unsqueeze(-1)  # (n, 3) perspective-correct weights
-        vidx = faces[face]  # (n, 3)
-        # (n, 3, C) attributes of the face corners
-        corner = attributes[vidx] if attributes.dim() == 2 else attributes[b.unsqueeze(-1), vidx]
-        out[covered] = (w.unsqueeze(-1).to(corner.dtype) * corner).sum(-2)
-    return Raster(
-        depth=zbuf.view(batch, height, width),
-        mask=(fbuf >= 0).view(batch, height, width),
-        attributes=out.view(batch, height, width, chans).permute(0, 3, 1, 2).contiguous(),
-        face_index=fbuf.view(batch, height, width),
-    )
+    if not covered.numel():
+        return out
+    dtype = tri.coef.dtype
+    b = covered // hw
+    rem = covered % hw
+    face = fbuf[covered]
+    c = tri.coef.index_select(0, b * tri.num_faces + face)
+    l1, l2, inv_z = _evaluate(c, (rem % tri.width).to(dtype), (rem // tri.width).to(dtype))
+    w = torch.stack(((1.0 - l1 - l2) * c[:, _IZA], l1 * c[:, _IZB], l2 * c[:, _IZC]), -1)
+    w = w / inv_z.unsqueeze(-1)  # (n, 3) perspective-correct weights
+    vidx = faces[face]  # (n, 3)
+    # (n, 3, C) attributes of the face corners
+    corner = attributes[vidx] if attributes.dim() == 2 else attributes[b.unsqueeze(-1), vidx]
+    out[covered] = (w.unsqueeze(-1).to(corner.dtype) * corner).sum(-2)
+    return out

@@ -1,24 +1,24 @@
-"""Tests of the synthetic 6DoF object crops (epropnp_lib.generators.objects)."""
+"""Tests of the synthetic objects and their crops (epropnp_lib.generators.object_meshes,
+epropnp_lib.generators.objects)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from epropnp_lib.dataclass_io import from_dict
 from epropnp_lib.errors import ConfigError, ShapeError
+from epropnp_lib.generators.object_meshes import OBJECT_NAMES, make_object, render_object
 from epropnp_lib.generators.objects import (
     CANONICAL_QUAT,
-    OBJECT_NAMES,
     CropBatch,
     SyntheticCropConfig,
     SyntheticCropDataset,
     main,
-    make_object,
-    render_object,
     render_samples,
     render_split,
 )
@@ -78,11 +78,11 @@ def test_textures_respect_exactly_the_symmetries() -> None:
                 assert not torch.allclose(obj.texture(p @ rot.T), obj.texture(p), atol=1e-3)
 
 
-def _cfg(**kw: object) -> SyntheticCropConfig:
-    base: dict[str, object] = {"object_name": "drill", "image_size": 64, "num_samples": 6,
+def _cfg(**kw: Any) -> SyntheticCropConfig:
+    base: dict[str, Any] = {"object_name": "drill", "image_size": 64, "num_samples": 6,
                                "seed": 3}
     base.update(kw)
-    return SyntheticCropConfig(**base)  # type: ignore[arg-type]
+    return SyntheticCropConfig(**base)
 
 
 def test_samples_are_deterministic_and_batch_independent() -> None:
@@ -113,13 +113,13 @@ def test_sample_shapes_dtypes_and_ranges() -> None:
     s = SyntheticCropDataset(cfg)[0]
     assert s.image.shape == (3, 48, 48) and s.image.dtype == torch.float32
     assert s.coords.shape == (3, 48, 48) and s.mask.shape == (1, 48, 48)
-    assert s.pose.shape == (7,) and s.cam_K.shape == (3, 3)
+    assert s.pose.shape == (7,) and s.cam_mats.shape == (3, 3)
     assert s.object_index.dtype == torch.int64 and int(s.object_index) == 0
     assert float(s.image.min()) >= 0 and float(s.image.max()) <= 1
     assert set(s.mask.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(s.pose[3:].norm(), torch.tensor(1.0))
     assert float(s.pose[3]) >= 0
-    torch.testing.assert_close(s.cam_K[2], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(s.cam_mats[2], torch.tensor([0.0, 0.0, 1.0]))
 
 
 @pytest.mark.parametrize("name", OBJECT_NAMES)
@@ -138,12 +138,12 @@ def test_mask_coords_pose_and_intrinsics_agree(name: str) -> None:
     size = cfg.image_size
     pts = batch.coords.flatten(2).transpose(1, 2)  # (N, S*S, 3)
     x2d = project(transform_points(pts, quat_to_matrix(batch.pose[:, 3:]), batch.pose[:, :3]),
-                  batch.cam_K).x2d
+                  batch.cam_mats).x2d
     grid = pixel_grid(size, size, 1)
     err = (x2d - grid).norm(dim=-1)[m.flatten(1)]
     assert float(err.max()) < 0.02
     # The object's centre lands near the crop centre (jitter of at most 8 % of the side).
-    centre = project(batch.pose[:, None, :3], batch.cam_K).x2d[:, 0]
+    centre = project(batch.pose[:, None, :3], batch.cam_mats).x2d[:, 0]
     assert float((centre - (size - 1) / 2).abs().max()) <= 0.08 * size + 1e-3
 
 
@@ -160,7 +160,7 @@ def test_ground_truth_correspondences_solve_back_to_the_pose(name: str, stride: 
     x3d = coords.flatten(2).transpose(1, 2)
     w2d = mask.flatten(2).transpose(1, 2).expand(-1, -1, 2).contiguous()
     assert float(mask.sum((1, 2, 3)).min()) >= 6
-    sol = solve_pnp(x3d.double(), x2d.double(), w2d.double(), batch.cam_K.double())
+    sol = solve_pnp(x3d.double(), x2d.double(), w2d.double(), batch.cam_mats.double())
     rot_err = torch.rad2deg(quat_angle_between(sol.pose[:, 3:], batch.pose[:, 3:].double()))
     t_err = (sol.pose[:, :3] - batch.pose[:, :3].double()).norm(dim=-1)
     assert float(rot_err.max()) < 1.0
@@ -175,7 +175,7 @@ def test_symmetric_objects_render_the_same_under_their_symmetry() -> None:
                          ("drill", (math.pi,))):
         obj = make_object(name)
         pose = batch.pose.double()
-        cam = batch.cam_K.double()
+        cam = batch.cam_mats.double()
         ref = render_object(obj, pose, cam, size, size)
         for angle in angles:
             q = quat_multiply(pose[:, 3:], obj.symmetry_quat(angle).expand(4, 4))
@@ -249,11 +249,11 @@ def test_stride_intrinsics_render_the_cell_centres(stride: int) -> None:
     batch = render_split(cfg)
     obj = make_object("lblock")
     h = size // stride
-    low = render_object(obj, batch.pose, stride_intrinsics(batch.cam_K, stride), h, h)
+    low = render_object(obj, batch.pose, stride_intrinsics(batch.cam_mats, stride), h, h)
     # The low-resolution render's coordinates project (with the crop's K) onto pixel_grid.
     pts = low.coords.flatten(2).transpose(1, 2)
     x2d = project(transform_points(pts, quat_to_matrix(batch.pose[:, 3:]), batch.pose[:, :3]),
-                  batch.cam_K).x2d
+                  batch.cam_mats).x2d
     m = low.mask.flatten(1) > 0.5
     assert m.sum() > 10
     err = (x2d - pixel_grid(h, h, stride)).norm(dim=-1)[m]
@@ -269,7 +269,7 @@ def test_stride_intrinsics_render_the_cell_centres(stride: int) -> None:
     else:
         assert float(diff.median()) < 1e-4 and float(diff.quantile(0.8)) < 2e-3
     with pytest.raises(ShapeError):
-        stride_intrinsics(batch.cam_K, 0)
+        stride_intrinsics(batch.cam_mats, 0)
 
 
 def test_dataset_pickles_for_loader_workers() -> None:

@@ -16,6 +16,7 @@ import logging
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -207,7 +208,7 @@ def test_hand_written_scene_whole_images(tmp_path: Path) -> None:
     torch.testing.assert_close(s1.pose[:3], torch.tensor([0.1, 0.0, 0.5]))
     torch.testing.assert_close(quat_to_matrix(s0.pose[3:]),
                                torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-    torch.testing.assert_close(s0.cam_K, torch.tensor(
+    torch.testing.assert_close(s0.cam_mats, torch.tensor(
         [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
     assert s0.diameter.item() == pytest.approx(0.069282)
     assert (s0.obj_id.item(), s1.obj_id.item()) == (1, 10)
@@ -227,7 +228,7 @@ def test_hand_written_scene_whole_images(tmp_path: Path) -> None:
     # The model projected with the file's pose and K lands in the annotated box.
     verts = ds.model(1).vertices
     x_cam = verts @ quat_to_matrix(s0.pose[3:]).T + s0.pose[:3]
-    uv = (x_cam @ s0.cam_K.T)[:, :2] / x_cam[:, 2:]
+    uv = (x_cam @ s0.cam_mats.T)[:, :2] / x_cam[:, 2:]
     assert uv[:, 0].min().item() >= 35 - 1 and uv[:, 0].max().item() <= 45 + 1
     assert uv[:, 1].min().item() >= 25 - 1 and uv[:, 1].max().item() <= 35 + 1
 
@@ -241,7 +242,7 @@ def test_hand_written_scene_crops(tmp_path: Path) -> None:
     # The box (35..45, 25..35) has centre (40, 30); with side 1.5 * 11 its crop maps the centre
     # to the crop centre (15.5, 15.5).
     a = crop_transform([35, 25, 10, 10], 32, 1.5)
-    torch.testing.assert_close(s.cam_K, torch.from_numpy(a).float() @ torch.tensor(
+    torch.testing.assert_close(s.cam_mats, torch.from_numpy(a).float() @ torch.tensor(
         [[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]]))
     centre = a @ np.array([40.0, 30.0, 1.0])
     assert centre[:2].tolist() == pytest.approx([15.5, 15.5])
@@ -272,6 +273,32 @@ def test_config_validation() -> None:
 
 def _scene(root: Path) -> Path:
     return root / "lm" / "test" / "000002"
+
+
+#: A scene file replaced by bad content, and the error that names it.
+BAD_SCENE_FILES = [
+    pytest.param("scene_gt.json", SCENE_GT[: len(SCENE_GT) // 2],
+                 r"scene_gt\.json: invalid or truncated JSON", id="truncated"),
+    pytest.param("scene_gt.json", SCENE_GT.replace('"cam_t_m2c"', '"cam_t"'),
+                 r"scene_gt\.json: image 0, annotation 0: missing key 'cam_t_m2c'",
+                 id="missing-key"),
+    pytest.param("scene_gt.json", SCENE_GT.replace("[0.0, 0.0, 400.0]", "[0.0, 400.0]"),
+                 r"cam_t_m2c: expected a list of 3 numbers", id="wrong-length"),
+    pytest.param("scene_gt.json", SCENE_GT.replace('"obj_id": 10', '"obj_id": 99'),
+                 r"scene_gt\.json: image 0, annotation 1: unknown object id 99",
+                 id="unknown-object"),
+    pytest.param("scene_gt.json", "{}", r"scene_gt\.json: empty scene", id="empty-scene"),
+    pytest.param("scene_gt_info.json", '{\n  "0": []\n}',
+                 r"scene_gt_info\.json: image 0 has 0 entries", id="gt-info-inconsistent"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "error"), BAD_SCENE_FILES)
+def test_bad_scene_file_is_named(tmp_path: Path, name: str, content: str, error: str) -> None:
+    write_hand_scene(tmp_path)
+    (_scene(tmp_path) / name).write_text(content)
+    with pytest.raises(BopDataError, match=error):
+        BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False))
 
 
 def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -307,35 +334,8 @@ def test_bad_data_hand_written(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     with pytest.raises(BopDataError, match=r"mask_visib/000000_000001\.png: mask not found"):
         BopDataset(tmp_path, "test", config=cfg)
     cv2.imwrite(str(mask), _box_mask([56, 26, 7, 7]))
-    # Truncated JSON.
-    gt = _scene(tmp_path) / "scene_gt.json"
-    gt.write_text(SCENE_GT[: len(SCENE_GT) // 2])
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: invalid or truncated JSON"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Missing key and wrong length.
-    gt.write_text(SCENE_GT.replace('"cam_t_m2c"', '"cam_t"'))
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 0: missing "
-                                           r"key 'cam_t_m2c'"):
-        BopDataset(tmp_path, "test", config=cfg)
-    gt.write_text(SCENE_GT.replace("[0.0, 0.0, 400.0]", "[0.0, 400.0]"))
-    with pytest.raises(BopDataError, match=r"cam_t_m2c: expected a list of 3 numbers"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Unknown object in an annotation.
-    gt.write_text(SCENE_GT.replace('"obj_id": 10', '"obj_id": 99'))
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: image 0, annotation 1: unknown "
-                                           r"object id 99"):
-        BopDataset(tmp_path, "test", config=cfg)
-    # Empty scene.
-    gt.write_text("{}")
-    with pytest.raises(BopDataError, match=r"scene_gt\.json: empty scene"):
-        BopDataset(tmp_path, "test", config=cfg)
-    gt.write_text(SCENE_GT)
-    # gt_info inconsistent with scene_gt.
-    info = _scene(tmp_path) / "scene_gt_info.json"
-    info.write_text('{\n  "0": []\n}')
-    with pytest.raises(BopDataError, match=r"scene_gt_info\.json: image 0 has 0 entries"):
-        BopDataset(tmp_path, "test", config=cfg)
     # Low visibility: skipped with a counted warning, not an error.
+    info = _scene(tmp_path) / "scene_gt_info.json"
     info.write_text(SCENE_GT_INFO.replace('"visib_fract": 1.0}, {', '"visib_fract": 0.05}, {'))
     with caplog.at_level(logging.WARNING, logger="epropnp_lib.data.bop"):
         ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=0, render_coords=False,
@@ -431,11 +431,11 @@ def test_generated_whole_images_are_consistent(generated: GeneratedBop) -> None:
         # The model read back from the PLY, under the pose and K read back from the JSON,
         # covers the full mask: its projected vertices span it, its silhouette matches it.
         x_cam = model.vertices @ quat_to_matrix(s.pose[3:]).T + s.pose[:3]
-        uv = (x_cam @ s.cam_K.T)[:, :2] / x_cam[:, 2:]
+        uv = (x_cam @ s.cam_mats.T)[:, :2] / x_cam[:, 2:]
         assert xs.min() >= uv[:, 0].min() - 0.5 and xs.max() <= uv[:, 0].max() + 0.5
         assert ys.min() >= uv[:, 1].min() - 0.5 and ys.max() <= uv[:, 1].max() + 0.5
         ras = rasterize(model.vertices, model.faces, model.vertices, s.pose[None],
-                        s.cam_K[None], GEN_SIZE[1], GEN_SIZE[0])
+                        s.cam_mats[None], GEN_SIZE[1], GEN_SIZE[0])
         assert _iou(ras.mask[0], full) > 0.97
 
 
@@ -454,7 +454,7 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
         v, u = has.nonzero(as_tuple=True)
         x2d = torch.stack((u, v), -1).double()[None]
         x3d = coords[:, v, u].T.double()[None]
-        sol = solve_pnp(x3d, x2d, torch.ones_like(x2d), batch.cam_K[i].double()[None])
+        sol = solve_pnp(x3d, x2d, torch.ones_like(x2d), batch.cam_mats[i].double()[None])
         pose = batch.pose[i].double()[None]
         assert metrics.rotation_error_deg(sol.pose, pose).item() < 0.5
         assert metrics.translation_error(sol.pose, pose).item() < 0.005 * pose[0, 2].item()
@@ -465,10 +465,10 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
 
 
 def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:
-    kw = {"num_scenes": 1, "images_per_scene": 1, "objects": ["eggbox"], "image_size": (64, 48),
-          "seed": 5}
-    a = generate_bop_lm(tmp_path / "a", **kw)  # type: ignore[arg-type]
-    b = generate_bop_lm(tmp_path / "b", binary_ply=True, **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"num_scenes": 1, "images_per_scene": 1, "objects": ["eggbox"],
+                          "image_size": (64, 48), "seed": 5}
+    a = generate_bop_lm(tmp_path / "a", **kw)
+    b = generate_bop_lm(tmp_path / "b", binary_ply=True, **kw)
     assert a.object_ids == {"eggbox": 10}
     ply_a, ply_b = (read_ply(g.dataset_dir / "models" / "obj_000010.ply") for g in (a, b))
     head = (b.dataset_dir / "models" / "obj_000010.ply").read_bytes()[:40]

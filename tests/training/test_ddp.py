@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from epropnp_lib.nets.checkpoint import load_checkpoint
-from epropnp_training.engine import TRAINING_STATE_KIND
+from epropnp_training.training_state import TRAINING_STATE_KIND
 
 CONFIG = """\
 task: toy

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from epropnp_lib.generators.bop import generate_bop_lm
@@ -25,20 +24,14 @@ from epropnp_lib.nets.dense import CHECKPOINT_KIND as DENSE_KIND
 from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_training import evaluate as evaluate_cli
 from epropnp_training import train as train_cli
-from epropnp_training.engine import TRAINING_STATE_KIND
+from epropnp_training.training_state import TRAINING_STATE_KIND
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENGINE: dict[str, Any] = {
     "seed": 0, "device": "cpu", "epochs": 1, "max_steps": 3, "lr": 1e-3,
     "grad_clip_norm": 5.0, "log_interval": 1, "checkpoint_interval": 2, "progress_bar": False,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write_config(path: Path, mapping: dict[str, Any]) -> Path:

@@ -20,24 +20,14 @@ from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_c
 from epropnp_training import evaluate as evaluate_cli
 from epropnp_training import train as train_cli
 from epropnp_training.config import TrainConfig, config_from_mapping
-from epropnp_training.engine import (
-    TRAINING_STATE_KIND,
-    StepOutput,
-    TrainingError,
-    find_latest_checkpoint,
-    lr_factor,
-    to_device,
-    train,
-)
+from epropnp_training.distributed import to_device
+from epropnp_training.engine import TrainingError, train
+from epropnp_training.optim import lr_factor
+from epropnp_training.task import StepOutput
 from epropnp_training.tasks_toy import ToyModule, ToyTask, ToyTrainConfig, build_task
+from epropnp_training.training_state import TRAINING_STATE_KIND, find_latest_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_config(log_dir: Path, **changes: Any) -> ToyTrainConfig:
@@ -263,7 +253,7 @@ class _FakeWriter:
 
 def test_tensorboard_events_when_installed(tmp_path: Path, monkeypatch: Any) -> None:
     fake = types.ModuleType("torch.utils.tensorboard")
-    fake.SummaryWriter = _FakeWriter  # type: ignore[attr-defined]
+    fake.SummaryWriter = _FakeWriter
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     cfg = toy_config(tmp_path, epochs=1, eval_split=None)
     train(cfg, build_task(cfg))

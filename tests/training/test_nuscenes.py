@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,7 @@ def test_camera_boxes_match_the_devkit_camera_frame(val: NuScenesCameraDataset,
     _, boxes, k = nusc.get_sample_data(item.frame.sample_data_token,
                                        box_vis_level=BoxVisibility.NONE)
     by_token = {b.token: b for b in boxes}
-    torch.testing.assert_close(item.cam_mat, torch.tensor(k, dtype=torch.float32))
+    torch.testing.assert_close(item.cam_mats, torch.tensor(k, dtype=torch.float32))
     for i, token in enumerate(item.ann_tokens):
         ref = by_token[token]
         torch.testing.assert_close(item.boxes.center[i], torch.tensor(ref.center).float(),
@@ -327,9 +328,8 @@ def test_seeded_perturbation_gives_the_golden_scores(
     path = tmp_path / "perturbed.json"
     write_results(path, perturbed, sample_tokens=val.sample_tokens)
     scores = evaluate(path, mini, "v1.0-mini", "mini_val", tmp_path / "eval", nusc=nusc)
-    # Golden values (generator seed 0, 3 samples/scene, 192x108, 360 lidar columns; the
-    # perturbation above with torch seed 0).  History of accepted changes:
-    #   2026-11-25  first version of the generator and the reader.
+    # Golden values: DetectionEval on the generated mini (seed 0, 3 samples/scene, 192x108,
+    # 360 lidar columns) with the perturbation above (torch seed 0).
     assert scores.mean_ap == pytest.approx(GOLDEN_MAP, abs=1e-4)
     assert scores.nds == pytest.approx(GOLDEN_NDS, abs=1e-4)
     assert scores.tp_errors["trans_err"] == pytest.approx(GOLDEN_MATE, abs=1e-4)
@@ -342,13 +342,13 @@ GOLDEN_MATE = 0.4482051
 
 
 def test_generation_is_deterministic_and_the_cli_writes_it(tmp_path: Path) -> None:
-    args = dict(scenes=("scene-0103",), samples_per_scene=2, image_size=(64, 36),
-                lidar_azimuth_steps=90)
-    a = generate_nuscenes_mini(tmp_path / "a", seed=5, **args)  # type: ignore[arg-type]
+    args: dict[str, Any] = dict(scenes=("scene-0103",), samples_per_scene=2,
+                                image_size=(64, 36), lidar_azimuth_steps=90)
+    a = generate_nuscenes_mini(tmp_path / "a", seed=5, **args)
     assert main(["--out", str(tmp_path / "b"), "--scenes", "scene-0103", "--samples-per-scene",
                  "2", "--image-size", "64", "36", "--lidar-azimuth-steps", "90",
                  "--seed", "5"]) == 0
-    generate_nuscenes_mini(tmp_path / "c", seed=6, **args)  # type: ignore[arg-type]
+    generate_nuscenes_mini(tmp_path / "c", seed=6, **args)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
                    if p.is_file())
     assert len(files) == 13 + 1 + a.num_sample_data
@@ -387,23 +387,27 @@ def test_missing_image_is_an_error_or_a_counted_skip(mini: Path, tmp_path: Path)
     assert len(ds) == 3 * 6 - 1 and ds.skipped["missing_image"] == 1
 
 
-def test_truncated_table_names_the_file(mini: Path, tmp_path: Path) -> None:
-    root = _copy(mini, tmp_path)
-    table = root / "v1.0-mini" / "sample_annotation.json"
-    text = table.read_text()
-    table.write_text(text[: len(text) // 2])
-    with pytest.raises(NuScenesFormatError, match="sample_annotation.json.*truncated") as info:
-        load_nuscenes(root)
-    assert info.value.path == table
+def _truncated(text: str) -> str:
+    return text[: len(text) // 2]
 
 
-def test_dangling_token_names_the_table(mini: Path, tmp_path: Path) -> None:
-    root = _copy(mini, tmp_path)
-    table = root / "v1.0-mini" / "instance.json"
-    records = json.loads(table.read_text())
+def _dangling_category(text: str) -> str:
+    records = json.loads(text)
     records[0]["category_token"] = "0" * 32
-    table.write_text(json.dumps(records))
-    with pytest.raises(NuScenesFormatError, match="category_token") as info:
+    return json.dumps(records)
+
+
+@pytest.mark.parametrize(("name", "corrupt", "error"), [
+    pytest.param("sample_annotation.json", _truncated, "sample_annotation.json.*truncated",
+                 id="truncated"),
+    pytest.param("instance.json", _dangling_category, "category_token", id="dangling-token"),
+])
+def test_bad_table_is_named(mini: Path, tmp_path: Path, name: str,
+                            corrupt: Callable[[str], str], error: str) -> None:
+    root = _copy(mini, tmp_path)
+    table = root / "v1.0-mini" / name
+    table.write_text(corrupt(table.read_text()))
+    with pytest.raises(NuScenesFormatError, match=error) as info:
         load_nuscenes(root)
     assert info.value.path == table
 

@@ -17,14 +17,18 @@ from epropnp_lib.nets.dense import DenseCorrespondenceNet, DenseNetConfig
 from epropnp_training import reproduce
 from epropnp_training.figures import main as figures_main
 from epropnp_training.reproduce import (
-    VARIANTS,
     ReproConfig,
     batch_indices,
     learning_rate,
     main,
-    parse_markdown_table,
     run,
     train_variant,
+)
+from epropnp_training.reproduce_report import (
+    CLAIMS,
+    VARIANT_LABELS,
+    VARIANTS,
+    parse_markdown_table,
 )
 
 
@@ -50,7 +54,7 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert set(results["variants"]) == set(VARIANTS)
     rows = parse_markdown_table((out / "results.md").read_text())
     assert rows == parse_markdown_table(printed)
-    assert [r["variant"] for r in rows] == [reproduce.VARIANT_LABELS[v] for v in VARIANTS]
+    assert [r["variant"] for r in rows] == [VARIANT_LABELS[v] for v in VARIANTS]
     for v in VARIANTS:
         entry = results["variants"][v]
         m = entry["metrics"]
@@ -64,7 +68,7 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert (out / v / "metrics.json").is_file()
     md = (out / "results.md").read_text()
     claims = [ln for ln in md.splitlines() if ln.startswith("- ")]
-    assert len(claims) == len(reproduce.CLAIMS) + 1
+    assert len(claims) == len(CLAIMS) + 1
     assert all(("hold" in ln) for ln in claims[:-1])  # "holds" or "does NOT hold"
     # the paper's numbers are in the table next to ours
     assert rows[0]["ADD(-S)-0.1d (paper)"] == "79.46"
