@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
 
 from epropnp_lib.data.nuscenes import (
     CAMERAS,
@@ -48,7 +47,8 @@ from epropnp_lib.nets.deformable import (
 )
 
 from .config import TrainConfig
-from .engine import StepOutput, Task, TrainingModule, to_device
+from .distributed import to_device
+from .task import StepOutput, Task, TrainingModule, task_network
 
 __all__ = [
     "CONFIG_CLASS",
@@ -172,21 +172,15 @@ class NuScenesTask(Task):
         return _collate_for_training
 
     def export_model(self, module: TrainingModule, path: Path) -> None:
-        if not isinstance(module.model, DeformableCorrespondenceNet):
-            raise TypeError(f"expected a DeformableCorrespondenceNet, got {type(module.model)}")
-        module.model.save(path)
+        task_network(module, DeformableCorrespondenceNet).save(path)
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
     ) -> dict[str, Any]:
-        net = module.model
-        if not isinstance(net, DeformableCorrespondenceNet):
-            raise TypeError(f"expected a DeformableCorrespondenceNet, got {type(net).__name__}")
+        net = task_network(module, DeformableCorrespondenceNet)
         data = self.config.data
         dataset = self.dataset(split, training=False)
-        loader = DataLoader(dataset, batch_size=self.config.eval_batch_size, shuffle=False,
-                            num_workers=self.config.num_workers,
-                            collate_fn=collate_camera_samples)
+        loader = self.eval_loader(dataset, collate_camera_samples)
         gen = torch.Generator(device=device).manual_seed(self.config.seed)
         per_sample: dict[str, list[CameraDetections]] = {}
         num_boxes = 0

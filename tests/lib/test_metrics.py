@@ -10,7 +10,7 @@ import torch
 from epropnp_lib import metrics
 from epropnp_lib.data.bop import LINEMOD_SYMMETRIC
 from epropnp_lib.errors import DTypeError, ShapeError
-from epropnp_lib.generators.objects import make_object
+from epropnp_lib.generators.object_meshes import make_object
 from epropnp_lib.geometry.camera import transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
 from epropnp_lib.geometry.rotations import quat_multiply, quat_normalize, quat_to_matrix
