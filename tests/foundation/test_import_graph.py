@@ -1,7 +1,8 @@
 """The import graph of the project's packages: imports only point down.
 
-Read statically from the sources (every ``import`` statement, at any depth of a module), so the
-test needs neither ROS nor torch. The rules (``DESIGN.md``, "rules of the house"):
+Read statically from the sources (every ``import`` statement that runs, at any depth of a module;
+those under ``if TYPE_CHECKING:`` never run), so the test needs neither ROS nor torch. The rules
+(``DESIGN.md``, "rules of the house"):
 
 * ``epropnp_lib`` never imports ``epropnp_ros``, ``epropnp_training``, rclpy or ROS messages;
 * no module of ``epropnp_lib`` outside ``epropnp_lib.generators`` imports a generator;
@@ -38,10 +39,25 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of ``tree`` outside ``if TYPE_CHECKING:`` blocks (imports there never run)."""
+    for node in ast.iter_child_nodes(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+            yield from (n for child in node.orelse for n in _runtime_nodes_and_self(child))
+            continue
+        yield from _runtime_nodes_and_self(node)
+
+
+def _runtime_nodes_and_self(node: ast.AST) -> Iterator[ast.AST]:
+    yield node
+    yield from _runtime_nodes(node)
+
+
 def _imports(name: str, path: Path) -> Iterator[str]:
-    """Absolute names of everything ``name`` (at ``path``) imports."""
+    """Absolute names of everything ``name`` (at ``path``) imports when it runs."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
