@@ -107,7 +107,8 @@ def run_size(
     from std_msgs.msg import String
     from vision_msgs.msg import Detection3DArray
 
-    from epropnp_ros.conversions import array_to_image, make_header
+    from epropnp_ros.images import array_to_image
+    from epropnp_ros.messages import make_header
 
     log = Path(tempfile.mkstemp(prefix="node_latency_", suffix=".log")[1])
     cmd = [

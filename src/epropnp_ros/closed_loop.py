@@ -158,6 +158,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
     from rosbags.rosbag2 import Reader
 
     from epropnp_lib.data.nuscenes import (
+        NUSCENES_CLASSES,
         CameraDetections,
         ResultsMeta,
         camera_frame_of,
@@ -165,8 +166,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
         load_nuscenes,
         write_results,
     )
-    from epropnp_ros import conversions as conv
     from epropnp_ros.bag_player import message_class, qos_profile_of
+    from epropnp_ros.detections import boxes_from_detection3d_array
 
     out = Path(config.out)
     bag = Path(config.bag)
@@ -293,7 +294,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
                 if sd_token is None or rec.detections is None:
                     continue
                 frame = camera_frame_of(nusc, sd_token)
-                boxes, covs = conv.boxes_from_detection3d_array(rec.detections)
+                boxes, covs = boxes_from_detection3d_array(rec.detections, NUSCENES_CLASSES)
                 if frame.sample_token in eval_samples:
                     per_sample.setdefault(frame.sample_token, []).append(
                         CameraDetections(boxes, frame)

@@ -24,6 +24,8 @@ import numpy as np
 
 from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.geometry.boxes import BOX_EDGES, FRONT_FACE, CameraBoxes
+from epropnp_ros.errors import ConversionError
+from epropnp_ros.poses import msg_to_pose
 
 __all__ = ["CLASS_COLOURS", "draw_detections", "render_detections"]
 
@@ -131,13 +133,11 @@ def draw_detections(
 def _pose_array_to_samples(msg: Any) -> np.ndarray | None:
     if msg is None:
         return None
-    from epropnp_ros import conversions as conv
-
     out = []
     for pose in msg.poses:
         try:
-            out.append(conv.msg_to_pose(pose, dof=4, yaw_tolerance=1e-2))
-        except conv.ConversionError:
+            out.append(msg_to_pose(pose, dof=4, yaw_tolerance=1e-2))
+        except ConversionError:
             continue
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 

@@ -16,7 +16,7 @@ namespace                  type         content
 Marker ids are the object's index in the list, so ids are stable within a namespace and the
 DELETEALL first removes objects that disappeared. All markers are in the header frame (the
 camera optical frame); poses follow :mod:`epropnp_lib.conventions` (see
-:mod:`epropnp_ros.conversions`).
+:mod:`epropnp_ros.poses`).
 
 Covariance ellipsoid
     The 3x3 position block ``Sigma`` of the object's covariance is eigen-decomposed,
@@ -43,18 +43,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import BOX_EDGES, CORNER_SIGNS
-from epropnp_ros.conversions import (
-    ArrayLike,
-    ArrayShapeError,
-    NonFiniteValueError,
-    ObjectPose3D,
-    as_float64,
-    copy_header,
-    points_to_msgs,
-    pose_rotation,
-    rotation_to_quat_msg,
-    rotations_to_quat_msgs,
-)
+from epropnp_ros.checks import ArrayLike, as_float64
+from epropnp_ros.detections import ObjectPose3D
+from epropnp_ros.errors import ArrayShapeError, NonFiniteValueError
+from epropnp_ros.messages import copy_header, points_to_msgs
+from epropnp_ros.poses import pose_rotation, rotation_to_quat_msg, rotations_to_quat_msgs
 
 __all__ = [
     "CLASS_PALETTE",

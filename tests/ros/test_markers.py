@@ -14,7 +14,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from epropnp_lib.errors import ConfigError, ShapeError
 from epropnp_ros import markers as mk
-from epropnp_ros.conversions import ObjectPose3D, make_header
+from epropnp_ros.detections import ObjectPose3D
+from epropnp_ros.messages import make_header
 
 pytestmark = pytest.mark.ros
 

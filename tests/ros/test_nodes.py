@@ -198,7 +198,8 @@ class Driver:
         self, sec: int, image: Any = None, info: Any = None, *, with_info: bool = True
     ) -> tuple[int, int]:
         """Publish one image (default: the good test image) and its camera info."""
-        from epropnp_ros.conversions import array_to_image, make_header
+        from epropnp_ros.images import array_to_image
+        from epropnp_ros.messages import make_header
 
         header = make_header(FRAME, sec * 1_000_000_000)
         img = image if image is not None else array_to_image(texture_image(), "rgb8", header)
@@ -378,7 +379,7 @@ def test_detector_node_end_to_end(
 
     # 5. Bad input never kills the node: each case -> counter (+ warning), then a good frame
     #    is processed.
-    from epropnp_ros.conversions import array_to_image
+    from epropnp_ros.images import array_to_image
 
     rgb = texture_image()
     unsupported = array_to_image(rgb, "rgb8", None)
@@ -541,7 +542,8 @@ def test_pose_estimator_node_in_process(
     from sensor_msgs.msg import CameraInfo, CompressedImage
     from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray
 
-    from epropnp_ros.conversions import make_header, rgb_to_compressed
+    from epropnp_ros.images import rgb_to_compressed
+    from epropnp_ros.messages import make_header
     from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
 
     ckpt = dense_fixture_checkpoint

@@ -2,7 +2,7 @@
 
 :class:`EstimatorNode` is an ``rclpy`` lifecycle node that is only glue: parameters
 (:mod:`epropnp_ros.params`) -> pipeline (:mod:`epropnp_ros.pipeline`) -> messages
-(:mod:`epropnp_ros.conversions`, :mod:`epropnp_ros.markers`).
+(:mod:`epropnp_ros.detections`, :mod:`epropnp_ros.poses`, :mod:`epropnp_ros.markers`).
 
 Lifecycle
     * ``on_configure``: read the parameters, load the model (a missing or invalid checkpoint, or
@@ -72,7 +72,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from epropnp_lib.errors import EProPnPError
-from epropnp_ros import conversions as conv
+from epropnp_ros.camera_model import camera_info_to_model
+from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
+from epropnp_ros.errors import ConversionError
+from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
 from epropnp_ros.params import CommonParams, param_specs, params_from_values, validate_change
@@ -82,6 +85,7 @@ from epropnp_ros.pipeline import (
     PipelineInputError,
     intrinsics_from_camera,
 )
+from epropnp_ros.poses import pose_array, pose_with_covariance_stamped
 
 ParamsT = TypeVar("ParamsT", bound=CommonParams)
 
@@ -183,7 +187,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         """Run the pipeline on one decoded frame."""
 
     @abstractmethod
-    def objects(self, output: Any) -> list[conv.ObjectPose3D]:
+    def objects(self, output: Any) -> list[ObjectPose3D]:
         """The published objects of a pipeline output."""
 
     def apply_live_params(self, params: ParamsT) -> None:  # noqa: B027 - optional hook
@@ -425,22 +429,22 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         params = self.params
         try:
             if isinstance(image_msg, CompressedImage):
-                rgb = conv.compressed_to_rgb(image_msg)
+                rgb = compressed_to_rgb(image_msg)
             else:
-                rgb = conv.image_to_rgb(image_msg)
-        except conv.ConversionError as exc:
+                rgb = image_to_rgb(image_msg)
+        except ConversionError as exc:
             self.counters["bad_image"] += 1
             self.warn("bad_image", f"skipping image: {exc}")
             return
         try:
-            camera = conv.camera_info_to_model(info_msg)
-        except conv.ConversionError as exc:
+            camera = camera_info_to_model(info_msg)
+        except ConversionError as exc:
             self.counters["bad_camera_info"] += 1
             self.warn("bad_camera_info", f"skipping frame, invalid CameraInfo: {exc}")
             return
         try:
             camera.check_image_size(rgb.shape[0], rgb.shape[1])
-        except conv.ConversionError as exc:
+        except ConversionError as exc:
             self.counters["size_mismatch"] += 1
             self.warn("size_mismatch", f"skipping frame: {exc}")
             return
@@ -449,7 +453,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         try:
             intrinsics = intrinsics_from_camera(camera, params.rectified)
             output = self.run_pipeline(rgb, intrinsics, header, params)
-        except (PipelineInputError, conv.ConversionError) as exc:
+        except (PipelineInputError, ConversionError) as exc:
             self.counters["bad_image"] += 1
             self.warn("bad_input", f"skipping frame: {exc}")
             return
@@ -469,17 +473,17 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         if not pubs:
             return
         objects = self.objects(output)
-        pubs["detections"].publish(conv.detection3d_array(header, objects))
+        pubs["detections"].publish(detection3d_array(header, objects))
         if objects:
             best = int(np.argmax(output.scores))
             pubs["pose"].publish(
-                conv.pose_with_covariance_stamped(header, output.pose[best],
+                pose_with_covariance_stamped(header, output.pose[best],
                                                   output.covariance[best])
             )
         samples = output.samples
         dim = samples.shape[-1]
         flat = samples.reshape(-1, dim)
-        pubs["pose_samples"].publish(conv.pose_array(header, flat))
+        pubs["pose_samples"].publish(pose_array(header, flat))
         if params.publish_markers:
             style = MarkerStyle(lifetime_s=params.marker_lifetime,
                                 class_names=self.marker_class_names())
@@ -487,7 +491,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             pubs["markers"].publish(detection_markers(header, objects, per_object, style))
         if "tf" in pubs and objects:
             pubs["tf"].publish(
-                conv.tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
+                tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
             )
         self.counters["objects_published"] += len(objects)
 

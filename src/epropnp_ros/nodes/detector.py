@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from std_msgs.msg import Header
 
-from epropnp_ros import conversions as conv
+from epropnp_ros.detections import ObjectPose3D, objects_from_boxes
 from epropnp_ros.nodes.base import EstimatorNode, run
 from epropnp_ros.params import DetectorParams
 from epropnp_ros.pipeline import (
@@ -76,8 +76,8 @@ class DetectorNode(EstimatorNode[DetectorParams]):
         out: DetectorOutput = self.pipeline.process(rgb, intrinsics)
         return out
 
-    def objects(self, output: DetectorOutput) -> list[conv.ObjectPose3D]:
-        return conv.objects_from_boxes(output.boxes, output.covariance,
+    def objects(self, output: DetectorOutput) -> list[ObjectPose3D]:
+        return objects_from_boxes(output.boxes, output.covariance,
                                        self.marker_class_names())
 
     def marker_class_names(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import numpy as np
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from std_msgs.msg import Header
 
-from epropnp_ros import conversions as conv
+from epropnp_ros.detections import ObjectPose3D
 from epropnp_ros.nodes.base import OUTPUT_QOS, EstimatorNode, run, stamp_ns
 from epropnp_ros.params import PoseEstimatorParams
 from epropnp_ros.pipeline import (
@@ -143,9 +143,9 @@ class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams]):
         out: PoseOutput = self.pipeline.process(rgb, intrinsics, rois, scores)
         return out
 
-    def objects(self, output: PoseOutput) -> list[conv.ObjectPose3D]:
+    def objects(self, output: PoseOutput) -> list[ObjectPose3D]:
         return [
-            conv.ObjectPose3D(pose=output.pose[i], size=output.size[i],
+            ObjectPose3D(pose=output.pose[i], size=output.size[i],
                               class_id=output.class_ids[i], score=float(output.scores[i]),
                               covariance=output.covariance[i], object_id=str(i))
             for i in range(len(output.pose))
