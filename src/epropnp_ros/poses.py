@@ -51,7 +51,7 @@ __all__ = [
     "pose_with_covariance",
     "pose_with_covariance_stamped",
     "poses_to_msgs",
-    "rotation_to_quat_msg",
+    "rotations_of",
     "rotations_to_quat_msgs",
 ]
 
@@ -174,6 +174,19 @@ def _kinds(poses: Sequence[np.ndarray]) -> list[tuple[int, list[int]]]:
     return groups
 
 
+def rotations_of(poses: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Rotation matrices ``(..., 3, 3)`` of each checked pose array ``(..., 7)`` or
+    ``(..., 4)`` in ``poses`` (kinds may be mixed): one :func:`pose_rotation` call per kind."""
+    out: list[np.ndarray] = [np.empty(0)] * len(poses)
+    for dim, idx in _kinds(poses):
+        flat = [poses[i].reshape(-1, dim) for i in idx]
+        rots = pose_rotation(np.concatenate(flat))
+        offsets = np.cumsum([0] + [len(f) for f in flat])
+        for k, i in enumerate(idx):
+            out[i] = rots[offsets[k]:offsets[k + 1]].reshape(poses[i].shape[:-1] + (3, 3))
+    return out
+
+
 def pose_msgs_of(poses: Sequence[np.ndarray]) -> list[Pose]:
     """One ``Pose`` per checked pose vector ``(7,)`` / ``(4,)`` (kinds may be mixed): one
     :func:`poses_to_msgs` call per kind."""
@@ -244,11 +257,6 @@ def pose_array(header: Any, samples: ArrayLike) -> PoseArray:
     """``geometry_msgs/PoseArray`` (header copied) of equally weighted pose samples
     ``(S, 7)`` or ``(S, 4)`` (e.g. resampled posterior samples)."""
     return PoseArray(header=copy_header(header), poses=poses_to_msgs(samples))
-
-
-def rotation_to_quat_msg(rot: ArrayLike) -> Quaternion:
-    """``geometry_msgs/Quaternion`` (x, y, z, w) of a rotation matrix ``rot: (3, 3)``."""
-    return rotations_to_quat_msgs(as_float64(rot, "rot")[None])[0]
 
 
 def rotations_to_quat_msgs(rots: ArrayLike) -> list[Quaternion]:
