@@ -127,15 +127,6 @@ class CameraModel:
         return full_h // self.binning_y, full_w // self.binning_x
 
 
-    def check_image_size(self, height: int, width: int) -> None:
-        """Raise :class:`CameraInfoError` if an image of ``height x width`` does not match."""
-        want_h, want_w = self.image_size
-        if (height, width) != (want_h, want_w):
-            raise CameraInfoError(
-                f"image is {width}x{height} but CameraInfo (frame {self.frame_id!r}) describes "
-                f"{want_w}x{want_h}"
-            )
-
 def camera_info_to_model(msg: Any) -> CameraModel:
     """Validate a ``sensor_msgs/CameraInfo`` into a :class:`CameraModel`.
 

@@ -27,7 +27,7 @@ class ImageConversionError(ConversionError):
 
 
 class CameraInfoError(ConversionError):
-    """A ``CameraInfo`` is invalid (zero/NaN K or P, unknown distortion model, size mismatch)."""
+    """A ``CameraInfo`` is invalid (zero/NaN K or P, unknown distortion model, bad ROI)."""
 
 
 class ArrayShapeError(ConversionError, ShapeError):
