@@ -1,8 +1,8 @@
-"""The errors of the message converters and builders of :mod:`epropnp_ros`.
+"""The errors of :mod:`epropnp_ros`, all :class:`~epropnp_lib.errors.EProPnPError`.
 
 Every malformed message or array handed to a converter or builder raises a
-:class:`ConversionError` (the nodes catch that one class), also an
-:class:`~epropnp_lib.errors.EProPnPError`.
+:class:`ConversionError` (the nodes catch that one class); bag conversion, bag playback and the
+closed loop raise their own error with the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from epropnp_lib.errors import EProPnPError, NonFiniteError, ShapeError
 
 __all__ = [
     "ArrayShapeError",
+    "BagConversionError",
+    "BagPlayError",
     "CameraInfoError",
+    "ClosedLoopError",
     "ConversionError",
     "ImageConversionError",
     "NonFiniteValueError",
@@ -36,3 +39,15 @@ class ArrayShapeError(ConversionError, ShapeError):
 
 class NonFiniteValueError(ConversionError, NonFiniteError):
     """An array given to a message builder holds NaN/inf (also a :class:`NonFiniteError`)."""
+
+
+class BagConversionError(EProPnPError):
+    """The nuScenes data cannot be converted (missing file, broken table, bad selection)."""
+
+
+class BagPlayError(EProPnPError):
+    """The bag cannot be played (missing, unreadable, unknown message type)."""
+
+
+class ClosedLoopError(EProPnPError):
+    """The closed loop could not run (bag, checkpoint, dataset, or the detector nodes failed)."""
