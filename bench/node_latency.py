@@ -13,10 +13,10 @@ autostart) on localhost Fast DDS, exactly as deployed in a venv.
 * the node's own ``stage_ms`` (from ``~/diagnostics``) of the last frame.
 
 Model: :func:`epropnp_lib.nets.deformable.small_config` (ResNet-18 width 32, P3-P5, 4x8 points,
-AMIS 4x64), weights from a fixed seed (no trained checkpoint ships yet). With ``score_threshold``
-0 every frame carries up to ``--detections`` queries into the PnP solve; the network's
-bird's-eye-view NMS then removes overlapping boxes, and the table reports how many detections
-(with their posterior samples) were published per frame, so the load is stated, not hidden.
+AMIS 4x64), weights from a fixed seed. With ``score_threshold`` 0 every frame carries up to
+``--detections`` queries into the PnP solve; the network's bird's-eye-view NMS then removes
+overlapping boxes, and the table reports how many detections (with their posterior samples)
+were published per frame, so the load is stated, not hidden.
 
 With ``--checkpoint`` (e.g. the bundled ``models/detector_small_synthetic.pt``) the node runs
 that model at its default score threshold on a generated nuScenes-format street image
@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+# ROS, torch and the package are imported inside the functions, after main() has set the ROS
+# environment (AMENT_PREFIX_PATH, ROS_DOMAIN_ID, discovery range).
 REPO = Path(__file__).resolve().parents[1]
 NS = "/epropnp_bench"
 
@@ -97,20 +99,9 @@ def street_image(width: int, height: int, tmp: Path) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(bgr[:, :, ::-1]), k
 
 
-def run_size(
-    width: int, height: int, scale: float, args: argparse.Namespace, ckpt: Path, env: dict[str, str]
-) -> dict[str, Any]:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import String
-    from vision_msgs.msg import Detection3DArray
-
-    from epropnp_ros.conversions import array_to_image, make_header
-
-    log = Path(tempfile.mkstemp(prefix="node_latency_", suffix=".log")[1])
-    cmd = [
+def _node_command(scale: float, args: argparse.Namespace, ckpt: Path) -> list[str]:
+    """The detector node process, started active, with reliable inputs."""
+    return [
         sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args",
         "--params-file", str(REPO / "config" / "detector.yaml"),
         "-r", f"__ns:={NS}", "-p", f"checkpoint:={ckpt}", "-p", "autostart:=true",
@@ -121,84 +112,131 @@ def run_size(
         "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
         "-p", f"qos_overrides.{NS}/camera_info.subscription.reliability:=reliable",
     ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("epropnp_bench_driver", context=context)
-    ex = SingleThreadedExecutor(context=context)
-    ex.add_node(node)
-    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    image_pub = node.create_publisher(Image, f"{NS}/image", qos)
-    info_pub = node.create_publisher(CameraInfo, f"{NS}/camera_info", qos)
-    arrived: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    diag: dict[str, Any] = {}
 
-    def on_det(m: Any) -> None:
-        arrived[m.header.stamp.sec] = time.monotonic()
-        counts[m.header.stamp.sec] = len(m.detections)
 
-    node.create_subscription(Detection3DArray, f"{NS}/detections", on_det, qos)
-    node.create_subscription(String, f"{NS}/detector/diagnostics",
-                             lambda m: diag.update(json.loads(m.data)), qos)
-    if args.checkpoint:
-        rgb, k = street_image(width, height, log.parent / f"{log.stem}_data")
-        info = camera_info(width, height)
-        info.k = k.reshape(-1).tolist()
-        info.p = np.hstack((k, np.zeros((3, 1)))).reshape(-1).tolist()
-    else:
-        rng = np.random.default_rng(0)  # image content only (not torch code)
-        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        info = camera_info(width, height)
+def _frame(width: int, height: int, args: argparse.Namespace, log: Path
+           ) -> tuple[np.ndarray, Any]:
+    """The image published every frame and its CameraInfo: a generated street scene with
+    ``--checkpoint``, else random pixels (content only: not torch code)."""
+    info = camera_info(width, height)
+    if not args.checkpoint:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), info
+    rgb, k = street_image(width, height, log.parent / f"{log.stem}_data")
+    info.k = k.reshape(-1).tolist()
+    info.p = np.hstack((k, np.zeros((3, 1)))).reshape(-1).tolist()
+    return rgb, info
 
-    def spin_until(pred: Any, timeout: float) -> bool:
+
+class _Driver:
+    """This process's side: publishes frames, records when each frame's detections arrive."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], rgb: np.ndarray, info: Any) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_msgs.msg import String
+        from vision_msgs.msg import Detection3DArray
+
+        from epropnp_ros.images import array_to_image
+        from epropnp_ros.messages import make_header
+
+        self.array_to_image, self.make_header = array_to_image, make_header
+        self.proc, self.rgb, self.info = proc, rgb, info
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("epropnp_bench_driver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, f"{NS}/image", qos)
+        self.info_pub = self.node.create_publisher(CameraInfo, f"{NS}/camera_info", qos)
+        self.arrived: dict[int, float] = {}
+        self.counts: dict[int, int] = {}
+        self.diag: dict[str, Any] = {}
+        self.node.create_subscription(Detection3DArray, f"{NS}/detections", self._on_det, qos)
+        self.node.create_subscription(String, f"{NS}/detector/diagnostics",
+                                      lambda m: self.diag.update(json.loads(m.data)), qos)
+
+    def _on_det(self, msg: Any) -> None:
+        self.arrived[msg.header.stamp.sec] = time.monotonic()
+        self.counts[msg.header.stamp.sec] = len(msg.detections)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def spin_until(self, pred: Any, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not pred():
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
                 return False
-            ex.spin_once(timeout_sec=0.01)
+            self.executor.spin_once(timeout_sec=0.01)
         return True
 
-    def send(sec: int) -> float:
-        header = make_header("bench_camera_optical", sec * 1_000_000_000)
-        info.header = header
-        msg = array_to_image(rgb, "rgb8", header)
+    def send(self, sec: int) -> float:
+        """Publish the frame stamped ``sec`` seconds; returns when (monotonic)."""
+        header = self.make_header("bench_camera_optical", sec * 1_000_000_000)
+        self.info.header = header
+        msg = self.array_to_image(self.rgb, "rgb8", header)
         t = time.monotonic()
-        image_pub.publish(msg)
-        info_pub.publish(info)
+        self.image_pub.publish(msg)
+        self.info_pub.publish(self.info)
         return t
 
+
+def _closed_loop(driver: _Driver, args: argparse.Namespace, log: Path) -> list[float]:
+    """Latencies (ms) of frames sent one at a time, each after the previous one's output."""
+    latencies = []
+    for i in range(args.warmup + args.frames):
+        sec = 1000 + i
+        t = driver.send(sec)
+        if not driver.spin_until(lambda s=sec: s in driver.arrived, 60.0):
+            raise RuntimeError(f"no output for frame {sec}; log:\n{log.read_text()[-3000:]}")
+        if i >= args.warmup:
+            latencies.append(1000.0 * (driver.arrived[sec] - t))
+    return latencies
+
+
+def _open_loop(driver: _Driver, args: argparse.Namespace) -> tuple[int, int, float]:
+    """Publish at ``--rate`` for ``--seconds``: frames sent, processed, and the seconds until
+    the last one's output."""
+    first = 5000
+    done_before = len(driver.arrived)
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < args.seconds:
+        driver.send(first + i)
+        i += 1
+        next_t = t0 + i / args.rate
+        while time.monotonic() < next_t:
+            driver.executor.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))
+    last = first + i - 1
+    driver.spin_until(lambda: last in driver.arrived, 60.0)
+    elapsed = driver.arrived.get(last, time.monotonic()) - t0
+    return i, len(driver.arrived) - done_before, elapsed
+
+
+def run_size(
+    width: int, height: int, scale: float, args: argparse.Namespace, ckpt: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """Start the node for one image size and measure it (module docstring)."""
+    log = Path(tempfile.mkstemp(prefix="node_latency_", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(_node_command(scale, args, ckpt), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+    driver = _Driver(proc, *_frame(width, height, args, log))
     try:
-        if not spin_until(lambda: image_pub.get_subscription_count() > 0
-                          and info_pub.get_subscription_count() > 0, 120.0):
+        if not driver.spin_until(lambda: driver.image_pub.get_subscription_count() > 0
+                                 and driver.info_pub.get_subscription_count() > 0, 120.0):
             raise RuntimeError(f"node did not start; log:\n{log.read_text()[-3000:]}")
-        latencies = []
-        for i in range(args.warmup + args.frames):
-            sec = 1000 + i
-            t = send(sec)
-            if not spin_until(lambda s=sec: s in arrived, 60.0):
-                raise RuntimeError(f"no output for frame {sec}; log:\n{log.read_text()[-3000:]}")
-            if i >= args.warmup:
-                latencies.append(1000.0 * (arrived[sec] - t))
-        n_det = sorted({counts[s] for s in counts})
-        stage = dict(diag.get("stage_ms", {}))
-        # Open loop: publish at args.rate for args.seconds, count processed frames.
-        first = 5000
-        done_before = len(arrived)
-        t0 = time.monotonic()
-        i = 0
-        while time.monotonic() - t0 < args.seconds:
-            send(first + i)
-            i += 1
-            next_t = t0 + i / args.rate
-            while time.monotonic() < next_t:
-                ex.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))
-        last = first + i - 1
-        spin_until(lambda: last in arrived, 60.0)
-        elapsed = arrived.get(last, time.monotonic()) - t0
-        processed = len(arrived) - done_before
-        lat = np.asarray(latencies)
+        lat = np.asarray(_closed_loop(driver, args, log))
+        n_det = sorted(set(driver.counts.values()))
+        stage = dict(driver.diag.get("stage_ms", {}))
+        sent, processed, elapsed = _open_loop(driver, args)
         return {
             "size": f"{width}x{height}",
             "input_scale": scale,
@@ -206,14 +244,13 @@ def run_size(
             "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p95_ms": float(np.percentile(lat, 95)),
             "closed_loop_fps": float(1000.0 / lat.mean()),
-            "open_loop_sent": i,
+            "open_loop_sent": sent,
             "open_loop_processed": processed,
             "open_loop_fps": processed / elapsed,
             "stage_ms": {k: round(v, 1) for k, v in stage.items()},
         }
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        driver.close()
         if proc.poll() is None:
             proc.send_signal(2)
             try:

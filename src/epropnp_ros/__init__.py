@@ -1,15 +1,15 @@
-"""epropnp_ros: the ROS 2 glue around :mod:`epropnp_lib`.
+"""epropnp_ros: the ROS 2 glue around :mod:`epropnp_lib` (which never imports this package).
 
-What lives here (see DESIGN section 1):
-
-* ``conversions`` -- ROS messages <-> NumPy arrays / tensors (images, camera info, poses with
-  covariance, detections); the only place where quaternion order (w, x, y, z) <-> (x, y, z, w)
-  is converted. Needs the message packages but not rclpy.
-* ``pipeline`` -- the ROS-free inference pipeline (image + intrinsics in, detections with pose
+* Messages <-> arrays, one concern per module: :mod:`~epropnp_ros.images`,
+  :mod:`~epropnp_ros.camera_model` (CameraInfo and undistortion; no message package needed),
+  :mod:`~epropnp_ros.messages` (headers, stamps, Point/Pose lists), :mod:`~epropnp_ros.poses`
+  (the only place the quaternion order is swapped), :mod:`~epropnp_ros.detections`,
+  :mod:`~epropnp_ros.markers`; their errors in :mod:`~epropnp_ros.errors`.
+* :mod:`~epropnp_ros.pipeline`: the ROS-free inference (image + intrinsics in, poses with
   covariance out), testable without a ROS graph.
-* nodes -- thin rclpy (lifecycle) nodes: parameters -> pipeline -> messages, each with a
-  ``main(args=None)`` entry point declared in ``setup.py``.
-* bag conversion and replay (``rosbags``), usable without a ROS install.
-
-Imports :mod:`epropnp_lib`; :mod:`epropnp_lib` never imports this package.
+* :mod:`epropnp_ros.nodes`: thin rclpy lifecycle nodes (parameters in
+  :mod:`~epropnp_ros.params`, image / camera info pairing in :mod:`~epropnp_ros.pairing`).
+* Bags and the closed loop: :mod:`~epropnp_ros.nuscenes_bag`, :mod:`~epropnp_ros.bag_player`,
+  :mod:`~epropnp_ros.closed_loop`, :mod:`~epropnp_ros.detection_video`,
+  :mod:`~epropnp_ros.demo`.
 """

@@ -27,17 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from epropnp_lib.errors import ConfigError, EProPnPError
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader, ReaderError
+
+from epropnp_lib.errors import ConfigError
+from epropnp_ros.errors import BagPlayError
+from epropnp_ros.messages import ns_to_stamp
 
 __all__ = [
-    "BagPlayError", "PlayConfig", "PlayStats", "main", "message_class", "play", "qos_profile_of",
+    "PlayConfig", "PlayStats", "create_publishers", "main", "message_class", "play",
+    "qos_profile_of",
 ]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class BagPlayError(EProPnPError):
-    """The bag cannot be played (missing, unreadable, unknown message type)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class PlayStats(NamedTuple):
 
 
 def message_class(type_name: str) -> Any:
+    """The rclpy message class of a type name such as ``sensor_msgs/msg/Image``."""
     package, _, name = type_name.split("/")
     try:
         return getattr(importlib.import_module(f"{package}.msg"), name)
@@ -78,8 +84,6 @@ def message_class(type_name: str) -> Any:
 
 def qos_profile_of(connection: Any) -> Any:
     """rclpy QoS from the first offered profile recorded for a connection (default: reliable 10)."""
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
     profiles = getattr(connection.ext, "offered_qos_profiles", None) or []
     if not profiles:
         return QoSProfile(depth=10)
@@ -103,6 +107,15 @@ def qos_profile_of(connection: Any) -> Any:
     )
 
 
+def create_publishers(node: Any, connections: Sequence[Any]) -> dict[int, Any]:
+    """A publisher per bag connection (by connection id), of the recorded type and with the
+    recorded QoS; each publisher's ``msg_type`` deserialises the connection's messages."""
+    return {
+        c.id: node.create_publisher(message_class(c.msgtype), c.topic, qos_profile_of(c))
+        for c in connections
+    }
+
+
 def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
     """Publish the bag's messages with their recorded timing (scaled by ``rate``).
 
@@ -114,10 +127,6 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
         BagPlayError: the bag is missing or unreadable, a topic asked for is not in it, a
             type is not installed, or a ``wait_for`` topic got no subscriber in time.
     """
-    import rclpy
-    from rclpy.serialization import deserialize_message
-    from rosbags.rosbag2 import Reader, ReaderError
-
     path = Path(config.bag)
     if not path.exists():
         raise BagPlayError(f"bag not found: {path}")
@@ -137,11 +146,7 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
             raise BagPlayError(f"topics {missing} are not in {path}; it has {sorted(names)}")
         if config.topics:
             connections = [c for c in connections if c.topic in config.topics]
-        publishers: dict[int, Any] = {}
-        classes: dict[int, Any] = {}
-        for c in connections:
-            classes[c.id] = message_class(c.msgtype)
-            publishers[c.id] = node.create_publisher(classes[c.id], c.topic, qos_profile_of(c))
+        publishers = create_publishers(node, connections)
         clock_pub = None
         if config.clock:
             clock_cls = message_class("rosgraph_msgs/msg/Clock")
@@ -165,11 +170,9 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
                 if delay > 0:
                     time.sleep(delay)
                 if clock_pub is not None:
-                    clock = clock_pub.msg_type()
-                    clock.clock.sec, clock.clock.nanosec = divmod(int(stamp), 1_000_000_000)
-                    clock_pub.publish(clock)
-                msg = deserialize_message(bytes(raw), classes[connection.id])
-                publishers[connection.id].publish(msg)
+                    clock_pub.publish(clock_pub.msg_type(clock=ns_to_stamp(stamp)))
+                publisher = publishers[connection.id]
+                publisher.publish(deserialize_message(bytes(raw), publisher.msg_type))
                 counts[connection.topic] = counts.get(connection.topic, 0) + 1
             if not config.loop or not rclpy.ok(context=node.context):
                 break
@@ -206,10 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start-delay", type=float, default=0.0, help="seconds before playing")
     args, ros_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
     try:
         config = PlayConfig(
             bag=args.bag,

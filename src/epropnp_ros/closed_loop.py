@@ -1,27 +1,15 @@
-"""The closed loop: bag → ``detector`` nodes → recorded detections → nuScenes results → score.
+"""The closed loop: bag -> ``detector`` nodes -> recorded detections -> nuScenes results -> score.
 
-``epropnp-closed-loop --bag BAG --checkpoint CKPT --dataroot NUSCENES --out DIR``
-
-1. Starts one ``detector`` node process per camera of the bag (the same entry point and
-   parameters as ``ros2 launch epropnp detector.launch.py``), in the camera's namespace
-   (``/cam_front/detector``: subscribes ``/cam_front/image_raw/compressed`` and
-   ``/cam_front/camera_info``, publishes ``/cam_front/detections``, ``pose_samples``, ...).
-2. Plays the bag into the graph in *lockstep*: each image (with its CameraInfo and TF) is
-   published, then the player waits for that camera's ``Detection3DArray`` with the image's
-   stamp before the next image, so every frame is processed whatever the CPU speed (a frame
-   whose detections do not arrive within ``frame_timeout`` is counted as dropped).
-3. Records the detections (and the posterior pose samples) of the key frames, converts them to
-   the nuScenes results JSON (camera frame → global with the devkit's calibration and ego
-   poses, cameras merged) and scores them with the official ``DetectionEval``
-   (``detection_cvpr_2019``).
-4. Writes into ``DIR``: ``results_nusc.json``, ``scores.json`` (NDS, mAP, TP errors, per-class
-   AP, frame counts, latencies), the devkit's ``metrics_summary.json`` / ``metrics_details.json``
-   and, unless ``--no-render``, ``frames/*.jpg`` + ``detections.mp4``: every camera image with
-   the detected boxes, labels, the projected 2-sigma position ellipse and the posterior samples'
-   headings (the pose uncertainty).
-
-Detection3D has no velocity or attribute field, so the results carry velocity 0 and each
-class's default attribute (mAVE and mAAE reflect that).
+``epropnp-closed-loop --bag BAG --checkpoint CKPT --dataroot NUSCENES --out DIR`` starts one
+``detector`` node process per camera of the bag, in the camera's namespace (``/cam_front``:
+``image_raw/compressed`` and ``camera_info`` in, ``detections`` and ``pose_samples`` out), and
+plays the bag's key frames in *lockstep*: each image is published, then the player waits for
+its ``Detection3DArray`` (a frame without one within ``frame_timeout`` counts as dropped). The
+detections are written as the nuScenes results JSON (camera frame -> global, cameras merged),
+scored with the devkit's ``DetectionEval`` and, unless ``--no-render``, drawn onto the images.
+``DIR`` receives ``results_nusc.json``, ``scores.json``, the devkit's metrics files and
+``frames/*.jpg`` + ``detections.mp4``. Detection3D has no velocity or attribute, so the results
+carry velocity 0 and each class's default attribute.
 """
 
 from __future__ import annotations
@@ -42,16 +30,32 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+from vision_msgs.msg import Detection3DArray
 
+from epropnp_lib.data.nuscenes import (
+    NUSCENES_CLASSES,
+    CameraDetections,
+    ResultsMeta,
+    camera_frame_of,
+    evaluate,
+    load_nuscenes,
+    write_results,
+)
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_ros.bag_player import create_publishers
+from epropnp_ros.detection_video import render_detections
+from epropnp_ros.detections import boxes_from_detection3d_array
+from epropnp_ros.errors import ClosedLoopError
+from epropnp_ros.messages import stamp_to_ns
 
 __all__ = ["ClosedLoopConfig", "ClosedLoopError", "ClosedLoopResult", "main", "run_closed_loop"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class ClosedLoopError(EProPnPError):
-    """The closed loop could not run (bag, checkpoint, dataset, or the detector nodes failed)."""
 
 
 @dataclass(frozen=True)
@@ -145,57 +149,40 @@ def _detector_command(camera: _Camera, config: ClosedLoopConfig) -> list[str]:
     return cmd
 
 
-def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
-    """Run the closed loop (module docstring); returns the scores and where the outputs are.
+class _EvalFrames(NamedTuple):
+    """What is evaluated: the sample tokens of the split and the key frames
+    (``(channel, stamp ns) -> sample_data token``) of every camera."""
 
-    Raises:
-        ClosedLoopError: missing bag/checkpoint, a detector node that exits or never comes up,
-            a bag without compressed camera images.
-    """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.serialization import deserialize_message
-    from rosbags.rosbag2 import Reader
+    sample_tokens: list[str]
+    key_frames: dict[tuple[str, int], str]
 
-    from epropnp_lib.data.nuscenes import (
-        CameraDetections,
-        ResultsMeta,
-        camera_frame_of,
-        evaluate,
-        load_nuscenes,
-        write_results,
-    )
-    from epropnp_ros import conversions as conv
-    from epropnp_ros.bag_player import message_class, qos_profile_of
 
-    out = Path(config.out)
-    bag = Path(config.bag)
-    if not bag.exists():
-        raise ClosedLoopError(f"bag not found: {bag}")
-    if not Path(config.checkpoint).is_file():
-        raise ClosedLoopError(f"checkpoint not found: {config.checkpoint}")
-    out.mkdir(parents=True, exist_ok=True)
-    nusc = load_nuscenes(config.dataroot, config.version)
+def _eval_frames(nusc: Any, config: ClosedLoopConfig) -> _EvalFrames:
+    # nuscenes-devkit: importing it takes seconds (matplotlib ...); only running needs it.
     from nuscenes.utils.splits import create_splits_scenes
 
     split_scenes = set(create_splits_scenes().get(config.eval_set, ()))
     if not split_scenes:
         raise ConfigError(f"eval_set {config.eval_set!r} is not a devkit split")
-    eval_samples = [
+    samples = [
         s["token"] for s in nusc.sample
         if nusc.get("scene", s["scene_token"])["name"] in split_scenes
     ]
-    if not eval_samples:
+    if not samples:
         raise ClosedLoopError(f"no sample of split {config.eval_set} in {config.dataroot}")
     key_frames = {
         (sd["channel"], int(sd["timestamp"]) * 1000): sd["token"]
         for sd in nusc.sample_data
         if sd["is_key_frame"] and sd["channel"].startswith("CAM_")
     }
+    return _EvalFrames(samples, key_frames)
 
+
+def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[str, _Camera]]:
+    """The bag's connections and the cameras to run, by image topic."""
     with Reader(bag) as reader:
         connections = list(reader.connections)
-        bag_topics = {c.topic for c in connections}
+    bag_topics = {c.topic for c in connections}
     channels = config.cameras or tuple(
         sorted({t.split("/")[1].upper() for t in bag_topics if t.endswith("/image_raw/compressed")})
     )
@@ -209,137 +196,203 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:  # noqa: C901
         if missing:
             raise ClosedLoopError(f"{bag} lacks {sorted(missing)}")
         cameras[cam.image_topic] = cam
+    return connections, cameras
 
-    rclpy.init()
-    node = rclpy.create_node("epropnp_closed_loop")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    children: list[subprocess.Popen[bytes]] = []
+
+class _RosGraph:
+    """This process's rclpy node, spun in a background thread once everything is created."""
+
+    def __init__(self) -> None:
+        rclpy.init()
+        self.node = rclpy.create_node("epropnp_closed_loop")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+
+    def spin_in_background(self) -> None:
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _subscribe_outputs(node: Any, cameras: dict[str, _Camera]) -> None:
+    """Record each camera's detections and pose samples by stamp."""
+
+    def on_detections(msg: Any, cam: _Camera) -> None:
+        with cam.event:
+            rec = cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded())
+            rec.detections, rec.received = msg, time.monotonic()
+            cam.event.notify_all()
+
+    def on_samples(msg: Any, cam: _Camera) -> None:
+        with cam.event:
+            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).samples = msg
+
+    for cam in cameras.values():
+        node.create_subscription(
+            Detection3DArray, f"{cam.namespace}/detections",
+            lambda m, c=cam: on_detections(m, c), 50,
+        )
+        node.create_subscription(
+            PoseArray, f"{cam.namespace}/pose_samples", lambda m, c=cam: on_samples(m, c), 50
+        )
+
+
+def _start_detectors(cameras: dict[str, _Camera], config: ClosedLoopConfig, log_dir: Path,
+                     children: list[subprocess.Popen[bytes]]) -> None:
+    """One detector node process per camera (appended to ``children``), logging to
+    ``log_dir``."""
+    env = dict(os.environ)
+    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+    for cam in cameras.values():
+        with (log_dir / f"detector_{cam.channel.lower()}.log").open("wb") as log:
+            children.append(subprocess.Popen(
+                _detector_command(cam, config), stdout=log, stderr=subprocess.STDOUT, env=env,
+            ))
+
+
+def _stop_detectors(children: Sequence[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+class _PlayStats(NamedTuple):
+    processed: int
+    dropped: int
+    latencies: list[float]  # seconds from publishing an image to its detections
+
+
+def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Camera],
+                   key_frames: dict[tuple[str, int], str],
+                   children: Sequence[subprocess.Popen[bytes]], config: ClosedLoopConfig,
+                   log_dir: Path) -> _PlayStats:
+    """Publish the bag; each key-frame image of a selected camera waits for its detections."""
+    processed = dropped = 0
+    latencies: list[float] = []
+    with Reader(bag) as reader:
+        for connection, stamp, raw in reader.messages():
+            publisher = publishers[connection.id]
+            msg = deserialize_message(bytes(raw), publisher.msg_type)
+            target = cameras.get(connection.topic)
+            if target is None:
+                if connection.topic.endswith("/image_raw/compressed"):
+                    continue  # a camera not selected
+                publisher.publish(msg)
+                continue
+            if (target.channel, stamp) not in key_frames:
+                continue  # sweeps are not evaluated: skip their inference
+            sent = time.monotonic()
+            publisher.publish(msg)
+            ok = _wait_for_frame(target, stamp, config.frame_timeout)
+            _check_children(children, log_dir)
+            if ok:
+                processed += 1
+                latencies.append(target.results[stamp].received - sent)
+            else:
+                dropped += 1
+                LOGGER.warning("no detections for %s at %d within %.0f s",
+                               target.channel, stamp, config.frame_timeout)
+    time.sleep(0.2)  # let the last pose samples arrive
+    return _PlayStats(processed, dropped, latencies)
+
+
+def _collect(nusc: Any, cameras: dict[str, _Camera], frames: _EvalFrames
+             ) -> tuple[dict[str, list[CameraDetections]], list[tuple[str, Any, Any, Any]]]:
+    """The recorded detections of the key frames: per evaluated sample, and per image (for
+    rendering: sample_data token, boxes, covariances, PoseArray of samples)."""
+    per_sample: dict[str, list[CameraDetections]] = {}
+    rendered = []
+    for cam in cameras.values():
+        for stamp, rec in sorted(cam.results.items()):
+            sd_token = frames.key_frames.get((cam.channel, stamp))
+            if sd_token is None or rec.detections is None:
+                continue
+            frame = camera_frame_of(nusc, sd_token)
+            boxes, covs = boxes_from_detection3d_array(rec.detections, NUSCENES_CLASSES)
+            if frame.sample_token in frames.sample_tokens:
+                per_sample.setdefault(frame.sample_token, []).append(
+                    CameraDetections(boxes, frame)
+                )
+            rendered.append((sd_token, boxes, covs, rec.samples))
+    return per_sample, rendered
+
+
+def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _EvalFrames,
+           stats: _PlayStats, cameras: dict[str, _Camera], config: ClosedLoopConfig
+           ) -> tuple[Path, Path, dict[str, Any]]:
+    """Write the results JSON, evaluate it and write ``scores.json``; returns both paths and
+    the scores."""
+    out = Path(config.out)
+    results_path = out / "results_nusc.json"
+    summary = write_results(results_path, per_sample, sample_tokens=frames.sample_tokens,
+                            meta=ResultsMeta())
+    scores = evaluate(results_path, config.dataroot, config.version, config.eval_set, out,
+                      nusc=nusc)
+    lat = np.asarray(stats.latencies) * 1000 if stats.latencies else np.zeros(1)
+    report = {
+        "nds": scores.nds,
+        "mean_ap": scores.mean_ap,
+        "tp_errors": scores.tp_errors,
+        "per_class_ap": scores.per_class_ap,
+        "frames_processed": stats.processed,
+        "frames_dropped": stats.dropped,
+        "boxes_written": summary.num_boxes,
+        "latency_ms": {"p50": float(np.percentile(lat, 50)),
+                       "p95": float(np.percentile(lat, 95))},
+        "eval_set": config.eval_set,
+        "cameras": [cam.channel for cam in cameras.values()],
+        "checkpoint": str(config.checkpoint),
+    }
+    scores_path = out / "scores.json"
+    scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
+    return results_path, scores_path, report
+
+
+def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
+    """Run the closed loop (module docstring); returns the scores and where the outputs are.
+
+    Raises:
+        ClosedLoopError: missing bag/checkpoint, a detector node that exits or never comes up,
+            a bag without compressed camera images.
+    """
+    out, bag = Path(config.out), Path(config.bag)
+    if not bag.exists():
+        raise ClosedLoopError(f"bag not found: {bag}")
+    if not Path(config.checkpoint).is_file():
+        raise ClosedLoopError(f"checkpoint not found: {config.checkpoint}")
+    out.mkdir(parents=True, exist_ok=True)
+    nusc = load_nuscenes(config.dataroot, config.version)
+    frames = _eval_frames(nusc, config)
+    connections, cameras = _bag_cameras(bag, config)
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
+    graph = _RosGraph()
+    children: list[subprocess.Popen[bytes]] = []
     try:
-        from geometry_msgs.msg import PoseArray
-        from vision_msgs.msg import Detection3DArray
-
-        def on_detections(msg: Any, cam: _Camera) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            with cam.event:
-                rec = cam.results.setdefault(stamp, _Recorded())
-                rec.detections, rec.received = msg, time.monotonic()
-                cam.event.notify_all()
-
-        def on_samples(msg: Any, cam: _Camera) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            with cam.event:
-                cam.results.setdefault(stamp, _Recorded()).samples = msg
-
-        for cam in cameras.values():
-            node.create_subscription(
-                Detection3DArray, f"{cam.namespace}/detections",
-                lambda m, c=cam: on_detections(m, c), 50,
-            )
-            node.create_subscription(
-                PoseArray, f"{cam.namespace}/pose_samples", lambda m, c=cam: on_samples(m, c), 50
-            )
-        publishers: dict[int, Any] = {}
-        classes: dict[int, Any] = {}
-        for c in connections:
-            classes[c.id] = message_class(c.msgtype)
-            publishers[c.id] = node.create_publisher(classes[c.id], c.topic, qos_profile_of(c))
-        spinner.start()
-
-        env = dict(os.environ)
-        env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
-        for cam in cameras.values():
-            with (log_dir / f"detector_{cam.channel.lower()}.log").open("wb") as log:
-                children.append(subprocess.Popen(
-                    _detector_command(cam, config), stdout=log, stderr=subprocess.STDOUT,
-                    env=env,
-                ))
-        _wait_for_detectors(node, cameras, children, config, log_dir)
-
-        processed = dropped = 0
-        latencies: list[float] = []
-        with Reader(bag) as reader:
-            for connection, stamp, raw in reader.messages():
-                msg = deserialize_message(bytes(raw), classes[connection.id])
-                target = cameras.get(connection.topic)
-                if target is None:
-                    if connection.topic.endswith("/image_raw/compressed"):
-                        continue  # a camera not selected
-                    publishers[connection.id].publish(msg)
-                    continue
-                if (target.channel, stamp) not in key_frames:
-                    continue  # sweeps are not evaluated: skip their inference
-                sent = time.monotonic()
-                publishers[connection.id].publish(msg)
-                ok = _wait_for_frame(target, stamp, config.frame_timeout)
-                _check_children(children, log_dir)
-                if ok:
-                    processed += 1
-                    latencies.append(target.results[stamp].received - sent)
-                else:
-                    dropped += 1
-                    LOGGER.warning("no detections for %s at %d within %.0f s",
-                                   target.channel, stamp, config.frame_timeout)
-        time.sleep(0.2)  # let the last pose samples arrive
-
-        per_sample: dict[str, list[Any]] = {}
-        frames_for_render = []
-        for cam in cameras.values():
-            for stamp, rec in sorted(cam.results.items()):
-                sd_token = key_frames.get((cam.channel, stamp))
-                if sd_token is None or rec.detections is None:
-                    continue
-                frame = camera_frame_of(nusc, sd_token)
-                boxes, covs = conv.boxes_from_detection3d_array(rec.detections)
-                if frame.sample_token in eval_samples:
-                    per_sample.setdefault(frame.sample_token, []).append(
-                        CameraDetections(boxes, frame)
-                    )
-                frames_for_render.append((sd_token, boxes, covs, rec.samples))
-        results_path = out / "results_nusc.json"
-        summary = write_results(results_path, per_sample, sample_tokens=eval_samples,
-                                meta=ResultsMeta())
-        scores = evaluate(results_path, config.dataroot, config.version, config.eval_set,
-                          out, nusc=nusc)
-        lat = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
-        report = {
-            "nds": scores.nds,
-            "mean_ap": scores.mean_ap,
-            "tp_errors": scores.tp_errors,
-            "per_class_ap": scores.per_class_ap,
-            "frames_processed": processed,
-            "frames_dropped": dropped,
-            "boxes_written": summary.num_boxes,
-            "latency_ms": {"p50": float(np.percentile(lat, 50)),
-                           "p95": float(np.percentile(lat, 95))},
-            "eval_set": config.eval_set,
-            "cameras": list(channels),
-            "checkpoint": str(config.checkpoint),
-        }
-        scores_path = out / "scores.json"
-        scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
-        video = None
-        if config.render:
-            from epropnp_ros.detection_video import render_detections
-
-            video = render_detections(nusc, frames_for_render, out)
-        return ClosedLoopResult(results_path, scores_path, report, video, processed, dropped)
+        _subscribe_outputs(graph.node, cameras)
+        publishers = create_publishers(graph.node, connections)
+        graph.spin_in_background()
+        _start_detectors(cameras, config, log_dir, children)
+        _wait_for_detectors(graph.node, cameras, children, config, log_dir)
+        stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children, config,
+                               log_dir)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        _stop_detectors(children)
+        graph.close()
+    per_sample, rendered = _collect(nusc, cameras, frames)
+    results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config)
+    video = render_detections(nusc, rendered, out) if config.render else None
+    return ClosedLoopResult(results_path, scores_path, report, video, stats.processed,
+                            stats.dropped)
 
 
 def _json_default(value: Any) -> Any:

@@ -24,6 +24,8 @@ import numpy as np
 
 from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.geometry.boxes import BOX_EDGES, FRONT_FACE, CameraBoxes
+from epropnp_ros.errors import ConversionError
+from epropnp_ros.poses import msg_to_pose
 
 __all__ = ["CLASS_COLOURS", "draw_detections", "render_detections"]
 
@@ -44,11 +46,11 @@ TILES: tuple[tuple[str, ...], ...] = (
 SAMPLE_TICK_M = 0.5
 
 
-def _project(points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _project(points: np.ndarray, cam_mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) pixels and (N,) bool in-front mask of (N, 3) camera-frame points."""
     z = points[:, 2]
     front = z > 0.1
-    uvw = points @ k.T
+    uvw = points @ cam_mat.T
     uv = uvw[:, :2] / np.where(front, z, 1.0)[:, None]
     return uv, front
 
@@ -62,7 +64,7 @@ def _line(img: np.ndarray, a: np.ndarray, b: np.ndarray, colour: tuple[int, int,
 
 def draw_detections(
     image_bgr: np.ndarray,
-    k: np.ndarray,
+    cam_mat: np.ndarray,
     boxes: CameraBoxes,
     covariances: np.ndarray,
     samples: np.ndarray | None = None,
@@ -72,21 +74,21 @@ def draw_detections(
 
     Args:
         image_bgr: (H, W, 3) uint8.
-        k: (3, 3) intrinsics of the image.
+        cam_mat: (3, 3) intrinsics of the image.
         boxes: M camera-frame boxes.
         covariances: (M, 4, 4) 4DoF covariances over (x, y, z, yaw).
         samples: (S, 4) posterior samples (x, y, z, yaw) of all objects, or None.
     """
     img = image_bgr.copy()
     scale = max(1, round(img.shape[0] / 450))
-    k = np.asarray(k, dtype=np.float64)
+    cam_mat = np.asarray(cam_mat, dtype=np.float64)
     corners = boxes.corners().detach().cpu().double().numpy()  # (M, 8, 3)
     centers = boxes.center.detach().cpu().double().numpy()
     labels = boxes.labels.cpu().numpy()
     scores = boxes.scores.detach().cpu().double().numpy()
     for i in range(boxes.num_boxes):
         colour = CLASS_COLOURS[int(labels[i]) % len(CLASS_COLOURS)]
-        uv, front = _project(corners[i], k)
+        uv, front = _project(corners[i], cam_mat)
         if not front.all():
             continue
         for a, b in BOX_EDGES:
@@ -104,7 +106,7 @@ def draw_detections(
             pts = np.repeat(centers[i][None], 33, 0)
             pts[:, 0] += ring[0]
             pts[:, 2] += ring[1]
-            ruv, rfront = _project(pts, k)
+            ruv, rfront = _project(pts, cam_mat)
             if rfront.all():
                 for a in range(32):
                     _line(img, ruv[a], ruv[a + 1], (255, 255, 255), scale)
@@ -119,8 +121,8 @@ def draw_detections(
         # fans read as one bright stroke and spread (uncertain) ones as a faint fan.
         s = np.asarray(samples, dtype=np.float64)
         heading = np.stack([np.cos(s[:, 3]), np.zeros(len(s)), -np.sin(s[:, 3])], axis=1)
-        a_uv, a_front = _project(s[:, :3], k)
-        b_uv, b_front = _project(s[:, :3] + SAMPLE_TICK_M * heading, k)
+        a_uv, a_front = _project(s[:, :3], cam_mat)
+        b_uv, b_front = _project(s[:, :3] + SAMPLE_TICK_M * heading, cam_mat)
         overlay = img.copy()
         for j in np.flatnonzero(a_front & b_front):
             _line(overlay, a_uv[j], b_uv[j], (0, 255, 255), 1)
@@ -131,13 +133,11 @@ def draw_detections(
 def _pose_array_to_samples(msg: Any) -> np.ndarray | None:
     if msg is None:
         return None
-    from epropnp_ros import conversions as conv
-
     out = []
     for pose in msg.poses:
         try:
-            out.append(conv.msg_to_pose(pose, dof=4, yaw_tolerance=1e-2))
-        except conv.ConversionError:
+            out.append(msg_to_pose(pose, dof=4, yaw_tolerance=1e-2))
+        except ConversionError:
             continue
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 

@@ -1,30 +1,12 @@
 """RViz ``visualization_msgs/MarkerArray`` of detected objects and their pose uncertainty.
 
-:func:`detection_markers` builds one array per frame:
-
-=========================  ===========  ===========================================================
-namespace                  type         content
-=========================  ===========  ===========================================================
-(none)                     DELETEALL    first marker: clears the previous frame's markers
-``epropnp/boxes``          LINE_LIST    the 12 edges of each 3D box, class colour
-``epropnp/labels``         TEXT         ``"<class> <score>"`` above each box
-``epropnp/covariance``     SPHERE       position covariance ellipsoid at ``n_sigma`` (default 2)
-``epropnp/orientations``   LINE_LIST    orientation fan: one segment per posterior sample from
-                                        the object centre along the sample's heading (x axis)
-=========================  ===========  ===========================================================
-
-Marker ids are the object's index in the list, so ids are stable within a namespace and the
-DELETEALL first removes objects that disappeared. All markers are in the header frame (the
-camera optical frame); poses follow :mod:`epropnp_lib.conventions` (see
-:mod:`epropnp_ros.conversions`).
-
-Covariance ellipsoid
-    The 3x3 position block ``Sigma`` of the object's covariance is eigen-decomposed,
-    ``Sigma = V diag(lambda) V^T``. The SPHERE marker is oriented by ``V`` (made a proper rotation)
-    and scaled to the **diameters** ``2 * n_sigma * sqrt(lambda)``, i.e. it is the surface
-    ``(x - t)^T Sigma^-1 (x - t) = n_sigma^2``. With the default ``n_sigma = 2`` it holds 73.9 %
-    of a 3D Gaussian's mass (``n_sigma = 1``: 19.9 %, ``2.796``: 95 %). Diameters below
-    :data:`MIN_MARKER_SCALE` are raised to it (RViz rejects zero scales).
+:func:`detection_markers` builds one array per frame, all in the header frame (the camera
+optical frame): a DELETEALL first (it clears the previous frame), then per object, with the
+object's index as marker id, ``epropnp/boxes`` (LINE_LIST of the 12 box edges),
+``epropnp/labels`` (TEXT ``"<class> <score>"`` above the box), ``epropnp/covariance`` (SPHERE:
+the position covariance ellipsoid, :func:`covariance_ellipsoid`) and ``epropnp/orientations``
+(LINE_LIST fan: one segment per posterior sample from the object centre along the sample's
+heading, its object x axis). Colours follow the class (:data:`CLASS_PALETTE`).
 """
 
 from __future__ import annotations
@@ -36,25 +18,19 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, Pose, Quaternion
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.geometry.boxes import BOX_EDGES, CORNER_SIGNS
-from epropnp_ros.conversions import (
-    ArrayLike,
-    ArrayShapeError,
-    NonFiniteValueError,
-    ObjectPose3D,
-    as_float64,
-    copy_header,
-    points_to_msgs,
-    pose_rotation,
-    rotation_to_quat_msg,
-    rotations_to_quat_msgs,
-)
+from epropnp_lib.geometry.boxes import BOX_EDGES, box_corners
+from epropnp_ros.checks import ArrayLike, as_float64, check_finite
+from epropnp_ros.detections import ObjectPose3D
+from epropnp_ros.errors import ArrayShapeError
+from epropnp_ros.messages import copy_header, points_to_msgs
+from epropnp_ros.poses import pose_rotation, rotations_of, rotations_to_quat_msgs
 
 __all__ = [
     "CLASS_PALETTE",
@@ -65,14 +41,13 @@ __all__ = [
     "NS_COVARIANCE",
     "NS_LABELS",
     "NS_ORIENTATIONS",
-    "box_corners",
     "box_marker",
     "class_color",
     "covariance_ellipsoid",
     "covariance_ellipsoid_marker",
     "delete_all_marker",
     "detection_markers",
-    "label_marker",
+    "object_corners",
     "orientation_fan_marker",
 ]
 
@@ -92,6 +67,8 @@ CLASS_PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.737, 0.741, 0.133), (0.090, 0.745, 0.812),
 )
 
+#: Corner indices of the box edges, two per LINE_LIST segment (24).
+_EDGE_INDEX = np.asarray(BOX_EDGES).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -101,7 +78,8 @@ class MarkerStyle:
     Attributes:
         line_width: box and fan line width (m), > 0.
         text_height: label text height (m), > 0.
-        n_sigma: covariance ellipsoid size in standard deviations, > 0 (see module docstring).
+        n_sigma: covariance ellipsoid size in standard deviations, > 0
+            (see :func:`covariance_ellipsoid`).
         ellipsoid_alpha: ellipsoid opacity in (0, 1].
         fan_length: orientation fan segment length (m); ``None`` = half the box's x extent.
         fan_alpha: fan line opacity in (0, 1].
@@ -151,76 +129,9 @@ def class_color(class_id: str, class_names: Sequence[str] = (), alpha: float = 1
     return ColorRGBA(r=r, g=g, b=b, a=float(alpha))
 
 
-def _marker(header: Any, ns: str, marker_id: int, marker_type: int, style: MarkerStyle
-            ) -> Marker:
-    marker = Marker(header=copy_header(header), ns=ns, id=int(marker_id), type=marker_type,
-                    action=Marker.ADD)
-    sec = math.floor(style.lifetime_s)
-    marker.lifetime = Duration(sec=sec, nanosec=int(round((style.lifetime_s - sec) * 1e9)))
-    marker.pose.orientation.w = 1.0
-    return marker
-
-
 def delete_all_marker(header: Any) -> Marker:
     """A DELETEALL marker (empty namespace: clears every marker of the display)."""
     return Marker(header=copy_header(header), action=Marker.DELETEALL)
-
-
-_CORNER_SIGNS = np.asarray(CORNER_SIGNS)
-_EDGE_INDEX = np.asarray(BOX_EDGES).reshape(-1)
-
-
-def box_corners(pose: ArrayLike, size: ArrayLike) -> np.ndarray:
-    """``(8, 3)`` corners in the camera frame of a box ``size: (3,)`` (extents along the object
-    x, y, z axes) at ``pose: (7,)`` or ``(4,)``, ordered as
-    :data:`epropnp_lib.geometry.boxes.CORNER_SIGNS`."""
-    p = as_float64(pose, "pose")
-    if p.shape not in ((7,), (4,)):
-        raise ArrayShapeError(f"pose: expected (7,) or (4,), got {p.shape}")
-    s = as_float64(size, "size")
-    if s.shape != (3,):
-        raise ArrayShapeError(f"size: expected (3,), got {s.shape}")
-    return _corners(p[:3], pose_rotation(p), s)
-
-
-def _corners(t: np.ndarray, rot: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """``(8, 3)`` corners of a box with centre ``t: (3,)``, axes ``rot: (3, 3)``, extents
-    ``size: (3,)``."""
-    return (_CORNER_SIGNS * size) @ rot.T + t
-
-
-def box_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
-               ) -> Marker:
-    """LINE_LIST of the 12 box edges (24 points) in the class colour."""
-    return _box_marker(header, obj, box_corners(obj.pose, obj.size), marker_id, style)
-
-
-def _box_marker(header: Any, obj: ObjectPose3D, corners: np.ndarray, marker_id: int,
-                style: MarkerStyle) -> Marker:
-    marker = _marker(header, NS_BOXES, marker_id, Marker.LINE_LIST, style)
-    marker.points = points_to_msgs(corners[_EDGE_INDEX])
-    marker.scale.x = style.line_width
-    marker.color = class_color(obj.class_id, style.class_names)
-    return marker
-
-
-def label_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
-                 ) -> Marker:
-    """TEXT_VIEW_FACING ``"<class> <score>"`` just above the box (camera -y side)."""
-    return _label_marker(header, obj, box_corners(obj.pose, obj.size), marker_id, style)
-
-
-def _label_marker(header: Any, obj: ObjectPose3D, corners: np.ndarray, marker_id: int,
-                  style: MarkerStyle) -> Marker:
-    marker = _marker(header, NS_LABELS, marker_id, Marker.TEXT_VIEW_FACING, style)
-    centre = corners.mean(axis=0)
-    marker.pose.position = Point(x=float(centre[0]),
-                                 y=float(corners[:, 1].min() - 0.6 * style.text_height),
-                                 z=float(centre[2]))
-    marker.scale.z = style.text_height
-    marker.color = class_color(obj.class_id, style.class_names)
-    marker.text = f"{obj.class_id} {obj.score:.2f}"
-    return marker
 
 
 class Ellipsoid(NamedTuple):
@@ -232,21 +143,25 @@ class Ellipsoid(NamedTuple):
 
 
 def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
-    """The ``n_sigma`` ellipsoid(s) of 3x3 position covariances (see module docstring).
+    """The ``n_sigma`` ellipsoid(s) of 3x3 position covariances.
+
+    The covariance ``Sigma = V diag(lambda) V^T`` gives the surface
+    ``(x - t)^T Sigma^-1 (x - t) = n_sigma^2``: oriented by ``V`` (made a proper rotation), with
+    diameters ``2 n_sigma sqrt(lambda)``. With ``n_sigma = 2`` it holds 73.9 % of a 3D
+    Gaussian's mass (``n_sigma = 1``: 19.9 %, ``2.796``: 95 %).
 
     Args:
         cov: ``(..., 3, 3)`` symmetric positive semi-definite (symmetrised here).
         n_sigma: > 0.
 
     Returns:
-        ``diameters = 2 n_sigma sqrt(lambda)`` (floored at :data:`MIN_MARKER_SCALE`), ascending,
-        and the proper rotations (det +1) whose columns are the eigenvectors.
+        The diameters (floored at :data:`MIN_MARKER_SCALE`, since RViz rejects zero scales),
+        ascending, and the proper rotations (det +1) whose columns are the eigenvectors.
     """
     c = as_float64(cov, "cov")
     if c.ndim < 2 or c.shape[-2:] != (3, 3):
         raise ArrayShapeError(f"cov: expected (..., 3, 3), got {c.shape}")
-    if not np.all(np.isfinite(c)):
-        raise NonFiniteValueError("cov: contains NaN or infinity")
+    check_finite(c, "cov")
     eigval, eigvec = np.linalg.eigh(0.5 * (c + np.swapaxes(c, -1, -2)))
     flip = np.linalg.det(eigvec) < 0
     eigvec[..., :, 2] = np.where(flip[..., None], -eigvec[..., :, 2], eigvec[..., :, 2])
@@ -254,13 +169,59 @@ def covariance_ellipsoid(cov: ArrayLike, n_sigma: float) -> Ellipsoid:
     return Ellipsoid(diameters=diameters, rotation=eigvec)
 
 
-def covariance_ellipsoid_marker(header: Any, center: ArrayLike, cov: ArrayLike, marker_id: int,
-                                style: MarkerStyle, class_id: str = "") -> Marker:
-    """SPHERE marker of the position covariance ``cov: (3, 3)`` at ``center: (3,)``."""
-    ellipsoid = covariance_ellipsoid(cov, style.n_sigma)
-    return _ellipsoid_marker(header, as_float64(center, "center").reshape(3),
-                             ellipsoid.diameters, rotation_to_quat_msg(ellipsoid.rotation),
-                             marker_id, style, class_id)
+def _corners(centers: np.ndarray, rotations: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``(M, 8, 3)`` corners (float64) of boxes ``centers: (M, 3)``, ``rotations: (M, 3, 3)``,
+    ``sizes: (M, 3)`` (:func:`epropnp_lib.geometry.boxes.box_corners`)."""
+    t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+         for a in (centers, rotations, sizes)]
+    return box_corners(*t).numpy()
+
+
+def object_corners(poses: ArrayLike, sizes: ArrayLike) -> np.ndarray:
+    """``(M, 8, 3)`` camera-frame corners of boxes at ``poses: (M, 7)`` or ``(M, 4)`` with
+    extents ``sizes: (M, 3)`` along the object x, y, z axes, ordered as
+    :data:`epropnp_lib.geometry.boxes.CORNER_SIGNS`."""
+    p = as_float64(poses, "poses")
+    s = as_float64(sizes, "sizes")
+    if p.ndim != 2 or p.shape[1] not in (7, 4) or s.shape != (len(p), 3):
+        raise ArrayShapeError(
+            f"poses, sizes: expected (M, 7) or (M, 4) and (M, 3), got {p.shape}, {s.shape}")
+    return _corners(p[:, :3], pose_rotation(p), s)
+
+
+# --- one marker ----------------------------------------------------------------------------
+def _marker(header: Any, ns: str, marker_id: int, marker_type: int, style: MarkerStyle
+            ) -> Marker:
+    marker = Marker(header=copy_header(header), ns=ns, id=int(marker_id), type=marker_type,
+                    action=Marker.ADD)
+    sec = math.floor(style.lifetime_s)
+    marker.lifetime = Duration(sec=sec, nanosec=int(round((style.lifetime_s - sec) * 1e9)))
+    marker.pose.orientation.w = 1.0
+    return marker
+
+
+def _box_marker(header: Any, edges: list[Point], class_id: str, marker_id: int,
+                style: MarkerStyle) -> Marker:
+    """LINE_LIST of the box edges (24 points)."""
+    marker = _marker(header, NS_BOXES, marker_id, Marker.LINE_LIST, style)
+    marker.points = edges
+    marker.scale.x = style.line_width
+    marker.color = class_color(class_id, style.class_names)
+    return marker
+
+
+def _label_marker(header: Any, corners: np.ndarray, class_id: str, score: float,
+                  marker_id: int, style: MarkerStyle) -> Marker:
+    """TEXT_VIEW_FACING ``"<class> <score>"`` just above the box (camera -y side)."""
+    marker = _marker(header, NS_LABELS, marker_id, Marker.TEXT_VIEW_FACING, style)
+    centre = corners.mean(axis=0)
+    marker.pose.position = Point(x=float(centre[0]),
+                                 y=float(corners[:, 1].min() - 0.6 * style.text_height),
+                                 z=float(centre[2]))
+    marker.scale.z = style.text_height
+    marker.color = class_color(class_id, style.class_names)
+    marker.text = f"{class_id} {score:.2f}"
+    return marker
 
 
 def _ellipsoid_marker(header: Any, center: np.ndarray, diameters: np.ndarray,
@@ -274,13 +235,21 @@ def _ellipsoid_marker(header: Any, center: np.ndarray, diameters: np.ndarray,
     return marker
 
 
-def orientation_fan_marker(header: Any, center: ArrayLike, samples: ArrayLike, marker_id: int,
-                           style: MarkerStyle, length: float, class_id: str = "") -> Marker:
-    """LINE_LIST: for each sample a segment of ``length`` from ``center: (3,)`` along the
-    sample's heading (its object x axis, ``R[:, 0]``); ``samples: (S, 7)`` or ``(S, 4)``."""
-    s = _samples(samples, "samples")
-    return _fan_marker(header, as_float64(center, "center").reshape(3),
-                       pose_rotation(s)[:, :, 0], marker_id, style, length, class_id)
+def _fan_segments(center: np.ndarray, headings: np.ndarray, length: float) -> np.ndarray:
+    """``(2 S, 3)`` segment end points from ``center: (3,)`` along unit ``headings: (S, 3)``."""
+    segments = np.empty((len(headings), 2, 3))
+    segments[:, 0] = center
+    segments[:, 1] = center + length * headings
+    return segments.reshape(-1, 3)
+
+
+def _fan_marker(header: Any, points: list[Point], marker_id: int, style: MarkerStyle,
+                class_id: str) -> Marker:
+    marker = _marker(header, NS_ORIENTATIONS, marker_id, Marker.LINE_LIST, style)
+    marker.points = points
+    marker.scale.x = 0.5 * style.line_width
+    marker.color = class_color(class_id, style.class_names, style.fan_alpha)
+    return marker
 
 
 def _samples(samples: ArrayLike, name: str) -> np.ndarray:
@@ -290,39 +259,64 @@ def _samples(samples: ArrayLike, name: str) -> np.ndarray:
     return s
 
 
-def _fan_marker(header: Any, center: np.ndarray, headings: np.ndarray, marker_id: int,
-                style: MarkerStyle, length: float, class_id: str) -> Marker:
-    """Fan marker from ``center: (3,)`` along unit ``headings: (S, 3)``."""
-    marker = _marker(header, NS_ORIENTATIONS, marker_id, Marker.LINE_LIST, style)
-    segments = np.empty((len(headings), 2, 3))
-    segments[:, 0] = center
-    segments[:, 1] = center + length * headings
-    marker.points = points_to_msgs(segments.reshape(-1, 3))
-    marker.scale.x = 0.5 * style.line_width
-    marker.color = class_color(class_id, style.class_names, style.fan_alpha)
-    return marker
+def box_marker(header: Any, obj: ObjectPose3D, marker_id: int, style: MarkerStyle
+               ) -> Marker:
+    """LINE_LIST of the 12 box edges (24 points) of ``obj`` in the class colour."""
+    [corners] = object_corners(as_float64(obj.pose, "pose")[None],
+                               as_float64(obj.size, "size")[None])
+    return _box_marker(header, points_to_msgs(corners[_EDGE_INDEX]), obj.class_id, marker_id,
+                       style)
 
 
-def _batched_rotations(poses: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Rotation matrices of pose arrays ``(..., 7)`` / ``(..., 4)`` with one library call per
-    pose kind (rather than one per object)."""
-    out: list[np.ndarray] = [np.empty(0)] * len(poses)
-    for dim in (7, 4):
-        idx = [i for i, p in enumerate(poses) if p.shape[-1] == dim]
-        if not idx:
-            continue
-        flat = [poses[i].reshape(-1, dim) for i in idx]
-        rots = pose_rotation(np.concatenate(flat))
-        offsets = np.cumsum([0] + [len(f) for f in flat])
-        for k, i in enumerate(idx):
-            out[i] = rots[offsets[k]:offsets[k + 1]].reshape(poses[i].shape[:-1] + (3, 3))
-    return out
+def covariance_ellipsoid_marker(header: Any, center: ArrayLike, cov: ArrayLike, marker_id: int,
+                                style: MarkerStyle, class_id: str = "") -> Marker:
+    """SPHERE marker of the position covariance ``cov: (3, 3)`` at ``center: (3,)``."""
+    ellipsoid = covariance_ellipsoid(cov, style.n_sigma)
+    [orientation] = rotations_to_quat_msgs(ellipsoid.rotation[None])
+    return _ellipsoid_marker(header, as_float64(center, "center").reshape(3),
+                             ellipsoid.diameters, orientation, marker_id, style, class_id)
+
+
+def orientation_fan_marker(header: Any, center: ArrayLike, samples: ArrayLike, marker_id: int,
+                           style: MarkerStyle, length: float, class_id: str = "") -> Marker:
+    """LINE_LIST: for each sample a segment of ``length`` from ``center: (3,)`` along the
+    sample's heading (its object x axis, ``R[:, 0]``); ``samples: (S, 7)`` or ``(S, 4)``."""
+    headings = pose_rotation(_samples(samples, "samples"))[:, :, 0]
+    segments = _fan_segments(as_float64(center, "center").reshape(3), headings, length)
+    return _fan_marker(header, points_to_msgs(segments), marker_id, style, class_id)
+
+
+# --- all markers of one frame --------------------------------------------------------------
+def _checked_objects(objects: Sequence[ObjectPose3D]
+                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Poses (``(7,)`` / ``(4,)`` each), sizes ``(M, 3)`` and position covariances
+    ``(M, 3, 3)`` of ``objects``, shapes checked."""
+    poses, sizes, covs = [], [], []
+    for i, obj in enumerate(objects):
+        pose = as_float64(obj.pose, f"objects[{i}].pose")
+        if pose.shape not in ((7,), (4,)):
+            raise ArrayShapeError(f"objects[{i}].pose: expected (7,) or (4,), got {pose.shape}")
+        size = as_float64(obj.size, f"objects[{i}].size")
+        if size.shape != (3,):
+            raise ArrayShapeError(f"objects[{i}].size: expected (3,), got {size.shape}")
+        cov = as_float64(obj.covariance, f"objects[{i}].covariance")
+        want = (6, 6) if pose.shape[0] == 7 else (4, 4)
+        if cov.shape != want:
+            raise ArrayShapeError(f"objects[{i}].covariance: expected {want}, got {cov.shape}")
+        poses.append(pose)
+        sizes.append(size)
+        covs.append(cov[:3, :3])
+    m = len(objects)
+    return poses, np.asarray(sizes).reshape(m, 3), np.asarray(covs).reshape(m, 3, 3)
 
 
 def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
                       samples: Sequence[ArrayLike | None] | None = None,
                       style: MarkerStyle | None = None) -> MarkerArray:
     """All markers of one frame: DELETEALL, then boxes, labels, ellipsoids and fans.
+
+    The geometry of all objects is computed in one batched call per step (rotations, corners,
+    ellipsoids, quaternions, points).
 
     Args:
         header: frame id (camera optical frame) and stamp, copied into every marker.
@@ -333,45 +327,35 @@ def detection_markers(header: Any, objects: Sequence[ObjectPose3D],
         style: appearance; default :class:`MarkerStyle()`.
     """
     style = style or MarkerStyle()
-    if samples is not None and len(samples) != len(objects):
-        raise ArrayShapeError(f"samples: {len(samples)} entries for {len(objects)} objects")
-    poses, sizes = [], []
-    for i, obj in enumerate(objects):
-        pose = as_float64(obj.pose, f"objects[{i}].pose")
-        if pose.shape not in ((7,), (4,)):
-            raise ArrayShapeError(f"objects[{i}].pose: expected (7,) or (4,), got {pose.shape}")
-        size = as_float64(obj.size, f"objects[{i}].size")
-        if size.shape != (3,):
-            raise ArrayShapeError(f"objects[{i}].size: expected (3,), got {size.shape}")
-        poses.append(pose)
-        sizes.append(size)
-    fan_samples: list[np.ndarray] = []
-    fan_index: list[int] = []
-    for i in range(len(objects)) if samples is not None else ():
-        obj_samples = samples[i] if samples is not None else None
-        if obj_samples is not None:
-            fan_samples.append(_samples(obj_samples, f"samples[{i}]")[: style.max_fan_samples])
-            fan_index.append(i)
-    rotations = _batched_rotations(poses)
-    covs = [as_float64(o.covariance, f"objects[{i}].covariance") for i, o in enumerate(objects)]
-    for i, (pose, cov) in enumerate(zip(poses, covs, strict=True)):
-        want = (6, 6) if pose.shape[0] == 7 else (4, 4)
-        if cov.shape != want:
-            raise ArrayShapeError(f"objects[{i}].covariance: expected {want}, got {cov.shape}")
-    ellipsoids = covariance_ellipsoid(
-        np.stack([c[:3, :3] for c in covs]) if covs else np.zeros((0, 3, 3)), style.n_sigma)
+    m = len(objects)
+    if samples is not None and len(samples) != m:
+        raise ArrayShapeError(f"samples: {len(samples)} entries for {m} objects")
+    poses, sizes, position_covs = _checked_objects(objects)
+    fans = {i: _samples(s, f"samples[{i}]")[: style.max_fan_samples]
+            for i, s in enumerate(samples or ()) if s is not None}
+    rotations = rotations_of([*poses, *fans.values()])
+    centers = np.asarray([p[:3] for p in poses]).reshape(m, 3)
+    corners = _corners(centers, np.asarray(rotations[:m]).reshape(m, 3, 3), sizes)
+    ellipsoids = covariance_ellipsoid(position_covs, style.n_sigma)
     orientations = rotations_to_quat_msgs(ellipsoids.rotation)
-    headings = [r[:, :, 0] for r in _batched_rotations(fan_samples)]
-    fans = dict(zip(fan_index, headings, strict=True))
+    edges = points_to_msgs(corners[:, _EDGE_INDEX].reshape(-1, 3))
+    fan_points: dict[int, list[Point]] = {}
+    if fans:
+        lengths = {i: max(style.fan_length or 0.5 * float(sizes[i][0]), MIN_MARKER_SCALE)
+                   for i in fans}
+        segments = [_fan_segments(centers[i], rot[:, :, 0], lengths[i])
+                    for i, rot in zip(fans, rotations[m:], strict=True)]
+        points = points_to_msgs(np.concatenate(segments))
+        offsets = np.cumsum([0] + [len(s) for s in segments])
+        fan_points = {i: points[offsets[k]:offsets[k + 1]] for k, i in enumerate(fans)}
+    n_edge = len(_EDGE_INDEX)
     out = MarkerArray(markers=[delete_all_marker(header)])
     for i, obj in enumerate(objects):
-        corners = _corners(poses[i][:3], rotations[i], sizes[i])
-        out.markers.append(_box_marker(header, obj, corners, i, style))
-        out.markers.append(_label_marker(header, obj, corners, i, style))
-        out.markers.append(_ellipsoid_marker(header, poses[i][:3], ellipsoids.diameters[i],
+        out.markers.append(_box_marker(header, edges[n_edge * i:n_edge * (i + 1)],
+                                       obj.class_id, i, style))
+        out.markers.append(_label_marker(header, corners[i], obj.class_id, obj.score, i, style))
+        out.markers.append(_ellipsoid_marker(header, centers[i], ellipsoids.diameters[i],
                                              orientations[i], i, style, obj.class_id))
-        if i in fans:
-            length = style.fan_length or 0.5 * float(sizes[i][0])
-            out.markers.append(_fan_marker(header, poses[i][:3], fans[i], i, style,
-                                           max(length, MIN_MARKER_SCALE), obj.class_id))
+        if i in fan_points:
+            out.markers.append(_fan_marker(header, fan_points[i], i, style, obj.class_id))
     return out

@@ -1,37 +1,16 @@
-"""nuScenes → rosbag2: camera images, CameraInfo, TF and ground truth that any ROS 2 user can play.
+"""nuScenes -> rosbag2: camera images, CameraInfo, TF and ground truth that any ROS 2 user can play.
 
-The bag holds, for the selected scenes and cameras (all six by default):
-
-=================================  ===================================  ===========================
-topic                              type                                 frame / notes
-=================================  ===================================  ===========================
-``/<cam>/image_raw/compressed``    ``sensor_msgs/CompressedImage``      ``<cam>_optical_frame``;
-                                                                        the JPEG bytes as stored
-                                                                        (no re-encoding)
-``/<cam>/image_raw``               ``sensor_msgs/Image`` (``rgb8``)     instead, with ``raw``
-``/<cam>/camera_info``             ``sensor_msgs/CameraInfo``           K from the devkit's
-                                                                        ``camera_intrinsic``; the
-                                                                        images are rectified (D=0)
-``/tf_static``                     ``tf2_msgs/TFMessage``               ``base_link`` → each
-                                                                        ``<cam>_optical_frame``;
-                                                                        transient local
-``/tf``                            ``tf2_msgs/TFMessage``               ``map`` → ``base_link``
-                                                                        (ego pose per image)
-``/ground_truth/detections``       ``vision_msgs/Detection3DArray``     ``map``; per key frame
-=================================  ===================================  ===========================
-
-``<cam>`` is the channel in lower case (``cam_front``). nuScenes camera frames are already
-optical frames (x right, y down, z forward), so ``calibrated_sensor`` is ``base_link`` →
-``<cam>_optical_frame`` as is. Stamps and bag times are the dataset's timestamps (µs → ns).
-Ground-truth boxes: ``bbox.center`` is the box pose in ``map`` and ``bbox.size`` is
-(length, width, height) along the box's own (x forward, y left, z up) axes; each result's
-``hypothesis.class_id`` is the detection class (``car``, ...), its ``score`` 1 and ``id`` the
-instance token.  Annotations outside the 10 detection classes are not written.
-
-The bag is written under a hidden temporary directory next to the output and renamed into
-place only when complete: an interrupted conversion never leaves a bag that looks whole.
-Messages are built and serialised (CDR, zeroed padding) with ``rosbags`` -- no ROS installation
-is needed to convert -- so converting twice gives byte-identical messages.
+Topics, for the selected scenes and cameras (``<cam>`` = the channel in lower case, e.g.
+``cam_front``, frame ``<cam>_optical_frame``; nuScenes camera frames are optical frames already):
+``/<cam>/image_raw/compressed`` (the JPEG bytes as stored) or ``/<cam>/image_raw`` (``rgb8``),
+``/<cam>/camera_info`` (K of the devkit's ``camera_intrinsic``, D = 0: the images are
+rectified), ``/tf_static`` (``base_link`` -> each camera frame, transient local), ``/tf``
+(``map`` -> ``base_link``, the ego pose of each image) and ``/ground_truth/detections``
+(``Detection3DArray`` in ``map`` per key frame, the 10 detection classes only: ``bbox.size`` =
+(length, width, height) along the box's x forward, y left, z up axes, score 1, ``id`` = the
+instance token). Stamps and bag times are the dataset's timestamps (us -> ns). Messages are
+built and serialised with ``rosbags`` (converting twice gives identical bytes); the bag is
+written under a hidden directory and renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -47,14 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import cv2
 import numpy as np
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from tqdm import tqdm
 
-from epropnp_lib.data.nuscenes import CAMERAS
-from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.data.nuscenes import CAMERAS, NuScenesFormatError, load_nuscenes
+from epropnp_lib.errors import ConfigError
+from epropnp_ros.errors import BagConversionError
+from epropnp_ros.messages import ns_to_stamp
 
 __all__ = [
     "CAMERAS",
-    "BagConversionError",
     "ConversionConfig",
     "ConversionSummary",
     "camera_frame",
@@ -70,10 +63,6 @@ BASE_FRAME = "base_link"
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"
 GT_TOPIC = "/ground_truth/detections"
-
-
-class BagConversionError(EProPnPError):
-    """The nuScenes data cannot be converted (missing file, broken table, bad selection)."""
 
 
 def camera_frame(channel: str) -> str:
@@ -149,8 +138,6 @@ class _Event(NamedTuple):
 
 
 def _load_nuscenes(dataroot: Path, version: str) -> Any:
-    from epropnp_lib.data.nuscenes import NuScenesFormatError, load_nuscenes
-
     try:
         return load_nuscenes(dataroot, version)
     except NuScenesFormatError as exc:  # names the missing / broken file
@@ -192,9 +179,8 @@ class _Builder:
         self.t = store.types
 
     def header(self, stamp_ns: int, frame_id: str) -> Any:
-        sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-        time_msg = self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-        return self.t["std_msgs/msg/Header"](stamp=time_msg, frame_id=frame_id)
+        stamp = ns_to_stamp(stamp_ns, self.t["builtin_interfaces/msg/Time"])
+        return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def vector3(self, xyz: Sequence[float], type_name: str = "geometry_msgs/msg/Vector3") -> Any:
         x, y, z = (float(v) for v in xyz)
@@ -248,8 +234,6 @@ class _Builder:
         if image_format == "compressed":
             fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix[1:]
             return self.t["sensor_msgs/msg/CompressedImage"](header=header, format=fmt, data=data)
-        import cv2
-
         bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if bgr is None:
             raise BagConversionError(f"cannot decode image file {path}")
@@ -265,6 +249,7 @@ class _Builder:
         )
 
     def ground_truth(self, nusc: Any, sample: dict[str, Any], stamp_ns: int) -> Any:
+        # nuscenes-devkit: importing it takes seconds (matplotlib ...); only ground truth needs it.
         from nuscenes.eval.detection.utils import category_to_detection_name
 
         detections = []
@@ -305,9 +290,6 @@ class _Builder:
 
 def _typestore() -> Any:
     """rosbags typestore: Kilted's stock types plus vision_msgs from its installed .msg files."""
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     store = get_typestore(Stores.ROS2_KILTED)
     try:
         share = Path(get_package_share_directory("vision_msgs"))
@@ -324,15 +306,6 @@ def _typestore() -> Any:
 
 
 def _qos(transient_local: bool) -> list[Any]:
-    from rosbags.interfaces import (
-        Qos,
-        QosDurability,
-        QosHistory,
-        QosLiveliness,
-        QosReliability,
-        QosTime,
-    )
-
     never = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)
     return [
         Qos(
@@ -441,8 +414,6 @@ def convert(config: ConversionConfig) -> ConversionSummary:
         BagConversionError: a table or image file is missing or broken (named), a scene is
             unknown or empty, or the output exists.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     dataroot = Path(config.dataroot)
     output = Path(config.output)
     if output.exists():
@@ -463,8 +434,6 @@ def convert(config: ConversionConfig) -> ConversionSummary:
             connections: dict[str, Any] = {}
             iterator: Any = events
             if config.progress:
-                from tqdm import tqdm
-
                 iterator = tqdm(events, desc=f"{output.name}", unit="msg")
             for event in iterator:
                 if event.topic not in connections:

@@ -7,36 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
-
-from epropnp_lib.geometry.boxes import CameraBoxes
 
 pytestmark = pytest.mark.ros
-
-
-def test_detection3d_array_round_trip(ros_runtime: None) -> None:
-    from epropnp_ros import conversions as conv
-
-    boxes = CameraBoxes(
-        center=torch.tensor([[1.0, 0.5, 12.0], [-3.0, 1.0, 20.0]], dtype=torch.float64),
-        size=torch.tensor([[1.9, 4.5, 1.6], [0.6, 0.7, 1.8]], dtype=torch.float64),
-        yaw=torch.tensor([0.3, -2.8], dtype=torch.float64),
-        labels=torch.tensor([0, 5]),
-        velocity=torch.zeros(2, 2, dtype=torch.float64),
-        attributes=torch.tensor([-1, -1]),
-        scores=torch.tensor([0.9, 0.4], dtype=torch.float64),
-    )
-    a = np.random.default_rng(0).normal(size=(2, 4, 4))
-    covs = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(4)
-    msg = conv.detection3d_array(conv.make_header("cam", 5), conv.objects_from_boxes(boxes, covs))
-    back, back_covs = conv.boxes_from_detection3d_array(msg)
-    for name in ("center", "size", "labels", "scores"):
-        assert torch.allclose(getattr(back, name).double(), getattr(boxes, name).double()), name
-    assert torch.allclose(back.yaw, boxes.yaw, atol=1e-9)
-    np.testing.assert_allclose(back_covs, covs, atol=1e-9)
-    assert torch.isnan(back.velocity).all() and (back.attributes == -1).all()
 
 
 def test_demo_closed_loop_scores_a_tiny_scene(

@@ -14,7 +14,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from epropnp_lib.errors import ConfigError, ShapeError
 from epropnp_ros import markers as mk
-from epropnp_ros.conversions import ObjectPose3D, make_header
+from epropnp_ros.detections import ObjectPose3D
+from epropnp_ros.messages import make_header
 
 pytestmark = pytest.mark.ros
 
@@ -82,7 +83,7 @@ def test_box_marker_edges() -> None:
     marker = mk.box_marker(make_header("cam"), obj, 0, mk.MarkerStyle())
     pts = _xyz(marker.points)
     assert marker.type == Marker.LINE_LIST and len(pts) == 24
-    corners = mk.box_corners(obj.pose, obj.size)
+    [corners] = mk.object_corners(obj.pose[None], obj.size[None])
     np.testing.assert_allclose(corners.mean(axis=0), obj.pose[:3], atol=1e-12)
     seg = pts[1::2] - pts[0::2]
     lengths = np.sort(np.linalg.norm(seg, axis=1))

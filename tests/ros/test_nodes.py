@@ -198,7 +198,8 @@ class Driver:
         self, sec: int, image: Any = None, info: Any = None, *, with_info: bool = True
     ) -> tuple[int, int]:
         """Publish one image (default: the good test image) and its camera info."""
-        from epropnp_ros.conversions import array_to_image, make_header
+        from epropnp_ros.images import array_to_image
+        from epropnp_ros.messages import make_header
 
         header = make_header(FRAME, sec * 1_000_000_000)
         img = image if image is not None else array_to_image(texture_image(), "rgb8", header)
@@ -378,7 +379,7 @@ def test_detector_node_end_to_end(
 
     # 5. Bad input never kills the node: each case -> counter (+ warning), then a good frame
     #    is processed.
-    from epropnp_ros.conversions import array_to_image
+    from epropnp_ros.images import array_to_image
 
     rgb = texture_image()
     unsupported = array_to_image(rgb, "rgb8", None)
@@ -499,6 +500,43 @@ def test_detector_node_end_to_end(
 
 
 # --- the pose estimator, in this process -----------------------------------------------------
+class InProcess:
+    """A node under test and a driver node in one private rclpy context and executor; a
+    context manager that cleans both up."""
+
+    def __init__(self, make_node: Callable[[Any], Any], driver_name: str) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = make_node(self.context)
+        self.driver = rclpy.create_node(driver_name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.driver)
+
+    def wait(self, pred: Callable[[], bool], what: str) -> None:
+        """Spin until ``pred()``; fail after ``TIMEOUT`` s naming ``what`` and the counters."""
+        deadline = time.monotonic() + TIMEOUT
+        while not pred():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}: {self.node.counters}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import rclpy
+
+        self.node._stop_inputs()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.driver.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
 def test_rois_from_detections_filters_and_orders() -> None:
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
@@ -532,38 +570,30 @@ def test_pose_estimator_node_in_process(
 ) -> None:
     """Lifecycle, compressed input, regions from a Detection2DArray and the default region,
     6DoF covariance, parameter rejection -- node and driver in one process."""
-    import rclpy
     from geometry_msgs.msg import PoseArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage
     from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray
 
-    from epropnp_ros.conversions import make_header, rgb_to_compressed
+    from epropnp_ros.images import rgb_to_compressed
+    from epropnp_ros.messages import make_header
     from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
 
-    ckpt = dense_fixture_checkpoint
     ns = "/epropnp_pe_test"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = PoseEstimatorNode(
-        context=context, namespace=ns,
-        parameter_overrides=[
-            Parameter("checkpoint", value=str(ckpt)),
-            Parameter("image_transport", value="compressed"),
-            Parameter("object_class", value="duck"),
-            Parameter("num_posterior_samples", value=4),
-            Parameter("roi_max_age", value=0.5),
-            Parameter("diagnostics_period", value=0.1),
-        ],
-    )
-    driver = rclpy.create_node("epropnp_pe_driver", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(driver)
-    try:
+    overrides = [
+        Parameter("checkpoint", value=str(dense_fixture_checkpoint)),
+        Parameter("image_transport", value="compressed"),
+        Parameter("object_class", value="duck"),
+        Parameter("num_posterior_samples", value=4),
+        Parameter("roi_max_age", value=0.5),
+        Parameter("diagnostics_period", value=0.1),
+    ]
+    with InProcess(lambda context: PoseEstimatorNode(
+            context=context, namespace=ns, parameter_overrides=overrides),
+            "epropnp_pe_driver") as graph:
+        node, driver, wait = graph.node, graph.driver, graph.wait
         reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         image_pub = driver.create_publisher(CompressedImage, f"{ns}/image/compressed", reliable)
         info_pub = driver.create_publisher(CameraInfo, f"{ns}/camera_info", reliable)
@@ -574,13 +604,6 @@ def test_pose_estimator_node_in_process(
                                    lambda m: got.setdefault(m.header.stamp.sec, m), reliable)
         driver.create_subscription(PoseArray, f"{ns}/pose_samples",
                                    lambda m: samples.setdefault(m.header.stamp.sec, m), reliable)
-
-        def wait(pred: Callable[[], bool], what: str) -> None:
-            deadline = time.monotonic() + TIMEOUT
-            while not pred():
-                if time.monotonic() > deadline:
-                    pytest.fail(f"timed out waiting for {what}")
-                executor.spin_once(timeout_sec=0.05)
 
         # Parameters: out of range (descriptor range) and invalid (dataclass check) rejected.
         [res] = node.set_parameters([Parameter("roi_padding", value=0.5)])
@@ -639,12 +662,91 @@ def test_pose_estimator_node_in_process(
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
-    finally:
-        node._stop_inputs()
-        executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.shutdown(context=context)
+
+
+class _FailingOncePipeline:
+    """A stub pose-estimator pipeline: its first frame raises an unexpected ``RuntimeError``,
+    later frames give one fixed 6DoF pose."""
+
+    def __init__(self) -> None:
+        self.settings: Any = None
+        self.calls = 0
+
+    def process(self, rgb: np.ndarray, intrinsics: Any, rois: Any = None,
+                roi_scores: Any = None) -> Any:
+        from epropnp_ros.pipeline import PoseOutput
+
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("injected pipeline failure")
+        return PoseOutput(
+            pose=np.array([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]]),
+            covariance=0.01 * np.eye(6)[None], samples=np.zeros((1, 0, 7)), scores=np.ones(1),
+            class_ids=("duck",), size=np.full((1, 3), 0.2),
+            rois=np.array([[0.0, 0.0, WIDTH, HEIGHT]]), timings={"total": 1.0}, num_failed=0,
+        )
+
+
+def test_unexpected_pipeline_error_is_counted_and_the_next_frame_published(
+    ros_in_process: None, ros_runtime: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The worker's catch-all: a pipeline exception other than bad input is counted in the
+    diagnostics (``pipeline_errors``) and logged, and the next frame is processed and
+    published."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from vision_msgs.msg import Detection3DArray
+
+    from epropnp_ros.images import array_to_image
+    from epropnp_ros.messages import make_header
+    from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
+    from epropnp_ros.params import PoseEstimatorParams
+
+    class StubPipelineNode(PoseEstimatorNode):
+        def load_pipeline(self, params: PoseEstimatorParams) -> Any:
+            return _FailingOncePipeline()
+
+    ns = "/epropnp_catch_all_test"
+    overrides = [Parameter("checkpoint", value="stub"), Parameter("use_roi_topic", value=False)]
+    with InProcess(lambda context: StubPipelineNode(
+            context=context, namespace=ns, parameter_overrides=overrides),
+            "epropnp_catch_all_driver") as graph:
+        node, driver, wait = graph.node, graph.driver, graph.wait
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = driver.create_publisher(Image, f"{ns}/image", reliable)
+        info_pub = driver.create_publisher(CameraInfo, f"{ns}/camera_info", reliable)
+        got: dict[int, Any] = {}
+        driver.create_subscription(Detection3DArray, f"{ns}/detections",
+                                   lambda m: got.setdefault(m.header.stamp.sec, m), reliable)
+
+        def send(sec: int) -> None:
+            header = make_header(FRAME, sec * 1_000_000_000)
+            image_pub.publish(array_to_image(texture_image(), "rgb8", header))
+            info = camera_info()
+            info.header = header
+            info_pub.publish(info)
+
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait(lambda: image_pub.get_subscription_count() > 0
+             and info_pub.get_subscription_count() > 0, "the node's subscriptions")
+
+        send(10)
+        wait(lambda: node.counters["pipeline_errors"] == 1, "the failed frame to be counted")
+        send(11)
+        wait(lambda: 11 in got, "the detections of the next frame")
+        # The frame counts as processed once all its outputs are published.
+        wait(lambda: node.counters["frames_processed"] == 1, "the next frame to be counted")
+        assert 10 not in got and len(got[11].detections) == 1
+        counters = node.diagnostics()["counters"]
+        assert (counters["pipeline_errors"], counters["frames_processed"]) == (1, 1)
+        assert counters["bad_image"] == counters["size_mismatch"] == 0
+        log = "".join(capfd.readouterr())
+        assert ("[pipeline_error] frame failed: RuntimeError: injected pipeline failure "
+                "(pipeline_errors: 1)") in log, log
+        assert node.lifecycle_state == "active"
 
 
 def ObjectHypothesis(score: float) -> Any:  # noqa: N802 - reads like the message it builds

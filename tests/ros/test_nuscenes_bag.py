@@ -83,11 +83,8 @@ def _camera_records(nusc: Any, channel: str) -> list[dict[str, Any]]:
     )
 
 
-def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def test_topics_counts_frames_stamps_and_camera_info(bag: Path, nusc: Any) -> None:
+    from epropnp_ros.messages import stamp_to_ns
     from epropnp_ros.nuscenes_bag import CAMERAS, camera_frame, camera_topics
 
     messages = _read_all(bag)
@@ -102,7 +99,7 @@ def test_topics_counts_frames_stamps_and_camera_info(bag: Path, nusc: Any) -> No
         for record, info, (bag_time, image) in zip(records, infos, images, strict=True):
             calib = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
             assert info.header.frame_id == image.header.frame_id == camera_frame(channel)
-            assert _stamp_ns(info.header) == _stamp_ns(image.header) == bag_time
+            assert stamp_to_ns(info.header.stamp) == stamp_to_ns(image.header.stamp) == bag_time
             assert bag_time == record["timestamp"] * 1000
             np.testing.assert_allclose(info.k.reshape(3, 3), calib["camera_intrinsic"])
             assert (info.width, info.height) == (record["width"], record["height"])
@@ -235,7 +232,8 @@ def test_raw_images_in_sqlite3(dataset: Path, nusc: Any, tmp_path: Path) -> None
 def test_bad_data_gives_clear_errors(dataset: Path, tmp_path: Path) -> None:
     import shutil
 
-    from epropnp_ros.nuscenes_bag import BagConversionError, ConversionConfig, convert
+    from epropnp_ros.errors import BagConversionError
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
 
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
@@ -374,7 +372,8 @@ def test_player_publishes_with_recorded_qos_and_clock(bag: Path, rclpy_node: Any
 
 def test_player_errors(tmp_path: Path, bag: Path, rclpy_node: Any) -> None:
     from epropnp_lib.errors import ConfigError
-    from epropnp_ros.bag_player import BagPlayError, PlayConfig, play
+    from epropnp_ros.bag_player import PlayConfig, play
+    from epropnp_ros.errors import BagPlayError
 
     with pytest.raises(BagPlayError, match="bag not found"):
         play(PlayConfig(bag=str(tmp_path / "none")), node=rclpy_node)

@@ -1,43 +1,28 @@
-"""Machinery shared by the detector and pose-estimator lifecycle nodes.
+"""The lifecycle node machinery shared by the detector and the pose estimator.
 
-:class:`EstimatorNode` is an ``rclpy`` lifecycle node that is only glue: parameters
-(:mod:`epropnp_ros.params`) -> pipeline (:mod:`epropnp_ros.pipeline`) -> messages
-(:mod:`epropnp_ros.conversions`, :mod:`epropnp_ros.markers`).
+:class:`EstimatorNode` is glue only: parameters (:mod:`epropnp_ros.params`) -> pipeline
+(:mod:`epropnp_ros.pipeline`) -> messages. ``on_configure`` loads the model (never random
+weights) and creates the publishers, ``on_activate`` the subscriptions and the worker thread.
+The executor thread only pairs image and camera info by stamp (:mod:`epropnp_ros.pairing`)
+into a single-slot mailbox; the worker takes the newest frame (stale ones are dropped and
+counted), so a slow model never blocks the executor.
 
-Lifecycle
-    * ``on_configure``: read the parameters, load the model (a missing or invalid checkpoint, or
-      an unavailable device, fails the transition with the reason logged -- never random
-      weights), create the publishers and the diagnostics timer.
-    * ``on_activate``: create the subscriptions (image or compressed image, camera info, and the
-      subclass's extra inputs) and start the inference worker thread.
-    * ``on_deactivate``: destroy the subscriptions, stop the worker (the frame in the slot is
-      dropped).
-    * ``on_cleanup`` / ``on_shutdown``: release the model and the publishers.
+Path of one frame (worker thread, :meth:`EstimatorNode.process_frame`):
 
-Threading: the executor thread only pairs image and camera info by stamp
-(:class:`~epropnp_ros.pairing.StampPairer`) and puts the pair into a single-slot mailbox
-(:class:`~epropnp_ros.pairing.LatestSlot`); one worker thread decodes, runs the model and
-publishes. A slow model therefore never blocks the executor's other callbacks (lifecycle and
-parameter services, camera info, diagnostics), and frames that arrive while the model is busy
-replace the waiting one: the newest frame is processed, stale ones are dropped and counted.
+1. :mod:`~epropnp_ros.images` decodes the image, :mod:`~epropnp_ros.camera_model` validates
+   the CameraInfo; :func:`~epropnp_ros.pipeline.intrinsics_from_camera` makes its intrinsics.
+2. The pipeline checks the image against them, runs the network and solves the poses.
+3. :mod:`~epropnp_ros.detections` and :mod:`~epropnp_ros.poses` build the Detection3DArray,
+   the best PoseWithCovarianceStamped, the PoseArray of samples and the TF message;
+   :mod:`~epropnp_ros.markers` builds the MarkerArray in one batched call. All carry the
+   image's header.
 
-Topics (relative names: remap them; ``~`` is the node's private namespace)
-    in: ``image`` (sensor_msgs/Image) or ``image/compressed`` (sensor_msgs/CompressedImage,
-    parameter ``image_transport``), ``camera_info`` (sensor_msgs/CameraInfo); sensor-data QoS
-    (best effort, depth 5), overridable with the standard ``qos_overrides.<topic>.subscription.
-    <policy>`` parameters (history, depth, reliability) at start-up.
-    out: ``detections`` (vision_msgs/Detection3DArray, covariance filled), ``pose``
-    (geometry_msgs/PoseWithCovarianceStamped, the best-scoring object), ``pose_samples``
-    (geometry_msgs/PoseArray, the posterior samples of every object), ``markers``
-    (visualization_msgs/MarkerArray), ``/tf`` (tf2_msgs/TFMessage, parameter ``publish_tf``),
-    ``~/diagnostics`` (std_msgs/String, JSON; see :meth:`EstimatorNode.diagnostics`). Every
-    output has the image's header (frame id and stamp). ``diagnostic_msgs`` is not available
-    as a wheel, hence the JSON status.
-
-Bad input (unsupported encoding, empty or truncated image, invalid/NaN camera info, image size
-different from the calibration, images without a camera info) never stops the node: each case
-is counted in the diagnostics and logged as a warning at most every ``warn_throttle`` seconds per
-kind; the next good frame is processed.
+Topics (relative: remap them): in ``image`` (or ``image/compressed``), ``camera_info``
+(sensor-data QoS, overridable with ``qos_overrides.<topic>.subscription.<policy>``); out
+``detections``, ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
+``~/diagnostics`` (std_msgs/String, JSON: :meth:`EstimatorNode.diagnostics`). Bad input never
+stops the node: each case is counted in the diagnostics and logged at most every
+``warn_throttle`` seconds per kind; the next good frame is processed.
 """
 
 from __future__ import annotations
@@ -51,11 +36,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import rclpy
+import torch
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -68,12 +55,20 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from epropnp_lib.errors import EProPnPError
-from epropnp_ros import conversions as conv
+from epropnp_ros.camera_model import CameraModel, camera_info_to_model
+from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
+from epropnp_ros.errors import ConversionError
+from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
+from epropnp_ros.messages import stamp_to_ns
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
 from epropnp_ros.params import CommonParams, param_specs, params_from_values, validate_change
 from epropnp_ros.pipeline import (
@@ -82,8 +77,11 @@ from epropnp_ros.pipeline import (
     PipelineInputError,
     intrinsics_from_camera,
 )
+from epropnp_ros.poses import pose_array, pose_with_covariance_stamped
 
 ParamsT = TypeVar("ParamsT", bound=CommonParams)
+PipelineT = TypeVar("PipelineT")
+OutputT = TypeVar("OutputT", bound=ObjectEstimates)
 
 #: Output topics' QoS: reliable, volatile, a few messages deep.
 OUTPUT_QOS = QoSProfile(
@@ -104,11 +102,6 @@ _WARNING_COUNTERS = {
 LATENCY_WINDOW = 200
 
 
-def stamp_ns(stamp: Any) -> int:
-    """Nanoseconds of a ``builtin_interfaces/Time``."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 class Frame(NamedTuple):
     """A paired frame waiting for the worker.
 
@@ -123,11 +116,12 @@ class Frame(NamedTuple):
     received: float
 
 
-class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
+class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
     """Base of the detector and pose-estimator lifecycle nodes (see the module docstring).
 
-    Subclasses set :attr:`PARAMS` and implement :meth:`load_pipeline`, :meth:`run_pipeline`,
-    :meth:`objects` (and optionally :meth:`create_extra_inputs`).
+    Subclasses set :attr:`PARAMS` and :attr:`CHECKPOINT_KIND` and implement
+    :meth:`load_pipeline`, :meth:`apply_live_params`, :meth:`run_pipeline`, :meth:`objects`
+    (and optionally :meth:`create_extra_inputs`, :meth:`marker_class_names`).
 
     Args:
         node_name: the node's default name.
@@ -135,6 +129,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
     """
 
     PARAMS: ClassVar[type[CommonParams]]
+    #: What the ``checkpoint`` parameter must name (for the error when it is empty).
+    CHECKPOINT_KIND: ClassVar[str]
 
     def __init__(self, node_name: str, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -146,7 +142,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
 
-        self.pipeline: Any = None
+        self.pipeline: PipelineT | None = None
         self._lock = threading.Lock()
         self._slot: LatestSlot[Frame] = LatestSlot()
         self._slot.close()
@@ -173,21 +169,24 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
 
     # --- to implement --------------------------------------------------------------------
     @abstractmethod
-    def load_pipeline(self, params: ParamsT) -> Any:
-        """Build the pipeline (raise with a clear message when the model cannot load)."""
+    def load_pipeline(self, params: ParamsT) -> PipelineT:
+        """Build the pipeline from ``params.checkpoint`` (not empty; raise with a clear message
+        when the model cannot load)."""
+
+    @abstractmethod
+    def apply_live_params(self, pipeline: PipelineT, params: ParamsT) -> None:
+        """Push live parameters into the pipeline (called after every accepted change)."""
 
     @abstractmethod
     def run_pipeline(
-        self, rgb: np.ndarray, intrinsics: Intrinsics, header: Header, params: ParamsT
-    ) -> ObjectEstimates:
+        self, pipeline: PipelineT, rgb: np.ndarray, intrinsics: Intrinsics, header: Header,
+        params: ParamsT,
+    ) -> OutputT:
         """Run the pipeline on one decoded frame."""
 
     @abstractmethod
-    def objects(self, output: Any) -> list[conv.ObjectPose3D]:
+    def objects(self, output: OutputT) -> list[ObjectPose3D]:
         """The published objects of a pipeline output."""
-
-    def apply_live_params(self, params: ParamsT) -> None:  # noqa: B027 - optional hook
-        """Push live parameters into the pipeline (called after every accepted change)."""
 
     def create_extra_inputs(self, params: ParamsT) -> list[Any]:
         """Extra subscriptions created in ``on_activate`` (e.g. regions of interest)."""
@@ -207,9 +206,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         params = params_from_values(self.PARAMS, values, where=f"node {self.get_name()!r}")
         return params  # type: ignore[return-value]
 
-    def _on_set_parameters(self, parameters: Sequence[Parameter[Any]]) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
-
+    def _on_set_parameters(self, parameters: Sequence[Parameter[Any]]) -> SetParametersResult:
         changes = {
             p.name: list(p.value) if p.name in self._specs
             and isinstance(self._specs[p.name].default, tuple) else p.value
@@ -226,26 +223,28 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             return
         self.params = self._read_params()
         if self.pipeline is not None:
-            self.apply_live_params(self.params)
+            self.apply_live_params(self.pipeline, self.params)
 
     # --- lifecycle -----------------------------------------------------------------------
+    def _load(self, params: ParamsT) -> PipelineT:
+        if not params.checkpoint:
+            raise FileNotFoundError(
+                f"parameter 'checkpoint' is empty: set it to a {self.CHECKPOINT_KIND} "
+                "checkpoint (the node never runs with random weights)"
+            )
+        return self.load_pipeline(params)
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params = self._read_params()
         if params.torch_threads > 0:
-            import torch
-
             torch.set_num_threads(params.torch_threads)
         try:
-            self.pipeline = self.load_pipeline(params)
-        except Exception as exc:  # noqa: BLE001 - any load failure fails the transition
+            self.pipeline = self._load(params)
+        except Exception as exc:  # any load failure fails the transition
             self.get_logger().error(f"configure failed: cannot load the model: {exc}")
             self.pipeline = None
             return TransitionCallbackReturn.FAILURE
         pubs = self._outputs
-        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-        from vision_msgs.msg import Detection3DArray
-        from visualization_msgs.msg import MarkerArray
-
         for name, msg_type in (
             ("detections", Detection3DArray), ("pose", PoseWithCovarianceStamped),
             ("pose_samples", PoseArray), ("markers", MarkerArray),
@@ -255,16 +254,14 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
                 qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             )
         if params.publish_tf:
-            from tf2_msgs.msg import TFMessage
-
             pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", TF_QOS)
         self._diag_pub = self.create_publisher(String, "~/diagnostics", OUTPUT_QOS)
         self._diag_timer = self.create_timer(params.diagnostics_period, self.publish_diagnostics)
         self._lc_state = "inactive"
         # The model, torch and the message modules are hundreds of thousands of long-lived
         # objects; every frame allocates thousands of message objects, and each full garbage
-        # collection would walk them all (20-30 ms, a latency spike every few frames).  Freeze
-        # them out of the collector (the frame's own garbage is still collected).
+        # collection would walk them all (a latency spike every few frames). Freeze them out
+        # of the collector (the frame's own garbage is still collected).
         gc.collect()
         gc.freeze()
         self.get_logger().info(f"configured ({type(self.pipeline).__name__} on {params.device})")
@@ -364,7 +361,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         if pairer is None:
             return
         self.counters["images_received"] += 1
-        pair = pairer.add_image(stamp_ns(msg.header.stamp), (msg, time.monotonic()))
+        pair = pairer.add_image(stamp_to_ns(msg.header.stamp), (msg, time.monotonic()))
         self._sync_pairing_counters()
         if pair is not None:
             self._offer(pair)
@@ -374,7 +371,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
         if pairer is None:
             return
         self.counters["camera_infos_received"] += 1
-        pair = pairer.add_info(stamp_ns(msg.header.stamp), msg)
+        pair = pairer.add_info(stamp_to_ns(msg.header.stamp), msg)
         self._sync_pairing_counters()
         if pair is not None:
             self._offer(pair)
@@ -412,7 +409,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
                 return
             try:
                 self.process_frame(frame)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+            except Exception as exc:  # the worker must survive anything
                 if not self.context.ok():
                     return  # shutting down (Ctrl-C): publishing fails, nothing to report
                 self.counters["pipeline_errors"] += 1
@@ -420,66 +417,77 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
                           level=logging.ERROR)
 
     def process_frame(self, frame: Frame) -> None:
-        """Decode, validate, run the model and publish one paired frame (worker thread)."""
-        image_msg, info_msg = frame.image, frame.info
-        params = self.params
-        try:
-            if isinstance(image_msg, CompressedImage):
-                rgb = conv.compressed_to_rgb(image_msg)
-            else:
-                rgb = conv.image_to_rgb(image_msg)
-        except conv.ConversionError as exc:
-            self.counters["bad_image"] += 1
-            self.warn("bad_image", f"skipping image: {exc}")
+        """Decode, validate, run the model and publish one paired frame (worker thread; the
+        path of one frame in the module docstring)."""
+        pipeline, params = self.pipeline, self.params
+        if pipeline is None:
+            raise RuntimeError("no pipeline: the node is not configured")
+        decoded = self._decode(frame)
+        if decoded is None:
             return
-        try:
-            camera = conv.camera_info_to_model(info_msg)
-        except conv.ConversionError as exc:
-            self.counters["bad_camera_info"] += 1
-            self.warn("bad_camera_info", f"skipping frame, invalid CameraInfo: {exc}")
-            return
-        try:
-            camera.check_image_size(rgb.shape[0], rgb.shape[1])
-        except conv.ConversionError as exc:
-            self.counters["size_mismatch"] += 1
-            self.warn("size_mismatch", f"skipping frame: {exc}")
-            return
-        header = Header(frame_id=image_msg.header.frame_id or camera.frame_id,
-                        stamp=image_msg.header.stamp)
+        rgb, camera = decoded
+        header = Header(frame_id=frame.image.header.frame_id or camera.frame_id,
+                        stamp=frame.image.header.stamp)
         try:
             intrinsics = intrinsics_from_camera(camera, params.rectified)
-            output = self.run_pipeline(rgb, intrinsics, header, params)
-        except (PipelineInputError, conv.ConversionError) as exc:
-            self.counters["bad_image"] += 1
-            self.warn("bad_input", f"skipping frame: {exc}")
+            output = self.run_pipeline(pipeline, rgb, intrinsics, header, params)
+        except (PipelineInputError, ConversionError) as exc:
+            self._refused(exc, rgb, camera)
             return
         start = time.monotonic()
         self.publish(header, output, params)
         end = time.monotonic()
-        latency = 1000.0 * (end - frame.received)
         with self._lock:
-            self._latency_ms.append(latency)
+            self._latency_ms.append(1000.0 * (end - frame.received))
             self._last_timings = dict(output.timings, publish=1000.0 * (end - start))
         self.counters["frames_processed"] += 1
         self.counters["failed_solves"] += int(output.num_failed)
 
-    def publish(self, header: Header, output: ObjectEstimates, params: ParamsT) -> None:
+    def _decode(self, frame: Frame) -> tuple[np.ndarray, CameraModel] | None:
+        """``(rgb (H, W, 3) uint8, camera)`` of a frame, or ``None`` (counted and warned) when
+        the image or its CameraInfo cannot be read."""
+        try:
+            if isinstance(frame.image, CompressedImage):
+                rgb = compressed_to_rgb(frame.image)
+            else:
+                rgb = image_to_rgb(frame.image)
+        except ConversionError as exc:
+            self.counters["bad_image"] += 1
+            self.warn("bad_image", f"skipping image: {exc}")
+            return None
+        try:
+            camera = camera_info_to_model(frame.info)
+        except ConversionError as exc:
+            self.counters["bad_camera_info"] += 1
+            self.warn("bad_camera_info", f"skipping frame, invalid CameraInfo: {exc}")
+            return None
+        return rgb, camera
+
+    def _refused(self, exc: Exception, rgb: np.ndarray, camera: CameraModel) -> None:
+        """Count and warn about a frame the pipeline refused. The pipeline checks the image
+        size against the calibration; a refusal of an image of another size counts as
+        ``size_mismatch``, any other as ``bad_image``."""
+        if rgb.shape[:2] != camera.image_size:
+            self.counters["size_mismatch"] += 1
+            self.warn("size_mismatch", f"skipping frame: {exc}")
+        else:
+            self.counters["bad_image"] += 1
+            self.warn("bad_input", f"skipping frame: {exc}")
+
+    def publish(self, header: Header, output: OutputT, params: ParamsT) -> None:
         """Publish every output message of one frame (all with ``header``)."""
         pubs = self._outputs
         if not pubs:
             return
         objects = self.objects(output)
-        pubs["detections"].publish(conv.detection3d_array(header, objects))
+        pubs["detections"].publish(detection3d_array(header, objects))
         if objects:
             best = int(np.argmax(output.scores))
             pubs["pose"].publish(
-                conv.pose_with_covariance_stamped(header, output.pose[best],
-                                                  output.covariance[best])
+                pose_with_covariance_stamped(header, output.pose[best], output.covariance[best])
             )
         samples = output.samples
-        dim = samples.shape[-1]
-        flat = samples.reshape(-1, dim)
-        pubs["pose_samples"].publish(conv.pose_array(header, flat))
+        pubs["pose_samples"].publish(pose_array(header, samples.reshape(-1, samples.shape[-1])))
         if params.publish_markers:
             style = MarkerStyle(lifetime_s=params.marker_lifetime,
                                 class_names=self.marker_class_names())
@@ -487,7 +495,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             pubs["markers"].publish(detection_markers(header, objects, per_object, style))
         if "tf" in pubs and objects:
             pubs["tf"].publish(
-                conv.tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
+                tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
             )
         self.counters["objects_published"] += len(objects)
 
@@ -541,12 +549,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT]):
             self._diag_pub.publish(String(data=json.dumps(self.diagnostics())))
 
 
-def param_names(params_cls: type[CommonParams]) -> list[str]:
-    """Names of the node parameters of ``params_cls`` (for YAML checks)."""
-    return [f.name for f in fields(params_cls)]
-
-
-def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | None = None) -> int:
+def run(
+    node_factory: Callable[[], EstimatorNode[Any, Any, Any]], args: Sequence[str] | None = None
+) -> int:
     """Entry point body: init, build the node, optionally configure + activate it (parameter
     ``autostart``), spin until Ctrl-C or an external shutdown, then clean up. Returns the exit
     status: 0 after a clean shutdown, 1 when autostart's configure or activate failed, 2 for
@@ -556,8 +561,6 @@ def run(node_factory: Callable[[], EstimatorNode[Any]], args: Sequence[str] | No
     ``KeyboardInterrupt`` is raised at an arbitrary point of rclpy's code (which can leave a
     half-built ``Task`` whose destructor then prints a traceback), and the node is cleaned up
     from the main thread. During start-up (model loading) the signals act as usual."""
-    from rclpy.signals import SignalHandlerOptions
-
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
     node = None

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from std_msgs.msg import Header
 
-from epropnp_ros import conversions as conv
+from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
+from epropnp_ros.detections import ObjectPose3D, objects_from_boxes
 from epropnp_ros.nodes.base import EstimatorNode, run
 from epropnp_ros.params import DetectorParams
 from epropnp_ros.pipeline import (
@@ -48,41 +49,34 @@ def settings_from_params(params: DetectorParams) -> DetectorSettings:
     )
 
 
-class DetectorNode(EstimatorNode[DetectorParams]):
+class DetectorNode(EstimatorNode[DetectorParams, DetectorPipeline, DetectorOutput]):
     """The detector lifecycle node (module docstring); ``**kwargs`` go to
     :class:`~epropnp_ros.nodes.base.EstimatorNode`."""
 
     PARAMS = DetectorParams
+    CHECKPOINT_KIND = "deformable_correspondence_net"
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
 
     def load_pipeline(self, params: DetectorParams) -> DetectorPipeline:
-        if not params.checkpoint:
-            raise FileNotFoundError(
-                "parameter 'checkpoint' is empty: set it to a deformable_correspondence_net "
-                "checkpoint (the node never runs with random weights)"
-            )
         return DetectorPipeline.from_checkpoint(
             params.checkpoint, params.device, settings_from_params(params)
         )
 
-    def apply_live_params(self, params: DetectorParams) -> None:
-        self.pipeline.settings = settings_from_params(params)
+    def apply_live_params(self, pipeline: DetectorPipeline, params: DetectorParams) -> None:
+        pipeline.settings = settings_from_params(params)
 
     def run_pipeline(
-        self, rgb: np.ndarray, intrinsics: Intrinsics, header: Header, params: DetectorParams
+        self, pipeline: DetectorPipeline, rgb: np.ndarray, intrinsics: Intrinsics,
+        header: Header, params: DetectorParams,
     ) -> DetectorOutput:
-        out: DetectorOutput = self.pipeline.process(rgb, intrinsics)
-        return out
+        return pipeline.process(rgb, intrinsics)
 
-    def objects(self, output: DetectorOutput) -> list[conv.ObjectPose3D]:
-        return conv.objects_from_boxes(output.boxes, output.covariance,
-                                       self.marker_class_names())
+    def objects(self, output: DetectorOutput) -> list[ObjectPose3D]:
+        return objects_from_boxes(output.boxes, output.covariance, NUSCENES_CLASSES)
 
     def marker_class_names(self) -> tuple[str, ...]:
-        from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
-
         return tuple(NUSCENES_CLASSES)
 
 

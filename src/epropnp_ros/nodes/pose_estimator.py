@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray
 
-from epropnp_ros import conversions as conv
-from epropnp_ros.nodes.base import OUTPUT_QOS, EstimatorNode, run, stamp_ns
+from epropnp_ros.detections import ObjectPose3D
+from epropnp_ros.messages import stamp_to_ns
+from epropnp_ros.nodes.base import OUTPUT_QOS, EstimatorNode, run
 from epropnp_ros.params import PoseEstimatorParams
 from epropnp_ros.pipeline import (
     Intrinsics,
@@ -74,11 +76,12 @@ def rois_from_detections(
             np.asarray(scores, dtype=np.float64)[order])
 
 
-class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams]):
+class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams, PoseEstimatorPipeline, PoseOutput]):
     """The pose-estimator lifecycle node (module docstring); ``**kwargs`` go to
     :class:`~epropnp_ros.nodes.base.EstimatorNode`."""
 
     PARAMS = PoseEstimatorParams
+    CHECKPOINT_KIND = "dense_correspondence_net"
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -88,25 +91,20 @@ class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams]):
         self.counters["frames_with_default_roi"] = 0
 
     def load_pipeline(self, params: PoseEstimatorParams) -> PoseEstimatorPipeline:
-        if not params.checkpoint:
-            raise FileNotFoundError(
-                "parameter 'checkpoint' is empty: set it to a dense_correspondence_net "
-                "checkpoint (the node never runs with random weights)"
-            )
         return PoseEstimatorPipeline.from_checkpoint(
             params.checkpoint, params.device, settings_from_params(params)
         )
 
-    def apply_live_params(self, params: PoseEstimatorParams) -> None:
-        self.pipeline.settings = settings_from_params(params)
+    def apply_live_params(
+        self, pipeline: PoseEstimatorPipeline, params: PoseEstimatorParams
+    ) -> None:
+        pipeline.settings = settings_from_params(params)
 
     def create_extra_inputs(self, params: PoseEstimatorParams) -> list[Any]:
         with self._roi_lock:
             self._latest_rois = None
         if not params.use_roi_topic:
             return []
-        from vision_msgs.msg import Detection2DArray
-
         return [self.create_subscription(
             Detection2DArray, "rois", self._on_rois, OUTPUT_QOS,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
@@ -125,7 +123,7 @@ class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams]):
         with self._roi_lock:
             msg = self._latest_rois
         if params.use_roi_topic and msg is not None:
-            age = abs(stamp_ns(header.stamp) - stamp_ns(msg.header.stamp)) * 1e-9
+            age = abs(stamp_to_ns(header.stamp) - stamp_to_ns(msg.header.stamp)) * 1e-9
             if age <= params.roi_max_age:
                 return rois_from_detections(msg, params.roi_class, params.min_score,
                                             params.max_objects)
@@ -136,16 +134,15 @@ class PoseEstimatorNode(EstimatorNode[PoseEstimatorParams]):
         return np.array([[x, y, w, h]], dtype=np.float64), np.ones(1)
 
     def run_pipeline(
-        self, rgb: np.ndarray, intrinsics: Intrinsics, header: Header,
-        params: PoseEstimatorParams,
+        self, pipeline: PoseEstimatorPipeline, rgb: np.ndarray, intrinsics: Intrinsics,
+        header: Header, params: PoseEstimatorParams,
     ) -> PoseOutput:
         rois, scores = self.select_rois(header, params, rgb.shape[1], rgb.shape[0])
-        out: PoseOutput = self.pipeline.process(rgb, intrinsics, rois, scores)
-        return out
+        return pipeline.process(rgb, intrinsics, rois, scores)
 
-    def objects(self, output: PoseOutput) -> list[conv.ObjectPose3D]:
+    def objects(self, output: PoseOutput) -> list[ObjectPose3D]:
         return [
-            conv.ObjectPose3D(pose=output.pose[i], size=output.size[i],
+            ObjectPose3D(pose=output.pose[i], size=output.size[i],
                               class_id=output.class_ids[i], score=float(output.scores[i]),
                               covariance=output.covariance[i], object_id=str(i))
             for i in range(len(output.pose))
