@@ -17,7 +17,9 @@ __all__ = [
     "ClosedLoopError",
     "ConversionError",
     "ImageConversionError",
+    "ImageSizeError",
     "NonFiniteValueError",
+    "PipelineInputError",
 ]
 
 
@@ -39,6 +41,14 @@ class ArrayShapeError(ConversionError, ShapeError):
 
 class NonFiniteValueError(ConversionError, NonFiniteError):
     """An array given to a message builder holds NaN/inf (also a :class:`NonFiniteError`)."""
+
+
+class PipelineInputError(EProPnPError, ValueError):
+    """An image or its intrinsics cannot be processed (the frame is skipped, the node goes on)."""
+
+
+class ImageSizeError(PipelineInputError):
+    """An image's size differs from its camera's calibration."""
 
 
 class BagConversionError(EProPnPError):

@@ -5,8 +5,8 @@ covariance and posterior samples out (numpy, camera frame).
 image resized) and :class:`PoseEstimatorPipeline` (dense correspondence network, 6DoF, one
 object, square crops) both predict correspondences in network pixels, map them to undistorted
 image pixels when the camera is distorted (:func:`to_image_frame`), and solve each object once.
-Bad input raises :class:`PipelineInputError`; a missing or malformed checkpoint the network's
-``CheckpointError`` -- never random weights.
+Bad input raises :class:`~epropnp_ros.errors.PipelineInputError`; a missing or malformed
+checkpoint the network's ``CheckpointError`` -- never random weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -26,25 +26,20 @@ import torch
 
 from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.epropnp import EProPnPBase
-from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
 from epropnp_lib.nets.deformable.inference import take_solution
 from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
-
-if TYPE_CHECKING:
-    from epropnp_ros.conversions import CameraModel
+from epropnp_ros.camera_model import CameraModel, undistort_points
+from epropnp_ros.errors import ImageSizeError, PipelineInputError
 
 logger = logging.getLogger(__name__)
 
 #: Undistortion of pixels: ``(N, 2)`` distorted pixels -> ``(N, 2)`` pixels of the pinhole camera.
 UndistortFn = Callable[[np.ndarray], np.ndarray]
-
-
-class PipelineInputError(EProPnPError, ValueError):
-    """An image or its intrinsics cannot be processed (the frame is skipped, the node goes on)."""
 
 
 class Intrinsics(NamedTuple):
@@ -147,11 +142,9 @@ def intrinsics_from_camera(camera: CameraModel, rectified: bool) -> Intrinsics:
     """:class:`Intrinsics` of images described by ``camera`` (a validated CameraInfo).
 
     Poses are solved with ``camera.pinhole_matrix`` (``P[:, :3]``). Image pixels are mapped to
-    that camera by :func:`epropnp_ros.conversions.undistort_points` (undistortion with K and D
-    for raw images; only binning/ROI for rectified ones), skipped when it is the identity.
+    that camera by :func:`epropnp_ros.camera_model.undistort_points` (undistortion with K and
+    D for raw images; only binning/ROI for rectified ones), skipped when it is the identity.
     """
-    from epropnp_ros.conversions import undistort_points
-
     cam = camera.pinhole_matrix
     plain = camera.binning_x == camera.binning_y == 1 and camera.roi[:2] == (0, 0)
     if rectified:
@@ -171,8 +164,9 @@ def check_image(rgb: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int]:
     """Validate ``rgb: (H, W, 3) uint8`` against ``intrinsics``; returns ``(H, W)``.
 
     Raises:
-        PipelineInputError: wrong shape/dtype, empty image, non-finite or singular intrinsics,
-            or an image size different from the calibration's (when that is known).
+        PipelineInputError: wrong shape/dtype, empty image, non-finite or singular intrinsics;
+            :class:`~epropnp_ros.errors.ImageSizeError` (a subclass) for an image size different
+            from the calibration's (when that is known).
     """
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
             or rgb.shape[2] != 3:
@@ -185,7 +179,7 @@ def check_image(rgb: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int]:
     if k.shape != (3, 3) or not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
         raise PipelineInputError(f"intrinsics must be a finite (3, 3) matrix with fx, fy > 0: {k}")
     if intrinsics.width and intrinsics.height and (intrinsics.width, intrinsics.height) != (w, h):
-        raise PipelineInputError(
+        raise ImageSizeError(
             f"image is {w}x{h} but the camera info says {intrinsics.width}x{intrinsics.height}"
         )
     return h, w

@@ -22,12 +22,12 @@ from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.nets.checkpoint import CheckpointError
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
 from epropnp_lib.pnp.solver import PnPSolution
-from epropnp_ros.conversions import CameraModel
+from epropnp_ros.camera_model import CameraModel
+from epropnp_ros.errors import ImageSizeError, PipelineInputError
 from epropnp_ros.pipeline import (
     DetectorPipeline,
     DetectorSettings,
     Intrinsics,
-    PipelineInputError,
     PoseEstimatorPipeline,
     PoseEstimatorSettings,
     check_image,
@@ -169,7 +169,7 @@ def test_check_image_rejects_bad_input() -> None:
         check_image(_image().astype(np.float32), intr)
     with pytest.raises(PipelineInputError, match="empty"):
         check_image(np.zeros((0, W, 3), np.uint8), intr)
-    with pytest.raises(PipelineInputError, match="camera info says"):
+    with pytest.raises(ImageSizeError, match="camera info says"):
         check_image(np.zeros((H // 2, W, 3), np.uint8), intr)
     bad_k = K.copy()
     bad_k[0, 0] = math.nan

@@ -65,18 +65,13 @@ from visualization_msgs.msg import MarkerArray
 from epropnp_lib.errors import EProPnPError
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
-from epropnp_ros.errors import ConversionError
+from epropnp_ros.errors import ConversionError, ImageSizeError, PipelineInputError
 from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.messages import stamp_to_ns
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
 from epropnp_ros.params import CommonParams, param_specs, params_from_values, validate_change
-from epropnp_ros.pipeline import (
-    Intrinsics,
-    ObjectEstimates,
-    PipelineInputError,
-    intrinsics_from_camera,
-)
+from epropnp_ros.pipeline import Intrinsics, ObjectEstimates, intrinsics_from_camera
 from epropnp_ros.poses import pose_array, pose_with_covariance_stamped
 
 ParamsT = TypeVar("ParamsT", bound=CommonParams)
@@ -432,7 +427,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             intrinsics = intrinsics_from_camera(camera, params.rectified)
             output = self.run_pipeline(pipeline, rgb, intrinsics, header, params)
         except (PipelineInputError, ConversionError) as exc:
-            self._refused(exc, rgb, camera)
+            self._refused(exc)
             return
         start = time.monotonic()
         self.publish(header, output, params)
@@ -463,11 +458,10 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             return None
         return rgb, camera
 
-    def _refused(self, exc: Exception, rgb: np.ndarray, camera: CameraModel) -> None:
-        """Count and warn about a frame the pipeline refused. The pipeline checks the image
-        size against the calibration; a refusal of an image of another size counts as
-        ``size_mismatch``, any other as ``bad_image``."""
-        if rgb.shape[:2] != camera.image_size:
+    def _refused(self, exc: Exception) -> None:
+        """Count and warn about a frame the pipeline refused: an image of another size than
+        its calibration as ``size_mismatch``, any other refusal as ``bad_image``."""
+        if isinstance(exc, ImageSizeError):
             self.counters["size_mismatch"] += 1
             self.warn("size_mismatch", f"skipping frame: {exc}")
         else:
