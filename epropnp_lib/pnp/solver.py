@@ -453,6 +453,31 @@ def optimize_pose(
     return _iterate(space, st, damping, nu, pts, cfg, cost_floor, cfg.max_iterations)
 
 
+def _lm_update(
+    active: torch.Tensor,
+    decrease: torch.Tensor,
+    predicted: torch.Tensor,
+    small_cost: torch.Tensor,
+    small_step: torch.Tensor,
+    damping: torch.Tensor,
+    nu: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nielsen's trust-region update of one LM iteration, all ``(B,)``: from the actual and
+    the predicted cost decrease, ``(accept, stalled, hopeless, damping, nu)``."""
+    accept = active & (decrease >= 0)  # False for a non-finite step or new cost
+    # Stalled at the numerical floor: a tiny step that changes nothing measurable.
+    stalled = active & small_cost & small_step
+    # Gain ratio; the model's decrease is >= 0 (0 only at a zero gradient, where the step is 0
+    # too): floor it at the dtype's smallest normal number, never 0.  The damping of stopped
+    # elements is never used again.
+    rho = decrease / predicted.clamp_min(torch.finfo(predicted.dtype).tiny)
+    shrink = (2.0 * rho - 1.0).pow_(3).neg_().add_(1.0).clamp_(1.0 / 3.0, 1.0)
+    damping = (damping * torch.where(accept, shrink, nu)).clamp_(1e-12, 1e12)
+    nu = torch.where(accept, 2.0, nu * 2.0)
+    hopeless = active & (damping >= 1e12)
+    return accept, stalled, hopeless, damping, nu
+
+
 def _iterate(
     space: type[PoseSpace],
     st: SolverState,
@@ -487,7 +512,6 @@ def _iterate(
     inv_t = torch.linalg.vector_norm(st.pose[:, :3], dim=-1, keepdim=True).add_(1.0)
     inv_t.reciprocal_().mul_(1.0 / tol)
     step_scale = torch.cat((inv_t.expand(-1, 3), inv_t.new_full((batch, dof - 3), 1.0 / tol)), -1)
-    tiny = torch.finfo(st.pose.dtype).tiny
     for it in range(max_iterations):
         if may_compact and 2 * int(active.sum()) <= batch:
             idx = active.nonzero().squeeze(-1)
@@ -527,17 +551,8 @@ def _iterate(
         tol_cost = round_off_cost if tol == round_off else torch.add(cost_floor, st.cost, alpha=tol)
         small_cost = decrease.abs() <= tol_cost
         if lm:
-            accept = active & (decrease >= 0)  # False for a non-finite step or new cost
-            # Stalled at the numerical floor: a tiny step that changes nothing measurable.
-            stalled = active & small_cost & small_step
-            # Gain ratio; the model's decrease is >= 0 (0 only at a zero gradient, where the
-            # step is 0 too): floor it at the dtype's smallest normal number, never 0.  The
-            # damping of stopped elements is never used again.
-            rho = decrease / predicted.clamp_min(tiny)
-            shrink = (2.0 * rho - 1.0).pow_(3).neg_().add_(1.0).clamp_(1.0 / 3.0, 1.0)
-            damping = (damping * torch.where(accept, shrink, nu)).clamp_(1e-12, 1e12)
-            nu = torch.where(accept, 2.0, nu * 2.0)
-            hopeless = active & (damping >= 1e12)
+            accept, stalled, hopeless, damping, nu = _lm_update(
+                active, decrease, predicted, small_cost, small_step, damping, nu)
         else:
             accept = active & torch.isfinite(new.cost)
             near_gn = accept
