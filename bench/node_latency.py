@@ -29,6 +29,10 @@ Usage::
     .venv/bin/python bench/node_latency.py --frames 30 --sizes 1600x900:0.4
     .venv/bin/python bench/node_latency.py --checkpoint models/detector_small_synthetic.pt \
         --sizes 1600x900:0.2,640x480:0.5
+    .venv/bin/python bench/node_latency.py ... --threads 2 --wait-policy PASSIVE --contended
+
+``--contended`` runs one busy-looping process beside the node during the closed-loop frames
+(another node on the robot's cores); ``--wait-policy`` sets the node's ``OMP_WAIT_POLICY``.
 """
 
 from __future__ import annotations
@@ -233,7 +237,14 @@ def run_size(
         if not driver.spin_until(lambda: driver.image_pub.get_subscription_count() > 0
                                  and driver.info_pub.get_subscription_count() > 0, 120.0):
             raise RuntimeError(f"node did not start; log:\n{log.read_text()[-3000:]}")
-        lat = np.asarray(_closed_loop(driver, args, log))
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) \
+            if args.contended else None
+        try:
+            lat = np.asarray(_closed_loop(driver, args, log))
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
         n_det = sorted(set(driver.counts.values()))
         stage = dict(driver.diag.get("stage_ms", {}))
         sent, processed, elapsed = _open_loop(driver, args)
@@ -270,6 +281,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the node")
     parser.add_argument("--rate", type=float, default=20.0, help="open-loop publish rate (Hz)")
     parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
+    parser.add_argument("--wait-policy", choices=("default", "PASSIVE", "ACTIVE"),
+                        default="default",
+                        help="OMP_WAIT_POLICY of the node process (default: the node's own)")
+    parser.add_argument("--contended", action="store_true",
+                        help="one busy-looping process beside the node while measuring")
     parser.add_argument("--checkpoint", default="",
                         help="detector checkpoint (default: seeded random weights)")
     args = parser.parse_args()
@@ -279,6 +295,9 @@ def main() -> int:
     env.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     env["OMP_NUM_THREADS"] = str(args.threads)
+    env.pop("OMP_WAIT_POLICY", None)
+    if args.wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = args.wait_policy
     os.environ.update({k: env[k] for k in
                        ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "AMENT_PREFIX_PATH")})
     import torch
@@ -299,6 +318,8 @@ def main() -> int:
             results.append(run_size(w, h, float(scale), args, ckpt, env))
     print(f"Model: {ckpt.name if args.checkpoint else 'seeded random small_config'}; "
           f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
+          f"OMP_WAIT_POLICY {args.wait_policy}, "
+          f"{'one busy process beside the node, ' if args.contended else ''}"
           f"{os.cpu_count()} cores; torch {torch.__version__}; {args.samples} posterior "
           f"samples per detection. CPU speed probe (one small tensor op, "
           f"`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us before, "
