@@ -9,6 +9,9 @@
 * ``--clock`` publishes ``/clock`` (``rosgraph_msgs/Clock``) with the bag time of every message,
   so nodes started with ``use_sim_time:=true`` follow the bag's time.
 * ``--rate`` scales playback speed (2.0 = twice as fast); ``--loop`` restarts at the end.
+* A gap in recorded time longer than ``--max-gap`` seconds (default 5; e.g. between the scenes of
+  a bag that spans days) is skipped, with a log line: replay never sleeps for it.
+* SIGINT and SIGTERM end playback cleanly at any moment (exit status 0).
 * ``--wait-for TOPIC`` waits (up to ``--wait-timeout`` s) until that topic has a subscriber
   before starting, so that no message is lost to DDS discovery (useful in tests and pipelines).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +35,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import Reader, ReaderError
 
 from epropnp_lib.errors import ConfigError
@@ -57,20 +62,24 @@ class PlayConfig:
     wait_for: tuple[str, ...] = ()
     wait_timeout: float = 10.0
     start_delay: float = 0.0
+    max_gap: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
+        if not self.max_gap > 0:
+            raise ConfigError(f"max_gap must be positive, got {self.max_gap}")
         if self.wait_timeout < 0 or self.start_delay < 0:
             raise ConfigError("wait_timeout and start_delay must be >= 0")
 
 
 class PlayStats(NamedTuple):
-    """What was published."""
+    """What was published, and the recorded time skipped in gaps (seconds)."""
 
     messages: dict[str, int]
     loops: int
     wall_seconds: float
+    skipped_seconds: float = 0.0
 
 
 def message_class(type_name: str) -> Any:
@@ -157,15 +166,26 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
 
         counts: dict[str, int] = {}
         loops = 0
+        skipped_ns = 0
+        max_gap_ns = round(config.max_gap * 1e9)
         wall_start = time.monotonic()
         while True:
             loops += 1
             bag_start: int | None = None
+            previous: int | None = None
             loop_wall_start = time.monotonic()
+            loop_skipped_ns = 0
             for connection, stamp, raw in reader.messages(connections=connections):
                 if bag_start is None:
                     bag_start = stamp
-                due = loop_wall_start + (stamp - bag_start) * 1e-9 / config.rate
+                if previous is not None and stamp - previous > max_gap_ns:
+                    gap = stamp - previous
+                    LOGGER.info("skipping a gap of %.1f s in the recorded time (more than "
+                                "--max-gap %.1f s)", gap * 1e-9, config.max_gap)
+                    loop_skipped_ns += gap
+                    skipped_ns += gap
+                previous = stamp
+                due = loop_wall_start + (stamp - bag_start - loop_skipped_ns) * 1e-9 / config.rate
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -176,7 +196,8 @@ def play(config: PlayConfig, node: Any | None = None) -> PlayStats:
                 counts[connection.topic] = counts.get(connection.topic, 0) + 1
             if not config.loop or not rclpy.ok(context=node.context):
                 break
-        return PlayStats(dict(sorted(counts.items())), loops, time.monotonic() - wall_start)
+        return PlayStats(dict(sorted(counts.items())), loops, time.monotonic() - wall_start,
+                         skipped_ns * 1e-9)
     finally:
         reader.close()
         if own_node:
@@ -194,6 +215,11 @@ def _wait_for_subscribers(node: Any, config: PlayConfig) -> None:
             time.sleep(0.02)
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """Signal handler of the CLI: stop playback (caught in :func:`main`)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point ``epropnp-bag-play``."""
     parser = argparse.ArgumentParser(
@@ -207,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wait-for", nargs="*", default=[], help="topics to wait a subscriber on")
     parser.add_argument("--wait-timeout", type=float, default=10.0)
     parser.add_argument("--start-delay", type=float, default=0.0, help="seconds before playing")
+    parser.add_argument("--max-gap", type=float, default=5.0,
+                        help="skip gaps in the recorded time longer than this (seconds)")
     args, ros_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -219,22 +247,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_for=tuple(args.wait_for),
             wait_timeout=args.wait_timeout,
             start_delay=args.start_delay,
+            max_gap=args.max_gap,
         )
     except ConfigError as exc:
         print(f"epropnp-bag-play: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=ros_args)
+    # SIGINT and SIGTERM stop playback where it is (a sleep, a publish) and exit with 0;
+    # rclpy's own handlers would shut the context down under the publisher instead.
+    rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stats = play(config)
     except BagPlayError as exc:
         print(f"epropnp-bag-play: error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
+        print("epropnp-bag-play: stopped", file=sys.stderr)
         return 0
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         rclpy.try_shutdown()
     total = sum(stats.messages.values())
-    print(f"played {total} messages in {stats.wall_seconds:.1f} s ({stats.loops} loop(s))")
+    skipped = f", {stats.skipped_seconds:.1f} s of gaps skipped" if stats.skipped_seconds else ""
+    print(f"played {total} messages in {stats.wall_seconds:.1f} s ({stats.loops} loop(s)"
+          f"{skipped})")
     return 0
 
 

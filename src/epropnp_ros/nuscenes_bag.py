@@ -407,8 +407,33 @@ def _topic_type(topic: str) -> str:
     raise AssertionError(f"no type for topic {topic}")  # internal: every topic is listed above
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(output: Path) -> None:
+    """Remove the staging directories ``.<name>.partial-<pid>`` of ``output`` left by runs whose
+    process no longer lives (killed conversions); a live run's is left alone."""
+    prefix = f".{output.name}.partial-"
+    for path in output.parent.glob(prefix + "*"):
+        pid = path.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            LOGGER.info("removing %s, left by a conversion that no longer runs", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def convert(config: ConversionConfig) -> ConversionSummary:
     """Convert nuScenes scenes to a rosbag2 (see the module docstring for its contents).
+
+    The bag is written into a hidden staging directory beside ``output`` and moved into place
+    when complete; staging directories of killed runs are removed by the next run.
 
     Raises:
         BagConversionError: a table or image file is missing or broken (named), a scene is
@@ -423,6 +448,7 @@ def convert(config: ConversionConfig) -> ConversionSummary:
     events, scenes = _events(nusc, config, dataroot, _Builder(store))
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(output)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

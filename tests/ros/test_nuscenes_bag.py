@@ -289,6 +289,13 @@ def test_killed_converter_leaves_no_complete_looking_bag(
     assert not out.exists()
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.partial-")]
     assert len(leftovers) == 1  # the hidden staging directory of the killed run, nothing else
+    # The next run removes it (its process no longer lives) and writes the bag.
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+
+    convert(ConversionConfig(dataroot=str(dataset), output=str(out), cameras=("CAM_FRONT",),
+                             sweeps=False))
+    assert out.is_dir()
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
 
 def test_cli(dataset: Path, tmp_path: Path, child_env: dict[str, str]) -> None:
