@@ -139,9 +139,51 @@ class _Event(NamedTuple):
 
 def _load_nuscenes(dataroot: Path, version: str) -> Any:
     try:
-        return load_nuscenes(dataroot, version)
+        nusc = load_nuscenes(dataroot, version)
     except NuScenesFormatError as exc:  # names the missing / broken file
         raise BagConversionError(str(exc)) from exc
+    check_references(nusc)
+    return nusc
+
+
+#: The tokens the converter follows: (table, field, target table, may be empty).
+FOLLOWED_TOKENS: tuple[tuple[str, str, str, bool], ...] = (
+    ("scene", "first_sample_token", "sample", False),
+    ("scene", "last_sample_token", "sample", False),
+    ("scene", "log_token", "log", False),
+    ("sample", "scene_token", "scene", False),
+    ("sample", "prev", "sample", True),
+    ("sample", "next", "sample", True),
+    ("sample_data", "sample_token", "sample", False),
+    ("sample_data", "ego_pose_token", "ego_pose", False),
+    ("sample_data", "calibrated_sensor_token", "calibrated_sensor", False),
+    ("sample_data", "prev", "sample_data", True),
+    ("sample_data", "next", "sample_data", True),
+    ("calibrated_sensor", "sensor_token", "sensor", False),
+    ("sample_annotation", "sample_token", "sample", False),
+)
+
+
+def check_references(nusc: Any) -> None:
+    """Check every token the converter follows (:data:`FOLLOWED_TOKENS`) before anything is
+    written: the devkit loads some broken datasets without complaint.
+
+    Raises:
+        BagConversionError: naming the table, the record, the field and the dangling token.
+    """
+    tokens: dict[str, set[str]] = {}
+    for table, field, target, may_be_empty in FOLLOWED_TOKENS:
+        if target not in tokens:
+            tokens[target] = {r["token"] for r in getattr(nusc, target)}
+        for record in getattr(nusc, table):
+            ref = record.get(field)
+            if ref == "" and may_be_empty:
+                continue
+            if ref not in tokens[target]:
+                raise BagConversionError(
+                    f"{table}.json: record {record['token']}: {field} {ref!r} is not a token of "
+                    f"{target}.json"
+                )
 
 
 def _scene_sample_data(

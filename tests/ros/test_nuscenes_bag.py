@@ -390,3 +390,34 @@ def test_player_errors(tmp_path: Path, bag: Path, rclpy_node: Any) -> None:
         play(PlayConfig(bag=str(bag), wait_for=("/nobody",), wait_timeout=0.2), node=rclpy_node)
     with pytest.raises(ConfigError):
         PlayConfig(bag="x", rate=0.0)
+
+
+@pytest.mark.parametrize(("table", "field"), [
+    ("scene", "first_sample_token"), ("scene", "last_sample_token"), ("sample", "scene_token"),
+    ("sample", "next"), ("sample_data", "sample_token"), ("sample_data", "ego_pose_token"),
+    ("sample_data", "calibrated_sensor_token"), ("sample_data", "prev"),
+])
+def test_dangling_tokens_are_refused_before_anything_is_written(
+    dataset: Path, tmp_path: Path, table: str, field: str
+) -> None:
+    """Each token the converter follows, made dangling in one record: a BagConversionError that
+    names the table, the field and the token; no bag and no staging directory."""
+    import json
+    import shutil
+
+    from epropnp_ros.errors import BagConversionError
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    path = broken / "v1.0-mini" / f"{table}.json"
+    records = json.loads(path.read_text())
+    victim = next(r for r in records if r[field])  # a record whose link is set
+    victim[field] = "dangling0123456789abcdef"
+    path.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    with pytest.raises(BagConversionError,
+                       match=rf"{table}\.json: record .*: {field} 'dangling0123456789abcdef'"):
+        convert(ConversionConfig(dataroot=str(broken), output=str(out)))
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
