@@ -366,6 +366,20 @@ def _qos(transient_local: bool) -> list[Any]:
     ]
 
 
+def _same_extrinsics(
+    first: tuple[dict[str, Any], str], calib: dict[str, Any], log: str, channel: str
+) -> None:
+    """Refuse to put two different extrinsics of one camera into one bag's ``/tf_static``:
+    ``first`` is the calibration (and its log) the bag already holds for ``channel``."""
+    held, held_log = first
+    if not (np.allclose(held["translation"], calib["translation"], rtol=0.0, atol=1e-9)
+            and np.allclose(held["rotation"], calib["rotation"], rtol=0.0, atol=1e-12)):
+        raise BagConversionError(
+            f"{channel} is calibrated differently in log {held_log} and in log {log}: one bag "
+            f"has one /tf_static, so convert the scenes of these logs into separate bags"
+        )
+
+
 def _events(
     nusc: Any, config: ConversionConfig, dataroot: Path, build: _Builder
 ) -> tuple[list[_Event], list[str]]:
@@ -378,13 +392,14 @@ def _events(
             f"available: {sorted(scenes)}"
         )
     events: list[_Event] = []
-    static: dict[str, Any] = {}
+    static: dict[str, tuple[dict[str, Any], str]] = {}  # frame -> (calibration, its log)
     first_stamp: int | None = None
     ego_seen: set[str] = set()
     for name in names:
         scene = scenes[name]
         if scene["nbr_samples"] == 0 or not scene["first_sample_token"]:
             raise BagConversionError(f"scene {name} has no samples")
+        log = nusc.get("log", scene["log_token"])["logfile"]
         for channel in config.cameras:
             frame = camera_frame(channel)
             image_topic, info_topic = camera_topics(channel, config.image_format)
@@ -392,7 +407,7 @@ def _events(
                 stamp = int(sd["timestamp"]) * 1000
                 first_stamp = stamp if first_stamp is None else min(first_stamp, stamp)
                 calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-                static.setdefault(frame, calib)
+                _same_extrinsics(static.setdefault(frame, (calib, log)), calib, log, channel)
                 if sd["ego_pose_token"] not in ego_seen:
                     ego_seen.add(sd["ego_pose_token"])
                     ego = nusc.get("ego_pose", sd["ego_pose_token"])
@@ -416,7 +431,7 @@ def _events(
         raise BagConversionError("nothing to convert: no camera data in the selected scenes")
     tf_static = [
         build.transform(first_stamp, BASE_FRAME, frame, calib)
-        for frame, calib in sorted(static.items())
+        for frame, (calib, _) in sorted(static.items())
     ]
     events.append(_Event(first_stamp, -1, TF_STATIC_TOPIC, _bind(build.tf_message, tf_static)))
     events.sort(key=lambda e: (e.stamp_ns, e.order, e.topic))

@@ -421,3 +421,58 @@ def test_dangling_tokens_are_refused_before_anything_is_written(
         convert(ConversionConfig(dataroot=str(broken), output=str(out)))
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def test_logs_with_different_extrinsics_never_share_a_bag(tmp_path: Path) -> None:
+    """Two scenes of two logs whose CAM_FRONT was mounted 0.5 m apart: one bag for both is
+    refused (naming the camera and both logs); each scene alone converts, and its /tf_static
+    carries its own log's extrinsics."""
+    import json
+
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
+    from epropnp_ros.errors import BagConversionError
+    from epropnp_ros.nuscenes_bag import ConversionConfig, camera_frame, convert
+
+    root = tmp_path / "two_logs"
+    generate_nuscenes_mini(root, scenes=("scene-0103", "scene-0916"), samples_per_scene=2,
+                           image_size=(160, 90), seed=3)
+    tables = root / "v1.0-mini"
+
+    def load(name: str) -> list[dict[str, Any]]:
+        return json.loads((tables / f"{name}.json").read_text())
+
+    scenes = {s["name"]: s for s in load("scene")}
+    logs = {lg["token"]: lg["logfile"] for lg in load("log")}
+    sample_scene = {s["token"]: s["scene_token"] for s in load("sample")}
+    channel = {s["token"]: s["channel"] for s in load("sensor")}
+    calibs = load("calibrated_sensor")
+    front = {c["token"] for c in calibs if channel[c["sensor_token"]] == "CAM_FRONT"}
+    moved = next(sd["calibrated_sensor_token"] for sd in load("sample_data")
+                 if sd["calibrated_sensor_token"] in front
+                 and sample_scene[sd["sample_token"]] == scenes["scene-0916"]["token"])
+    for c in calibs:
+        if c["token"] == moved:
+            c["translation"][0] += 0.5
+            moved_translation = c["translation"]
+    (tables / "calibrated_sensor.json").write_text(json.dumps(calibs))
+
+    with pytest.raises(BagConversionError) as err:
+        convert(ConversionConfig(dataroot=str(root), output=str(tmp_path / "both")))
+    message = str(err.value)
+    assert "CAM_FRONT" in message
+    assert all(logs[scenes[s]["log_token"]] in message for s in ("scene-0103", "scene-0916"))
+    assert not (tmp_path / "both").exists()
+
+    translations = {}
+    for name in ("scene-0103", "scene-0916"):
+        out = tmp_path / name
+        convert(ConversionConfig(dataroot=str(root), output=str(out), scenes=(name,)))
+        (tf_static,) = [m for topic, _, m in _read_all(out) if topic == "/tf_static"]
+        (cam,) = [t for t in tf_static.transforms
+                  if t.child_frame_id == camera_frame("CAM_FRONT")]
+        translations[name] = [cam.transform.translation.x, cam.transform.translation.y,
+                              cam.transform.translation.z]
+    np.testing.assert_allclose(translations["scene-0916"], moved_translation, atol=1e-9)
+    np.testing.assert_allclose(np.subtract(translations["scene-0916"],
+                                           translations["scene-0103"]), [0.5, 0.0, 0.0],
+                               atol=1e-9)
