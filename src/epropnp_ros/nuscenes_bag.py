@@ -10,12 +10,15 @@ rectified), ``/tf_static`` (``base_link`` -> each camera frame, transient local)
 (length, width, height) along the box's x forward, y left, z up axes, score 1, ``id`` = the
 instance token). Stamps and bag times are the dataset's timestamps (us -> ns). Messages are
 built and serialised with ``rosbags`` (converting twice gives identical bytes); the bag is
-written under a hidden directory and renamed into place only when complete.
+written under a hidden directory and renamed into place only when complete. The CLI writes one
+bag per scene by default (:func:`convert_scenes`); one bag holds one ``/tf_static``, so scenes of
+logs with different camera extrinsics are refused in one bag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -53,6 +56,7 @@ __all__ = [
     "camera_frame",
     "camera_topics",
     "convert",
+    "convert_scenes",
     "main",
 ]
 
@@ -496,11 +500,34 @@ def convert(config: ConversionConfig) -> ConversionSummary:
         BagConversionError: a table or image file is missing or broken (named), a scene is
             unknown or empty, or the output exists.
     """
-    dataroot = Path(config.dataroot)
     output = Path(config.output)
     if output.exists():
         raise BagConversionError(f"output {output} exists; remove it or choose another name")
+    return _convert_loaded(_load_nuscenes(Path(config.dataroot), config.version), config)
+
+
+def convert_scenes(config: ConversionConfig) -> list[ConversionSummary]:
+    """One bag per scene: ``config.output / <scene name>`` for each of ``config.scenes`` (every
+    scene of the version when empty), each with its own log's ``/tf_static``.
+
+    Raises:
+        BagConversionError: as :func:`convert`; every output is checked before any is written.
+    """
+    dataroot, root = Path(config.dataroot), Path(config.output)
     nusc = _load_nuscenes(dataroot, config.version)
+    names = list(config.scenes) or sorted(s["name"] for s in nusc.scene)
+    outputs = [root / name for name in names]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing:
+        raise BagConversionError(f"outputs {existing} exist; remove them or choose another --out")
+    return [_convert_loaded(nusc, dataclasses.replace(config, scenes=(name,), output=str(out)))
+            for name, out in zip(names, outputs, strict=True)]
+
+
+def _convert_loaded(nusc: Any, config: ConversionConfig) -> ConversionSummary:
+    """:func:`convert` of a loaded dataset."""
+    dataroot = Path(config.dataroot)
+    output = Path(config.output)
     store = _typestore()
     events, scenes = _events(nusc, config, dataroot, _Builder(store))
 
@@ -539,14 +566,19 @@ def convert(config: ConversionConfig) -> ConversionSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``epropnp-nuscenes-to-bag --dataroot DIR --out BAG [--scenes ...] [--cameras ...]``."""
+    """CLI: ``epropnp-nuscenes-to-bag --dataroot DIR --out DIR [--scenes ...] [--merge] ...``:
+    one bag per scene (``DIR/<scene>``), or one bag at ``--out`` with ``--merge``."""
     parser = argparse.ArgumentParser(
         prog="epropnp-nuscenes-to-bag",
         description="Convert nuScenes scenes (camera images, CameraInfo, TF, ground truth) to a "
         "rosbag2 that `ros2 bag play` and `epropnp-bag-play` replay.",
     )
     parser.add_argument("--dataroot", required=True, help="nuScenes root folder")
-    parser.add_argument("--out", required=True, help="bag directory to create")
+    parser.add_argument("--out", required=True,
+                        help="directory of the bags, one per scene (with --merge: the bag)")
+    parser.add_argument("--merge", action="store_true",
+                        help="one bag for all the scenes (refused when their logs' camera "
+                        "calibrations differ)")
     parser.add_argument("--version", default="v1.0-mini", help="table version (default v1.0-mini)")
     parser.add_argument("--scenes", nargs="*", default=[], help="scene names (default: all)")
     parser.add_argument("--cameras", nargs="*", default=list(CAMERAS), help="camera channels")
@@ -570,13 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ground_truth=not args.no_ground_truth,
             progress=not args.quiet,
         )
-        summary = convert(config)
+        summaries = [convert(config)] if args.merge else convert_scenes(config)
     except (BagConversionError, ConfigError) as exc:
         print(f"epropnp-nuscenes-to-bag: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {summary.path}")
-    for topic, count in summary.message_counts.items():
-        print(f"  {topic}: {count}")
+    for summary in summaries:
+        print(f"wrote {summary.path}")
+        for topic, count in summary.message_counts.items():
+            print(f"  {topic}: {count}")
     return 0
 
 

@@ -306,7 +306,17 @@ def test_cli(dataset: Path, tmp_path: Path, child_env: dict[str, str]) -> None:
         env=child_env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    # One bag per scene by default: <out>/<scene>.
+    assert f"wrote {out / SCENE}" in proc.stdout and (out / SCENE / "metadata.yaml").is_file()
     assert "/cam_front/image_raw/compressed: 2" in proc.stdout
+    merged = tmp_path / "merged"
+    proc = subprocess.run(
+        [sys.executable, "-m", "epropnp_ros.nuscenes_bag", "--dataroot", str(dataset), "--out",
+         str(merged), "--cameras", "CAM_FRONT", "--key-frames-only", "--quiet", "--merge"],
+        env=child_env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (merged / "metadata.yaml").is_file()
     proc = subprocess.run(
         [sys.executable, "-m", "epropnp_ros.nuscenes_bag", "--dataroot", str(tmp_path / "none"),
          "--out", str(tmp_path / "x")],
@@ -431,7 +441,7 @@ def test_logs_with_different_extrinsics_never_share_a_bag(tmp_path: Path) -> Non
 
     from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
     from epropnp_ros.errors import BagConversionError
-    from epropnp_ros.nuscenes_bag import ConversionConfig, camera_frame, convert
+    from epropnp_ros.nuscenes_bag import ConversionConfig, camera_frame, convert, convert_scenes
 
     root = tmp_path / "two_logs"
     generate_nuscenes_mini(root, scenes=("scene-0103", "scene-0916"), samples_per_scene=2,
@@ -456,6 +466,9 @@ def test_logs_with_different_extrinsics_never_share_a_bag(tmp_path: Path) -> Non
             moved_translation = c["translation"]
     (tables / "calibrated_sensor.json").write_text(json.dumps(calibs))
 
+    # By default: one bag per scene, each with its own log's extrinsics (below).
+    summaries = convert_scenes(ConversionConfig(dataroot=str(root), output=str(tmp_path / "per")))
+    assert [s.path.name for s in summaries] == ["scene-0103", "scene-0916"]
     with pytest.raises(BagConversionError) as err:
         convert(ConversionConfig(dataroot=str(root), output=str(tmp_path / "both")))
     message = str(err.value)
@@ -465,8 +478,7 @@ def test_logs_with_different_extrinsics_never_share_a_bag(tmp_path: Path) -> Non
 
     translations = {}
     for name in ("scene-0103", "scene-0916"):
-        out = tmp_path / name
-        convert(ConversionConfig(dataroot=str(root), output=str(out), scenes=(name,)))
+        out = tmp_path / "per" / name
         (tf_static,) = [m for topic, _, m in _read_all(out) if topic == "/tf_static"]
         (cam,) = [t for t in tf_static.transforms
                   if t.child_frame_id == camera_frame("CAM_FRONT")]
