@@ -57,6 +57,8 @@ __all__ = [
     "camera_topics",
     "convert",
     "convert_scenes",
+    "GroundTruthBox",
+    "ground_truth_boxes",
     "main",
 ]
 
@@ -329,6 +331,50 @@ class _Builder:
         return self.t["vision_msgs/msg/Detection3DArray"](
             header=self.header(stamp_ns, MAP_FRAME), detections=detections
         )
+
+
+class GroundTruthBox(NamedTuple):
+    """One annotation of ``/ground_truth/detections`` read back in the devkit's form (global
+    ``map`` frame, full orientation).
+
+    Attributes:
+        translation: ``(3,)`` box centre, metres.
+        size: ``(3,)`` ``(width, length, height)``, the devkit's ``wlh``.
+        rotation: ``(4,)`` unit quaternion ``(w, x, y, z)`` of the box in ``map``.
+        detection_name: one of the ten detection classes.
+        instance_token: the annotation's instance.
+    """
+
+    translation: np.ndarray
+    size: np.ndarray
+    rotation: np.ndarray
+    detection_name: str
+    instance_token: str
+
+
+def ground_truth_boxes(msg: Any) -> list[GroundTruthBox]:
+    """The boxes of a ``/ground_truth/detections`` message (a ``Detection3DArray`` in ``map``,
+    written by this converter; rclpy or rosbags message objects alike).
+
+    Raises:
+        BagConversionError: the message is not in the ``map`` frame, or a detection has no class.
+    """
+    if msg.header.frame_id != MAP_FRAME:
+        raise BagConversionError(
+            f"ground truth is in {MAP_FRAME!r}, this message in {msg.header.frame_id!r}")
+    boxes = []
+    for det in msg.detections:
+        if not det.results:
+            raise BagConversionError(f"ground-truth detection {det.id!r} has no class")
+        c, q, s = det.bbox.center.position, det.bbox.center.orientation, det.bbox.size
+        boxes.append(GroundTruthBox(
+            translation=np.array([c.x, c.y, c.z]),
+            size=np.array([s.y, s.x, s.z]),  # bbox.size is (length, width, height)
+            rotation=np.array([q.w, q.x, q.y, q.z]),
+            detection_name=det.results[0].hypothesis.class_id,
+            instance_token=det.id,
+        ))
+    return boxes
 
 
 # --- writing --------------------------------------------------------------------------------------

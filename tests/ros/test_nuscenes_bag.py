@@ -200,6 +200,33 @@ def test_ground_truth_boxes_match_annotations(bag: Path, nusc: Any) -> None:
             np.testing.assert_allclose([q.w, q.x, q.y, q.z], ann["rotation"])
 
 
+def test_ground_truth_reads_back_in_the_devkits_form(bag: Path, nusc: Any) -> None:
+    """Every sample's ground truth read back from the bag (``ground_truth_boxes``) equals its
+    annotations: positions, sizes (wlh), full orientation in the map frame, class, instance."""
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    from epropnp_ros.errors import BagConversionError
+    from epropnp_ros.nuscenes_bag import ground_truth_boxes
+
+    arrays = [m for topic, _, m in _read_all(bag) if topic == "/ground_truth/detections"]
+    samples = sorted(nusc.sample, key=lambda s: s["timestamp"])
+    assert len(arrays) == len(samples)
+    for array, sample in zip(arrays, samples, strict=True):
+        anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
+        anns = [a for a in anns if category_to_detection_name(a["category_name"]) is not None]
+        boxes = ground_truth_boxes(array)
+        assert len(boxes) == len(anns) > 0
+        for box, ann in zip(boxes, anns, strict=True):
+            np.testing.assert_allclose(box.translation, ann["translation"])
+            np.testing.assert_allclose(box.size, ann["size"])
+            np.testing.assert_allclose(box.rotation, ann["rotation"])
+            assert box.detection_name == category_to_detection_name(ann["category_name"])
+            assert box.instance_token == ann["instance_token"]
+    arrays[0].header.frame_id = "base_link"
+    with pytest.raises(BagConversionError, match="ground truth is in 'map'"):
+        ground_truth_boxes(arrays[0])
+
+
 def test_converting_twice_gives_identical_messages(
     bag: Path, dataset: Path, tmp_path: Path
 ) -> None:
