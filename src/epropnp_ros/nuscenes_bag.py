@@ -561,7 +561,13 @@ def convert_scenes(config: ConversionConfig) -> list[ConversionSummary]:
     """
     dataroot, root = Path(config.dataroot), Path(config.output)
     nusc = _load_nuscenes(dataroot, config.version)
-    names = list(config.scenes) or sorted(s["name"] for s in nusc.scene)
+    known = {s["name"] for s in nusc.scene}
+    names = list(config.scenes) or sorted(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BagConversionError(f"scene(s) {unknown} not in "
+                                 f"{dataroot / config.version / 'scene.json'}; available: "
+                                 f"{sorted(known)}")
     outputs = [root / name for name in names]
     existing = [str(p) for p in outputs if p.exists()]
     if existing:

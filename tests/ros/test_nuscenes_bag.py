@@ -260,13 +260,17 @@ def test_bad_data_gives_clear_errors(dataset: Path, tmp_path: Path) -> None:
     import shutil
 
     from epropnp_ros.errors import BagConversionError
-    from epropnp_ros.nuscenes_bag import ConversionConfig, convert
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert, convert_scenes
 
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
     out = tmp_path / "out"
     with pytest.raises(BagConversionError, match="unknown-scene"):
         convert(ConversionConfig(dataroot=str(broken), output=str(out), scenes=("unknown-scene",)))
+    with pytest.raises(BagConversionError, match="unknown-scene"):  # before any bag is written
+        convert_scenes(ConversionConfig(dataroot=str(broken), output=str(out),
+                                        scenes=(SCENE, "unknown-scene")))
+    assert not out.exists()
 
     jpg = next((broken / "samples" / "CAM_FRONT").glob("*.jpg"))
     jpg.unlink()
