@@ -18,8 +18,8 @@ instead, batched over problems and hypotheses on the tensors' device:
    with the Huber threshold ``k s``, re-estimating ``s`` from the inliers' mean ``r^2`` (the mean
    of a chi-square law truncated at ``k^2``) and the inlier set after each round.
 
-The covariance is the Laplace covariance of the inliers' cost.  ``inlier_fraction`` is the share
-of the positively weighted points within ``k s`` of the final pose.
+The pose, cost and covariance are those of the last refinement's inliers; ``inlier_fraction`` is
+their share of the positively weighted points.
 """
 
 from __future__ import annotations
@@ -104,11 +104,12 @@ class RobustPnPSolution(NamedTuple):
     :class:`~epropnp_lib.pnp.solver.PnPSolution` (of the inliers' problem), then:
 
     Attributes:
-        inlier_fraction: ``(B,)`` share of the positively weighted points that are inliers of
-            the final pose (NaN where the input was invalid).  A low value means the pose
+        inlier_fraction: ``(B,)`` share of the positively weighted points that are inliers
+            (NaN where the input was invalid).  A low value means the pose
             explains few points: reject such fits (e.g. below 0.5, or below the outlier rate
             the application can tolerate).
-        inliers: ``(B, N)`` bool, the final inliers.
+        inliers: ``(B, N)`` bool, the points the final refinement used: the pose, cost and
+            covariance are theirs.
         scale: ``(B,)`` robust scale ``s`` of the weighted residuals (per image axis).
     """
 
@@ -168,10 +169,11 @@ def solve_pnp_robust(
         k = cfg.inlier_sigmas
         iterations = torch.zeros_like(pose[:, 0], dtype=torch.int64)
     sol = None
+    used = active
     for _ in range(cfg.refine_rounds):
         with torch.inference_mode():
-            inliers = active & (_sq_residuals(space, pose, pts) < (k * scale[:, None]) ** 2)
-            refine = prob._replace(w2d=prob.w2d * inliers[..., None], pose_init=pose)
+            used = active & (_sq_residuals(space, pose, pts) < (k * scale[:, None]) ** 2)
+            refine = prob._replace(w2d=prob.w2d * used[..., None], pose_init=pose)
         sol = solve_validated(space, refine, scfg, delta=k * scale)
         with torch.inference_mode():
             iterations = iterations + sol.iterations
@@ -183,11 +185,11 @@ def solve_pnp_robust(
             scale = torch.where(count > 0, (mean_r2 / _truncated_chi2_2_mean(k)).sqrt(), scale)
             scale = scale.clamp_min(_scale_floor(prob))
     assert sol is not None  # refine_rounds >= 1
-    inliers = active & (_sq_residuals(space, pose, pts) < (k * scale[:, None]) ** 2)
-    fraction = _inlier_fraction(space, pose, pts, active, k * scale)
+    # The inliers are those of the last refinement: the pose and covariance are theirs.
+    fraction = used.sum(-1) / active.sum(-1).clamp_min(1)
     fraction = fraction.to(pose.dtype).masked_fill(~prob.valid, torch.nan)
     return RobustPnPSolution(sol.pose, sol.cost, sol.covariance, sol.status, iterations,
-                             fraction, inliers & prob.valid[:, None], scale)
+                             fraction, used & prob.valid[:, None], scale)
 
 
 def _truncated_chi2_2_mean(k: float) -> float:
