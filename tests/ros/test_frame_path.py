@@ -114,3 +114,63 @@ def test_one_frame_enters_each_ros_module_at_most_twice(
     up = [(caller, callee) for caller, callee in entries
           if not caller.startswith(NODES) and LAYER[callee] <= LAYER[caller]]
     assert not up, up
+
+
+@pytest.mark.parametrize(("remap", "topic"), [
+    ("image:=/cam/image_raw", "/cam/image_raw/compressed"),  # the README's remap
+    ("image/compressed:=/cam/jpeg", "/cam/jpeg"),  # an explicit remap still applies
+    (None, "/epropnp_remap_test/image/compressed"),
+])
+def test_compressed_input_follows_the_image_remap(
+    ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path,
+    remap: str | None, topic: str,
+) -> None:
+    """In compressed mode the node subscribes ``<image>/compressed`` (image_transport's
+    convention): remapping ``image`` moves it, and a frame published there is processed."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    from epropnp_ros.images import image_to_rgb, rgb_to_compressed
+    from epropnp_ros.nodes.detector import DetectorNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter("checkpoint", value=str(detector_fixture_checkpoint)),
+                 Parameter("image_transport", value="compressed")]
+    node = DetectorNode(context=context, namespace="/epropnp_remap_test",
+                        parameter_overrides=overrides,
+                        cli_args=["--ros-args", "-r", remap] if remap else None)
+    driver = rclpy.create_node("epropnp_remap_driver", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(driver)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert topic in [sub.topic_name for sub in node._inputs]
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = driver.create_publisher(CompressedImage, topic, reliable)
+        info_pub = driver.create_publisher(CameraInfo, "/epropnp_remap_test/camera_info",
+                                           reliable)
+        image, info = _frame_messages()
+        jpeg = rgb_to_compressed(image_to_rgb(image), image.header)
+        deadline = time.monotonic() + 30.0
+        next_send = 0.0  # one frame pair, again every 2 s until one is processed (discovery)
+        while node.counters["frames_processed"] == 0:
+            assert time.monotonic() < deadline, f"no frame processed: {node.counters}"
+            ready = image_pub.get_subscription_count() and info_pub.get_subscription_count()
+            if ready and time.monotonic() >= next_send:
+                info_pub.publish(info)
+                image_pub.publish(jpeg)
+                next_send = time.monotonic() + 2.0
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        node._stop_inputs()
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.shutdown(context=context)

@@ -17,7 +17,8 @@ Path of one frame (worker thread, :meth:`EstimatorNode.process_frame`):
    :mod:`~epropnp_ros.markers` builds the MarkerArray in one batched call. All carry the
    image's header.
 
-Topics (relative: remap them): in ``image`` (or ``image/compressed``), ``camera_info``
+Topics (relative: remap them): in ``image`` (or ``<image>/compressed``: remapping ``image``
+moves it too), ``camera_info``
 (sensor-data QoS, overridable with ``qos_overrides.<topic>.subscription.<policy>``); out
 ``detections``, ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
 ``~/diagnostics`` (std_msgs/String, JSON: :meth:`EstimatorNode.diagnostics`). Bad input never
@@ -271,9 +272,12 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
         overrides = QoSOverridingOptions.with_default_policies
         if params.image_transport == "compressed":
+            # image_transport's convention: <image topic>/compressed, so that a remap of
+            # ``image`` moves the compressed topic too (an explicit ``image/compressed`` remap
+            # still applies).
             image_sub = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
-                qos_overriding_options=overrides(),
+                CompressedImage, self.resolve_topic_name("image") + "/compressed",
+                self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides(),
             )
         else:
             image_sub = self.create_subscription(
