@@ -45,6 +45,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from tqdm import tqdm
 
 from epropnp_lib.data.nuscenes import CAMERAS, NuScenesFormatError, load_nuscenes
+from epropnp_lib.data.nuscenes.loading import dangling_reference
 from epropnp_lib.errors import ConfigError
 from epropnp_ros.errors import BagConversionError
 from epropnp_ros.messages import ns_to_stamp
@@ -148,7 +149,7 @@ def _load_nuscenes(dataroot: Path, version: str) -> Any:
         nusc = load_nuscenes(dataroot, version)
     except NuScenesFormatError as exc:  # names the missing / broken file
         raise BagConversionError(str(exc)) from exc
-    check_references(nusc)
+    check_references(nusc, dataroot / version)
     return nusc
 
 
@@ -170,26 +171,17 @@ FOLLOWED_TOKENS: tuple[tuple[str, str, str, bool], ...] = (
 )
 
 
-def check_references(nusc: Any) -> None:
+def check_references(nusc: Any, table_root: Path) -> None:
     """Check every token the converter follows (:data:`FOLLOWED_TOKENS`) before anything is
     written: the devkit loads some broken datasets without complaint.
 
     Raises:
         BagConversionError: naming the table, the record, the field and the dangling token.
     """
-    tokens: dict[str, set[str]] = {}
-    for table, field, target, may_be_empty in FOLLOWED_TOKENS:
-        if target not in tokens:
-            tokens[target] = {r["token"] for r in getattr(nusc, target)}
-        for record in getattr(nusc, table):
-            ref = record.get(field)
-            if ref == "" and may_be_empty:
-                continue
-            if ref not in tokens[target]:
-                raise BagConversionError(
-                    f"{table}.json: record {record['token']}: {field} {ref!r} is not a token of "
-                    f"{target}.json"
-                )
+    names = {n for table, _, target, _ in FOLLOWED_TOKENS for n in (table, target)}
+    found = dangling_reference({n: getattr(nusc, n) for n in names}, FOLLOWED_TOKENS, table_root)
+    if found is not None:
+        raise BagConversionError(str(found))
 
 
 def _scene_sample_data(

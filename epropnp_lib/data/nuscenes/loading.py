@@ -6,12 +6,13 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from epropnp_lib.data.nuscenes.errors import NuScenesFormatError
 
-__all__ = ["load_nuscenes", "read_json_file"]
+__all__ = ["dangling_reference", "load_nuscenes", "read_json_file"]
 
 _TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
            "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
@@ -52,6 +53,31 @@ def _load_table(path: Path) -> list[dict[str, Any]]:
     return table
 
 
+def dangling_reference(
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    references: Iterable[tuple[str, str, str, bool]],
+    table_root: Path,
+) -> NuScenesFormatError | None:
+    """The first broken foreign key among ``references`` ``(table, field, target table, may be
+    empty)`` of ``tables`` (name -> records: the JSON tables or the devkit's), naming the table
+    file under ``table_root``, the record, the field and the token; ``None`` when all hold."""
+    tokens: dict[str, set[str]] = {}
+    for name, key, target, may_be_empty in references:
+        if target not in tokens:
+            tokens[target] = {r["token"] for r in tables[target]}
+        for record in tables[name]:
+            if key not in record:
+                return NuScenesFormatError(table_root / f"{name}.json",
+                                           f"record {record['token']} lacks the field {key!r}")
+            refs = record[key] if isinstance(record[key], list) else [record[key]]
+            for ref in refs:
+                if not (ref == "" and may_be_empty) and ref not in tokens[target]:
+                    return NuScenesFormatError(
+                        table_root / f"{name}.json",
+                        f"record {record['token']}: {key} {ref!r} is not in {target}.json")
+    return None
+
+
 def _diagnose(dataroot: Path, version: str) -> NuScenesFormatError | None:
     """The first file-level problem of a dataset the devkit failed to load, if one is found."""
     table_root = dataroot / version
@@ -61,18 +87,10 @@ def _diagnose(dataroot: Path, version: str) -> NuScenesFormatError | None:
             tables[name] = _load_table(table_root / f"{name}.json")
         except NuScenesFormatError as exc:
             return exc
-    tokens = {name: {r["token"] for r in table} for name, table in tables.items()}
-    for name, key, target in _REFERENCES:
-        for record in tables[name]:
-            if key not in record:
-                return NuScenesFormatError(table_root / f"{name}.json",
-                                           f"record {record['token']} lacks the field {key!r}")
-            refs = record[key] if isinstance(record[key], list) else [record[key]]
-            for ref in refs:
-                if ref not in tokens[target]:
-                    return NuScenesFormatError(
-                        table_root / f"{name}.json",
-                        f"record {record['token']}: {key} {ref!r} is not in {target}.json")
+    found = dangling_reference(tables, [(t, k, target, False) for t, k, target in _REFERENCES],
+                               table_root)
+    if found is not None:
+        return found
     if not tables["map"]:
         return NuScenesFormatError(table_root / "map.json", "the map table is empty")
     for record in tables["map"]:
