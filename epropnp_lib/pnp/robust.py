@@ -168,11 +168,12 @@ def solve_pnp_robust(
         pose, scale = _search(space, prob, pts, active, cfg, scfg, generator)
         k = cfg.inlier_sigmas
         iterations = torch.zeros_like(pose[:, 0], dtype=torch.int64)
+        r2 = _sq_residuals(space, pose, pts)  # (B, N) at the current pose
     sol = None
     used = active
     for _ in range(cfg.refine_rounds):
         with torch.inference_mode():
-            used = active & (_sq_residuals(space, pose, pts) < (k * scale[:, None]) ** 2)
+            used = active & (r2 < (k * scale[:, None]) ** 2)
             refine = prob._replace(w2d=prob.w2d * used[..., None], pose_init=pose)
         sol = solve_validated(space, refine, scfg, delta=k * scale)
         with torch.inference_mode():

@@ -121,15 +121,15 @@ def test_the_module_graph_has_no_cycle() -> None:
         graph[name] = {d for d in deps if not d.startswith(name + ".")}
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
+    cycles: list[list[str]] = []
 
     def visit(node: str) -> None:
         state[node] = 1
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if dep not in state:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
                 visit(dep)
         stack.pop()
         state[node] = 2
@@ -137,3 +137,4 @@ def test_the_module_graph_has_no_cycle() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
