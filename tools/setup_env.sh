@@ -257,8 +257,8 @@ else
 fi
 
 # --- 5. smoke test, then the stamp ----------------------------------------------------------
-"$VPY" -c 'import rclpy, torch, vision_msgs.msg, tf2_msgs.msg, epropnp_lib' \
-  || die "step 'smoke import (rclpy, torch, vision_msgs, tf2_msgs, epropnp_lib)' failed"
+"$VPY" -c 'import rclpy, torch, vision_msgs.msg, tf2_msgs.msg, diagnostic_msgs.msg, epropnp_lib' \
+  || die "step 'smoke import (rclpy, torch, vision_msgs, tf2_msgs, diagnostic_msgs, epropnp_lib)' failed"
 step_done "smoke import"
 
 echo "$WANT_PROJECT" > "$PROJECT_STAMP"

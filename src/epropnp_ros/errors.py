@@ -18,6 +18,7 @@ __all__ = [
     "ConversionError",
     "ImageConversionError",
     "ImageSizeError",
+    "ImageTooLargeError",
     "NonFiniteValueError",
     "PipelineInputError",
 ]
@@ -29,6 +30,10 @@ class ConversionError(EProPnPError, ValueError):
 
 class ImageConversionError(ConversionError):
     """An ``Image`` / ``CompressedImage`` cannot be decoded; the message says why."""
+
+
+class ImageTooLargeError(ImageConversionError):
+    """An image has more pixels than allowed (a compressed one by its header, before decoding)."""
 
 
 class CameraInfoError(ConversionError):

@@ -156,7 +156,8 @@ class CommonParams:
     image_transport: str = _p(
         "raw",
         "'raw': subscribe sensor_msgs/Image on 'image'; 'compressed': "
-        "sensor_msgs/CompressedImage on 'image/compressed'. Read in on_activate.",
+        "sensor_msgs/CompressedImage on '<image>/compressed' (image_transport's name: a remap of "
+        "'image' moves it too). Read in on_activate.",
         choices=TRANSPORTS,
     )
     pairing_tolerance: float = _p(
@@ -169,6 +170,19 @@ class CommonParams:
         False,
         "Pair each image with the newest CameraInfo whatever its stamp (drivers that publish "
         "the calibration rarely). Read in on_activate.",
+    )
+    camera_info_max_delay: float = _p(
+        3.0,
+        "Longest time in seconds an image waits (by stamp, behind the newest image) for its "
+        "CameraInfo, which DDS may deliver late; older unpaired images are dropped and counted. "
+        "Read in on_activate.",
+        lo=0.0, hi=30.0,
+    )
+    max_image_pixels: int = _p(
+        16_777_216,
+        "Largest width x height of an input image; larger ones (a compressed image by the size "
+        "its header declares, before decoding) are refused and counted as bad_image.",
+        lo=1, hi=2**31 - 1,
     )
     rectified: bool = _p(
         False,
@@ -196,8 +210,22 @@ class CommonParams:
         0.5, "Lifetime of the markers in seconds (0: forever).", lo=0.0, hi=60.0
     )
     diagnostics_period: float = _p(
-        1.0, "Period in seconds of the '~/diagnostics' status message. Read in on_configure.",
+        1.0, "Period in seconds of the node's status on '/diagnostics' (DiagnosticArray). Read "
+        "at start-up.",
         lo=0.05, hi=60.0,
+    )
+    diagnostics_drop_warn_fraction: float = _p(
+        0.5, "The status is WARN when more than this fraction of the images of the last 10 s "
+        "were dropped (stale, unpaired, unreadable, refused or failed).",
+        lo=0.0, hi=1.0,
+    )
+    diagnostics_input_timeout: float = _p(
+        5.0, "The status of an active node is WARN after this many seconds without an image.",
+        lo=0.1, hi=3600.0,
+    )
+    diagnostics_error_after_failures: int = _p(
+        3, "The status is ERROR after this many consecutive frames failed in the pipeline.",
+        lo=1, hi=1000,
     )
     warn_throttle: float = _p(
         5.0, "Least seconds between two warnings of the same kind (bad input).", lo=0.0, hi=3600.0

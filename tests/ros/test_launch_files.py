@@ -95,6 +95,9 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
         f"declared but unused {sorted(set(declared) - used)}"
     )
     assert "checkpoint" in declared
+    # Every launch file takes use_sim_time (for bag replay with --clock) and passes it on.
+    assert "use_sim_time" in declared
+    assert _const(_kwarg(declared["image_transport"], "default_value")) == "compressed"
     default = _kwarg(declared["checkpoint"], "default_value")
     if launch_file == "detector.launch.py":
         # Default: the bundled demo detector, installed by setup.py to share/epropnp/models.
@@ -139,7 +142,7 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
     parameters = _kwarg(node, "parameters")
     assert isinstance(parameters, ast.List)
     overrides = [e for e in parameters.elts if isinstance(e, ast.Dict)]
-    names = {f.name for f in dataclasses.fields(params_cls)}
+    names = {f.name for f in dataclasses.fields(params_cls)} | {"use_sim_time"}
     for d in overrides:
         for key in d.keys:
             assert key is not None and _const(key) in names, _const(key)
@@ -178,7 +181,9 @@ def test_rviz_config_shows_the_node_outputs() -> None:
     data = yaml.safe_load((REPO / "config" / "epropnp.rviz").read_text())
     displays = {d["Class"]: d for d in data["Visualization Manager"]["Displays"]}
     expected = {
-        "rviz_default_plugins/Image": "/cam_front/image_raw",
+        # RViz takes a trailing /compressed as the image_transport to use, as the launch
+        # default and the bags do.
+        "rviz_default_plugins/Image": "/cam_front/image_raw/compressed",
         "rviz_default_plugins/MarkerArray": "/markers",
         "rviz_default_plugins/PoseWithCovariance": "/pose",
         "rviz_default_plugins/PoseArray": "/pose_samples",

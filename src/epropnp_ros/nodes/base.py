@@ -21,7 +21,8 @@ Topics (relative: remap them): in ``image`` (or ``<image>/compressed``: remappin
 moves it too), ``camera_info``
 (sensor-data QoS, overridable with ``qos_overrides.<topic>.subscription.<policy>``); out
 ``detections``, ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
-``~/diagnostics`` (std_msgs/String, JSON: :meth:`EstimatorNode.diagnostics`). Bad input never
+``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, one status named after the node, in
+every lifecycle state: level rules and keys in :mod:`epropnp_ros.health`). Bad input never
 stops the node: each case is counted in the diagnostics and logged at most every
 ``warn_throttle`` seconds per kind; the next good frame is processed.
 """
@@ -29,7 +30,6 @@ stops the node: each case is counted in the diagnostics and logged at most every
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import signal
 import threading
@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 import numpy as np
 import rclpy
 import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
@@ -58,7 +59,7 @@ from rclpy.qos import (
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
@@ -66,8 +67,14 @@ from visualization_msgs.msg import MarkerArray
 from epropnp_lib.errors import EProPnPError
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
-from epropnp_ros.errors import ConversionError, ImageSizeError, PipelineInputError
-from epropnp_ros.images import compressed_to_rgb, image_to_rgb
+from epropnp_ros.errors import (
+    ConversionError,
+    ImageSizeError,
+    ImageTooLargeError,
+    PipelineInputError,
+)
+from epropnp_ros.health import HealthRules, Snapshot, assess, key_values
+from epropnp_ros.images import check_image_size, compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.messages import stamp_to_ns
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
@@ -93,9 +100,19 @@ _WARNING_COUNTERS = {
     "no_camera_info": "images_unpaired",
     "bad_input": "bad_image",
     "pipeline_error": "pipeline_errors",
+    "no_images": "images_received",
 }
 #: Latency samples kept for the diagnostics percentiles.
 LATENCY_WINDOW = 200
+#: Images (and camera infos) that may wait for their partner; the time bound is the
+#: ``camera_info_max_delay`` parameter (at 30 Hz, 3 s of images).
+PAIRING_MAX_PENDING = 96
+#: Seconds of history behind the drop-rate rule of the diagnostics level.
+DROP_WINDOW_S = 10.0
+#: ``/diagnostics`` QoS (diagnostic_updater's: reliable, volatile).
+DIAGNOSTICS_QOS = QoSProfile(
+    depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
 
 
 class Frame(NamedTuple):
@@ -147,9 +164,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         self._worker: threading.Thread | None = None
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
-        self._diag_pub: Any = None
-        self._diag_timer: Any = None
         self._lc_state = "unconfigured"
+        self._configure_failed = False
+        self._consecutive_failures = 0
+        self._last_input = time.monotonic()
+        self._history: deque[tuple[float, Snapshot]] = deque()
         self._warned: dict[str, float] = {}
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_timings: dict[str, float] = {}
@@ -157,10 +176,16 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             (
                 "images_received", "camera_infos_received", "frames_paired", "frames_processed",
                 "frames_dropped_stale", "images_unpaired", "camera_infos_unpaired",
-                "bad_image", "bad_camera_info", "size_mismatch", "pipeline_errors",
+                "bad_image", "image_too_large", "bad_camera_info", "size_mismatch",
+                "pipeline_errors",
                 "failed_solves", "objects_published",
             ),
             0,
+        )
+        # Diagnostics go out in every lifecycle state (a failed configure is an ERROR status).
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(
+            self.params.diagnostics_period, self.publish_diagnostics
         )
 
     # --- to implement --------------------------------------------------------------------
@@ -239,7 +264,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         except Exception as exc:  # any load failure fails the transition
             self.get_logger().error(f"configure failed: cannot load the model: {exc}")
             self.pipeline = None
+            self._configure_failed = True
             return TransitionCallbackReturn.FAILURE
+        self._configure_failed = False
         pubs = self._outputs
         for name, msg_type in (
             ("detections", Detection3DArray), ("pose", PoseWithCovarianceStamped),
@@ -251,8 +278,6 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             )
         if params.publish_tf:
             pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", TF_QOS)
-        self._diag_pub = self.create_publisher(String, "~/diagnostics", OUTPUT_QOS)
-        self._diag_timer = self.create_timer(params.diagnostics_period, self.publish_diagnostics)
         self._lc_state = "inactive"
         # The model, torch and the message modules are hundreds of thousands of long-lived
         # objects; every frame allocates thousands of message objects, and each full garbage
@@ -268,6 +293,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         self._pairer = StampPairer(
             tolerance_ns=round(params.pairing_tolerance * 1e9),
             latest_info=params.use_latest_camera_info,
+            max_pending=PAIRING_MAX_PENDING,
+            max_wait_ns=round(params.camera_info_max_delay * 1e9),
         )
         self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
         overrides = QoSOverridingOptions.with_default_policies
@@ -289,6 +316,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             qos_overriding_options=overrides(),
         )
         self._inputs = [image_sub, info_sub, *self.create_extra_inputs(params)]
+        self._last_input = time.monotonic()
+        self._consecutive_failures = 0
         self._slot.reopen()
         self._worker = threading.Thread(target=self._work, name="epropnp-inference", daemon=True)
         self._worker.start()
@@ -340,12 +369,6 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         for pub in self._outputs.values():
             self.destroy_lifecycle_publisher(pub)
         self._outputs = {}
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
         self.pipeline = None
         gc.unfreeze()  # the released model may sit in reference cycles: let them be collected
 
@@ -360,6 +383,16 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         if pairer is None:
             return
         self.counters["images_received"] += 1
+        self._last_input = time.monotonic()
+        try:
+            check_image_size(msg, self.params.max_image_pixels)
+        except ImageTooLargeError as exc:
+            # Refused before it waits for pairing or is decoded.
+            self.counters["image_too_large"] += 1
+            self.warn("image_too_large", f"skipping image: {exc}")
+            return
+        except ConversionError:
+            pass  # an unreadable header: the worker's decode refuses it with the reason
         pair = pairer.add_image(stamp_to_ns(msg.header.stamp), (msg, time.monotonic()))
         self._sync_pairing_counters()
         if pair is not None:
@@ -408,10 +441,12 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
                 return
             try:
                 self.process_frame(frame)
+                self._consecutive_failures = 0
             except Exception as exc:  # the worker must survive anything
                 if not self.context.ok():
                     return  # shutting down (Ctrl-C): publishing fails, nothing to report
                 self.counters["pipeline_errors"] += 1
+                self._consecutive_failures += 1
                 self.warn("pipeline_error", f"frame failed: {type(exc).__name__}: {exc}",
                           level=logging.ERROR)
 
@@ -446,10 +481,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         """``(rgb (H, W, 3) uint8, camera)`` of a frame, or ``None`` (counted and warned) when
         the image or its CameraInfo cannot be read."""
         try:
+            limit = self.params.max_image_pixels
             if isinstance(frame.image, CompressedImage):
-                rgb = compressed_to_rgb(frame.image)
+                rgb = compressed_to_rgb(frame.image, limit)
             else:
-                rgb = image_to_rgb(frame.image)
+                rgb = image_to_rgb(frame.image, limit)
         except ConversionError as exc:
             self.counters["bad_image"] += 1
             self.warn("bad_image", f"skipping image: {exc}")
@@ -513,39 +549,69 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         else:
             log.warning(text)
 
-    def diagnostics(self) -> dict[str, Any]:
-        """The status published on ``~/diagnostics`` (as JSON in a std_msgs/String):
-
-        ``node`` (fully qualified name), ``state`` (lifecycle state), ``device``, ``counters``
-        (monotonic counts: images/camera infos received, frames paired / processed / dropped
-        as stale, unpaired images and infos, bad images, bad camera infos, size mismatches,
-        pipeline errors, failed solves, objects published), ``latency_ms`` (``p50``, ``p95``,
-        ``max``, ``last`` over the last frames: image arrival to published outputs, ``n``) and
-        ``stage_ms`` (the last frame's pipeline timings and the time to publish its messages).
-        """
+    def diagnostics(self) -> Snapshot:
+        """The node's state, device, counters (monotonic counts: images/camera infos received,
+        frames paired / processed / dropped as stale, unpaired images and infos, bad images, bad
+        camera infos, size mismatches, pipeline errors, failed solves, objects published),
+        latency (``p50``, ``p95``, ``max``, ``last`` over the last frames: image arrival to
+        published outputs, ``n``), the last frame's stage times and the fault flags that
+        :func:`epropnp_ros.health.assess` reads."""
         with self._lock:
             lat = np.asarray(self._latency_ms, dtype=np.float64)
             stages = dict(self._last_timings)
-        latency: dict[str, float | int] = {"n": int(lat.size)}
+        latency: dict[str, float] = {"n": float(lat.size)}
         if lat.size:
             latency.update(
                 p50=float(np.percentile(lat, 50)), p95=float(np.percentile(lat, 95)),
                 max=float(lat.max()), last=float(lat[-1]),
             )
-        return {
-            "node": self.get_fully_qualified_name(),
-            "state": self._lc_state,
-            "device": self.params.device,
-            "counters": dict(self.counters),
-            "latency_ms": latency,
-            "stage_ms": stages,
-        }
+        worker = self._worker
+        return Snapshot(
+            state=self._lc_state, device=self.params.device, counters=dict(self.counters),
+            latency_ms=latency, stage_ms=stages, configure_failed=self._configure_failed,
+            worker_alive=worker is not None and worker.is_alive(),
+            consecutive_failures=self._consecutive_failures,
+            seconds_since_image=time.monotonic() - self._last_input,
+        )
+
+    def health_rules(self) -> HealthRules:
+        """The level thresholds of the ``diagnostics_*`` parameters."""
+        p = self.params
+        return HealthRules(
+            drop_warn_fraction=p.diagnostics_drop_warn_fraction,
+            input_timeout=p.diagnostics_input_timeout,
+            error_after_failures=p.diagnostics_error_after_failures,
+        )
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's ``DiagnosticStatus``: level and message by
+        :func:`epropnp_ros.health.assess` over the last ``DROP_WINDOW_S`` seconds, values by
+        :func:`epropnp_ros.health.key_values`. A status that says camera infos arrive without
+        images is also logged (throttled), as the symptom of a wrong remap."""
+        now_t, snap = time.monotonic(), self.diagnostics()
+        history = self._history
+        while len(history) > 1 and now_t - history[1][0] >= DROP_WINDOW_S:
+            history.popleft()
+        before = history[0][1] if history else None
+        history.append((now_t, snap))
+        health = assess(snap, before, self.health_rules())
+        if health.message.startswith("camera_info arrives"):
+            image_topic = self.resolve_topic_name("image")
+            if self.params.image_transport == "compressed":
+                image_topic += "/compressed"
+            self.warn("no_images", f"{health.message} (listening on {image_topic})")
+        return DiagnosticStatus(
+            level=bytes([int(health.level)]), name=self.get_fully_qualified_name(),
+            message=health.message, hardware_id=self.params.device,
+            values=[KeyValue(key=k, value=v) for k, v in key_values(snap)],
+        )
 
     def publish_diagnostics(self) -> None:
-        """Publish :meth:`diagnostics` once (the timer calls this every period)."""
-        if self._diag_pub is not None:
-            self._diag_pub.publish(String(data=json.dumps(self.diagnostics())))
-
+        """Publish :meth:`diagnostic_status` on ``/diagnostics`` (the timer calls this every
+        ``diagnostics_period``)."""
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
 
 def run(
     node_factory: Callable[[], EstimatorNode[Any, Any, Any]], args: Sequence[str] | None = None
