@@ -712,6 +712,19 @@ def test_pose_estimator_node_in_process(
         assert node.counters["frames_with_default_roi"] == 1
         assert len(got[20].detections) <= 1
 
+        # A compressed image whose header declares 20000x20000: refused before decoding and
+        # counted; the next frame is processed.
+        huge = rgb_to_compressed(texture_image(), make_header(FRAME, 30 * 1_000_000_000),
+                                 fmt="png")
+        data = bytearray(huge.data)
+        data[16:24] = (20000).to_bytes(4, "big") * 2  # the PNG IHDR's width and height
+        huge.data = bytes(data)
+        image_pub.publish(huge)
+        wait(lambda: node.counters["image_too_large"] == 1, "the oversized image to be refused")
+        send(31)
+        wait(lambda: 31 in got, "detections of the frame after the oversized one")
+        assert 30 not in got
+
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
