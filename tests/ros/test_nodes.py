@@ -60,6 +60,7 @@ class Driver:
 
     def __init__(self) -> None:
         import rclpy
+        from autoware_perception_msgs.msg import DetectedObjects
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -68,7 +69,7 @@ class Driver:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
         from tf2_msgs.msg import TFMessage
-        from vision_msgs.msg import Detection3DArray
+        from vision_msgs.msg import Classification, Detection3DArray
         from visualization_msgs.msg import MarkerArray
 
         self.context = rclpy.Context()
@@ -80,7 +81,8 @@ class Driver:
         self.image_pub = self.node.create_publisher(Image, f"{NS}/image", reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, f"{NS}/camera_info", reliable)
         self.received: dict[str, list[Any]] = {
-            k: [] for k in ("detections", "pose", "pose_samples", "markers", "tf")
+            k: [] for k in ("detections", "objects", "attributes", "pose", "pose_samples",
+                            "markers", "tf")
         }
         self.diagnostics: dict[str, Any] | None = None
         self.diagnostics_count = 0
@@ -89,6 +91,8 @@ class Driver:
         self.arrival: dict[tuple[int, int], float] = {}
         for key, msg_type, topic in (
             ("detections", Detection3DArray, f"{NS}/detections"),
+            ("objects", DetectedObjects, f"{NS}/objects"),
+            ("attributes", Classification, f"{NS}/detection_attributes"),
             ("pose", PoseWithCovarianceStamped, f"{NS}/pose"),
             ("pose_samples", PoseArray, f"{NS}/pose_samples"),
             ("markers", MarkerArray, f"{NS}/markers"),
@@ -390,6 +394,23 @@ def test_detector_node_end_to_end(
     tf = driver.received["tf"][-1].transforms
     assert len(tf) == len(det.detections)
     assert all(t.header.frame_id == FRAME for t in tf)
+    # DetectedObjects and the attributes: the same objects in the same order, with the
+    # covariance and the velocity (the fixture network has a velocity head) filled.
+    def stamped(key: str) -> Any:
+        driver.wait_until(lambda: any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp
+                                      for m in driver.received[key]), f"{key} of the first frame")
+        return next(m for m in driver.received[key]
+                    if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+
+    objects, attributes = stamped("objects"), stamped("attributes")
+    assert objects.header.frame_id == FRAME and len(objects.objects) == len(det.detections)
+    assert len(attributes.results) == len(det.detections)
+    for obj, d in zip(objects.objects, det.detections, strict=True):
+        kin, hyp = obj.kinematics, d.results[0]
+        assert kin.pose_with_covariance.pose.position == hyp.pose.pose.position
+        np.testing.assert_allclose(kin.pose_with_covariance.covariance, hyp.pose.covariance)
+        assert kin.has_twist and kin.has_position_covariance
+        assert obj.existence_probability == pytest.approx(hyp.hypothesis.score)
     # The node's /diagnostics status: OK while it processes, with the documented keys.
     driver.wait_until(lambda: bool(driver.levels) and driver.levels[-1] == (0, "processing")
                       and driver.counters()["frames_processed"] >= 1,

@@ -20,7 +20,9 @@ Path of one frame (worker thread, :meth:`EstimatorNode.process_frame`):
 Topics (relative: remap them): in ``image`` (or ``<image>/compressed``: remapping ``image``
 moves it too), ``camera_info``
 (sensor-data QoS, overridable with ``qos_overrides.<topic>.subscription.<policy>``); out
-``detections``, ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
+``detections``, ``objects`` (``autoware_perception_msgs/DetectedObjects``: the same objects
+with their velocity, :mod:`epropnp_ros.autoware`), ``detection_attributes`` (the detector),
+``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
 ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, one status named after the node, in
 every lifecycle state: level rules and keys in :mod:`epropnp_ros.health`). Bad input never
 stops the node: each case is counted in the diagnostics and logged at most every
@@ -42,6 +44,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 import numpy as np
 import rclpy
 import torch
+from autoware_perception_msgs.msg import DetectedObjects
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -61,10 +64,11 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
-from vision_msgs.msg import Detection3DArray
+from vision_msgs.msg import Classification, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from epropnp_lib.errors import EProPnPError
+from epropnp_ros.autoware import attribute_classification, detected_objects
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
 from epropnp_ros.errors import (
@@ -142,6 +146,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
     """
 
     PARAMS: ClassVar[type[CommonParams]]
+    #: Whether the node publishes ``detection_attributes`` (its objects carry attributes).
+    PUBLISHES_ATTRIBUTES: ClassVar[bool] = False
     #: What the ``checkpoint`` parameter must name (for the error when it is empty).
     CHECKPOINT_KIND: ClassVar[str]
 
@@ -268,10 +274,14 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             return TransitionCallbackReturn.FAILURE
         self._configure_failed = False
         pubs = self._outputs
-        for name, msg_type in (
-            ("detections", Detection3DArray), ("pose", PoseWithCovarianceStamped),
-            ("pose_samples", PoseArray), ("markers", MarkerArray),
-        ):
+        outputs: list[tuple[str, type]] = [
+            ("detections", Detection3DArray), ("objects", DetectedObjects),
+            ("pose", PoseWithCovarianceStamped), ("pose_samples", PoseArray),
+            ("markers", MarkerArray),
+        ]
+        if self.PUBLISHES_ATTRIBUTES:
+            outputs.append(("detection_attributes", Classification))
+        for name, msg_type in outputs:
             pubs[name] = self.create_lifecycle_publisher(
                 msg_type, name, OUTPUT_QOS,
                 qos_overriding_options=QoSOverridingOptions.with_default_policies(),
@@ -515,6 +525,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             return
         objects = self.objects(output)
         pubs["detections"].publish(detection3d_array(header, objects))
+        pubs["objects"].publish(detected_objects(header, objects))
+        if "detection_attributes" in pubs:
+            pubs["detection_attributes"].publish(attribute_classification(header, objects))
         if objects:
             best = int(np.argmax(output.scores))
             pubs["pose"].publish(
