@@ -30,6 +30,7 @@ VENV="${EPROPNP_VENV:-$REPO/.venv}"
 VENV="${VENV%/}"
 PYTHON="${EPROPNP_PYTHON:-python3.11}"
 LOCK="${EPROPNP_LOCK:-$REPO/requirements/lock.txt}"
+COLCON_LOCK="$REPO/requirements/colcon.txt"
 STAMP="$VENV/.epropnp-setup-stamp"
 PROJECT_STAMP="$VENV/.epropnp-project-stamp"
 INTERFACE_PKGS=(vision_msgs tf2_msgs autoware_perception_msgs)
@@ -81,6 +82,7 @@ env_hash() {
     echo "python $PY_INFO"
     echo "ros-distro ${ROS_DISTRO:-}"
     sha256sum "$LOCK" | cut -d' ' -f1
+    sha256sum "$COLCON_LOCK" | cut -d' ' -f1
     # The interface packages: every file below interfaces/<pkg>/ (not interfaces/README.md).
     find interfaces -mindepth 2 -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256_stdin
@@ -189,6 +191,10 @@ log "installing pinned requirements (torch, ROS 2 wheels, ...): this is the long
 "${PIP[@]}" install --quiet -r "$LOCK" \
   || die "step 'pip install -r requirements/lock.txt' failed (see pip's message above)"
 step_done "pip install -r lock.txt"
+# colcon, a test tool, apart from site-packages (see requirements/colcon.txt).
+"${PIP[@]}" install --quiet --no-deps --target "$VENV/colcon" -r "$COLCON_LOCK" \
+  || die "step 'pip install -r requirements/colcon.txt (into $VENV/colcon)' failed"
+step_done "pip install colcon"
 
 install_project
 step_done "pip install -e ."
