@@ -8,9 +8,11 @@ covariance (:func:`~epropnp_lib.pnp.covariance.to_ros_covariance`: the unobserve
 :data:`~epropnp_lib.conventions.UNOBSERVED_ROTATION_VARIANCE`) and rotated by
 ``blockdiag(R, R)`` (:func:`~epropnp_lib.geometry.rigid.transform_covariance`).
 
-Objects seen by two cameras are detected twice: a class-aware bird's-eye-view NMS
-(:func:`~epropnp_lib.nets.deformable.inference.bev_nms`, the network's own per-image NMS) on the
-box footprints in the target frame's x-y plane (z up, REP 103) keeps the best-scoring one.
+Objects seen by two cameras are detected twice: a class-aware bird's-eye-view NMS across
+cameras (:func:`~epropnp_lib.nets.deformable.inference.bev_nms`, the network's own per-image
+NMS, with the camera as group: each camera's detections were NMS-ed already and never suppress
+each other) on the box footprints in the target frame's x-y plane (z up, REP 103) keeps the
+best-scoring one.
 Shapes: ``M`` objects, ``S`` samples each.
 """
 
@@ -92,8 +94,8 @@ def to_target_frame(output: DetectorOutput, tf: RigidTransform, camera: int) -> 
 def fuse(parts: Sequence[FusedDetections], nms_iou: float, max_detections: int
          ) -> FusedDetections:
     """All cameras' detections (already in the target frame) with cross-camera duplicates
-    removed: class-aware BEV NMS at ``nms_iou`` on the footprints in the target x-y plane, best
-    score first, at most ``max_detections``."""
+    removed: class-aware BEV NMS at ``nms_iou`` between the detections of different cameras, on
+    the footprints in the target x-y plane, best score first, at most ``max_detections``."""
     parts = [p for p in parts if len(p.scores)]
     if not parts:
         return FusedDetections.empty()
@@ -109,7 +111,8 @@ def fuse(parts: Sequence[FusedDetections], nms_iou: float, max_detections: int
     corners = box_corners(pose[:, :3], quat_to_matrix(pose[:, 3:]), torch.from_numpy(every.size))
     names = {c: i for i, c in enumerate(dict.fromkeys(every.class_ids))}
     labels = torch.tensor([names[c] for c in every.class_ids], dtype=torch.long)
-    keep = bev_nms(corners[..., :2], torch.from_numpy(every.scores), labels, nms_iou)
+    keep = bev_nms(corners[..., :2], torch.from_numpy(every.scores), labels, nms_iou,
+                   groups=torch.from_numpy(every.camera))
     return every.select(keep[:max_detections].numpy())
 
 

@@ -127,3 +127,18 @@ def test_fuse_of_nothing_is_empty() -> None:
     fused = fuse([to_target_frame(empty, tf, 0)], nms_iou=0.5, max_detections=5)
     assert fused.pose.shape == (0, 7) and fused.class_ids == () and fused_objects(fused) == []
     assert pytest.approx(0.0) == float(fused.scores.sum())
+
+
+def test_one_cameras_own_detections_never_suppress_each_other() -> None:
+    """Two overlapping cars of one camera (its own NMS kept both) stay; the same two seen by a
+    second camera with lower scores are its duplicates and go."""
+    tf = camera_transform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    pose = np.array([[0.0, 0.0, 10.0, 0.0], [0.3, 0.0, 10.5, 0.0]])
+    cov = np.tile(np.eye(4) * 0.1, (2, 1, 1))
+    smp = np.repeat(pose[:, None], 2, axis=1)
+    car = NUSCENES_CLASSES.index("car")
+    first = to_target_frame(output(pose, cov, smp, [car, car], [0.9, 0.8]), tf, 0)
+    second = to_target_frame(output(pose, cov, smp, [car, car], [0.7, 0.6]), tf, 1)
+    fused = fuse([first, second], nms_iou=0.3, max_detections=10)
+    assert fused.camera.tolist() == [0, 0]
+    np.testing.assert_allclose(fused.scores, [0.9, 0.8])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points
@@ -265,7 +265,11 @@ def _rectangles(footprints: torch.Tensor) -> torch.Tensor:
 
 
 def bev_nms(
-    footprints: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float
+    footprints: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    iou: float,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class-aware bird's-eye-view NMS: indices ``(K,)`` of the kept boxes, best score first.
 
@@ -275,5 +279,19 @@ def bev_nms(
         scores: ``(M,)`` box scores.
         labels: ``(M,)`` classes (boxes of different classes never suppress each other).
         iou: IoU above which the lower-scoring box of a pair is dropped.
+        groups: ``(M,)`` optional group of each box (e.g. the camera that saw it): boxes of the
+            same group never suppress each other either (each group was NMS-ed already).
     """
-    return batched_nms(_rectangles(footprints), scores, labels, iou)
+    rect = _rectangles(footprints)
+    if groups is None:
+        return batched_nms(rect, scores, labels, iou)
+    order = scores.argsort(descending=True, stable=True)
+    rivals = (box_iou(rect, rect) > iou) & (labels[:, None] == labels[None, :]) & (
+        groups[:, None] != groups[None, :])
+    removed = torch.zeros_like(labels, dtype=torch.bool)
+    kept = []
+    for i in order.tolist():
+        if not removed[i]:
+            kept.append(i)
+            removed |= rivals[i]
+    return torch.tensor(kept, dtype=torch.long, device=scores.device)
