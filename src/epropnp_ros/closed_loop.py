@@ -1,12 +1,17 @@
-"""The closed loop: bag -> ``detector`` nodes -> recorded detections -> nuScenes results -> score.
+"""The closed loop: bag -> detector node(s) -> recorded detections -> nuScenes results -> score.
 
 ``epropnp-closed-loop --bag BAG --checkpoint CKPT --dataroot NUSCENES --out DIR`` starts one
-``detector`` node process per camera of the bag, in the camera's namespace (``/cam_front``:
-``image_raw/compressed`` and ``camera_info`` in, ``detections`` and ``pose_samples`` out), and
-plays the bag's key frames in *lockstep*: each image is published, then the player waits for
-its ``Detection3DArray`` (a frame without one within ``frame_timeout`` counts as dropped). The
-detections are written as the nuScenes results JSON (camera frame -> global, cameras merged),
-scored with the devkit's ``DetectionEval`` and, unless ``--no-render``, drawn onto the images.
+``rig_detector`` node process for all cameras of the bag (``/<cam>/image_raw/compressed`` and
+``/<cam>/camera_info`` in; detections fused in ``map`` through the bag's ``/tf_static`` and
+``/tf`` on ``/epropnp_rig/detections``, and each camera's own on ``/<cam>/detections`` for the
+rendering) and plays the bag's key frames in *lockstep*: the images of one sample are
+published, then the player waits for the fused ``Detection3DArray`` (a sample without one within
+``frame_timeout`` counts its images as dropped). With ``--per-camera`` it starts one
+``detector`` node process per camera instead, in the camera's namespace (``detections`` and
+``pose_samples`` out), and waits for each image's detections in turn; the cameras are then
+merged when the results are written (camera frame -> global). The detections are written as the
+nuScenes results JSON, scored with the devkit's ``DetectionEval`` and, unless ``--no-render``,
+drawn onto the images.
 ``DIR`` receives ``results_nusc.json``, ``scores.json``, the devkit's metrics files and
 ``frames/*.jpg`` + ``detections.mp4``. Detection3D has no velocity or attribute, so the results
 carry velocity 0 and each class's default attribute.
@@ -48,6 +53,12 @@ from epropnp_lib.data.nuscenes import (
 )
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_ros.bag_player import create_publishers
+from epropnp_ros.closed_loop_rig import (
+    RIG_NAMESPACE,
+    FusedRecorder,
+    fused_detections,
+    rig_command,
+)
 from epropnp_ros.detection_video import render_detections
 from epropnp_ros.detections import boxes_from_detection3d_array
 from epropnp_ros.errors import ClosedLoopError
@@ -74,6 +85,7 @@ class ClosedLoopConfig:
         frame_timeout: seconds to wait for the detections of one image.
         startup_timeout: seconds to wait for the detector nodes to come up.
         render: draw the detections onto the images (JPEGs + MP4).
+        per_camera: one ``detector`` node per camera instead of one ``rig_detector`` node.
     """
 
     bag: str
@@ -87,6 +99,7 @@ class ClosedLoopConfig:
     frame_timeout: float = 60.0
     startup_timeout: float = 180.0
     render: bool = True
+    per_camera: bool = False
 
     def __post_init__(self) -> None:
         if not (self.frame_timeout > 0 and self.startup_timeout > 0):
@@ -242,10 +255,17 @@ def _subscribe_outputs(node: Any, cameras: dict[str, _Camera]) -> None:
 
 def _start_detectors(cameras: dict[str, _Camera], config: ClosedLoopConfig, log_dir: Path,
                      children: list[subprocess.Popen[bytes]]) -> None:
-    """One detector node process per camera (appended to ``children``), logging to
-    ``log_dir``."""
+    """One rig node process, or one detector node process per camera (appended to
+    ``children``), logging to ``log_dir``."""
     env = dict(os.environ)
     env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+    if not config.per_camera:
+        cmd = rig_command([cam.namespace for cam in cameras.values()], config.checkpoint,
+                          config.detector_params)
+        with (log_dir / "rig_detector.log").open("wb") as log:
+            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env))
+        return
     for cam in cameras.values():
         with (log_dir / f"detector_{cam.channel.lower()}.log").open("wb") as log:
             children.append(subprocess.Popen(
@@ -305,6 +325,59 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
     return _PlayStats(processed, dropped, latencies)
 
 
+def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Camera],
+                       frames: _EvalFrames, sample_of: dict[str, str], fused: FusedRecorder,
+                       children: Sequence[subprocess.Popen[bytes]], config: ClosedLoopConfig,
+                       log_dir: Path) -> tuple[_PlayStats, dict[str, tuple[int, str]]]:
+    """Publish the bag; the key-frame images of one sample are published together, then the
+    player waits for their fused detections. Returns the stats (per image) and, per sample,
+    the fused output's stamp and the sample_data token of one of its images."""
+    processed = dropped = 0
+    latencies: list[float] = []
+    by_sample: dict[str, tuple[int, str]] = {}
+    group: list[tuple[int, str]] = []  # (stamp, sample_data token) published
+    sent = 0.0
+
+    def finish() -> None:
+        nonlocal processed, dropped
+        if not group:
+            return
+        stamp = fused.wait([s for s, _ in group], config.frame_timeout,
+                           lambda: _check_children(children, log_dir))
+        if stamp is None:
+            dropped += len(group)
+            LOGGER.warning("no fused detections for sample %s within %.0f s",
+                           sample_of[group[0][1]], config.frame_timeout)
+        else:
+            processed += len(group)
+            latencies.append(fused.received[stamp] - sent)
+            by_sample[sample_of[group[0][1]]] = (stamp, group[0][1])
+        group.clear()
+
+    with Reader(bag) as reader:
+        for connection, stamp, raw in reader.messages():
+            publisher = publishers[connection.id]
+            target = cameras.get(connection.topic)
+            if target is None:
+                if not connection.topic.endswith("/image_raw/compressed"):
+                    publisher.publish(deserialize_message(bytes(raw), publisher.msg_type))
+                continue
+            sd_token = frames.key_frames.get((target.channel, stamp))
+            if sd_token is None:
+                continue  # sweeps are not evaluated: skip their inference
+            if group and sample_of[group[0][1]] != sample_of[sd_token]:
+                finish()
+            if not group:
+                sent = time.monotonic()
+            publisher.publish(deserialize_message(bytes(raw), publisher.msg_type))
+            group.append((stamp, sd_token))
+            if len(group) == len(cameras):
+                finish()
+        finish()
+    time.sleep(0.2)  # let the last pose samples and per-camera detections arrive
+    return _PlayStats(processed, dropped, latencies), by_sample
+
+
 def _collect(nusc: Any, cameras: dict[str, _Camera], frames: _EvalFrames
              ) -> tuple[dict[str, list[CameraDetections]], list[tuple[str, Any, Any, Any]]]:
     """The recorded detections of the key frames: per evaluated sample, and per image (for
@@ -350,6 +423,7 @@ def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _Ev
                        "p95": float(np.percentile(lat, 95))},
         "eval_set": config.eval_set,
         "cameras": [cam.channel for cam in cameras.values()],
+        "mode": "per_camera" if config.per_camera else "rig",
         "checkpoint": str(config.checkpoint),
     }
     scores_path = out / "scores.json"
@@ -377,18 +451,37 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
     log_dir.mkdir(exist_ok=True)
     graph = _RosGraph()
     children: list[subprocess.Popen[bytes]] = []
+    fused = FusedRecorder()
+    by_sample: dict[str, tuple[int, str]] = {}
     try:
         _subscribe_outputs(graph.node, cameras)
+        if not config.per_camera:
+            graph.node.create_subscription(Detection3DArray, f"{RIG_NAMESPACE}/detections",
+                                           fused.on_detections, 50)
+            graph.node.create_subscription(PoseArray, f"{RIG_NAMESPACE}/pose_samples",
+                                           fused.on_samples, 50)
         publishers = create_publishers(graph.node, connections)
         graph.spin_in_background()
         _start_detectors(cameras, config, log_dir, children)
         _wait_for_detectors(graph.node, cameras, children, config, log_dir)
-        stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children, config,
-                               log_dir)
+        if config.per_camera:
+            stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children,
+                                   config, log_dir)
+        else:
+            sample_of = {sd: nusc.get("sample_data", sd)["sample_token"]
+                         for sd in frames.key_frames.values()}
+            stats, by_sample = _play_rig_lockstep(bag, publishers, cameras, frames, sample_of,
+                                                  fused, children, config, log_dir)
     finally:
         _stop_detectors(children)
         graph.close()
     per_sample, rendered = _collect(nusc, cameras, frames)
+    if not config.per_camera:
+        per_sample = {
+            sample: [fused_detections(fused.detections[stamp], sample, sd_token)]
+            for sample, (stamp, sd_token) in by_sample.items()
+            if sample in frames.sample_tokens
+        }
     results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config)
     video = render_detections(nusc, rendered, out) if config.render else None
     return ClosedLoopResult(results_path, scores_path, report, video, stats.processed,
@@ -430,6 +523,12 @@ def _wait_for_detectors(
     log_dir: Path,
 ) -> None:
     deadline = time.monotonic() + config.startup_timeout
+    while not config.per_camera and node.count_publishers(f"{RIG_NAMESPACE}/detections") == 0:
+        _check_children(children, log_dir)
+        if time.monotonic() > deadline:
+            raise ClosedLoopError(f"the rig detector did not come up within "
+                                  f"{config.startup_timeout:.0f} s; see {log_dir}")
+        time.sleep(0.05)
     for cam in cameras.values():
         while (
             node.count_subscribers(cam.image_topic) == 0
@@ -463,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="extra detector parameter name:=value (repeatable)")
     parser.add_argument("--frame-timeout", type=float, default=60.0)
     parser.add_argument("--no-render", action="store_true")
+    parser.add_argument("--per-camera", action="store_true",
+                        help="one detector node per camera instead of one rig_detector node")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -470,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bag=args.bag, checkpoint=args.checkpoint, dataroot=args.dataroot, out=args.out,
             version=args.version, eval_set=args.eval_set, cameras=tuple(args.cameras),
             detector_params=tuple(args.param), frame_timeout=args.frame_timeout,
-            render=not args.no_render,
+            render=not args.no_render, per_camera=args.per_camera,
         ))
     except (EProPnPError, ConfigError) as exc:
         print(f"epropnp-closed-loop: error: {exc}", file=sys.stderr)

@@ -301,9 +301,10 @@ class RigDetectorParams(DetectorParams):
         "camera's detections are moved into it through /tf_static and /tf at the image stamp.",
     )
     slot_tolerance: float = _p(
-        0.02,
-        "Largest difference in seconds between the stamps of the frames of one capture slot. "
-        "Read in on_activate.",
+        0.05,
+        "Largest difference in seconds between the stamps of the frames of one capture slot "
+        "(and the first frame's); below half the frame period. The nuScenes cameras fire "
+        "over about 42 ms of each cycle. Read in on_activate.",
         lo=0.0, hi=1.0,
     )
     slot_deadline: float = _p(

@@ -258,7 +258,8 @@ class RigDetectorNode(DetectorNode):
                                          [x.intrinsics for x in inputs])
         parts = [to_target_frame(out, x.transform, x.camera)
                  for x, out in zip(inputs, outputs, strict=True) if x.transform is not None]
-        fused = fuse(parts, p.fusion_nms_iou, p.max_detections)
+        # max_detections holds per image, as in the single-camera detector.
+        fused = fuse(parts, p.fusion_nms_iou, p.max_detections * max(1, len(inputs)))
         header = Header(frame_id=p.target_frame, stamp=ns_to_stamp(slot.stamp_ns))
         start = time.monotonic()
         if self._outputs:
