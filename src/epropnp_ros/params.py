@@ -330,8 +330,8 @@ class RigDetectorParams(DetectorParams):
     )
     per_camera_outputs: bool = _p(
         False,
-        "Also publish each camera's detections in its optical frame on <ns>/detections. Read in "
-        "on_configure.",
+        "Also publish each camera's detections and posterior samples in its optical frame on "
+        "<ns>/detections and <ns>/pose_samples. Read in on_configure.",
     )
 
 

@@ -20,7 +20,8 @@ Path of one slot (worker thread, :meth:`RigDetectorNode.process_item`):
 4. published with header (``target_frame``, the slot's stamp): ``detections``
    (Detection3DArray, covariance filled), ``pose``, ``pose_samples``, ``markers``
    (and ``/tf``), as the single-camera detector; with ``per_camera_outputs`` also each camera's
-   detections in its optical frame on ``<ns>/detections``.
+   detections and posterior samples in its optical frame on ``<ns>/detections`` and
+   ``<ns>/pose_samples``.
 
 Parameters: :class:`epropnp_ros.params.RigDetectorParams` (``config/rig.yaml``). Everything
 else (lifecycle, worker, throttled warnings, counters, diagnostics) is
@@ -37,6 +38,7 @@ from functools import partial
 from typing import Any, NamedTuple, cast
 
 import numpy as np
+from geometry_msgs.msg import PoseArray
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -56,6 +58,7 @@ from epropnp_ros.nodes.detector import DetectorNode
 from epropnp_ros.pairing import Pair, StampPairer
 from epropnp_ros.params import RigDetectorParams
 from epropnp_ros.pipeline import Intrinsics, check_image, intrinsics_from_camera
+from epropnp_ros.poses import pose_array
 from epropnp_ros.tf_buffer import TransformBuffer
 
 NODE_NAME = "rig_detector"
@@ -113,10 +116,12 @@ class RigDetectorNode(DetectorNode):
         self.tf_buffer = TransformBuffer(cache_time=p.tf_cache_time, tolerance=p.tf_tolerance)
         if p.per_camera_outputs:
             for i, ns in enumerate(p.cameras):
-                self._outputs[f"camera{i}"] = self.create_lifecycle_publisher(
-                    Detection3DArray, f"{ns}/detections", OUTPUT_QOS,
-                    qos_overriding_options=QoSOverridingOptions.with_default_policies(),
-                )
+                for key, msg_type, topic in ((f"camera{i}", Detection3DArray, "detections"),
+                                             (f"camera{i}_samples", PoseArray, "pose_samples")):
+                    self._outputs[key] = self.create_lifecycle_publisher(
+                        msg_type, f"{ns}/{topic}", OUTPUT_QOS,
+                        qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                    )
         self.get_logger().info(
             f"rig of {len(p.cameras)} cameras ({', '.join(p.cameras)}) fused in "
             f"{p.target_frame!r}")
@@ -268,6 +273,8 @@ class RigDetectorNode(DetectorNode):
                 pub = self._outputs.get(f"camera{x.camera}")
                 if pub is not None:
                     pub.publish(detection3d_array(x.header, self.objects(out)))
+                    self._outputs[f"camera{x.camera}_samples"].publish(
+                        pose_array(x.header, out.samples.reshape(-1, 4)))
         end = time.monotonic()
         received = min(f.received for f in slot.frames if f is not None)
         with self._lock:
