@@ -21,6 +21,7 @@ __all__ = [
     "ImageTooLargeError",
     "NonFiniteValueError",
     "PipelineInputError",
+    "TransformLookupError",
 ]
 
 
@@ -66,3 +67,8 @@ class BagPlayError(EProPnPError):
 
 class ClosedLoopError(EProPnPError):
     """The closed loop could not run (bag, checkpoint, dataset, or the detector nodes failed)."""
+
+
+class TransformLookupError(EProPnPError, LookupError):
+    """A transform between two frames is unknown at the asked time (no chain of frames joins
+    them, or the time lies outside the history by more than the tolerance)."""

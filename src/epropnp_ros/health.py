@@ -22,8 +22,9 @@ the one ``window`` seconds ago into a level and a message, by these rules, first
 Key/value form (:func:`key_values`, inverse :func:`snapshot_from_values`): ``state``,
 ``device``, one key per counter (its name, e.g. ``frames_processed``), ``latency_ms.p50``,
 ``latency_ms.p95``, ``latency_ms.max``, ``latency_ms.last``, ``latency_ms.n`` (image arrival to
-published outputs, over the last frames) and ``stage_ms.<stage>`` (the last frame's pipeline
-stages and ``publish``). Values are decimal strings.
+published outputs, over the last frames), ``stage_ms.<stage>`` (the last frame's pipeline
+stages and ``publish``) and a node's own dotted keys (e.g. the rig node's
+``rig.cameras.<ns>.<counter>``). Values are decimal strings.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Snapshot:
         worker_alive: the inference worker runs (always true when not active).
         consecutive_failures: frames in a row that failed inside the pipeline.
         seconds_since_image: seconds since the last image arrived (or since activation).
+        extra: a node's own values under dotted keys (``rig.target_frame``, ...), as strings.
     """
 
     state: str
@@ -91,6 +93,7 @@ class Snapshot:
     worker_alive: bool = True
     consecutive_failures: int = 0
     seconds_since_image: float = 0.0
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 class Health(NamedTuple):
@@ -140,16 +143,18 @@ def key_values(snapshot: Snapshot) -> list[tuple[str, str]]:
         for name, v in values.items():
             text = str(int(v)) if name == "n" else f"{float(v):.3f}"
             pairs.append((f"{prefix}.{name}", text))
+    pairs += [(k, str(v)) for k, v in snapshot.extra.items()]
     return pairs
 
 
 def snapshot_from_values(pairs: Iterable[tuple[str, str]]) -> Snapshot:
-    """Inverse of :func:`key_values` (state, device, counters, latency and stage times; the
-    fault flags, which the pairs do not carry, take their defaults)."""
+    """Inverse of :func:`key_values` (state, device, counters, latency and stage times, the
+    other dotted keys; the fault flags, which the pairs do not carry, take their defaults)."""
     state = device = ""
     counters: dict[str, int] = {}
     latency: dict[str, float] = {}
     stages: dict[str, float] = {}
+    extra: dict[str, str] = {}
     for key, value in pairs:
         if key == "state":
             state = value
@@ -159,6 +164,8 @@ def snapshot_from_values(pairs: Iterable[tuple[str, str]]) -> Snapshot:
             latency[key.removeprefix("latency_ms.")] = float(value)
         elif key.startswith("stage_ms."):
             stages[key.removeprefix("stage_ms.")] = float(value)
+        elif "." in key:
+            extra[key] = value
         else:
             counters[key] = int(value)
-    return Snapshot(state, device, counters, latency, stages)
+    return Snapshot(state, device, counters, latency, stages, extra=extra)

@@ -153,6 +153,13 @@ def detector_fixture_checkpoint(tmp_path: Path) -> Path:
     return make_detector_checkpoint(tmp_path / "detector_fixture.pt")
 
 
+@pytest.fixture(scope="session")
+def session_detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_detector_checkpoint` written once per session (for module-scoped node
+    processes)."""
+    return make_detector_checkpoint(tmp_path_factory.mktemp("ckpt") / "detector_fixture.pt")
+
+
 @pytest.fixture
 def write_detector_checkpoint() -> Callable[[Path], Path]:
     """:func:`make_detector_checkpoint`, for tests that write it at a chosen moment."""

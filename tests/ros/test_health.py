@@ -66,7 +66,8 @@ def test_rule_boundaries() -> None:
 
 def test_key_values_round_trip() -> None:
     s = Snapshot("active", "cuda", {"frames_processed": 3, "bad_image": 1},
-                 {"n": 4.0, "p50": 12.5, "p95": 20.25}, {"network": 7.125, "publish": 0.5})
+                 {"n": 4.0, "p50": 12.5, "p95": 20.25}, {"network": 7.125, "publish": 0.5},
+                 extra={"rig.target_frame": "base_link", "rig.cameras./cam_a.frames_late": "2"})
     pairs = key_values(s)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in pairs)
     assert ("latency_ms.n", "4") in pairs and ("frames_processed", "3") in pairs

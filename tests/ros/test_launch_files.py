@@ -25,6 +25,7 @@ from epropnp_ros.params import (
     CommonParams,
     DetectorParams,
     PoseEstimatorParams,
+    RigDetectorParams,
     param_specs,
     params_from_values,
 )
@@ -40,6 +41,11 @@ LAUNCH_FILES: dict[str, tuple[str, str, str, type[CommonParams], set[str]]] = {
     "pose_estimator.launch.py": (
         "pose_estimator_node", "epropnp_ros.nodes.pose_estimator:main", "pose_estimator",
         PoseEstimatorParams, {"image", "image/compressed", "camera_info", "rois"},
+    ),
+    # The rig node's inputs are named by its `cameras` parameter, not remapped.
+    "rig.launch.py": (
+        "rig_detector_node", "epropnp_ros.nodes.rig_detector:main", "rig_detector",
+        RigDetectorParams, set(),
     ),
 }
 
@@ -99,7 +105,7 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
     assert "use_sim_time" in declared
     assert _const(_kwarg(declared["image_transport"], "default_value")) == "compressed"
     default = _kwarg(declared["checkpoint"], "default_value")
-    if launch_file == "detector.launch.py":
+    if launch_file in ("detector.launch.py", "rig.launch.py"):
         # Default: the bundled demo detector, installed by setup.py to share/epropnp/models.
         assert isinstance(default, ast.Call) and isinstance(default.args[0], ast.List)
         parts = [_const(e) for e in default.args[0].elts[1:]]
@@ -156,7 +162,8 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
 
 @pytest.mark.parametrize(
     ("yaml_file", "params_cls"),
-    [("detector.yaml", DetectorParams), ("pose_estimator.yaml", PoseEstimatorParams)],
+    [("detector.yaml", DetectorParams), ("pose_estimator.yaml", PoseEstimatorParams),
+     ("rig.yaml", RigDetectorParams)],
 )
 def test_parameter_yaml_matches_declared_parameters(
     yaml_file: str, params_cls: type[CommonParams]

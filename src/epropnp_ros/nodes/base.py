@@ -39,7 +39,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import rclpy
@@ -61,6 +61,7 @@ from rclpy.qos import (
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
+from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
@@ -70,6 +71,7 @@ from visualization_msgs.msg import MarkerArray
 from epropnp_lib.errors import EProPnPError
 from epropnp_ros.autoware import attribute_classification, detected_objects
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
+from epropnp_ros.dds import use_profile
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
 from epropnp_ros.errors import (
     ConversionError,
@@ -119,6 +121,23 @@ DIAGNOSTICS_QOS = QoSProfile(
 )
 
 
+class PublishedPoses(Protocol):
+    """Poses of ``M`` published objects: ``pose (M, dim)``, ``covariance (M, D, D)``,
+    ``samples (M, S, dim)``, ``scores (M,)`` (e.g. :class:`ObjectEstimates`)."""
+
+    @property
+    def pose(self) -> np.ndarray: ...
+
+    @property
+    def covariance(self) -> np.ndarray: ...
+
+    @property
+    def samples(self) -> np.ndarray: ...
+
+    @property
+    def scores(self) -> np.ndarray: ...
+
+
 class Frame(NamedTuple):
     """A paired frame waiting for the worker.
 
@@ -138,7 +157,10 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
     Subclasses set :attr:`PARAMS` and :attr:`CHECKPOINT_KIND` and implement
     :meth:`load_pipeline`, :meth:`apply_live_params`, :meth:`run_pipeline`, :meth:`objects`
-    (and optionally :meth:`create_extra_inputs`, :meth:`marker_class_names`).
+    (and optionally :meth:`create_extra_inputs`, :meth:`marker_class_names`). A node with
+    other inputs (the rig detector: many cameras, capture slots) replaces
+    :meth:`create_inputs`, :meth:`process_item` and :meth:`inputs_stopped`, and publishes
+    through :meth:`publish_objects`.
 
     Args:
         node_name: the node's default name.
@@ -163,7 +185,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
         self.pipeline: PipelineT | None = None
         self._lock = threading.Lock()
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._slot: LatestSlot[Any] = LatestSlot()
         self._slot.close()
         self._pairer: StampPairer[tuple[Any, float], Any] | None = None
         self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
@@ -218,6 +240,49 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
     def create_extra_inputs(self, params: ParamsT) -> list[Any]:
         """Extra subscriptions created in ``on_activate`` (e.g. regions of interest)."""
         return []
+
+    def create_inputs(self, params: ParamsT) -> list[Any]:
+        """The subscriptions (and timers) created in ``on_activate``, destroyed when the inputs
+        stop: by default one camera's image and camera info, paired by stamp into
+        :class:`Frame` items for :meth:`process_item`, and :meth:`create_extra_inputs`."""
+        self._pairer = StampPairer(
+            tolerance_ns=round(params.pairing_tolerance * 1e9),
+            latest_info=params.use_latest_camera_info,
+            max_pending=PAIRING_MAX_PENDING,
+            max_wait_ns=round(params.camera_info_max_delay * 1e9),
+        )
+        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
+        overrides = QoSOverridingOptions.with_default_policies
+        if params.image_transport == "compressed":
+            # image_transport's convention: <image topic>/compressed, so that a remap of
+            # ``image`` moves the compressed topic too (an explicit ``image/compressed`` remap
+            # still applies).
+            image_sub = self.create_subscription(
+                CompressedImage, self.resolve_topic_name("image") + "/compressed",
+                self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides(),
+            )
+        else:
+            image_sub = self.create_subscription(
+                Image, "image", self._on_image, qos_profile_sensor_data,
+                qos_overriding_options=overrides(),
+            )
+        info_sub = self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
+            qos_overriding_options=overrides(),
+        )
+        return [image_sub, info_sub, *self.create_extra_inputs(params)]
+
+    def process_item(self, item: Any) -> None:
+        """Process one item the worker took from the newest-item slot (default: a paired
+        :class:`Frame`, :meth:`process_frame`)."""
+        self.process_frame(item)
+
+    def inputs_stopped(self) -> None:
+        """Called after the inputs stopped and the worker ended: drop (and count) what waits
+        in the pairer."""
+        if self._pairer is not None:
+            self._pairer.clear()
+            self._sync_pairing_counters(warn=False)
 
     def marker_class_names(self) -> tuple[str, ...]:
         """Class order of the marker palette."""
@@ -299,33 +364,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        params = self.params
-        self._pairer = StampPairer(
-            tolerance_ns=round(params.pairing_tolerance * 1e9),
-            latest_info=params.use_latest_camera_info,
-            max_pending=PAIRING_MAX_PENDING,
-            max_wait_ns=round(params.camera_info_max_delay * 1e9),
-        )
-        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
-        overrides = QoSOverridingOptions.with_default_policies
-        if params.image_transport == "compressed":
-            # image_transport's convention: <image topic>/compressed, so that a remap of
-            # ``image`` moves the compressed topic too (an explicit ``image/compressed`` remap
-            # still applies).
-            image_sub = self.create_subscription(
-                CompressedImage, self.resolve_topic_name("image") + "/compressed",
-                self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides(),
-            )
-        else:
-            image_sub = self.create_subscription(
-                Image, "image", self._on_image, qos_profile_sensor_data,
-                qos_overriding_options=overrides(),
-            )
-        info_sub = self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
-            qos_overriding_options=overrides(),
-        )
-        self._inputs = [image_sub, info_sub, *self.create_extra_inputs(params)]
+        self._inputs = self.create_inputs(self.params)
         self._last_input = time.monotonic()
         self._consecutive_failures = 0
         self._slot.reopen()
@@ -360,8 +399,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
-        for sub in self._inputs:
-            self.destroy_subscription(sub)
+        for entity in self._inputs:
+            if isinstance(entity, Timer):
+                self.destroy_timer(entity)
+            else:
+                self.destroy_subscription(entity)
         self._inputs = []
         self._slot.close()
         if self._worker is not None:
@@ -371,9 +413,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             self._worker = None
         # Frames waiting in the slot or the pairer are dropped, and counted as such.
         self.counters["frames_dropped_stale"] = self._slot.dropped
-        if self._pairer is not None:
-            self._pairer.clear()
-            self._sync_pairing_counters(warn=False)
+        self.inputs_stopped()
 
     def _release(self) -> None:
         for pub in self._outputs.values():
@@ -392,21 +432,29 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         pairer = self._pairer
         if pairer is None:
             return
+        if not self.admit_image(msg):
+            return
+        pair = pairer.add_image(stamp_to_ns(msg.header.stamp), (msg, time.monotonic()))
+        self._sync_pairing_counters()
+        if pair is not None:
+            self._offer(pair)
+
+    def admit_image(self, msg: Any) -> bool:
+        """Count an arriving image; ``False`` (counted as ``image_too_large``, warned) for one
+        over ``max_image_pixels``, refused before it waits for pairing or is decoded (a
+        compressed one by its header; an unreadable header is left to the decode, which says
+        why)."""
         self.counters["images_received"] += 1
         self._last_input = time.monotonic()
         try:
             check_image_size(msg, self.params.max_image_pixels)
         except ImageTooLargeError as exc:
-            # Refused before it waits for pairing or is decoded.
             self.counters["image_too_large"] += 1
             self.warn("image_too_large", f"skipping image: {exc}")
-            return
+            return False
         except ConversionError:
-            pass  # an unreadable header: the worker's decode refuses it with the reason
-        pair = pairer.add_image(stamp_to_ns(msg.header.stamp), (msg, time.monotonic()))
-        self._sync_pairing_counters()
-        if pair is not None:
-            self._offer(pair)
+            pass
+        return True
 
     def _on_camera_info(self, msg: Any) -> None:
         pairer = self._pairer
@@ -450,7 +498,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             if frame is None:
                 return
             try:
-                self.process_frame(frame)
+                self.process_item(frame)
                 self._consecutive_failures = 0
             except Exception as exc:  # the worker must survive anything
                 if not self.context.ok():
@@ -520,10 +568,16 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
     def publish(self, header: Header, output: OutputT, params: ParamsT) -> None:
         """Publish every output message of one frame (all with ``header``)."""
+        if self._outputs:
+            self.publish_objects(header, self.objects(output), output, params)
+
+    def publish_objects(
+        self, header: Header, objects: list[ObjectPose3D], output: PublishedPoses,
+        params: ParamsT,
+    ) -> None:
+        """Publish ``objects`` and their poses, covariances and samples ``output`` (one frame's
+        or one fused slot's; all with ``header``)."""
         pubs = self._outputs
-        if not pubs:
-            return
-        objects = self.objects(output)
         pubs["detections"].publish(detection3d_array(header, objects))
         pubs["objects"].publish(detected_objects(header, objects))
         if "detection_attributes" in pubs:
@@ -638,6 +692,7 @@ def run(
     ``KeyboardInterrupt`` is raised at an arbitrary point of rclpy's code (which can leave a
     half-built ``Task`` whose destructor then prints a traceback), and the node is cleaned up
     from the main thread. During start-up (model loading) the signals act as usual."""
+    use_profile()  # large images over shared memory (epropnp_ros.dds), unless set already
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
     node = None
