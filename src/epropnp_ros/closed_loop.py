@@ -23,9 +23,7 @@ DDS profile (:mod:`epropnp_ros.dds`): an image lost in transport is a dropped fr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -33,13 +31,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import rclpy
-import torch
 from autoware_perception_msgs.msg import DetectedObjects
 from geometry_msgs.msg import PoseArray
 from rclpy.executors import SingleThreadedExecutor
@@ -49,30 +46,31 @@ from tqdm import tqdm
 from vision_msgs.msg import Classification, Detection3DArray
 
 from epropnp_lib.data.nuscenes import (
-    NUSCENES_ATTRIBUTES,
-    NUSCENES_CLASSES,
     CameraDetections,
-    ResultsMeta,
-    camera_frame_of,
-    evaluate,
     load_nuscenes,
-    write_results,
 )
 from epropnp_lib.errors import ConfigError, EProPnPError
-from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
 from epropnp_ros.bag_player import create_publishers
+from epropnp_ros.closed_loop_cameras import (
+    Camera,
+    collect,
+    subscribe_outputs,
+    wait_for_frame,
+)
 from epropnp_ros.closed_loop_rig import (
     RIG_NAMESPACE,
     FusedRecorder,
     fused_detections,
     rig_command,
 )
+from epropnp_ros.closed_loop_scoring import (
+    camera_calibration,
+    rig_calibration,
+    write_scores,
+)
 from epropnp_ros.dds import use_profile
 from epropnp_ros.detection_video import render_detections
-from epropnp_ros.detections import boxes_from_detection3d_array
 from epropnp_ros.errors import ClosedLoopError
-from epropnp_ros.messages import stamp_to_ns
 
 __all__ = ["ClosedLoopConfig", "ClosedLoopError", "ClosedLoopResult", "main", "run_closed_loop"]
 
@@ -130,34 +128,7 @@ class ClosedLoopResult(NamedTuple):
     frames_dropped: int
 
 
-@dataclass
-class _Recorded:
-    """Outputs of the detector for one image."""
-
-    detections: Any = None
-    samples: Any = None
-    objects: Any = None
-    attributes: Any = None
-    received: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        """Whether the detections, objects and attributes of the image all arrived."""
-        return (self.detections is not None and self.objects is not None
-                and self.attributes is not None)
-
-
-@dataclass
-class _Camera:
-    channel: str
-    namespace: str
-    image_topic: str
-    info_topic: str
-    results: dict[int, _Recorded] = field(default_factory=dict)
-    event: threading.Condition = field(default_factory=threading.Condition)
-
-
-def _detector_command(camera: _Camera, config: ClosedLoopConfig) -> list[str]:
+def _detector_command(camera: Camera, config: ClosedLoopConfig) -> list[str]:
     params_file = Path(__file__).resolve().parents[2] / "config" / "detector.yaml"
     cmd = [sys.executable, "-m", "epropnp_ros.nodes.detector", "--ros-args"]
     if params_file.is_file():
@@ -204,7 +175,7 @@ def _eval_frames(nusc: Any, config: ClosedLoopConfig) -> _EvalFrames:
     return _EvalFrames(samples, key_frames)
 
 
-def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[str, _Camera]]:
+def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[str, Camera]]:
     """The bag's connections and the cameras to run, by image topic."""
     with Reader(bag) as reader:
         connections = list(reader.connections)
@@ -214,10 +185,10 @@ def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[s
     )
     if not channels:
         raise ClosedLoopError(f"{bag} has no */image_raw/compressed topics")
-    cameras: dict[str, _Camera] = {}
+    cameras: dict[str, Camera] = {}
     for ch in channels:
         ns = f"/{ch.lower()}"
-        cam = _Camera(ch, ns, f"{ns}/image_raw/compressed", f"{ns}/camera_info")
+        cam = Camera(ch, ns, f"{ns}/image_raw/compressed", f"{ns}/camera_info")
         missing = {cam.image_topic, cam.info_topic} - bag_topics
         if missing:
             raise ClosedLoopError(f"{bag} lacks {sorted(missing)}")
@@ -244,45 +215,7 @@ class _RosGraph:
         rclpy.try_shutdown()
 
 
-def _subscribe_outputs(node: Any, cameras: dict[str, _Camera]) -> None:
-    """Record each camera's detections and pose samples by stamp."""
-
-    def on_detections(msg: Any, cam: _Camera) -> None:
-        with cam.event:
-            rec = cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded())
-            rec.detections, rec.received = msg, time.monotonic()
-            cam.event.notify_all()
-
-    def on_samples(msg: Any, cam: _Camera) -> None:
-        with cam.event:
-            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).samples = msg
-
-    def on_objects(msg: Any, cam: _Camera) -> None:
-        with cam.event:
-            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).objects = msg
-            cam.event.notify_all()
-
-    def on_attributes(msg: Any, cam: _Camera) -> None:
-        with cam.event:
-            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).attributes = msg
-            cam.event.notify_all()
-
-    for cam in cameras.values():
-        node.create_subscription(
-            DetectedObjects, f"{cam.namespace}/objects", lambda m, c=cam: on_objects(m, c), 50)
-        node.create_subscription(
-            Classification, f"{cam.namespace}/detection_attributes",
-            lambda m, c=cam: on_attributes(m, c), 50)
-        node.create_subscription(
-            Detection3DArray, f"{cam.namespace}/detections",
-            lambda m, c=cam: on_detections(m, c), 50,
-        )
-        node.create_subscription(
-            PoseArray, f"{cam.namespace}/pose_samples", lambda m, c=cam: on_samples(m, c), 50
-        )
-
-
-def _start_detectors(cameras: dict[str, _Camera], config: ClosedLoopConfig, log_dir: Path,
+def _start_detectors(cameras: dict[str, Camera], config: ClosedLoopConfig, log_dir: Path,
                      children: list[subprocess.Popen[bytes]]) -> None:
     """One rig node process, or one detector node process per camera (appended to
     ``children``), logging to ``log_dir``."""
@@ -314,7 +247,7 @@ def _stop_detectors(children: Sequence[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
-def _progress(bag: Path, cameras: dict[str, _Camera],
+def _progress(bag: Path, cameras: dict[str, Camera],
               key_frames: dict[tuple[str, int], str]) -> tqdm[Any]:
     """A progress bar over the key-frame images of the selected cameras in the bag (shown on a
     terminal only)."""
@@ -332,7 +265,7 @@ class _PlayStats(NamedTuple):
     latencies: list[float]  # seconds from publishing an image to its detections
 
 
-def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Camera],
+def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, Camera],
                    key_frames: dict[tuple[str, int], str],
                    children: Sequence[subprocess.Popen[bytes]], config: ClosedLoopConfig,
                    log_dir: Path) -> _PlayStats:
@@ -353,7 +286,7 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
                 continue  # sweeps are not evaluated: skip their inference
             sent = time.monotonic()
             publisher.publish(msg)
-            ok = _wait_for_frame(target, stamp, config.frame_timeout)
+            ok = wait_for_frame(target, stamp, config.frame_timeout)
             _check_children(children, log_dir)
             bar.update(1)
             if ok:
@@ -367,7 +300,7 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
     return _PlayStats(processed, dropped, latencies)
 
 
-def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Camera],
+def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, Camera],
                        frames: _EvalFrames, sample_of: dict[str, str], fused: FusedRecorder,
                        children: Sequence[subprocess.Popen[bytes]], config: ClosedLoopConfig,
                        log_dir: Path) -> tuple[_PlayStats, dict[str, tuple[int, str]]]:
@@ -421,73 +354,24 @@ def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str,
     return _PlayStats(processed, dropped, latencies), by_sample
 
 
-def _collect(nusc: Any, cameras: dict[str, _Camera], frames: _EvalFrames
-             ) -> tuple[dict[str, list[CameraDetections]], list[tuple[str, Any, Any, Any]]]:
-    """The recorded detections of the key frames: per evaluated sample, and per image (for
-    rendering: sample_data token, boxes, covariances, PoseArray of samples)."""
-    per_sample: dict[str, list[CameraDetections]] = {}
-    rendered = []
-    for cam in cameras.values():
-        for stamp, rec in sorted(cam.results.items()):
-            sd_token = frames.key_frames.get((cam.channel, stamp))
-            if sd_token is None or rec.detections is None:
-                continue
-            frame = camera_frame_of(nusc, sd_token)
-            boxes, covs = boxes_from_detection3d_array(rec.detections, NUSCENES_CLASSES)
-            boxes = _with_velocity_and_attributes(boxes, rec)
-            if frame.sample_token in frames.sample_tokens:
-                per_sample.setdefault(frame.sample_token, []).append(
-                    CameraDetections(boxes, frame)
-                )
-            rendered.append((sd_token, boxes, covs, rec.samples))
-    return per_sample, rendered
-
-
-def _with_velocity_and_attributes(boxes: CameraBoxes, rec: _Recorded) -> CameraBoxes:
-    """``boxes`` (camera frame) with the velocities (vx, vz) of the image's ``DetectedObjects``
-    and the attributes of its ``detection_attributes`` (NaN / -1 where missing)."""
-    m = int(boxes.center.shape[0])
-    velocity, attributes = boxes.velocity, boxes.attributes
-    if rec.objects is not None and len(rec.objects.objects) == m:
-        v = velocities_from_detected_objects(rec.objects)
-        velocity = torch.from_numpy(v[:, [0, 2]].copy())
-    if rec.attributes is not None:
-        names = attributes_from_classification(rec.attributes, m)
-        attributes = torch.tensor([NUSCENES_ATTRIBUTES.index(n) if n in NUSCENES_ATTRIBUTES
-                                   else -1 for n in names], dtype=torch.long).reshape(m)
-    return boxes._replace(velocity=velocity, attributes=attributes)
-
-
 def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _EvalFrames,
-           stats: _PlayStats, cameras: dict[str, _Camera], config: ClosedLoopConfig
-           ) -> tuple[Path, Path, dict[str, Any]]:
-    """Write the results JSON, evaluate it and write ``scores.json``; returns both paths and
-    the scores."""
-    out = Path(config.out)
-    results_path = out / "results_nusc.json"
-    summary = write_results(results_path, per_sample, sample_tokens=frames.sample_tokens,
-                            meta=ResultsMeta())
-    scores = evaluate(results_path, config.dataroot, config.version, config.eval_set, out,
-                      nusc=nusc)
+           stats: _PlayStats, cameras: dict[str, Camera], config: ClosedLoopConfig,
+           calibration: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
+    """:func:`~epropnp_ros.closed_loop_scoring.write_scores` of this run."""
     lat = np.asarray(stats.latencies) * 1000 if stats.latencies else np.zeros(1)
-    report = {
-        "nds": scores.nds,
-        "mean_ap": scores.mean_ap,
-        "tp_errors": scores.tp_errors,
-        "per_class_ap": scores.per_class_ap,
+    run = {
         "frames_processed": stats.processed,
         "frames_dropped": stats.dropped,
-        "boxes_written": summary.num_boxes,
         "latency_ms": {"p50": float(np.percentile(lat, 50)),
                        "p95": float(np.percentile(lat, 95))},
         "eval_set": config.eval_set,
         "cameras": [cam.channel for cam in cameras.values()],
         "mode": "per_camera" if config.per_camera else "rig",
+        "calibration": calibration,
         "checkpoint": str(config.checkpoint),
     }
-    scores_path = out / "scores.json"
-    scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
-    return results_path, scores_path, report
+    return write_scores(nusc, per_sample, frames.sample_tokens, config.dataroot,
+                        config.version, config.eval_set, Path(config.out), run)
 
 
 def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
@@ -513,7 +397,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
     fused = FusedRecorder()
     by_sample: dict[str, tuple[int, str]] = {}
     try:
-        _subscribe_outputs(graph.node, cameras)
+        subscribe_outputs(graph.node, cameras)
         if not config.per_camera:
             graph.node.create_subscription(Detection3DArray, f"{RIG_NAMESPACE}/detections",
                                            fused.on_detections, 50)
@@ -527,7 +411,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
         publishers = create_publishers(graph.node, connections)
         graph.spin_in_background()
         _start_detectors(cameras, config, log_dir, children)
-        _wait_for_detectors(graph.node, cameras, children, config, log_dir)
+        by_topic = {c.topic: publishers[c.id] for c in connections}
+        _wait_for_detectors(graph.node, cameras, by_topic, children, config, log_dir)
         if config.per_camera:
             stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children,
                                    config, log_dir)
@@ -539,7 +424,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
     finally:
         _stop_detectors(children)
         graph.close()
-    per_sample, rendered = _collect(nusc, cameras, frames)
+    per_sample, rendered = collect(nusc, cameras, frames.sample_tokens, frames.key_frames)
     if not config.per_camera:
         per_sample = {
             sample: [fused_detections(fused.detections[stamp], sample, sd_token,
@@ -547,29 +432,19 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
             for sample, (stamp, sd_token) in by_sample.items()
             if sample in frames.sample_tokens
         }
-    results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config)
+    evaluated = set(frames.sample_tokens)
+    if config.per_camera:
+        images = [(sd, boxes, covs) for sd, boxes, covs, _ in rendered]
+        calibration = camera_calibration(nusc, images, evaluated, out)
+    else:
+        fused_by_sample = {sample: fused.detections[stamp]
+                           for sample, (stamp, _) in by_sample.items()}
+        calibration = rig_calibration(nusc, fused_by_sample, evaluated, out)
+    results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config,
+                                               calibration)
     video = render_detections(nusc, rendered, out) if config.render else None
     return ClosedLoopResult(results_path, scores_path, report, video, stats.processed,
                             stats.dropped)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(type(value).__name__)
-
-
-def _wait_for_frame(camera: _Camera, stamp: int, timeout: float) -> bool:
-    """Wait until the detections of ``camera`` for the image at ``stamp`` arrived."""
-
-    def arrived() -> bool:
-        rec = camera.results.get(stamp)
-        return rec is not None and rec.complete
-
-    with camera.event:
-        return camera.event.wait_for(arrived, timeout=timeout)
 
 
 def _check_children(children: Sequence[subprocess.Popen[bytes]], log_dir: Path) -> None:
@@ -582,11 +457,14 @@ def _check_children(children: Sequence[subprocess.Popen[bytes]], log_dir: Path) 
 
 def _wait_for_detectors(
     node: Any,
-    cameras: dict[str, _Camera],
+    cameras: dict[str, Camera],
+    publishers: dict[str, Any],
     children: Sequence[subprocess.Popen[bytes]],
     config: ClosedLoopConfig,
     log_dir: Path,
 ) -> None:
+    """Wait until the detector nodes publish and the player's image and camera-info publishers
+    matched their subscriptions (best effort: an image sent before the match is lost)."""
     deadline = time.monotonic() + config.startup_timeout
     while not config.per_camera and node.count_publishers(f"{RIG_NAMESPACE}/detections") == 0:
         _check_children(children, log_dir)
@@ -596,9 +474,9 @@ def _wait_for_detectors(
         time.sleep(0.05)
     for cam in cameras.values():
         while (
-            node.count_subscribers(cam.image_topic) == 0
-            or node.count_subscribers(cam.info_topic) == 0
-            or node.count_publishers(f"{cam.namespace}/detections") == 0
+            publishers[cam.image_topic].get_subscription_count() == 0
+            or publishers[cam.info_topic].get_subscription_count() == 0
+            or (config.per_camera and node.count_publishers(f"{cam.namespace}/detections") == 0)
         ):
             _check_children(children, log_dir)
             if time.monotonic() > deadline:

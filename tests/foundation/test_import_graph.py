@@ -24,7 +24,8 @@ PACKAGES = {
     "epropnp_training": REPO / "training",
 }
 ROS_MODULES = ("rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "vision_msgs", "tf2_msgs",
-               "visualization_msgs", "builtin_interfaces", "diagnostic_msgs", "lifecycle_msgs")
+               "visualization_msgs", "builtin_interfaces", "diagnostic_msgs", "lifecycle_msgs",
+               "autoware_perception_msgs")
 
 
 def _modules() -> dict[str, Path]:

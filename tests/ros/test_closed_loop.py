@@ -41,6 +41,10 @@ def test_demo_closed_loop_scores_a_tiny_scene(
                                         "attr_err"}
     assert all(math.isfinite(v) for v in scores["tp_errors"].values())
     assert (result.results.parent / "metrics_summary.json").is_file()  # the devkit's own file
+    calibration = scores["calibration"]
+    assert set(calibration) == {"position", "heading", "matches", "plot"}
+    assert set(calibration["position"]) == {"0.5", "0.9", "0.95", "0.99"}
+    assert Path(calibration["plot"]).stat().st_size > 1000  # calibration.png
     assert result.video is not None and result.video.stat().st_size > 0
     assert len(list(result.frames.glob("cam_front_*.jpg"))) == 2
     assert len(list(result.frames.glob("cam_back_*.jpg"))) == 2

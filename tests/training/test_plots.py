@@ -1,4 +1,4 @@
-"""epropnp_training.plots: training curves from a CSV log and the calibration diagram."""
+"""epropnp_training.plots: training curves from a CSV log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from epropnp_training.plots import calibration_diagram, main, training_curves
+from epropnp_training.plots import main, training_curves
 
 
 def _png(path: Path) -> np.ndarray:
@@ -39,11 +39,3 @@ def test_training_curves_refuse_an_empty_log(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no 'step' column or no rows"):
         training_curves(log)
     assert main([str(log)]) == 2
-
-
-def test_calibration_diagram(tmp_path: Path) -> None:
-    out = calibration_diagram(
-        {"position": {0.5: 0.45, 0.9: 0.85, 0.95: 0.91, 0.99: 0.97},
-         "heading": {0.5: 0.5, 0.9: 0.9, 0.95: float("nan"), 0.99: 0.99}},
-        tmp_path / "calibration.png", title="closed loop")
-    assert _png(out)[..., :3].std() > 0.05

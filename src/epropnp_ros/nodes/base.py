@@ -663,10 +663,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         history.append((now_t, snap))
         health = assess(snap, before, self.health_rules())
         if health.message.startswith("camera_info arrives"):
-            image_topic = self.resolve_topic_name("image")
-            if self.params.image_transport == "compressed":
-                image_topic += "/compressed"
-            self.warn("no_images", f"{health.message} (listening on {image_topic})")
+            topics = ", ".join(sub.topic_name for sub in self._inputs
+                               if getattr(sub, "msg_type", None) in (Image, CompressedImage))
+            self.warn("no_images", f"{health.message} (listening on {topics})")
         return DiagnosticStatus(
             level=bytes([int(health.level)]), name=self.get_fully_qualified_name(),
             message=health.message, hardware_id=self.params.device,

@@ -1,0 +1,114 @@
+"""How well detections' predicted uncertainty covers the nuScenes ground truth.
+
+Each detection is matched to the nearest ground-truth box of its class (greedy, best score
+first, centre distance at most ``max_distance``, each box matched once: the devkit's matching
+rule at its 2 m threshold). For a match, in any one frame where both are given:
+
+* position: ``d2 = dt^T Sigma_t^-1 dt`` with the predicted ``(3, 3)`` position covariance, which
+  follows chi-square(3) when calibrated;
+* heading: ``d2 = wrap(yaw_gt - yaw)^2 / var_yaw``, chi-square(1).
+
+:func:`coverage` turns them into the fraction of ground truths inside the nominal 50/90/95/99 %
+regions (:func:`epropnp_lib.metrics.calibration`). Shapes: ``M`` detections, ``G`` boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from epropnp_lib.geometry.rotations import wrap_angle
+from epropnp_lib.metrics import CALIBRATION_LEVELS, calibration
+
+__all__ = ["CalibrationErrors", "coverage", "match_and_measure"]
+
+
+class CalibrationErrors(NamedTuple):
+    """Squared Mahalanobis distances of the matched detections.
+
+    Attributes:
+        position: ``(K,)`` position ``d2`` (NaN where the covariance is not positive definite).
+        heading: ``(K,)`` heading ``d2`` (NaN where the variance is not positive).
+    """
+
+    position: torch.Tensor
+    heading: torch.Tensor
+
+    @staticmethod
+    def cat(parts: Sequence[CalibrationErrors]) -> CalibrationErrors:
+        """All ``parts`` in one."""
+        empty = torch.zeros(0, dtype=torch.float64)
+        return CalibrationErrors(torch.cat([empty, *(p.position for p in parts)]),
+                                 torch.cat([empty, *(p.heading for p in parts)]))
+
+
+def _greedy_match(center: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                  gt_center: torch.Tensor, gt_labels: torch.Tensor, max_distance: float
+                  ) -> tuple[list[int], list[int]]:
+    dist = torch.cdist(center, gt_center) if len(center) and len(gt_center) else None
+    pred_idx: list[int] = []
+    gt_idx: list[int] = []
+    if dist is None:
+        return pred_idx, gt_idx
+    dist = torch.where(labels[:, None] == gt_labels[None, :], dist, math.inf)
+    taken = torch.zeros(len(gt_center), dtype=torch.bool)
+    for i in torch.argsort(scores, descending=True).tolist():
+        row = torch.where(taken, math.inf, dist[i])
+        j = int(torch.argmin(row))
+        if row[j] <= max_distance:
+            taken[j] = True
+            pred_idx.append(i)
+            gt_idx.append(j)
+    return pred_idx, gt_idx
+
+
+def match_and_measure(
+    center: torch.Tensor, yaw: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+    position_cov: torch.Tensor, yaw_var: torch.Tensor, gt_center: torch.Tensor,
+    gt_yaw: torch.Tensor, gt_labels: torch.Tensor, *, max_distance: float = 2.0,
+) -> CalibrationErrors:
+    """Match one frame's detections to its ground truth and measure the matches.
+
+    Args:
+        center: ``(M, 3)`` detected box centres; ``yaw: (M,)`` headings; ``labels: (M,)`` class
+            indices; ``scores: (M,)``.
+        position_cov: ``(M, 3, 3)`` position covariances; ``yaw_var: (M,)`` heading variances
+            (rad^2), in the frame of ``center`` and ``yaw``.
+        gt_center: ``(G, 3)``, ``gt_yaw: (G,)``, ``gt_labels: (G,)``: the ground truth in the
+            same frame and heading convention.
+        max_distance: the largest centre distance of a match (metres).
+
+    Returns:
+        The ``d2`` of every match (module docstring).
+    """
+    f64 = torch.float64
+    center, gt_center = center.to(f64).reshape(-1, 3), gt_center.to(f64).reshape(-1, 3)
+    pi, gi = _greedy_match(center, labels.reshape(-1), scores.reshape(-1), gt_center,
+                           gt_labels.reshape(-1), max_distance)
+    if not pi:
+        return CalibrationErrors.cat([])
+    p, g = torch.tensor(pi), torch.tensor(gi)
+    dt = (gt_center[g] - center[p]).unsqueeze(-1)
+    cov = position_cov.to(f64).reshape(-1, 3, 3)[p]
+    chol, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.transpose(-1, -2)))
+    ok = info == 0
+    eye = torch.eye(3, dtype=f64).expand_as(chol)
+    white = torch.linalg.solve_triangular(torch.where(ok[:, None, None], chol, eye), dt,
+                                          upper=False)
+    d2_pos = torch.where(ok, white.square().sum((-1, -2)), torch.full_like(ok, math.nan, dtype=f64))
+    dyaw = wrap_angle(gt_yaw.to(f64).reshape(-1)[g] - yaw.to(f64).reshape(-1)[p])
+    var = yaw_var.to(f64).reshape(-1)[p]
+    d2_yaw = torch.where(var > 0, dyaw.square() / var.clamp_min(1e-300),
+                         torch.full_like(var, math.nan))
+    return CalibrationErrors(d2_pos, d2_yaw)
+
+
+def coverage(errors: CalibrationErrors, levels: Sequence[float] = CALIBRATION_LEVELS
+             ) -> dict[str, Any]:
+    """``{"position": {level: fraction}, "heading": {...}, "matches": K}`` of ``errors``."""
+    pos = calibration(errors.position, 3, levels)
+    head = calibration(errors.heading, 1, levels)
+    return {"position": pos.coverage, "heading": head.coverage, "matches": pos.count}

@@ -1,0 +1,218 @@
+"""What the closed loop reads from the nodes' messages beyond boxes: velocities, attributes and
+how well the published covariances cover the ground truth.
+
+* :func:`with_velocity_and_attributes`: a camera's boxes with the velocities of its
+  ``DetectedObjects`` and the attributes of its ``detection_attributes`` (same stamp, same order).
+* :func:`rig_calibration_errors` / :func:`camera_calibration_errors`: the matched detections'
+  squared Mahalanobis distances (position from the 3x3 block of the published covariance,
+  heading from its yaw variance: ``rot_z`` of a fused ``map`` detection, the 4DoF yaw of a
+  camera's) against the sample's ground truth
+  (:mod:`epropnp_lib.data.nuscenes.calibration`).
+* :func:`calibration_report`: their coverage of the nominal 50/90/95/99 % regions, written as
+  ``calibration.png`` too; :func:`rig_calibration` and :func:`camera_calibration` make it for a
+  closed loop's evaluated samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from epropnp_lib.data.nuscenes import (
+    NUSCENES_ATTRIBUTES,
+    NUSCENES_CLASSES,
+    CameraDetections,
+    ResultsMeta,
+    evaluate,
+    write_results,
+)
+from epropnp_lib.data.nuscenes.calibration import CalibrationErrors, coverage, match_and_measure
+from epropnp_lib.data.nuscenes.frames import CameraFrame, camera_frame_of, global_to_camera
+from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_lib.geometry.rotations import quat_to_matrix
+from epropnp_lib.plots import calibration_diagram
+from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
+from epropnp_ros.poses import msg_to_pose, pose_rotation
+
+__all__ = ["GroundTruth", "calibration_report", "camera_calibration",
+           "camera_calibration_errors", "ground_truth_global", "rig_calibration",
+           "rig_calibration_errors", "with_velocity_and_attributes", "write_scores"]
+
+
+def with_velocity_and_attributes(boxes: CameraBoxes, objects: Any, attributes: Any
+                                 ) -> CameraBoxes:
+    """``boxes`` (camera frame, ``M`` of them) with the velocities (vx, vz) of the image's
+    ``DetectedObjects`` and the attribute indices of its ``detection_attributes`` (either may be
+    ``None``: the boxes keep NaN / -1)."""
+    m = int(boxes.center.shape[0])
+    velocity, attrs = boxes.velocity, boxes.attributes
+    if objects is not None and len(objects.objects) == m:
+        v = velocities_from_detected_objects(objects)
+        velocity = torch.from_numpy(v[:, [0, 2]].copy())
+    if attributes is not None:
+        names = attributes_from_classification(attributes, m)
+        attrs = torch.tensor([NUSCENES_ATTRIBUTES.index(n) if n in NUSCENES_ATTRIBUTES else -1
+                              for n in names], dtype=torch.long).reshape(m)
+    return boxes._replace(velocity=velocity, attributes=attrs)
+
+
+class GroundTruth(NamedTuple):
+    """A sample's detection-class annotations in the global frame.
+
+    Attributes:
+        translation: ``(G, 3)``; rotation: ``(G, 4)`` (w, x, y, z); labels: ``(G,)`` class
+        indices.
+    """
+
+    translation: torch.Tensor
+    rotation: torch.Tensor
+    labels: torch.Tensor
+
+
+def ground_truth_global(nusc: Any, sample_token: str) -> GroundTruth:
+    """The annotations of ``sample_token`` of the ten detection classes."""
+    # nuscenes-devkit: importing it takes seconds (matplotlib ...); only scoring needs it.
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    rows = []
+    for token in nusc.get("sample", sample_token)["anns"]:
+        ann = nusc.get("sample_annotation", token)
+        name = category_to_detection_name(ann["category_name"])
+        if name is not None:
+            rows.append((ann["translation"], ann["rotation"], NUSCENES_CLASSES.index(name)))
+    f64 = torch.float64
+    return GroundTruth(torch.tensor([r[0] for r in rows], dtype=f64).reshape(-1, 3),
+                       torch.tensor([r[1] for r in rows], dtype=f64).reshape(-1, 4),
+                       torch.tensor([r[2] for r in rows], dtype=torch.long))
+
+
+def _global_yaw(rotation: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` heading about the global z axis of box rotations ``(G, 4)``."""
+    rot = quat_to_matrix(rotation)
+    return torch.atan2(rot[:, 1, 0], rot[:, 0, 0])
+
+
+def rig_calibration_errors(msg: Any, gt: GroundTruth) -> CalibrationErrors:
+    """The matched detections of a fused ``Detection3DArray`` in the global frame (``map``)."""
+    centers, yaws, labels, scores, pos_cov, yaw_var = [], [], [], [], [], []
+    for det in msg.detections:
+        if not det.results:
+            continue
+        best = max(det.results, key=lambda r: r.hypothesis.score)
+        if best.hypothesis.class_id not in NUSCENES_CLASSES:
+            continue
+        pose = msg_to_pose(best.pose.pose, dof=6)
+        rot = pose_rotation(pose)
+        cov = np.asarray(best.pose.covariance, dtype=np.float64).reshape(6, 6)
+        centers.append(pose[:3])
+        yaws.append(math.atan2(rot[1, 0], rot[0, 0]))
+        labels.append(NUSCENES_CLASSES.index(best.hypothesis.class_id))
+        scores.append(best.hypothesis.score)
+        pos_cov.append(cov[:3, :3])
+        yaw_var.append(cov[5, 5])
+    f64 = torch.float64
+    return match_and_measure(
+        torch.tensor(np.asarray(centers, dtype=np.float64).reshape(-1, 3)),
+        torch.tensor(yaws, dtype=f64), torch.tensor(labels, dtype=torch.long),
+        torch.tensor(scores, dtype=f64),
+        torch.tensor(np.asarray(pos_cov, dtype=np.float64).reshape(-1, 3, 3)),
+        torch.tensor(yaw_var, dtype=f64), gt.translation, _global_yaw(gt.rotation), gt.labels)
+
+
+def camera_calibration_errors(boxes: CameraBoxes, covariances: np.ndarray, frame: CameraFrame,
+                              gt: GroundTruth) -> CalibrationErrors:
+    """The matched detections of one camera image (camera frame, ``(M, 4, 4)`` covariances
+    over (t, yaw)); the ground truth is moved into the camera frame."""
+    g = gt.translation.shape[0]
+    center, yaw, _ = global_to_camera(gt.translation, gt.rotation,
+                                      torch.zeros(g, 2, dtype=torch.float64),
+                                      frame.cam_to_global)
+    cov = torch.from_numpy(np.asarray(covariances, dtype=np.float64)).reshape(-1, 4, 4)
+    return match_and_measure(boxes.center, boxes.yaw, boxes.labels, boxes.scores,
+                             cov[:, :3, :3], cov[:, 3, 3], center, yaw, gt.labels)
+
+
+def calibration_report(errors: CalibrationErrors, out_dir: Path, title: str) -> dict[str, Any]:
+    """The coverage of ``errors`` (position, heading, matches), also drawn into
+    ``out_dir / "calibration.png"`` (its path under ``"plot"``)."""
+    report = coverage(errors)
+    plot = calibration_diagram(
+        {f"position (chi2 3, {report['matches']} matches)": report["position"],
+         "heading (chi2 1)": report["heading"]},
+        out_dir / "calibration.png", title=title)
+    return dict(report, plot=str(plot))
+
+
+class _TruthCache:
+    """Each evaluated sample's :class:`GroundTruth`, loaded once."""
+
+    def __init__(self, nusc: Any) -> None:
+        self.nusc = nusc
+        self.truth: dict[str, GroundTruth] = {}
+
+    def __call__(self, sample: str) -> GroundTruth:
+        if sample not in self.truth:
+            self.truth[sample] = ground_truth_global(self.nusc, sample)
+        return self.truth[sample]
+
+
+def rig_calibration(nusc: Any, fused: Mapping[str, Any], evaluated: set[str], out_dir: Path
+                    ) -> dict[str, Any]:
+    """:func:`calibration_report` of the fused ``Detection3DArray`` of each sample (``map``)
+    over the ``evaluated`` samples."""
+    truth = _TruthCache(nusc)
+    parts = [rig_calibration_errors(msg, truth(sample)) for sample, msg in fused.items()
+             if sample in evaluated]
+    return calibration_report(CalibrationErrors.cat(parts), out_dir,
+                              "closed loop (rig node, fused in map): covariance coverage")
+
+
+def camera_calibration(nusc: Any, images: Sequence[tuple[str, CameraBoxes, np.ndarray]],
+                       evaluated: set[str], out_dir: Path) -> dict[str, Any]:
+    """:func:`calibration_report` of each camera image's own detections ``(sample_data token,
+    boxes, (M, 4, 4) covariances)`` over the ``evaluated`` samples."""
+    truth = _TruthCache(nusc)
+    parts = []
+    for sd_token, boxes, covs in images:
+        frame = camera_frame_of(nusc, sd_token)
+        if frame.sample_token in evaluated:
+            parts.append(camera_calibration_errors(boxes, covs, frame, truth(frame.sample_token)))
+    return calibration_report(CalibrationErrors.cat(parts), out_dir,
+                              "closed loop (one detector node per camera): covariance coverage")
+
+
+def write_scores(nusc: Any, per_sample: Mapping[str, Sequence[CameraDetections]],
+                 sample_tokens: Sequence[str], dataroot: str, version: str, eval_set: str,
+                 out_dir: Path, run: Mapping[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
+    """Write the results JSON, score it with the devkit's ``DetectionEval`` and write
+    ``scores.json`` (the scores, then ``run``: what the run reports about itself); returns both
+    paths and the report."""
+    results_path = out_dir / "results_nusc.json"
+    summary = write_results(results_path, per_sample, sample_tokens=sample_tokens,
+                            meta=ResultsMeta())
+    scores = evaluate(results_path, dataroot, version, eval_set, out_dir, nusc=nusc)
+    report = {
+        "nds": scores.nds,
+        "mean_ap": scores.mean_ap,
+        "tp_errors": scores.tp_errors,
+        "per_class_ap": scores.per_class_ap,
+        "boxes_written": summary.num_boxes,
+        **run,
+    }
+    scores_path = out_dir / "scores.json"
+    scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
+    return results_path, scores_path, report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
