@@ -187,7 +187,8 @@ class _Builder(MessageBuilder):
         for ident, name, inst, size in items:
             quat = matrix_to_quat(torch.as_tensor(inst.R, dtype=torch.float64)).tolist()
             pose = self.pose(inst.t.tolist(), quat)
-            bbox = self.t["vision_msgs/msg/BoundingBox3D"](center=pose, size=self.vector3(size.tolist()))
+            bbox = self.t["vision_msgs/msg/BoundingBox3D"](center=pose,
+                                                           size=self.vector3(size.tolist()))
             dets.append(self.t["vision_msgs/msg/Detection3D"](
                 header=self.header(stamp_ns, CAMERA_FRAME),
                 results=[self.hypothesis(name, pose)], bbox=bbox, id=ident))
