@@ -9,7 +9,8 @@ One bag per split selection; the images of the selected scenes play one after an
   ``cam_K``, D = 0: BOP images are undistorted);
 * ``/camera/rois`` (``vision_msgs/Detection2DArray``): one region per annotated instance,
   standing in for a 2D detector -- the visible box ``bbox_visib`` (``bbox_obj`` with
-  ``roi_box='obj'``) with a seeded jitter: the centre moves by ``N(0, jitter)`` times the box
+  ``roi_box='obj'``; BOP boxes span pixel *centres* ``x .. x + w``, the region spans the pixels'
+  extent ``x .. x + w + 1``, the node's convention) with a seeded jitter: the centre moves by ``N(0, jitter)`` times the box
   size along each axis and each side is scaled by ``exp(N(0, jitter))``; the noise of an
   instance depends only on ``(seed, scene, image, gt index)``, so a subset of scenes gets the
   same regions. ``class_id`` = the object's name, score 1, ``id`` = :func:`instance_id`;
@@ -143,9 +144,11 @@ def instance_id(scene_id: int, im_id: int, gt_id: int) -> str:
 
 def jittered_roi(box: Sequence[float], jitter: float, seed: int, scene_id: int, im_id: int,
                  gt_id: int) -> np.ndarray:
-    """``(4,)`` region ``(x, y, w, h)`` of a BOP box ``(x, y, w, h)`` with the module's seeded
-    jitter (centre ``+ N(0, jitter) * size``, sides ``* exp(N(0, jitter))``)."""
+    """``(4,)`` region ``(x, y, w, h)`` (pixel extents) of a BOP box ``(x, y, w, h)`` (pixel
+    centres) with the module's seeded jitter (centre ``+ N(0, jitter) * size``, sides
+    ``* exp(N(0, jitter))``)."""
     x, y, w, h = (float(v) for v in box)
+    w, h = w + 1.0, h + 1.0
     noise = np.random.default_rng([seed, scene_id, im_id, gt_id]).standard_normal(4) * jitter
     cx, cy = x + 0.5 * w + noise[0] * w, y + 0.5 * h + noise[1] * h
     w2, h2 = w * float(np.exp(noise[2])), h * float(np.exp(noise[3]))

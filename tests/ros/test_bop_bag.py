@@ -82,11 +82,11 @@ def test_bag_carries_images_rois_ground_truth_and_tf(bop_root: Path, tmp_path: P
             q = p.orientation
             rot = quat_to_matrix(torch.tensor([q.w, q.x, q.y, q.z], dtype=torch.float64)).numpy()
             assert np.allclose(rot, inst.R, atol=1e-9)
-            # jitter 0: the region is the visible box
+            # jitter 0: the region is the visible box's pixels (BOP: centres x .. x + w)
             x, y, w, h = inst.info.bbox_visib
             b = det2.bbox
             assert (b.center.position.x, b.center.position.y, b.size_x, b.size_y) == \
-                pytest.approx((x + 0.5 * w, y + 0.5 * h, w, h))
+                pytest.approx((x + 0.5 * (w + 1), y + 0.5 * (h + 1), w + 1, h + 1))
     assert seen == set(by_id)
 
     infos = [m for topic, _, m in messages if topic == "/camera/camera_info"]
@@ -150,3 +150,16 @@ def test_errors_and_atomic_output(bop_root: Path, tmp_path: Path, ros_runtime: N
                  "--scenes", "1"]) == 0
     assert (tmp_path / "z" / "metadata.yaml").is_file()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_the_nodes_crop_of_an_exact_region_is_the_training_crop() -> None:
+    """A region of the bag (jitter 0) cropped by the pose_estimator pipeline with
+    ``roi_padding = crop_scale`` is the crop the BOP reader trains on."""
+    from epropnp_lib.data.bop import crop_transform
+    from epropnp_ros.bop_bag import jittered_roi
+    from epropnp_ros.pipeline import crop_affine
+
+    for box in ((10, 20, 30, 12), (0, 0, 5, 40), (100, 50, 64, 64)):
+        roi = jittered_roi(box, 0.0, 0, 1, 0, 0)
+        np.testing.assert_allclose(crop_affine(roi, 1.5, 64), crop_transform(box, 64, 1.5),
+                                   atol=1e-9)
