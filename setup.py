@@ -64,8 +64,10 @@ setup(
         "console_scripts": [
             "epropnp-pnp-demo = epropnp_lib.pnp_demo:main",
             "epropnp-nuscenes-to-bag = epropnp_ros.nuscenes_bag:main",
+            "epropnp-bop-to-bag = epropnp_ros.bop_bag:main",
             "epropnp-bag-play = epropnp_ros.bag_player:main",
             "epropnp-closed-loop = epropnp_ros.closed_loop:main",
+            "epropnp-pose-closed-loop = epropnp_ros.pose_closed_loop:main",
             "epropnp-train = epropnp_training.train:main",
             "epropnp-evaluate = epropnp_training.evaluate:main",
             # ROS nodes (launch/*.launch.py refers to them by these names).

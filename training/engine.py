@@ -17,6 +17,9 @@ Run layout under ``config.log_dir``::
 
     train_log.csv  training_curves.png  checkpoints/step_00000100.pt ...  model.pt  metrics.json
     config.yaml
+
+A run stopped early by ``stop_at_step`` also exports its network, as
+``model_step_XXXXXXXX.pt`` (the file a node loads; the training state is for ``--resume``).
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class TrainResult(NamedTuple):
         epoch: epoch the last step belonged to.
         finished: the schedule completed (``False`` when stopped by ``stop_at_step``).
         checkpoint: the last training-state checkpoint written.
-        model_path: the exported network checkpoint (``None`` when not finished).
+        model_path: the exported network checkpoint: ``model.pt`` when finished, else
+            ``model_step_XXXXXXXX.pt`` of the step the run stopped at.
         metrics: evaluation metrics (``None`` without ``eval_split`` or off rank 0).
         last_loss: mean loss of the last logged interval (``nan`` before any).
     """
@@ -97,7 +101,7 @@ class TrainResult(NamedTuple):
     epoch: int
     finished: bool
     checkpoint: Path
-    model_path: Path | None
+    model_path: Path
     metrics: dict[str, Any] | None
     last_loss: float
 
@@ -315,17 +319,15 @@ def _train(
         last_ckpt = save_training_state(cfg, ctx, parts, position)
 
     finished = position.step >= total_steps
-    model_path: Path | None = None
     metrics: dict[str, Any] | None = None
-    if finished:
-        model_path = log_dir / "model.pt"
-        if ctx.is_main:
-            task.export_model(module, model_path)
-            if cfg.eval_split is not None:
-                metrics = run_evaluation(task, module, split=cfg.eval_split, out_dir=log_dir,
-                                         device=ctx.device)
-        if ctx.distributed:
-            dist.barrier()
+    model_path = log_dir / ("model.pt" if finished else f"model_step_{position.step:08d}.pt")
+    if ctx.is_main:
+        task.export_model(module, model_path)
+        if finished and cfg.eval_split is not None:
+            metrics = run_evaluation(task, module, split=cfg.eval_split, out_dir=log_dir,
+                                     device=ctx.device)
+    if ctx.distributed:
+        dist.barrier()
     return TrainResult(position.step, position.epoch, finished, last_ckpt, model_path, metrics,
                        log.last_loss)
 

@@ -539,7 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="train",
+                        help="split folder to write (default train: training data; the "
+                             "held-out scenes: --split test with another --seed)")
     parser.add_argument("--objects-per-image", type=int, default=None)
     parser.add_argument("--binary-ply", action="store_true")
     args = parser.parse_args(argv)

@@ -34,9 +34,11 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "KIND_ORIGINS",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "wrong_kind_message",
 ]
 
 _FORMAT = "epropnp-checkpoint"
@@ -127,12 +129,46 @@ def load_checkpoint(
         if not isinstance(payload.get(key), typ):
             raise CheckpointError(f"{p}: field {key!r} is missing or not a {typ.__name__}")
     if kind is not None and payload["kind"] != kind:
-        raise CheckpointError(f"{p} holds a {payload['kind']!r} checkpoint, expected {kind!r}")
+        raise CheckpointError(wrong_kind_message(p, payload["kind"], kind))
     state = payload["state_dict"]
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{p}: state_dict entries are not tensors: {bad[:5]}")
     return Checkpoint(payload["kind"], payload["config"], state, payload["extra"], version)
+
+
+#: What makes a checkpoint of each kind (for the error when a file of another kind is given).
+KIND_ORIGINS = {
+    "dense_correspondence_net": "the 6DoF dense correspondence network (training task 'linemod', "
+                                "config/train/linemod_*.yaml; the pose_estimator node's model)",
+    "deformable_correspondence_net": "the 4DoF deformable correspondence network (training "
+                                     "task 'nuscenes', config/train/nuscenes_*.yaml; the "
+                                     "detector node's model)",
+    "toy_weight_net": "the toy task's weight network (config/train/toy.yaml: an install and "
+                      "engine check on point sets, with no image network; no node runs it)",
+    "training_state": "a training run's resumable state (python -m epropnp_training.train "
+                      "--resume)",
+}
+
+
+def wrong_kind_message(path: Path, found: str, expected: str) -> str:
+    """The error for a checkpoint of kind ``found`` where ``expected`` is needed: what each
+    kind is and, for a training state, the network files its run exported."""
+    lines = [f"{path} holds a {found!r} checkpoint, expected {expected!r}."]
+    for k in (found, expected):
+        if k in KIND_ORIGINS:
+            lines.append(f"{k!r} is {KIND_ORIGINS[k]}.")
+    if found == "training_state":
+        # <log_dir>/checkpoints/step_N.pt -> the networks exported in <log_dir>
+        exported = sorted(path.resolve().parent.parent.glob("model*.pt"))
+        if exported:
+            lines.append("Load a network its run exported: "
+                         + ", ".join(str(e) for e in exported) + ".")
+        else:
+            lines.append("Its run exports the network as model.pt when it finishes and as "
+                         "model_step_XXXXXXXX.pt when stopped by --stop-after; neither is in "
+                         f"{path.resolve().parent.parent}.")
+    return " ".join(lines)
 
 
 class NetConfig(Protocol):

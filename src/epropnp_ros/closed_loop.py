@@ -68,7 +68,7 @@ from epropnp_ros.closed_loop_scoring import (
     rig_calibration,
     write_scores,
 )
-from epropnp_ros.dds import use_profile
+from epropnp_ros.dds import DISCOVERY_SETTLE_S, use_profile
 from epropnp_ros.detection_video import render_detections
 from epropnp_ros.errors import ClosedLoopError
 
@@ -485,6 +485,7 @@ def _wait_for_detectors(
                     f"{config.startup_timeout:.0f} s; see {log_dir}"
                 )
             time.sleep(0.05)
+    time.sleep(DISCOVERY_SETTLE_S)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

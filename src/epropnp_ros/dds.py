@@ -13,9 +13,13 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
-__all__ = ["PROFILE_VARIABLE", "profile_path", "use_profile"]
+__all__ = ["DISCOVERY_SETTLE_S", "PROFILE_VARIABLE", "profile_path", "use_profile"]
 
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+#: Seconds to wait after a publisher has matched a best-effort subscription before relying on
+#: it: the writer side matches first, and the reader drops what a writer sends before the reader
+#: side has matched that writer too (reliable QoS would resend; best effort does not).
+DISCOVERY_SETTLE_S = 1.0
 
 
 def profile_path() -> Path | None:

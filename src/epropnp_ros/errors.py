@@ -58,7 +58,8 @@ class ImageSizeError(PipelineInputError):
 
 
 class BagConversionError(EProPnPError):
-    """The nuScenes data cannot be converted (missing file, broken table, bad selection)."""
+    """The dataset (nuScenes, BOP) cannot be converted (missing file, broken table, bad
+    selection)."""
 
 
 class BagPlayError(EProPnPError):

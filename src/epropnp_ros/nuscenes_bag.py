@@ -20,35 +20,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import shutil
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import cv2
 import numpy as np
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
-    QosTime,
-)
-from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-from tqdm import tqdm
 
 from epropnp_lib.data.nuscenes import CAMERAS, NuScenesFormatError, load_nuscenes
 from epropnp_lib.data.nuscenes.loading import dangling_reference
 from epropnp_lib.errors import ConfigError
+from epropnp_ros.bag_writing import (
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    BagEvent,
+    MessageBuilder,
+    bind,
+    typestore,
+    write_bag,
+)
 from epropnp_ros.errors import BagConversionError
-from epropnp_ros.messages import ns_to_stamp
 from epropnp_ros.nuscenes_ground_truth import (
     GT_ATTRIBUTES_TOPIC,
     GT_OBJECTS_TOPIC,
@@ -76,8 +68,6 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 BASE_FRAME = "base_link"
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
 
 
 def camera_frame(channel: str) -> str:
@@ -140,13 +130,6 @@ class ConversionSummary(NamedTuple):
     scenes: tuple[str, ...]
     start_ns: int
     end_ns: int
-
-
-class _Event(NamedTuple):
-    stamp_ns: int
-    order: int  # ties at one stamp: TF before camera_info before images before ground truth
-    topic: str
-    build: Callable[[], Any]
 
 
 # --- reading the dataset ------------------------------------------------------------------------
@@ -219,83 +202,12 @@ def _scene_sample_data(
 # --- message building (rosbags message classes: pure Python, deterministic CDR) ------------------
 
 
-class _Builder:
-    """Builds messages of a rosbags typestore (ROS 2 Kilted plus EXTRA_INTERFACES)."""
+class _Builder(MessageBuilder):
+    """The shared message builder plus nuScenes ground truth."""
 
     def __init__(self, store: Any) -> None:
-        self.store = store
-        self.t = store.types
+        super().__init__(store)
         self._ground_truth: dict[str, tuple[Any, ...]] = {}
-
-    def header(self, stamp_ns: int, frame_id: str) -> Any:
-        stamp = ns_to_stamp(stamp_ns, self.t["builtin_interfaces/msg/Time"])
-        return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
-
-    def vector3(self, xyz: Sequence[float], type_name: str = "geometry_msgs/msg/Vector3") -> Any:
-        x, y, z = (float(v) for v in xyz)
-        return self.t[type_name](x=x, y=y, z=z)
-
-    def quaternion(self, wxyz: Sequence[float]) -> Any:
-        w, x, y, z = (float(v) for v in wxyz)  # nuScenes order (w, x, y, z) -> ROS fields
-        return self.t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w)
-
-    def transform(self, stamp_ns: int, parent: str, child: str, record: dict[str, Any]) -> Any:
-        tf = self.t["geometry_msgs/msg/Transform"](
-            translation=self.vector3(record["translation"]),
-            rotation=self.quaternion(record["rotation"]),
-        )
-        return self.t["geometry_msgs/msg/TransformStamped"](
-            header=self.header(stamp_ns, parent), child_frame_id=child, transform=tf
-        )
-
-    def tf_message(self, transforms: list[Any]) -> Any:
-        return self.t["tf2_msgs/msg/TFMessage"](transforms=transforms)
-
-    def camera_info(
-        self, stamp_ns: int, frame: str, width: int, height: int,
-        intrinsic: Sequence[Sequence[float]],
-    ) -> Any:
-        k = np.asarray(intrinsic, dtype=np.float64)
-        if k.shape != (3, 3) or not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
-            raise BagConversionError(f"invalid camera_intrinsic for {frame}: {intrinsic!r}")
-        roi = self.t["sensor_msgs/msg/RegionOfInterest"](
-            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
-        )
-        return self.t["sensor_msgs/msg/CameraInfo"](
-            header=self.header(stamp_ns, frame),
-            height=int(height),
-            width=int(width),
-            distortion_model="plumb_bob",
-            d=np.zeros(5),  # nuScenes images are undistorted
-            k=k.reshape(-1),
-            r=np.eye(3).reshape(-1),
-            p=np.concatenate([k, np.zeros((3, 1))], axis=1).reshape(-1),
-            binning_x=0,
-            binning_y=0,
-            roi=roi,
-        )
-
-    def image(self, stamp_ns: int, frame: str, path: Path, image_format: str) -> Any:
-        if not path.is_file():
-            raise BagConversionError(f"image file missing: {path}")
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-        header = self.header(stamp_ns, frame)
-        if image_format == "compressed":
-            fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix[1:]
-            return self.t["sensor_msgs/msg/CompressedImage"](header=header, format=fmt, data=data)
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise BagConversionError(f"cannot decode image file {path}")
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        return self.t["sensor_msgs/msg/Image"](
-            header=header,
-            height=int(rgb.shape[0]),
-            width=int(rgb.shape[1]),
-            encoding="rgb8",
-            is_bigendian=0,
-            step=int(rgb.shape[1] * 3),
-            data=rgb.reshape(-1),
-        )
 
     def ground_truth(self, nusc: Any, sample: dict[str, Any], stamp_ns: int) -> tuple[Any, ...]:
         """The sample's three ground-truth messages (:mod:`epropnp_ros.nuscenes_ground_truth`),
@@ -308,48 +220,11 @@ class _Builder:
         return cached
 
 
+def _nth(fn: Callable[..., tuple[Any, ...]], k: int, *args: Any) -> Any:
+    return fn(*args)[k]
+
+
 # --- writing --------------------------------------------------------------------------------------
-
-
-#: Interface packages beyond Kilted's stock types, read from their installed .msg files.
-EXTRA_INTERFACES = ("vision_msgs", "autoware_perception_msgs")
-
-
-def _typestore() -> Any:
-    """rosbags typestore: Kilted's stock types plus :data:`EXTRA_INTERFACES`."""
-    store = get_typestore(Stores.ROS2_KILTED)
-    types: dict[str, Any] = {}
-    for package in EXTRA_INTERFACES:
-        try:
-            share = Path(get_package_share_directory(package))
-        except PackageNotFoundError as exc:
-            raise BagConversionError(
-                f"{package} is not installed (on a venv: run tools/setup_env.sh; on a distro: "
-                f"install ros-$ROS_DISTRO-{package.replace('_', '-')})"
-            ) from exc
-        for f in sorted((share / "msg").glob("*.msg")):
-            types.update(get_types_from_msg(f.read_text(), f"{package}/msg/{f.stem}"))
-    store.register(types)
-    return store
-
-
-def _qos(transient_local: bool) -> list[Any]:
-    never = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)
-    return [
-        Qos(
-            history=QosHistory.KEEP_LAST,
-            depth=1 if transient_local else 10,
-            reliability=QosReliability.RELIABLE,
-            durability=(
-                QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE
-            ),
-            deadline=never,
-            lifespan=never,
-            liveliness=QosLiveliness.AUTOMATIC,
-            liveliness_lease_duration=never,
-            avoid_ros_namespace_conventions=False,
-        )
-    ]
 
 
 def _same_extrinsics(
@@ -368,7 +243,7 @@ def _same_extrinsics(
 
 def _events(
     nusc: Any, config: ConversionConfig, dataroot: Path, build: _Builder
-) -> tuple[list[_Event], list[str]]:
+) -> tuple[list[BagEvent], list[str]]:
     scenes = {s["name"]: s for s in nusc.scene}
     names = list(config.scenes) or sorted(scenes)
     missing = [n for n in names if n not in scenes]
@@ -377,7 +252,7 @@ def _events(
             f"scene(s) {missing} not in {dataroot / config.version / 'scene.json'}; "
             f"available: {sorted(scenes)}"
         )
-    events: list[_Event] = []
+    events: list[BagEvent] = []
     static: dict[str, tuple[dict[str, Any], str]] = {}  # frame -> (calibration, its log)
     first_stamp: int | None = None
     ego_seen: set[str] = set()
@@ -398,12 +273,12 @@ def _events(
                     ego_seen.add(sd["ego_pose_token"])
                     ego = nusc.get("ego_pose", sd["ego_pose_token"])
                     ego_stamp = int(ego["timestamp"]) * 1000
-                    events.append(_Event(ego_stamp, 0, TF_TOPIC, _bind(
+                    events.append(BagEvent(ego_stamp, 0, TF_TOPIC, bind(
                         _ego_tf, build, ego_stamp, ego)))
                 w, h, k = sd["width"], sd["height"], calib["camera_intrinsic"]
-                events.append(_Event(stamp, 1, info_topic, _bind(
+                events.append(BagEvent(stamp, 1, info_topic, bind(
                     build.camera_info, stamp, frame, w, h, k)))
-                events.append(_Event(stamp, 2, image_topic, _bind(
+                events.append(BagEvent(stamp, 2, image_topic, bind(
                     build.image, stamp, frame, dataroot / sd["filename"], config.image_format)))
         if config.ground_truth:
             token = scene["first_sample_token"]
@@ -411,7 +286,7 @@ def _events(
                 sample = nusc.get("sample", token)
                 stamp = int(sample["timestamp"]) * 1000
                 for k, topic in enumerate((GT_TOPIC, GT_OBJECTS_TOPIC, GT_ATTRIBUTES_TOPIC)):
-                    events.append(_Event(stamp, 3 + k, topic, _bind(
+                    events.append(BagEvent(stamp, 3 + k, topic, bind(
                         _nth, build.ground_truth, k, nusc, sample, stamp)))
                 token = sample["next"]
     if first_stamp is None:
@@ -420,21 +295,13 @@ def _events(
         build.transform(first_stamp, BASE_FRAME, frame, calib)
         for frame, (calib, _) in sorted(static.items())
     ]
-    events.append(_Event(first_stamp, -1, TF_STATIC_TOPIC, _bind(build.tf_message, tf_static)))
+    events.append(BagEvent(first_stamp, -1, TF_STATIC_TOPIC, bind(build.tf_message, tf_static)))
     events.sort(key=lambda e: (e.stamp_ns, e.order, e.topic))
     return events, names
 
 
 def _ego_tf(build: _Builder, stamp_ns: int, ego: dict[str, Any]) -> Any:
     return build.tf_message([build.transform(stamp_ns, MAP_FRAME, BASE_FRAME, ego)])
-
-
-def _bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    return lambda: fn(*args)
-
-
-def _nth(fn: Callable[..., tuple[Any, ...]], k: int, *args: Any) -> Any:
-    return fn(*args)[k]
 
 
 TOPIC_TYPES = {
@@ -457,28 +324,6 @@ def _topic_type(topic: str) -> str:
         if topic.endswith("/" + suffix):
             return type_name
     raise AssertionError(f"no type for topic {topic}")  # internal: every topic is listed above
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_partials(output: Path) -> None:
-    """Remove the staging directories ``.<name>.partial-<pid>`` of ``output`` left by runs whose
-    process no longer lives (killed conversions); a live run's is left alone."""
-    prefix = f".{output.name}.partial-"
-    for path in output.parent.glob(prefix + "*"):
-        pid = path.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            LOGGER.info("removing %s, left by a conversion that no longer runs", path)
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def convert(config: ConversionConfig) -> ConversionSummary:
@@ -525,40 +370,12 @@ def _convert_loaded(nusc: Any, config: ConversionConfig) -> ConversionSummary:
     """:func:`convert` of a loaded dataset."""
     dataroot = Path(config.dataroot)
     output = Path(config.output)
-    store = _typestore()
+    store = typestore()
     events, scenes = _events(nusc, config, dataroot, _Builder(store))
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(output)
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    bag_dir = staging / output.name
-    counts: Counter[str] = Counter()
-    plugin = StoragePlugin.MCAP if config.storage == "mcap" else StoragePlugin.SQLITE3
-    try:
-        with Writer(bag_dir, version=8, storage_plugin=plugin) as writer:
-            connections: dict[str, Any] = {}
-            iterator: Any = events
-            if config.progress:
-                iterator = tqdm(events, desc=f"{output.name}", unit="msg")
-            for event in iterator:
-                if event.topic not in connections:
-                    connections[event.topic] = writer.add_connection(
-                        event.topic,
-                        _topic_type(event.topic),
-                        typestore=store,
-                        offered_qos_profiles=_qos(event.topic == TF_STATIC_TOPIC),
-                    )
-                data = store.serialize_cdr(event.build(), _topic_type(event.topic))
-                writer.write(connections[event.topic], event.stamp_ns, data)
-                counts[event.topic] += 1
-        os.replace(bag_dir, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    LOGGER.info("wrote %s: %d messages on %d topics", output, sum(counts.values()), len(counts))
+    counts = write_bag(output, events, store, _topic_type, storage=config.storage,
+                       progress=config.progress)
     return ConversionSummary(
-        output, dict(sorted(counts.items())), tuple(scenes), events[0].stamp_ns, events[-1].stamp_ns
+        output, counts, tuple(scenes), events[0].stamp_ns, events[-1].stamp_ns
     )
 
 

@@ -298,6 +298,10 @@ class PoseEstimatorParams(CommonParams):
     min_score: float = _p(
         0.0, "Least Detection2D score of a region that is processed.", lo=0.0, hi=1.0
     )
+    min_roi_size: int = _p(
+        8, "Least width and height in pixels of a region that is processed (smaller ones are "
+        "counted in rois_too_small and skipped).", lo=1, hi=10000,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

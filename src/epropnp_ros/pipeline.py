@@ -125,6 +125,8 @@ class PoseOutput(NamedTuple):
         rois: ``(M, 4)`` regions (x, y, width, height) in image pixels, before padding.
         timings: milliseconds per stage.
         num_failed: regions dropped because their PnP solve failed.
+        object_ids: ``M`` ids of the regions each pose came from (``roi_ids`` of
+            :meth:`PoseEstimatorPipeline.process`; empty when none were given).
     """
 
     pose: np.ndarray
@@ -136,6 +138,7 @@ class PoseOutput(NamedTuple):
     rois: np.ndarray
     timings: dict[str, float]
     num_failed: int
+    object_ids: tuple[str, ...] = ()
 
 
 def intrinsics_from_camera(camera: CameraModel, rectified: bool) -> Intrinsics:
@@ -393,6 +396,7 @@ class PoseEstimatorPipeline:
         intrinsics: Intrinsics,
         rois: np.ndarray | None = None,
         roi_scores: np.ndarray | None = None,
+        roi_ids: Sequence[str] = (),
     ) -> PoseOutput:
         """Poses of the objects in ``rois`` of one image.
 
@@ -401,6 +405,8 @@ class PoseEstimatorPipeline:
             intrinsics: the image's :class:`Intrinsics`.
             rois: ``(M, 4)`` regions (x, y, width, height) in pixels; ``None``: the whole image.
             roi_scores: ``(M,)`` scores of the regions (default 1).
+            roi_ids: ``M`` ids of the regions (e.g. their Detection2D ids), carried to
+                :attr:`PoseOutput.object_ids`; empty: none.
 
         Returns:
             :class:`PoseOutput` (``M`` minus the failed solves).
@@ -419,8 +425,11 @@ class PoseEstimatorPipeline:
         k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
         images = rgb_to_tensor(crops, self.device)
         timer.lap("preprocess")
+        ids = tuple(roi_ids)
+        if ids and len(ids) != len(rois):
+            raise PipelineInputError(f"{len(ids)} roi_ids for {len(rois)} regions")
         if len(rois) == 0:
-            return self._output(None, None, rois, scores, timer)
+            return self._output(None, None, rois, scores, timer, ids)
         with torch.inference_mode():
             out = self.net(images, a @ k_img)
         timer.lap("network")
@@ -432,7 +441,7 @@ class PoseEstimatorPipeline:
             self.net.pnp, x3d, x2d, w2d, cams, cfg.num_samples, self.generator, timer,
             cfg.sample_iterations,
         )
-        return self._output(sol, samples, rois, scores, timer)
+        return self._output(sol, samples, rois, scores, timer, ids)
 
     def _output(
         self,
@@ -441,6 +450,7 @@ class PoseEstimatorPipeline:
         rois: np.ndarray,
         scores: np.ndarray,
         timer: _Timer,
+        ids: tuple[str, ...],
     ) -> PoseOutput:
         keep, pose, cov, smp = _kept(sol, samples)
         m = len(pose)
@@ -449,6 +459,7 @@ class PoseEstimatorPipeline:
             class_ids=(self.settings.object_class,) * m,
             size=np.full((m, 3), 2.0 * self.object_extent), rois=rois[keep],
             timings=timer.total(), num_failed=int(len(keep) - keep.sum()),
+            object_ids=tuple(i for i, k in zip(ids, keep, strict=True) if k) if ids else (),
         )
 
 

@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXECUTABLES = ("detector_node", "pose_estimator_node", "epropnp-closed-loop",
-               "epropnp-nuscenes-to-bag", "epropnp-bag-play", "epropnp-train")
+               "epropnp-nuscenes-to-bag", "epropnp-bag-play", "epropnp-train",
+               "epropnp-bop-to-bag", "epropnp-pose-closed-loop")
 COLCON = Path(sys.prefix) / "colcon"
 
 

@@ -25,11 +25,11 @@ def _read_ground_truth(bag: Path) -> dict[int, list[Any]]:
     """``stamp -> [detections, objects, attributes]`` from the bag."""
     from rosbags.highlevel import AnyReader
 
-    from epropnp_ros.nuscenes_bag import _typestore
+    from epropnp_ros.bag_writing import typestore
 
     topics = ("/ground_truth/detections", "/ground_truth/objects", "/ground_truth/attributes")
     out: dict[int, list[Any]] = {}
-    with AnyReader([bag], default_typestore=_typestore()) as reader:
+    with AnyReader([bag], default_typestore=typestore()) as reader:
         conns = [c for c in reader.connections if c.topic in topics]
         for c, t, raw in reader.messages(connections=conns):
             out.setdefault(t, [None] * 3)[topics.index(c.topic)] = reader.deserialize(

@@ -751,6 +751,93 @@ def test_pose_estimator_node_in_process(
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
 
 
+def test_screen_rois_leaves_out_regions_outside_the_image_and_tiny_ones() -> None:
+    from epropnp_ros.nodes.pose_estimator import Regions, screen_rois
+
+    rois = np.array([[10.0, 10.0, 30.0, 30.0],  # kept
+                     [-50.0, 10.0, 50.0, 20.0],  # right edge on the image's left border
+                     [160.0, 0.0, 10.0, 10.0],  # beyond the right border (width 160)
+                     [5.0, 5.0, 1.0, 1.0],  # 1 x 1 px
+                     [-10.0, -10.0, 20.0, 20.0]])  # partly inside: kept
+    screened = screen_rois(Regions(rois, np.arange(5.0), ("a", "b", "c", "d", "e")),
+                           160, 120, 8)
+    assert (screened.outside_image, screened.too_small) == (2, 1)
+    assert screened.regions.ids == ("a", "e") and screened.regions.scores.tolist() == [0, 4]
+    empty = screen_rois(Regions(np.zeros((0, 4)), np.zeros(0), ()), 160, 120, 8)
+    assert len(empty.regions.rois) == 0 and empty[1:] == (0, 0)
+
+
+def test_pose_estimator_counts_bad_regions_and_goes_on(
+    ros_in_process: None, ros_runtime: None, dense_fixture_checkpoint: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A region outside the image, an empty region list and a 1 x 1 px region: each counted and
+    logged, and the next frame processed; detections carry their region's id."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from vision_msgs.msg import Detection2D, Detection2DArray, Detection3DArray
+
+    from epropnp_ros.images import array_to_image
+    from epropnp_ros.messages import make_header
+    from epropnp_ros.nodes.pose_estimator import PoseEstimatorNode
+
+    ns = "/epropnp_bad_rois_test"
+    overrides = [Parameter("checkpoint", value=str(dense_fixture_checkpoint)),
+                 Parameter("num_posterior_samples", value=0)]
+    with InProcess(lambda context: PoseEstimatorNode(
+            context=context, namespace=ns, parameter_overrides=overrides),
+            "epropnp_bad_rois_driver") as graph:
+        node, driver, wait = graph.node, graph.driver, graph.wait
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = driver.create_publisher(Image, f"{ns}/image", reliable)
+        info_pub = driver.create_publisher(CameraInfo, f"{ns}/camera_info", reliable)
+        roi_pub = driver.create_publisher(Detection2DArray, f"{ns}/rois", reliable)
+        got: dict[int, Any] = {}
+        driver.create_subscription(Detection3DArray, f"{ns}/detections",
+                                   lambda m: got.setdefault(m.header.stamp.sec, m), reliable)
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait(lambda: image_pub.get_subscription_count() > 0
+             and roi_pub.get_subscription_count() > 0, "the node's subscriptions")
+
+        def frame(sec: int, boxes: list[tuple[str, float, float, float, float]]) -> Any:
+            header = make_header(FRAME, sec * 1_000_000_000)
+            rois = Detection2DArray(header=header)
+            for ident, cx, cy, w, h in boxes:
+                det = Detection2D(id=ident)
+                det.bbox.center.position.x, det.bbox.center.position.y = cx, cy
+                det.bbox.size_x, det.bbox.size_y = w, h
+                rois.detections.append(det)
+            received = node.counters["rois_received"]
+            roi_pub.publish(rois)
+            wait(lambda: node.counters["rois_received"] == received + 1, f"regions {sec}")
+            image_pub.publish(array_to_image(texture_image(), "rgb8", header))
+            info = camera_info()
+            info.header = header
+            info_pub.publish(info)
+            wait(lambda: sec in got, f"the detections of frame {sec}")
+            return got[sec]
+
+        good = ("good", 80.0, 60.0, 60.0, 60.0)
+        out = frame(10, [("out", -300.0, 60.0, 40.0, 40.0), good])
+        assert [d.id for d in out.detections] == ["good"]
+        assert frame(11, []).detections == []
+        assert frame(12, [("tiny", 50.0, 50.0, 1.0, 1.0)]).detections == []
+        assert [d.id for d in frame(13, [good]).detections] == ["good"]
+        # A frame counts as processed once all its outputs are published.
+        wait(lambda: node.counters["frames_processed"] == 4, "the last frame to be counted")
+        counters = node.diagnostics().counters
+        assert (counters["rois_outside_image"], counters["frames_without_rois"],
+                counters["rois_too_small"], counters["frames_processed"]) == (1, 1, 1, 4)
+        assert counters["frames_with_default_roi"] == 0
+        log = "".join(capfd.readouterr())
+        for kind in ("rois_outside_image", "frames_without_rois", "rois_too_small"):
+            assert f"[{kind}]" in log and f"({kind}: 1)" in log, log
+        assert node.lifecycle_state == "active"
+
+
 class _FailingOncePipeline:
     """A stub pose-estimator pipeline: its first frame raises an unexpected ``RuntimeError``,
     later frames give one fixed 6DoF pose."""
@@ -760,7 +847,7 @@ class _FailingOncePipeline:
         self.calls = 0
 
     def process(self, rgb: np.ndarray, intrinsics: Any, rois: Any = None,
-                roi_scores: Any = None) -> Any:
+                roi_scores: Any = None, roi_ids: Any = ()) -> Any:
         from epropnp_ros.pipeline import PoseOutput
 
         self.calls += 1

@@ -52,9 +52,9 @@ def bag(dataset: Path, ros_runtime: None, tmp_path_factory: pytest.TempPathFacto
 
 
 def _typestore() -> Any:
-    from epropnp_ros.nuscenes_bag import _typestore
+    from epropnp_ros.bag_writing import typestore
 
-    return _typestore()
+    return typestore()
 
 
 def _read_all(path: Path) -> list[tuple[str, int, Any]]:

@@ -487,13 +487,16 @@ def test_generator_cli_and_config_errors(tmp_path: Path) -> None:
     assert bop_generate.main(["--out", str(tmp_path), "--num-scenes", "1",
                               "--images-per-scene", "1", "--objects", "lblock",
                               "--width", "48", "--height", "40"]) == 0
-    ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=16))
-    assert ds.object_ids == (1,) and len(ds) == 1
-    # A train split next to it: same models, other images (independent stream per split).
-    generate_bop_lm(tmp_path, num_scenes=1, images_per_scene=1, objects=["lblock"],
-                    image_size=(48, 40), split="train")
+    # The CLI's default split is the training data.
     train = BopDataset(tmp_path, "train", config=BopConfig(crop_size=16))
-    assert len(train) == 1 and not torch.equal(train[0].pose, ds[0].pose)
+    assert train.object_ids == (1,) and len(train) == 1
+    assert not (tmp_path / "lm" / "test").exists()
+    # A test split next to it: same models, other images (independent stream per split).
+    assert bop_generate.main(["--out", str(tmp_path), "--num-scenes", "1",
+                              "--images-per-scene", "1", "--objects", "lblock",
+                              "--width", "48", "--height", "40", "--split", "test"]) == 0
+    ds = BopDataset(tmp_path, "test", config=BopConfig(crop_size=16))
+    assert len(ds) == 1 and not torch.equal(train[0].pose, ds[0].pose)
     assert (tmp_path / "lm" / "test_targets_bop19.json").is_file()
     with pytest.raises(ConfigError, match="unknown synthetic objects"):
         generate_bop_lm(tmp_path, objects=["teapot"])

@@ -68,8 +68,12 @@ def test_resume_mid_epoch_gives_the_same_next_steps(tmp_path: Path) -> None:
     extra = load_checkpoint(first.checkpoint).extra
     assert (extra["step"], extra["epoch"], extra["batch_in_epoch"]) == (4, 1, 1)
 
+    # The stopped run exported its network for the nodes, beside the resumable state.
+    assert first.model_path == cut_dir / "model_step_00000004.pt"
+    assert load_checkpoint(first.model_path, kind="toy_weight_net").state_dict
+
     second = train(cfg, build_task(cfg), resume=True)
-    assert second.finished and second.step == 9
+    assert second.finished and second.step == 9 and second.model_path == cut_dir / "model.pt"
 
     full_rows, cut_rows = read_log(full_dir), read_log(cut_dir)
     assert [r["step"] for r in cut_rows] == [str(s) for s in range(1, 10)]
@@ -276,3 +280,25 @@ def test_to_device_recurses() -> None:
 
 def test_train_config_is_the_base_of_the_toy_config() -> None:
     assert issubclass(ToyTrainConfig, TrainConfig)
+
+
+def test_wrong_kind_errors_say_what_each_file_is_and_which_to_load(tmp_path: Path) -> None:
+    """A training state, or the toy network, given where a node's network is needed."""
+    run = tmp_path / "run"
+    cfg = toy_config(run, eval_split=None)
+    stopped = train(cfg, build_task(cfg), stop_at_step=2)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(stopped.checkpoint, kind="dense_correspondence_net")
+    text = str(info.value)
+    assert "resumable state" in text and str(stopped.model_path.resolve()) in text
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(stopped.model_path, kind="dense_correspondence_net")
+    text = str(info.value)
+    assert "'toy_weight_net'" in text and "no image network" in text
+    assert "config/train/linemod_" in text
+    # a training state whose run exported nothing names the files a run exports
+    lone = tmp_path / "lone" / "checkpoints" / "step_00000002.pt"
+    lone.parent.mkdir(parents=True)
+    lone.write_bytes(stopped.checkpoint.read_bytes())
+    with pytest.raises(CheckpointError, match="model_step_XXXXXXXX.pt when stopped"):
+        load_checkpoint(lone, kind="dense_correspondence_net")

@@ -413,6 +413,10 @@ class BopDataset(Dataset[BopSample]):
         """The :class:`BopModel` of ``obj_id``."""
         return self.models[obj_id]
 
+    def image_path(self, scene_id: int, im_id: int) -> Path:
+        """The colour image file of an image of the split (``rgb/<im>.png`` or ``.jpg``)."""
+        return self._image_path(self.split_dir / f"{scene_id:06d}", im_id)
+
     def __getitem__(self, index: int) -> BopSample:
         inst = self.instances[index]
         scene_dir = self.split_dir / f"{inst.scene_id:06d}"
