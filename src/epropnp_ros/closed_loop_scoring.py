@@ -3,11 +3,10 @@ how well the published covariances cover the ground truth.
 
 * :func:`with_velocity_and_attributes`: a camera's boxes with the velocities of its
   ``DetectedObjects`` and the attributes of its ``detection_attributes`` (same stamp, same order).
-* :func:`rig_calibration_errors` / :func:`camera_calibration_errors`: the matched detections'
-  squared Mahalanobis distances (position from the 3x3 block of the published covariance,
-  heading from its yaw variance: ``rot_z`` of a fused ``map`` detection, the 4DoF yaw of a
-  camera's) against the sample's ground truth
-  (:mod:`epropnp_lib.data.nuscenes.calibration`).
+* :func:`rig_calibration_errors`: the matched fused detections' squared Mahalanobis distances
+  (position from the 3x3 block of the published covariance, heading from its ``rot_z``
+  variance) against the sample's ground truth; a camera's own detections are measured by
+  :func:`epropnp_lib.data.nuscenes.calibration.camera_calibration_errors`.
 * :func:`calibration_report`: their coverage of the nominal 50/90/95/99 % regions, written as
   ``calibration.png`` too; :func:`rig_calibration` and :func:`camera_calibration` make it for a
   closed loop's evaluated samples.
@@ -19,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,16 +31,22 @@ from epropnp_lib.data.nuscenes import (
     evaluate,
     write_results,
 )
-from epropnp_lib.data.nuscenes.calibration import CalibrationErrors, coverage, match_and_measure
-from epropnp_lib.data.nuscenes.frames import CameraFrame, camera_frame_of, global_to_camera
+from epropnp_lib.data.nuscenes.calibration import (
+    CalibrationErrors,
+    GroundTruth,
+    GroundTruthCache,
+    camera_calibration_errors,
+    coverage,
+    global_yaw,
+    match_and_measure,
+)
+from epropnp_lib.data.nuscenes.frames import camera_frame_of
 from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.plots import calibration_diagram
 from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
 from epropnp_ros.poses import msg_to_pose, pose_rotation
 
-__all__ = ["GroundTruth", "calibration_report", "camera_calibration",
-           "camera_calibration_errors", "ground_truth_global", "rig_calibration",
+__all__ = ["calibration_report", "camera_calibration", "rig_calibration",
            "rig_calibration_errors", "with_velocity_and_attributes", "write_scores"]
 
 
@@ -60,42 +65,6 @@ def with_velocity_and_attributes(boxes: CameraBoxes, objects: Any, attributes: A
         attrs = torch.tensor([NUSCENES_ATTRIBUTES.index(n) if n in NUSCENES_ATTRIBUTES else -1
                               for n in names], dtype=torch.long).reshape(m)
     return boxes._replace(velocity=velocity, attributes=attrs)
-
-
-class GroundTruth(NamedTuple):
-    """A sample's detection-class annotations in the global frame.
-
-    Attributes:
-        translation: ``(G, 3)``; rotation: ``(G, 4)`` (w, x, y, z); labels: ``(G,)`` class
-        indices.
-    """
-
-    translation: torch.Tensor
-    rotation: torch.Tensor
-    labels: torch.Tensor
-
-
-def ground_truth_global(nusc: Any, sample_token: str) -> GroundTruth:
-    """The annotations of ``sample_token`` of the ten detection classes."""
-    # nuscenes-devkit: importing it takes seconds (matplotlib ...); only scoring needs it.
-    from nuscenes.eval.detection.utils import category_to_detection_name
-
-    rows = []
-    for token in nusc.get("sample", sample_token)["anns"]:
-        ann = nusc.get("sample_annotation", token)
-        name = category_to_detection_name(ann["category_name"])
-        if name is not None:
-            rows.append((ann["translation"], ann["rotation"], NUSCENES_CLASSES.index(name)))
-    f64 = torch.float64
-    return GroundTruth(torch.tensor([r[0] for r in rows], dtype=f64).reshape(-1, 3),
-                       torch.tensor([r[1] for r in rows], dtype=f64).reshape(-1, 4),
-                       torch.tensor([r[2] for r in rows], dtype=torch.long))
-
-
-def _global_yaw(rotation: torch.Tensor) -> torch.Tensor:
-    """``(G,)`` heading about the global z axis of box rotations ``(G, 4)``."""
-    rot = quat_to_matrix(rotation)
-    return torch.atan2(rot[:, 1, 0], rot[:, 0, 0])
 
 
 def rig_calibration_errors(msg: Any, gt: GroundTruth) -> CalibrationErrors:
@@ -122,20 +91,7 @@ def rig_calibration_errors(msg: Any, gt: GroundTruth) -> CalibrationErrors:
         torch.tensor(yaws, dtype=f64), torch.tensor(labels, dtype=torch.long),
         torch.tensor(scores, dtype=f64),
         torch.tensor(np.asarray(pos_cov, dtype=np.float64).reshape(-1, 3, 3)),
-        torch.tensor(yaw_var, dtype=f64), gt.translation, _global_yaw(gt.rotation), gt.labels)
-
-
-def camera_calibration_errors(boxes: CameraBoxes, covariances: np.ndarray, frame: CameraFrame,
-                              gt: GroundTruth) -> CalibrationErrors:
-    """The matched detections of one camera image (camera frame, ``(M, 4, 4)`` covariances
-    over (t, yaw)); the ground truth is moved into the camera frame."""
-    g = gt.translation.shape[0]
-    center, yaw, _ = global_to_camera(gt.translation, gt.rotation,
-                                      torch.zeros(g, 2, dtype=torch.float64),
-                                      frame.cam_to_global)
-    cov = torch.from_numpy(np.asarray(covariances, dtype=np.float64)).reshape(-1, 4, 4)
-    return match_and_measure(boxes.center, boxes.yaw, boxes.labels, boxes.scores,
-                             cov[:, :3, :3], cov[:, 3, 3], center, yaw, gt.labels)
+        torch.tensor(yaw_var, dtype=f64), gt.translation, global_yaw(gt.rotation), gt.labels)
 
 
 def calibration_report(errors: CalibrationErrors, out_dir: Path, title: str) -> dict[str, Any]:
@@ -149,24 +105,11 @@ def calibration_report(errors: CalibrationErrors, out_dir: Path, title: str) -> 
     return dict(report, plot=str(plot))
 
 
-class _TruthCache:
-    """Each evaluated sample's :class:`GroundTruth`, loaded once."""
-
-    def __init__(self, nusc: Any) -> None:
-        self.nusc = nusc
-        self.truth: dict[str, GroundTruth] = {}
-
-    def __call__(self, sample: str) -> GroundTruth:
-        if sample not in self.truth:
-            self.truth[sample] = ground_truth_global(self.nusc, sample)
-        return self.truth[sample]
-
-
 def rig_calibration(nusc: Any, fused: Mapping[str, Any], evaluated: set[str], out_dir: Path
                     ) -> dict[str, Any]:
     """:func:`calibration_report` of the fused ``Detection3DArray`` of each sample (``map``)
     over the ``evaluated`` samples."""
-    truth = _TruthCache(nusc)
+    truth = GroundTruthCache(nusc)
     parts = [rig_calibration_errors(msg, truth(sample)) for sample, msg in fused.items()
              if sample in evaluated]
     return calibration_report(CalibrationErrors.cat(parts), out_dir,
@@ -177,7 +120,7 @@ def camera_calibration(nusc: Any, images: Sequence[tuple[str, CameraBoxes, np.nd
                        evaluated: set[str], out_dir: Path) -> dict[str, Any]:
     """:func:`calibration_report` of each camera image's own detections ``(sample_data token,
     boxes, (M, 4, 4) covariances)`` over the ``evaluated`` samples."""
-    truth = _TruthCache(nusc)
+    truth = GroundTruthCache(nusc)
     parts = []
     for sd_token, boxes, covs in images:
         frame = camera_frame_of(nusc, sd_token)

@@ -9,7 +9,9 @@ rule at its 2 m threshold). For a match, in any one frame where both are given:
 * heading: ``d2 = wrap(yaw_gt - yaw)^2 / var_yaw``, chi-square(1).
 
 :func:`coverage` turns them into the fraction of ground truths inside the nominal 50/90/95/99 %
-regions (:func:`epropnp_lib.metrics.calibration`). Shapes: ``M`` detections, ``G`` boxes.
+regions (:func:`epropnp_lib.metrics.calibration`). :func:`ground_truth_global` reads a
+sample's boxes (global frame) and :func:`camera_calibration_errors` measures one camera image's
+4DoF detections against them. Shapes: ``M`` detections, ``G`` boxes.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
-from epropnp_lib.geometry.rotations import wrap_angle
+from epropnp_lib.data.nuscenes.frames import CameraFrame, global_to_camera
+from epropnp_lib.data.nuscenes.taxonomy import NUSCENES_CLASSES
+from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_lib.geometry.rotations import quat_to_matrix, wrap_angle
 from epropnp_lib.metrics import CALIBRATION_LEVELS, calibration
 
-__all__ = ["CalibrationErrors", "coverage", "match_and_measure"]
+__all__ = ["CalibrationErrors", "GroundTruth", "GroundTruthCache", "camera_calibration_errors",
+           "global_yaw",
+           "coverage", "ground_truth_global", "match_and_measure"]
 
 
 class CalibrationErrors(NamedTuple):
@@ -112,3 +120,65 @@ def coverage(errors: CalibrationErrors, levels: Sequence[float] = CALIBRATION_LE
     pos = calibration(errors.position, 3, levels)
     head = calibration(errors.heading, 1, levels)
     return {"position": pos.coverage, "heading": head.coverage, "matches": pos.count}
+
+
+class GroundTruth(NamedTuple):
+    """A sample's detection-class annotations in the global frame.
+
+    Attributes:
+        translation: ``(G, 3)``; rotation: ``(G, 4)`` (w, x, y, z); labels: ``(G,)`` class
+        indices.
+    """
+
+    translation: torch.Tensor
+    rotation: torch.Tensor
+    labels: torch.Tensor
+
+
+def ground_truth_global(nusc: Any, sample_token: str) -> GroundTruth:
+    """The annotations of ``sample_token`` of the ten detection classes."""
+    # nuscenes-devkit: importing it takes seconds (matplotlib ...); only scoring needs it.
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    rows = []
+    for token in nusc.get("sample", sample_token)["anns"]:
+        ann = nusc.get("sample_annotation", token)
+        name = category_to_detection_name(ann["category_name"])
+        if name is not None:
+            rows.append((ann["translation"], ann["rotation"], NUSCENES_CLASSES.index(name)))
+    f64 = torch.float64
+    return GroundTruth(torch.tensor([r[0] for r in rows], dtype=f64).reshape(-1, 3),
+                       torch.tensor([r[1] for r in rows], dtype=f64).reshape(-1, 4),
+                       torch.tensor([r[2] for r in rows], dtype=torch.long))
+
+
+def global_yaw(rotation: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` heading about the global z axis of box rotations ``(G, 4)``."""
+    rot = quat_to_matrix(rotation)
+    return torch.atan2(rot[:, 1, 0], rot[:, 0, 0])
+
+
+def camera_calibration_errors(boxes: CameraBoxes, covariances: np.ndarray, frame: CameraFrame,
+                              gt: GroundTruth) -> CalibrationErrors:
+    """The matched detections of one camera image (camera frame, ``(M, 4, 4)`` covariances
+    over (t, yaw)); the ground truth is moved into the camera frame."""
+    g = gt.translation.shape[0]
+    center, yaw, _ = global_to_camera(gt.translation, gt.rotation,
+                                      torch.zeros(g, 2, dtype=torch.float64),
+                                      frame.cam_to_global)
+    cov = torch.from_numpy(np.asarray(covariances, dtype=np.float64)).reshape(-1, 4, 4)
+    return match_and_measure(boxes.center, boxes.yaw, boxes.labels, boxes.scores,
+                             cov[:, :3, :3], cov[:, 3, 3], center, yaw, gt.labels)
+
+
+class GroundTruthCache:
+    """Each evaluated sample's :class:`GroundTruth`, loaded once."""
+
+    def __init__(self, nusc: Any) -> None:
+        self.nusc = nusc
+        self.truth: dict[str, GroundTruth] = {}
+
+    def __call__(self, sample: str) -> GroundTruth:
+        if sample not in self.truth:
+            self.truth[sample] = ground_truth_global(self.nusc, sample)
+        return self.truth[sample]
