@@ -304,8 +304,8 @@ class RigDetectorNode(DetectorNode):
             return None
         transform = None
         try:
-            transform = self.tf_buffer.lookup(p.target_frame, header.frame_id,
-                                              stamp_to_ns(header.stamp))
+            transform = self.tf_buffer.wait_lookup(p.target_frame, header.frame_id,
+                                                   stamp_to_ns(header.stamp), p.tf_timeout)
         except TransformLookupError as exc:
             cam["missing_transform"] += 1
             self.counters["missing_transform"] += 1
@@ -321,7 +321,8 @@ class RigDetectorNode(DetectorNode):
         """:meth:`EstimatorNode.diagnostics <epropnp_ros.nodes.base.EstimatorNode.diagnostics>`
         (its ``counters`` also count slots processed / complete / expired / dropped, late and
         silent frames, missing transforms and refused TF entries) plus ``rig``:
-        ``target_frame``, ``open_slots`` and per camera namespace its counters (images and
+        ``target_frame``, ``open_slots``, ``tf_frames`` (the frames the TF buffer knows) and
+        per camera namespace its counters (images and
         camera infos received, frames paired, unpaired images, late, silent (absent from an
         emitted slot), replaced within a slot, missing transform, skipped as bad input)."""
         out = super().diagnostics()
@@ -329,6 +330,7 @@ class RigDetectorNode(DetectorNode):
         out["rig"] = {
             "target_frame": self.rig_params.target_frame,
             "open_slots": assembler.open_slots() if assembler is not None else 0,
+            "tf_frames": sorted(self.tf_buffer.frames()),
             "cameras": {ns: dict(c) for ns, c in self.camera_counters.items()},
         }
         return out
