@@ -357,6 +357,12 @@ class RigDetectorParams(DetectorParams):
         "lies outside the /tf history (inside it, transforms are interpolated).",
         lo=0.0, hi=60.0,
     )
+    tf_timeout: float = _p(
+        0.1,
+        "Longest wait in seconds for a transform still unknown when a slot is processed (one "
+        "published just before the image may arrive just after it).",
+        lo=0.0, hi=10.0,
+    )
     tf_cache_time: float = _p(
         10.0, "Seconds of /tf history kept. Read in on_configure.", lo=0.0, hi=3600.0
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,7 @@ class TransformBuffer:
         self.max_history = int(max_history)
         self._edges: dict[str, _Edge] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         #: Transforms refused by :meth:`add_message` (non-finite, zero quaternion, no frame ids,
         #: a frame its own parent).
         self.rejected = 0
@@ -130,6 +132,7 @@ class TransformBuffer:
                 return
             edge.stamps.insert(i, stamp_ns)
             edge.transforms.insert(i, tf)
+            self._changed.notify_all()
             oldest = edge.stamps[-1] - self.cache_ns
             drop = max(bisect.bisect_left(edge.stamps, oldest),
                        len(edge.stamps) - self.max_history)
@@ -172,6 +175,26 @@ class TransformBuffer:
             root_from_source = self._compose(up_source[:common], stamp_ns)
             root_from_target = self._compose(up_target[:j], stamp_ns)
         return root_from_target.inverse().compose(root_from_source)
+
+    def wait_lookup(self, target: str, source: str, stamp_ns: int = 0,
+                    timeout: float = 0.0) -> RigidTransform:
+        """:meth:`lookup`, retried as transforms arrive for up to ``timeout`` seconds (tf2's
+        lookup with a timeout: a transform published just before the image may arrive just
+        after it).
+
+        Raises:
+            TransformLookupError: still unknown after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.lookup(target, source, stamp_ns)
+            except TransformLookupError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                with self._changed:
+                    self._changed.wait(timeout=left)
 
     def can_transform(self, target: str, source: str, stamp_ns: int = 0) -> bool:
         """Whether :meth:`lookup` would succeed."""

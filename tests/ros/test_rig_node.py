@@ -102,8 +102,10 @@ class RigDriver:
                 if key.startswith("rig.cameras."):
                     ns, _, counter = key.removeprefix("rig.cameras.").rpartition(".")
                     cameras.setdefault(ns, {})[counter] = int(value)
+            tf_frames = snap.extra.get("rig.tf_frames", "")
             self.diagnostics = {"counters": snap.counters, "rig": {
-                "cameras": cameras, "target_frame": snap.extra.get("rig.target_frame")}}
+                "cameras": cameras, "target_frame": snap.extra.get("rig.target_frame"),
+                "tf_frames": tf_frames.split(",") if tf_frames else []}}
 
     def close(self) -> None:
         import rclpy
@@ -243,6 +245,9 @@ def test_fused_output_is_in_base_link_and_duplicates_come_out_once(
     rig: RigDriver, rig_process: tuple[subprocess.Popen[bytes], Path]
 ) -> None:
     proc, log = rig_process
+    # The latched /tf_static reaches the node on its own subscription: wait until it is known.
+    rig.wait_counter(lambda d: set(FRAMES) <= set(d["rig"]["tf_frames"]),
+                     "the camera transforms in the node's TF buffer")
     for cam, seed in ((0, 1), (1, 1), (2, 2)):
         rig.send(cam, 100, seed)
     fused = rig.wait_fused(100, "a complete slot")

@@ -119,3 +119,26 @@ def test_bad_transforms_are_refused_and_counted() -> None:
         TransformBuffer(cache_time=-1.0)
     with pytest.raises(ConfigError):
         TransformBuffer(max_history=0)
+
+
+def test_wait_lookup_returns_once_the_transform_arrives() -> None:
+    """A transform published just after the image: the lookup waits for it (tf2's lookup with a
+    timeout); without a timeout it fails at once."""
+    import threading
+
+    buf = TransformBuffer()
+    with pytest.raises(TransformLookupError):
+        buf.wait_lookup("base_link", "cam", 0, timeout=0.0)
+    asked = threading.Event()
+
+    def publish_later() -> None:
+        asked.wait(10.0)
+        buf.add_message(TFMessage(transforms=[stamped("base_link", "cam", 0, (1.0, 2.0, 3.0))]),
+                        static=True)
+
+    thread = threading.Thread(target=publish_later)
+    thread.start()
+    asked.set()
+    tf = buf.wait_lookup("base_link", "cam", 5 * S, timeout=30.0)
+    thread.join()
+    np.testing.assert_allclose(tf.translation.numpy(), (1.0, 2.0, 3.0))

@@ -309,8 +309,8 @@ class RigDetectorNode(DetectorNode):
             return None
         transform = None
         try:
-            transform = self.tf_buffer.lookup(p.target_frame, header.frame_id,
-                                              stamp_to_ns(header.stamp))
+            transform = self.tf_buffer.wait_lookup(p.target_frame, header.frame_id,
+                                                   stamp_to_ns(header.stamp), p.tf_timeout)
         except TransformLookupError as exc:
             cam["missing_transform"] += 1
             self.counters["missing_transform"] += 1
@@ -326,18 +326,20 @@ class RigDetectorNode(DetectorNode):
         """:meth:`EstimatorNode.diagnostics <epropnp_ros.nodes.base.EstimatorNode.diagnostics>`
         (its ``counters`` also count slots processed / complete / expired / dropped, late and
         silent frames, missing transforms and refused TF entries) plus, as dotted keys,
-        ``rig.target_frame``, ``rig.open_slots`` and per camera namespace
-        ``rig.cameras.<ns>.<counter>`` (images and camera infos received, frames paired,
-        unpaired images, late, silent (absent from an emitted slot), replaced within a slot,
-        missing transform, skipped as bad input)."""
+        ``rig.target_frame``, ``rig.open_slots``, ``rig.tf_frames`` (the frames the TF buffer
+        knows, comma-separated) and per camera namespace ``rig.cameras.<ns>.<counter>`` (images
+        and camera infos received, frames paired, unpaired images, late, silent (absent from an
+        emitted slot), replaced within a slot, missing transform, skipped as bad input)."""
         assembler = self._assembler
         extra = {
             "rig.target_frame": self.rig_params.target_frame,
             "rig.open_slots": str(assembler.open_slots() if assembler is not None else 0),
+            "rig.tf_frames": ",".join(sorted(self.tf_buffer.frames())),
         }
         for ns, counters in self.camera_counters.items():
             extra.update({f"rig.cameras.{ns}.{k}": str(v) for k, v in counters.items()})
         return dataclasses.replace(super().diagnostics(), extra=extra)
+
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point ``rig_detector_node``: ``--ros-args --params-file config/rig.yaml``
