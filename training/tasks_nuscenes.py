@@ -12,7 +12,9 @@ rows "Basic EPro-PnP" and "+ coord. regr.".
 * evaluation: ``detect`` on every image of the split, the camera-frame boxes written back to the
   global frame as the official results JSON (:func:`~epropnp_lib.data.nuscenes.write_results`,
   six cameras merged, every sample present) and scored by the devkit's ``DetectionEval`` with
-  the ``detection_cvpr_2019`` preset (:func:`~epropnp_lib.data.nuscenes.evaluate`).
+  the ``detection_cvpr_2019`` preset (:func:`~epropnp_lib.data.nuscenes.evaluate`), plus the
+  heading metrics of :mod:`epropnp_lib.heading` per camera image (``heading``: mean error of
+  the matched detections; with ``num_pose_samples >= 2`` the 90 % HDR coverage).
 
 Items depend on their index only, so resume is exact.  No augmentation (the reference's random
 flip and crop of the image top are not reproduced).
@@ -29,6 +31,7 @@ import torch
 
 from epropnp_lib.data.nuscenes import (
     CAMERAS,
+    NUSCENES_HEADING_PERIODS,
     CameraDetections,
     NuScenesBatch,
     NuScenesCameraDataset,
@@ -40,6 +43,7 @@ from epropnp_lib.data.nuscenes import (
     write_results,
 )
 from epropnp_lib.errors import ConfigError
+from epropnp_lib.heading import HeadingImage, heading_calibration
 from epropnp_lib.nets.deformable import (
     CHECKPOINT_KIND,
     DeformableCorrespondenceNet,
@@ -183,14 +187,18 @@ class NuScenesTask(Task):
         loader = self.eval_loader(dataset, collate_camera_samples)
         gen = torch.Generator(device=device).manual_seed(self.config.seed)
         per_sample: dict[str, list[CameraDetections]] = {}
+        headings: list[HeadingImage] = []
         num_boxes = 0
         for batch in loader:
             if batch.images is None:
                 raise ConfigError("nuScenes evaluation needs images (load_images=True)")
             dets = net.detect(batch.images.to(device), batch.cam_mats.to(device),
                               num_pose_samples=data.num_pose_samples, generator=gen)
-            for det, frame in zip(dets, batch.frames, strict=True):
+            for det, frame, gt in zip(dets, batch.frames, batch.boxes, strict=True):
                 boxes = to_device(det.boxes, torch.device("cpu"))
+                samples = (det.pose_samples[..., 3].cpu() if det.pose_samples is not None
+                           else boxes.yaw[None].expand(2, -1))
+                headings.append(HeadingImage(boxes, samples, gt))
                 num_boxes += int(boxes.center.shape[0])
                 per_sample.setdefault(frame.sample_token, []).append(
                     CameraDetections(boxes, frame))
@@ -212,7 +220,19 @@ class NuScenesTask(Task):
             "tp_errors": scores.tp_errors,
             "per_class_ap": scores.per_class_ap,
             "summary_file": str(scores.summary_path),
+            "heading": _heading_report(headings, with_samples=data.num_pose_samples >= 2),
         }
+
+
+def _heading_report(images: Sequence[HeadingImage], *, with_samples: bool) -> dict[str, Any]:
+    """Mean heading error of the detections matched to the camera's annotations
+    (:func:`~epropnp_lib.heading.match_boxes`) and, with posterior samples, the fraction of
+    true headings inside their 90 % highest-density regions."""
+    cal = heading_calibration(images, periods=NUSCENES_HEADING_PERIODS)
+    report: dict[str, Any] = {"num_matched": cal.num_matched, "mean_error": cal.mean_error}
+    if with_samples:
+        report["hdr90_fraction"] = cal.fraction
+    return report
 
 
 def _collate_for_training(items: Sequence[NuScenesCameraSample]) -> NuScenesBatch:

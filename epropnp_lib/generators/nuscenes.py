@@ -14,7 +14,10 @@ from the ego pose at the *camera's* timestamp, so the devkit's camera-frame boxe
 pixels; the visibility token is the visible fraction of the box silhouettes over the six
 cameras.  Every box holds lidar points (:mod:`~epropnp_lib.generators.nuscenes_lidar`).  Not
 generated: radar sample data (``num_radar_pts`` is filled), CAN bus, map expansion,
-lidarseg/panoptic.  Deterministic: the same arguments give byte-identical files.
+lidarseg/panoptic.  Deterministic: the same arguments give byte-identical files.  ``look``
+(:class:`~epropnp_lib.generators.nuscenes_looks.StreetLook`, CLI ``--look``) randomises light,
+colours, textures, object shapes, camera height and pitch, noise, blur and JPEG quality per
+scene; the default is the original fixed look.
 
 Example::
 
@@ -28,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -45,6 +49,13 @@ import torch
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.generators.nuscenes_camera import CameraView, build_mesh, render_cameras
 from epropnp_lib.generators.nuscenes_lidar import lidar_sweep
+from epropnp_lib.generators.nuscenes_looks import (
+    SceneLook,
+    StreetLook,
+    draw_scene_look,
+    finish_image,
+    jitter_sensor_pose,
+)
 from epropnp_lib.generators.nuscenes_scene import (
     KINDS,
     LIDAR_CHANNEL,
@@ -174,6 +185,8 @@ class _Options:
     sweeps: bool
     azimuth_steps: int
     jpeg_quality: int
+    look: StreetLook
+    seed: int
 
 
 class _Tokens(NamedTuple):
@@ -244,6 +257,7 @@ def generate_nuscenes_mini(
     lidar_azimuth_steps: int = 720,
     jpeg_quality: int = 92,
     version: str = "v1.0-mini",
+    look: StreetLook | None = None,
 ) -> GeneratedNuScenes:
     """Write a nuScenes-format dataset under ``root`` (see the module docstring).
 
@@ -258,6 +272,7 @@ def generate_nuscenes_mini(
         lidar_azimuth_steps: lidar columns per revolution (32 rings each).
         jpeg_quality: OpenCV JPEG quality.
         version: table folder name.
+        look: appearance randomisation (default: the original fixed look).
 
     Returns:
         :class:`GeneratedNuScenes`.
@@ -268,7 +283,7 @@ def generate_nuscenes_mini(
     _check_args(scenes, samples_per_scene, image_size, lidar_azimuth_steps, jpeg_quality)
     root = Path(root)
     opts = _Options(samples_per_scene, int(image_size[0]), int(image_size[1]), sweeps,
-                    lidar_azimuth_steps, jpeg_quality)
+                    lidar_azimuth_steps, jpeg_quality, look or StreetLook(), seed)
     table_dir = root / version
     table_dir.mkdir(parents=True, exist_ok=True)
     rng = Rng(seed)
@@ -347,7 +362,9 @@ def _write_scene(root: Path, tables: _Tables, scene: Scene, opts: _Options, rng:
     """
     tok, name, num_samples = tokens.tok, scene.name, opts.num_samples
     log_token = _add_log(tables, scene.log, tok)
-    calib_tok = _add_calibrations(tables, name, tokens, opts)
+    look = draw_scene_look(opts.look, opts.seed, name, len(scene.actors))
+    sensors = tuple(_jittered(s, look) for s in SENSORS)
+    calib_tok = _add_calibrations(tables, name, tokens, opts, sensors)
     for a_i, actor in enumerate(scene.actors):
         actor.token = tok("instance", name, a_i)
     # Key-frame timestamps (2 Hz with a little jitter) and the frames of every sensor.
@@ -356,7 +373,7 @@ def _write_scene(root: Path, tables: _Tables, scene: Scene, opts: _Options, rng:
     sample_tok = [tok("sample", name, k) for k in range(num_samples)]
     frames = {s.channel: _sensor_frames(s, sample_ts, opts.sweeps) for s in SENSORS}
     _add_sample_data(tables, scene, frames, sample_tok, calib_tok, tok, opts)
-    visibility = _write_images(root, scene, frames, sample_ts, opts, rng)
+    visibility = _write_images(root, scene, frames, sample_ts, opts, rng, look, sensors)
     lidar_counts = _write_lidar(root, scene, frames[LIDAR_CHANNEL], opts, rng)
     for k in range(num_samples):
         tables["sample"].append({"token": sample_tok[k], "timestamp": sample_ts[k],
@@ -381,11 +398,19 @@ def _add_log(tables: _Tables, log: Log, tok: Callable[..., str]) -> str:
     return log_token
 
 
-def _add_calibrations(tables: _Tables, name: str, tokens: _Tokens,
-                      opts: _Options) -> dict[str, str]:
+def _jittered(sensor: Sensor, look: SceneLook) -> Sensor:
+    """``sensor`` moved by the scene's camera height and pitch (cameras only)."""
+    if sensor.modality != "camera":
+        return sensor
+    translation, rotation = jitter_sensor_pose(sensor.translation, sensor.rotation, look)
+    return dataclasses.replace(sensor, translation=translation, rotation=rotation)
+
+
+def _add_calibrations(tables: _Tables, name: str, tokens: _Tokens, opts: _Options,
+                      sensors: Sequence[Sensor]) -> dict[str, str]:
     """One calibrated_sensor record per sensor of the scene; returns their tokens by channel."""
     calib_tok = {}
-    for s in SENSORS:
+    for s in sensors:
         calib_tok[s.channel] = tokens.tok("calibrated_sensor", name, s.channel)
         tables["calibrated_sensor"].append({
             "token": calib_tok[s.channel], "sensor_token": tokens.sensor[s.channel],
@@ -449,13 +474,15 @@ def _add_sample_data(tables: _Tables, scene: Scene, frames: dict[str, list[_Fram
 
 
 def _write_images(root: Path, scene: Scene, frames: dict[str, list[_Frame]],
-                  sample_ts: Sequence[int], opts: _Options, rng: Rng) -> torch.Tensor:
+                  sample_ts: Sequence[int], opts: _Options, rng: Rng, look: SceneLook,
+                  sensors: Sequence[Sensor]) -> torch.Tensor:
     """Render and write the camera images (one slot of the six cameras at a time); returns the
     visible fraction ``(K, A)`` float64 of each actor's silhouette over the key frames."""
     visibility = torch.zeros(opts.num_samples, len(scene.actors), dtype=torch.float64)
-    mesh = build_mesh(scene.actors)
+    mesh = build_mesh(scene.actors, look)
     by_slot: dict[tuple[int, int], list[tuple[Sensor, _Frame]]] = {}
-    for s in SENSORS:
+    image_index = 0
+    for s in sensors:
         if s.modality != "camera":
             continue
         per_k: dict[int, int] = {}
@@ -471,11 +498,13 @@ def _write_images(root: Path, scene: Scene, frames: dict[str, list[_Frame]],
             ego_rot, ego_trans = ego_pose(scene, scene_time(scene, ts))
             view = CameraView(s, ego_rot, ego_trans,
                               scene_time(scene, sample_ts[k] if frame.key else ts))
-            render = render_cameras(scene, mesh, [view], opts.width, opts.height, rng)
+            render = render_cameras(scene, mesh, [view], opts.width, opts.height, rng, look)
             path = root / _data_path(scene, s.channel, frame, "jpg")
             path.parent.mkdir(parents=True, exist_ok=True)
-            ok, buf = cv2.imencode(".jpg", render.images[0],
-                                   [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality])
+            image, quality = finish_image(render.images[0], look, image_index)
+            image_index += 1
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY,
+                                                   quality or opts.jpeg_quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {path}")
             path.write_bytes(buf.tobytes())
@@ -537,6 +566,10 @@ def _add_annotations(tables: _Tables, scene: Scene, sample_ts: Sequence[int],
                                    "last_annotation_token": ann[-1]})
 
 
+_LOOKS: dict[str, Callable[[], StreetLook]] = {
+    "default": StreetLook, "training": StreetLook.training, "shifted": StreetLook.shifted}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m epropnp_lib.generators.nuscenes --out DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -548,13 +581,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweeps", action="store_true", help="also write non-key frames")
     parser.add_argument("--lidar-azimuth-steps", type=int, default=720)
+    parser.add_argument("--look", choices=sorted(_LOOKS), default="default",
+                        help="appearance: the original fixed look, the randomised training "
+                             "look, or the shifted validation look (StreetLook presets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = generate_nuscenes_mini(
             args.out, scenes=args.scenes, samples_per_scene=args.samples_per_scene,
             image_size=(args.image_size[0], args.image_size[1]), seed=args.seed,
-            sweeps=args.sweeps, lidar_azimuth_steps=args.lidar_azimuth_steps)
+            sweeps=args.sweeps, lidar_azimuth_steps=args.lidar_azimuth_steps,
+            look=_LOOKS[args.look]())
     except ConfigError as exc:
         parser.error(str(exc))
     logger.info("wrote %s (%s): %d scenes, %d samples, %d sample_data, %d annotations",

@@ -5,7 +5,9 @@ The background (ground with lane markings, sidewalks, building facades, sky, dis
 traced per pixel; the boxes are rasterised with :func:`epropnp_lib.geometry.raster.rasterize`,
 each face with a texture that shows the orientation (vehicles: windscreen and headlights at the
 front, tail lights at the back, wheels and windows on the sides; pedestrians: a face at the
-front).  Box frame of the meshes: x along the length, y along the width, z up.
+front).  Box frame of the meshes: x along the length, y along the width, z up.  A
+:class:`~epropnp_lib.generators.nuscenes_looks.SceneLook` sets the light, the colours, the
+textures and the object parts (default: the original fixed look).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ import cv2
 import numpy as np
 import torch
 
+from epropnp_lib.generators.nuscenes_looks import (
+    SceneLook,
+    default_scene_look,
+    part_boxes,
+    pattern,
+)
 from epropnp_lib.generators.nuscenes_scene import (
     KINDS,
     TEXTURES,
@@ -70,28 +78,35 @@ def _face_grid(face_type: int, nu: int, nv: int) -> tuple[torch.Tensor, torch.Te
     return xyz, torch.stack((uu, vv), -1)
 
 
-def build_mesh(actors: Sequence[Actor]) -> ActorMesh:
-    """Unit-box meshes of ``actors``, each face a grid of quads at most 1.5 m wide."""
+def build_mesh(actors: Sequence[Actor], look: SceneLook | None = None) -> ActorMesh:
+    """Unit-box meshes of ``actors`` (each actor one box, or its parts under ``look``), each
+    face a grid of quads at most 1.5 m wide."""
+    look = look or default_scene_look(len(actors))
     locals_, actor_ids, uvs, faces, face_actor, face_type = [], [], [], [], [], []
     base = 0
     for i, a in enumerate(actors):
-        w, length, h = a.size
-        dims = {0: (w, h), 1: (w, h), 2: (length, h), 3: (length, h), 4: (length, w)}
-        for ft, (du, dv) in dims.items():
-            nu = min(6, max(1, math.ceil(du / 1.5)))
-            nv = min(6, max(1, math.ceil(dv / 1.5)))
-            xyz, uv = _face_grid(ft, nu, nv)
-            idx = torch.arange((nu + 1) * (nv + 1)).view(nu + 1, nv + 1) + base
-            a00, a10 = idx[:-1, :-1].reshape(-1), idx[1:, :-1].reshape(-1)
-            a01, a11 = idx[:-1, 1:].reshape(-1), idx[1:, 1:].reshape(-1)
-            tris = torch.cat((torch.stack((a00, a10, a11), -1), torch.stack((a00, a11, a01), -1)))
-            locals_.append(xyz)
-            uvs.append(uv)
-            actor_ids.append(torch.full((xyz.shape[0],), i))
-            faces.append(tris)
-            face_actor.append(torch.full((tris.shape[0],), i))
-            face_type.append(torch.full((tris.shape[0],), ft))
-            base += xyz.shape[0]
+        for centre, extent in part_boxes(KINDS[a.category].texture, look.actors[i]):
+            w, length, h = (a.size[0] * extent[1], a.size[1] * extent[0], a.size[2] * extent[2])
+            dims = {0: (w, h), 1: (w, h), 2: (length, h), 3: (length, h), 4: (length, w)}
+            for ft, (du, dv) in dims.items():
+                nu = min(6, max(1, math.ceil(du / 1.5)))
+                nv = min(6, max(1, math.ceil(dv / 1.5)))
+                xyz, uv = _face_grid(ft, nu, nv)
+                if extent != (1.0, 1.0, 1.0):
+                    xyz = xyz * torch.tensor(extent, dtype=xyz.dtype) + torch.tensor(
+                        centre, dtype=xyz.dtype)
+                idx = torch.arange((nu + 1) * (nv + 1)).view(nu + 1, nv + 1) + base
+                a00, a10 = idx[:-1, :-1].reshape(-1), idx[1:, :-1].reshape(-1)
+                a01, a11 = idx[:-1, 1:].reshape(-1), idx[1:, 1:].reshape(-1)
+                tris = torch.cat((torch.stack((a00, a10, a11), -1),
+                                  torch.stack((a00, a11, a01), -1)))
+                locals_.append(xyz)
+                uvs.append(uv)
+                actor_ids.append(torch.full((xyz.shape[0],), i))
+                faces.append(tris)
+                face_actor.append(torch.full((tris.shape[0],), i))
+                face_type.append(torch.full((tris.shape[0],), ft))
+                base += xyz.shape[0]
     return ActorMesh(torch.cat(locals_), torch.cat(actor_ids), torch.cat(uvs), torch.cat(faces),
                      torch.cat(face_actor), torch.cat(face_type))
 
@@ -106,7 +121,8 @@ _GROUND_PALETTE = torch.tensor([[0.30, 0.43, 0.24], [0.62, 0.60, 0.57], [0.50, 0
 _HAZE = torch.tensor([0.78, 0.82, 0.88])
 
 
-def _background(scene: Scene, rays: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+def _background(scene: Scene, rays: torch.Tensor, origin: torch.Tensor,
+                look: SceneLook) -> torch.Tensor:
     """Colours (N, 3) in [0, 1] of rays (N, 3) (global, unit, float32) from origins (N, 3)."""
     dz = rays[:, 2]
     down = dz < -1e-6
@@ -134,7 +150,8 @@ def _background(scene: Scene, rays: torch.Tensor, origin: torch.Tensor) -> torch
     dashed = torch.remainder(s_g, 9.0) < 3.0
     white = (((al - 3.5).abs() < 0.08) & dashed) | ((al - 6.85).abs() < 0.08)
     mat = torch.where(road, torch.where(al < 0.1, 5, torch.where(white, 4, 3)), mat)
-    col = _GROUND_PALETTE.to(rays.dtype)[mat]
+    col = (_GROUND_PALETTE * torch.tensor(look.road)).to(rays.dtype)[mat]
+    col = col * pattern(s_g, l_g, look)[:, None]
 
     block = torch.floor(s_w / 18.0)
     facade = torch.stack((0.55 + 0.2 * torch.sin(block * 1.7), 0.5 + 0.15 * torch.sin(block * 2.3),
@@ -142,13 +159,16 @@ def _background(scene: Scene, rays: torch.Tensor, origin: torch.Tensor) -> torch
     sw, zw = torch.remainder(s_w, 3.0), torch.remainder(hit_w[:, 2], 3.2)
     window = (sw > 0.8) & (sw < 2.2) & (zw > 1.0) & (zw < 2.4)
     facade = torch.where(window[:, None], facade * 0.35 + 0.05, facade)
+    facade = facade * torch.tensor(look.building, dtype=rays.dtype) * pattern(
+        s_w, hit_w[:, 2], look)[:, None]
     col = torch.where(use_wall[:, None], facade, col)
 
     haze = (1.0 - torch.exp(-t.clamp(max=1e4) / 180.0))[:, None]
     col = col * (1 - haze) + _HAZE.to(rays.dtype) * haze
     elev = dz.clamp(-1.0, 1.0)
     sky = torch.stack((0.78 - 0.35 * elev, 0.84 - 0.25 * elev, 0.90 - 0.05 * elev), -1)
-    return torch.where(torch.isfinite(t)[:, None], col, sky)
+    sky = sky * torch.tensor(look.sky, dtype=rays.dtype)
+    return torch.where(torch.isfinite(t)[:, None], col, sky) * look.light
 
 
 def _texture(texture: torch.Tensor, face_type: torch.Tensor, uv: torch.Tensor,
@@ -221,9 +241,11 @@ class _ViewGeometry(NamedTuple):
 
 
 def render_cameras(scene: Scene, mesh: ActorMesh, views: Sequence[CameraView], width: int,
-                   height: int, rng: Rng) -> CameraRender:
+                   height: int, rng: Rng, look: SceneLook | None = None) -> CameraRender:
     """Render the scene in ``views`` (``B`` images of ``height x width``): street background,
-    textured and shaded actor boxes, pixel noise drawn from ``rng``."""
+    textured and shaded actor boxes (parts as in ``mesh``), pixel noise drawn from ``rng``;
+    ``look`` (default: the original look) sets the light, colours, textures and noise."""
+    look = look or default_scene_look(len(scene.actors))
     batch = len(views)
     num_actors = len(scene.actors)
     geoms, verts = [], []
@@ -245,10 +267,10 @@ def render_cameras(scene: Scene, mesh: ActorMesh, views: Sequence[CameraView], w
     raster = rasterize(vertices, mesh.faces, mesh.uv.float(), pose, cam_mats, height, width,
                        znear=0.05)
     face = raster.face_index.reshape(batch, -1)
-    image = _background_pixels(scene, geoms, face >= 0, width, height)
+    image = _background_pixels(scene, geoms, face >= 0, width, height, look)
     uv = raster.attributes.permute(0, 2, 3, 1).reshape(batch, -1, 2)
-    visible = _shade_actors(scene, mesh, face, uv, image)
-    noise = torch.randn(image.shape, generator=rng.gen) * (2.5 / 255.0)
+    visible = _shade_actors(scene, mesh, face, uv, image, look)
+    noise = torch.randn(image.shape, generator=rng.gen) * (look.noise / 255.0)
     rgb = ((image + noise).clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
     bgr = rgb.view(batch, height, width, 3).flip(-1).numpy()
     return CameraRender(np.ascontiguousarray(bgr), visible, hull)
@@ -284,7 +306,7 @@ def _hull_areas(corners: torch.Tensor, cam_mats: torch.Tensor, width: int,
 
 
 def _background_pixels(scene: Scene, geoms: Sequence[_ViewGeometry], covered: torch.Tensor,
-                       width: int, height: int) -> torch.Tensor:
+                       width: int, height: int, look: SceneLook) -> torch.Tensor:
     """``(B, H * W, 3)`` float32 image with the street background at the pixels no actor
     covers (``covered: (B, H * W)`` bool) and 0 elsewhere."""
     batch = len(geoms)
@@ -298,12 +320,13 @@ def _background_pixels(scene: Scene, geoms: Sequence[_ViewGeometry], covered: to
         to_global = (geom.cam_to_global @ torch.linalg.inv(geom.cam_mats)).float()
         d = pix[free] @ to_global.T
         d = d / d.norm(dim=-1, keepdim=True)
-        image[b, free] = _background(scene, d, geom.origin.float().expand(free.shape[0], 3))
+        image[b, free] = _background(scene, d, geom.origin.float().expand(free.shape[0], 3),
+                                     look)
     return image
 
 
 def _shade_actors(scene: Scene, mesh: ActorMesh, face: torch.Tensor, uv: torch.Tensor,
-                  image: torch.Tensor) -> torch.Tensor:
+                  image: torch.Tensor, look: SceneLook) -> torch.Tensor:
     """Paint the covered pixels of ``image: (B, H * W, 3)`` (``face: (B, H * W)`` index of the
     visible face, -1 where none; ``uv: (B, H * W, 2)``) with texture and Lambert shading;
     returns the visible pixels per actor ``(B, A)`` float64."""
@@ -316,14 +339,18 @@ def _shade_actors(scene: Scene, mesh: ActorMesh, face: torch.Tensor, uv: torch.T
     actor = mesh.face_actor[f]
     ftype = mesh.face_type[f]
     colors = torch.tensor([a.color for a in scene.actors], dtype=torch.float32)
+    colors = (colors * torch.tensor([al.tint for al in look.actors])).clamp(max=1.0)
     textures = torch.tensor([TEXTURES.index(KINDS[a.category].texture) for a in scene.actors])
-    col = _texture(textures[actor], ftype, uv[b_idx, p_idx], colors[actor])
+    uv_px = uv[b_idx, p_idx]
+    col = _texture(textures[actor], ftype, uv_px, colors[actor])
+    col = col * pattern(uv_px[:, 0], uv_px[:, 1], look)[:, None]
     normals_local = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0],
                                   [0, 0, 1.0]], dtype=torch.float64)
     yaws = torch.tensor([scene.road_yaw + a.heading for a in scene.actors], dtype=torch.float64)
     rz = torch.stack([rot_z(float(y)) for y in yaws])  # (A, 3, 3)
-    lambert = (torch.einsum("aij,fj->afi", rz, normals_local) @ _SUN).clamp(min=0.0)
-    shade = (0.5 + 0.5 * lambert).float()[actor, ftype]
+    sun = _SUN if look.sun is None else torch.tensor(look.sun, dtype=torch.float64)
+    lambert = (torch.einsum("aij,fj->afi", rz, normals_local) @ sun).clamp(min=0.0)
+    shade = (look.ambient + (1.0 - look.ambient) * look.light * lambert).float()[actor, ftype]
     image[b_idx, p_idx] = col * shade[:, None]
     visible.index_put_((b_idx, actor), torch.ones_like(actor, dtype=torch.float64),
                        accumulate=True)

@@ -26,6 +26,7 @@ from epropnp_lib.nets.deformable import (
     small_config,
 )
 from epropnp_lib.nets.deformable.inference import take_solution
+from epropnp_lib.nets.deformable.loss import pose_determined
 from epropnp_lib.pnp.solver import SolveStatus, solve_pnp
 
 H, W = 96, 160
@@ -395,3 +396,43 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
                     state_dict=net.state_dict())
     with pytest.raises(DeformableCheckpointError, match="wrong shape"):
         DeformableCorrespondenceNet.from_checkpoint(mismatch)
+
+
+def test_regulariser_leaves_out_queries_whose_pose_is_undetermined() -> None:
+    # At initialisation the NOC are near zero: depth and yaw are unobservable, and the one-step
+    # pose's gradient would dwarf every other term under gradient clipping.
+    images, cam, targets = scene()
+
+    def reg_gradient(loss_cfg: DeformableLossConfig) -> tuple[float, float]:
+        torch.manual_seed(0)
+        net = DeformableCorrespondenceNet(tiny_config(loss=loss_cfg))
+        out = net.loss(images, cam, targets, torch.Generator().manual_seed(1))
+        out.reg.backward()
+        norm = sum(float(p.grad.norm()) ** 2 for p in net.parameters() if p.grad is not None)
+        kl_net = DeformableCorrespondenceNet(tiny_config(loss=loss_cfg))
+        kl_net.load_state_dict(net.state_dict())
+        kl = kl_net.loss(images, cam, targets, torch.Generator().manual_seed(1)).kl
+        kl.backward()
+        kl_norm = sum(float(p.grad.norm()) ** 2 for p in kl_net.parameters()
+                      if p.grad is not None)
+        return norm ** 0.5, kl_norm ** 0.5
+
+    every, kl_norm = reg_gradient(DeformableLossConfig(max_pose_queries=8))
+    assert every > 100 * kl_norm  # what the limits are for
+    gated, _ = reg_gradient(DeformableLossConfig(max_pose_queries=8, reg_max_position_std=1.0,
+                                                 reg_max_yaw_std=0.5))
+    assert gated < kl_norm
+    with pytest.raises(ConfigError, match="reg_max"):
+        DeformableLossConfig(reg_max_yaw_std=0.0)
+
+
+def testpose_determined_queries_follow_the_covariance() -> None:
+    cov = torch.diag_embed(torch.tensor([[0.25, 0.25, 0.81, 0.04],     # std 0.5 0.5 0.9 0.2
+                                         [0.25, 0.25, 1.44, 0.04],     # z std 1.2 m
+                                         [0.25, 0.25, 0.25, 0.36],     # yaw std 0.6 rad
+                                         [0.25, 0.25, 0.25, 0.04]]))   # invalid solve
+    cov = torch.cat((cov, torch.full((1, 4, 4), torch.nan)))           # degenerate
+    valid = torch.tensor([True, True, True, False, True])
+    lc = DeformableLossConfig(reg_max_position_std=1.0, reg_max_yaw_std=0.5)
+    assert pose_determined(valid, cov, lc).tolist() == [True, False, False, False, False]
+    assert torch.equal(pose_determined(valid, cov, DeformableLossConfig()), valid)

@@ -39,6 +39,7 @@ from epropnp_lib.data.nuscenes.taxonomy import (
     KNOWN_CATEGORIES,
     NUSCENES_ATTRIBUTES,
     NUSCENES_CLASSES,
+    NUSCENES_HEADING_PERIODS,
     NUSCENES_MEAN_SIZES,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "KNOWN_CATEGORIES",
     "NUSCENES_ATTRIBUTES",
     "NUSCENES_CLASSES",
+    "NUSCENES_HEADING_PERIODS",
     "NUSCENES_MEAN_SIZES",
     "CameraDetections",
     "CameraFrame",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "CAMERAS",
     "KNOWN_CATEGORIES",
     "NUSCENES_ATTRIBUTES",
     "NUSCENES_CLASSES",
+    "NUSCENES_HEADING_PERIODS",
     "NUSCENES_MEAN_SIZES",
 ]
 
@@ -51,6 +54,15 @@ NUSCENES_MEAN_SIZES: tuple[tuple[float, float, float], ...] = (
     (0.60, 1.70, 1.28),  # bicycle
     (0.41, 0.41, 1.07),  # traffic_cone
     (2.49, 0.48, 0.98),  # barrier
+)
+
+
+#: Period (radians) of the heading of each class in :data:`NUSCENES_CLASSES` order, as the
+#: devkit's orientation error uses it: barriers look the same from both ends (pi); traffic
+#: cones have no heading (NaN: not scored).
+NUSCENES_HEADING_PERIODS: tuple[float, ...] = (
+    2 * math.pi, 2 * math.pi, 2 * math.pi, 2 * math.pi, 2 * math.pi,
+    2 * math.pi, 2 * math.pi, 2 * math.pi, math.nan, math.pi,
 )
 
 

@@ -4,6 +4,7 @@ of the ROS detector node).  Frozen dataclasses that validate their fields (``Con
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,14 @@ class DeformableLossConfig:
         kl_weight: Monte Carlo KL pose loss (normalised by the running mean weight scale).
         reg_weight: derivative regularisation (Eq. 10); 0 disables the one-step pose.
         reg_position_weight / reg_orientation_weight: its two terms.
+        reg_max_position_std / reg_max_yaw_std: the regulariser only counts queries whose
+            Laplace covariance at ``y*`` gives every position standard deviation below
+            ``reg_max_position_std`` (metres) and a yaw standard deviation below
+            ``reg_max_yaw_std`` (radians); ``inf`` counts every valid query.  Where the
+            correspondences do not determine the pose (random at initialisation, collapsed
+            NOC) the one-step pose's derivative is ill-conditioned: its gradient is orders of
+            magnitude above the other terms', and under gradient-norm clipping it alone moves
+            the network.
         size_weight: L1 on log(size / class mean).
         score_weight / score_distance: BCE on the 3D score, target
             ``exp(-||t* - t_gt|| / score_distance)`` (metres).
@@ -69,6 +78,8 @@ class DeformableLossConfig:
     reg_weight: float = 0.1
     reg_position_weight: float = 1.0
     reg_orientation_weight: float = 1.0
+    reg_max_position_std: float = math.inf
+    reg_max_yaw_std: float = math.inf
     size_weight: float = 1.0
     score_weight: float = 1.0
     score_distance: float = 1.0
@@ -87,6 +98,10 @@ class DeformableLossConfig:
                                   "attribute_weight", "coord_weight", "focal_gamma"))
         if not 0 <= self.focal_alpha <= 1:
             raise ConfigError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
+        if not (self.reg_max_position_std > 0 and self.reg_max_yaw_std > 0):
+            raise ConfigError("reg_max_position_std and reg_max_yaw_std must be positive (inf: "
+                              f"no limit), got {self.reg_max_position_std}, "
+                              f"{self.reg_max_yaw_std}")
         if not self.score_distance > 0:
             raise ConfigError(f"score_distance must be positive, got {self.score_distance}")
         if self.max_pose_queries < 1:

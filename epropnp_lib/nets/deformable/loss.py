@@ -5,6 +5,7 @@ tensor; ``B`` images, ``Q`` pose queries."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -20,9 +21,10 @@ from epropnp_lib.nets.fcos_targets import assign_locations, ray_box_coordinates
 from epropnp_lib.pnp.solver import SolveStatus
 
 if TYPE_CHECKING:
+    from epropnp_lib.nets.deformable.config import DeformableLossConfig
     from epropnp_lib.nets.deformable.model import DeformableCorrespondenceNet, DenseOutput
 
-__all__ = ["DeformableLosses", "deformable_loss", "gather_boxes"]
+__all__ = ["DeformableLosses", "deformable_loss", "gather_boxes", "pose_determined"]
 
 
 class DeformableLosses(NamedTuple):
@@ -54,7 +56,8 @@ def deformable_loss(
     Sigmoid focal loss on the class logits of all locations and L1 on the centre offset of the
     positive ones; on up to ``max_pose_queries`` randomly drawn positive locations: the Monte
     Carlo KL pose loss (:class:`~epropnp_lib.losses.MonteCarloPoseLoss`, Eq. 5-6, weight-scale
-    normalisation), the derivative regulariser (Eq. 10), L1 on the log size and the velocity,
+    normalisation), the derivative regulariser (Eq. 10; only where the pose covariance is within
+    ``reg_max_position_std`` / ``reg_max_yaw_std``), L1 on the log size and the velocity,
     cross entropy on the attribute, BCE on the 3D score with target
     ``exp(-||t* - t_gt|| / tau)`` (``t*`` the detached PnP solution: the 3D localisation
     confidence), and optionally coordinate regression.  The paper's "+ coord. regr." regresses
@@ -145,7 +148,7 @@ def _query_losses(
                               norm_factor=out.weight_scale.detach().mean())
     if res.pose_step is not None:
         terms["reg"] = derivative_regularization_loss(
-            Pose4DoF, res.pose_step, target_pose, res.valid,
+            Pose4DoF, res.pose_step, target_pose, pose_determined(res.valid, res.covariance, lc),
             position_weight=lc.reg_position_weight,
             orientation_weight=lc.reg_orientation_weight,
         )
@@ -171,6 +174,18 @@ def _query_losses(
             terms["coord"] = F.smooth_l1_loss(out.noc[hits.hit], hits.noc[hits.hit],
                                               beta=0.1)
     return terms
+
+
+def pose_determined(valid: torch.Tensor, covariance: torch.Tensor,
+                lc: DeformableLossConfig) -> torch.Tensor:
+    """``(Q,)`` valid queries whose pose covariance ``(Q, 4, 4)`` (over ``(t, yaw)``) is within
+    ``lc.reg_max_position_std`` / ``lc.reg_max_yaw_std``; NaN covariances fail unless both
+    limits are infinite (then every valid query counts)."""
+    if math.isinf(lc.reg_max_position_std) and math.isinf(lc.reg_max_yaw_std):
+        return valid
+    std = covariance.diagonal(dim1=-2, dim2=-1).sqrt()  # (Q, 4); NaN where negative or NaN
+    return (valid & (std[:, :3] < lc.reg_max_position_std).all(-1)
+            & (std[:, 3] < lc.reg_max_yaw_std))
 
 
 def gather_boxes(
