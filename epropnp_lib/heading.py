@@ -41,6 +41,7 @@ __all__ = [
     "HeadingImage",
     "hdr_contains",
     "heading_calibration",
+    "greedy_match",
     "heading_errors",
     "match_boxes",
     "scored_matches",
@@ -53,27 +54,47 @@ MATCH_DISTANCE = 2.0
 MIN_BANDWIDTH = 1.0e-3
 
 
-def match_boxes(det: CameraBoxes, gt: CameraBoxes,
-                max_distance: float = MATCH_DISTANCE) -> torch.Tensor:
-    """``(M_gt,)`` long: the index of the detection matched to each ground-truth box, -1 if
-    none (see the module docstring)."""
+def greedy_match(det_xy: torch.Tensor, det_labels: torch.Tensor, det_scores: torch.Tensor,
+                 gt_xy: torch.Tensor, gt_labels: torch.Tensor,
+                 max_distance: float = MATCH_DISTANCE) -> torch.Tensor:
+    """The nuScenes matching rule on bird's-eye-view points: in the order of descending score,
+    each detection takes the nearest still-unmatched ground truth of its class closer than
+    ``max_distance``.
+
+    Args:
+        det_xy: ``(M, 2)`` detection centres in the ground plane; ``det_labels: (M,)``;
+            ``det_scores: (M,)``.
+        gt_xy: ``(G, 2)``; ``gt_labels: (G,)``.
+        max_distance: the matching radius (metres).
+
+    Returns:
+        ``(G,)`` long: the index of the detection matched to each ground truth, -1 if none.
+    """
     if not max_distance > 0:
         raise ConfigError(f"max_distance must be positive, got {max_distance}")
-    match = torch.full((gt.num_boxes,), -1, dtype=torch.long)
-    if det.num_boxes == 0 or gt.num_boxes == 0:
+    match = torch.full((gt_xy.shape[0],), -1, dtype=torch.long)
+    if det_xy.shape[0] == 0 or gt_xy.shape[0] == 0:
         return match
-    bev = [0, 2]
-    dist = torch.cdist(det.center[:, bev].double().cpu(), gt.center[:, bev].double().cpu())
-    same = det.labels.cpu()[:, None] == gt.labels.cpu()[None, :]
+    dist = torch.cdist(det_xy.double().cpu(), gt_xy.double().cpu())
+    same = det_labels.cpu()[:, None] == gt_labels.cpu()[None, :]
     dist = torch.where(same, dist, torch.inf)
-    taken = torch.zeros(gt.num_boxes, dtype=torch.bool)
-    for d in torch.argsort(det.scores.cpu(), descending=True, stable=True).tolist():
+    taken = torch.zeros(gt_xy.shape[0], dtype=torch.bool)
+    for d in torch.argsort(det_scores.cpu(), descending=True, stable=True).tolist():
         row = torch.where(taken, torch.inf, dist[d])
         j = int(row.argmin())
         if float(row[j]) < max_distance:
             match[j] = d
             taken[j] = True
     return match
+
+
+def match_boxes(det: CameraBoxes, gt: CameraBoxes,
+                max_distance: float = MATCH_DISTANCE) -> torch.Tensor:
+    """``(M_gt,)`` long: the index of the detection matched to each ground-truth box, -1 if
+    none (:func:`greedy_match` on the camera ``x, z`` plane)."""
+    bev = [0, 2]
+    return greedy_match(det.center[:, bev], det.labels, det.scores, gt.center[:, bev],
+                        gt.labels, max_distance)
 
 
 def _turns(labels: torch.Tensor, periods: Sequence[float] | None) -> torch.Tensor:

@@ -42,6 +42,12 @@ from epropnp_lib.data.nuscenes import (
     load_nuscenes,
     write_results,
 )
+from epropnp_lib.data.nuscenes.calibration import (
+    CalibrationErrors,
+    GroundTruthCache,
+    camera_calibration_errors,
+    coverage,
+)
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.heading import HeadingImage, heading_calibration
 from epropnp_lib.nets.deformable import (
@@ -49,6 +55,7 @@ from epropnp_lib.nets.deformable import (
     DeformableCorrespondenceNet,
     DeformableNetConfig,
 )
+from epropnp_lib.plots import calibration_diagram
 
 from .config import TrainConfig
 from .distributed import to_device
@@ -188,6 +195,8 @@ class NuScenesTask(Task):
         gen = torch.Generator(device=device).manual_seed(self.config.seed)
         per_sample: dict[str, list[CameraDetections]] = {}
         headings: list[HeadingImage] = []
+        truth = GroundTruthCache(self.nusc())
+        covariances: list[CalibrationErrors] = []
         num_boxes = 0
         for batch in loader:
             if batch.images is None:
@@ -199,6 +208,9 @@ class NuScenesTask(Task):
                 samples = (det.pose_samples[..., 3].cpu() if det.pose_samples is not None
                            else boxes.yaw[None].expand(2, -1))
                 headings.append(HeadingImage(boxes, samples, gt))
+                covariances.append(camera_calibration_errors(
+                    boxes, det.covariance.detach().cpu().numpy(), frame,
+                    truth(frame.sample_token)))
                 num_boxes += int(boxes.center.shape[0])
                 per_sample.setdefault(frame.sample_token, []).append(
                     CameraDetections(boxes, frame))
@@ -221,6 +233,8 @@ class NuScenesTask(Task):
             "per_class_ap": scores.per_class_ap,
             "summary_file": str(scores.summary_path),
             "heading": _heading_report(headings, with_samples=data.num_pose_samples >= 2),
+            "calibration": _calibration_report(CalibrationErrors.cat(covariances),
+                                               out_dir / f"calibration_{split}.png"),
         }
 
 
@@ -233,6 +247,17 @@ def _heading_report(images: Sequence[HeadingImage], *, with_samples: bool) -> di
     if with_samples:
         report["hdr90_fraction"] = cal.fraction
     return report
+
+
+def _calibration_report(errors: CalibrationErrors, plot: Path) -> dict[str, Any]:
+    """Coverage of the nominal 50/90/95/99 % regions of the predicted covariance by the matched
+    ground truth (position chi2(3), heading chi2(1):
+    :mod:`epropnp_lib.data.nuscenes.calibration`), drawn into ``plot`` too."""
+    report = coverage(errors)
+    calibration_diagram({"position (chi2 3)": report["position"],
+                         "heading (chi2 1)": report["heading"]}, plot,
+                        title=f"covariance coverage, {report['matches']} matches")
+    return dict(report, plot=str(plot))
 
 
 def _collate_for_training(items: Sequence[NuScenesCameraSample]) -> NuScenesBatch:

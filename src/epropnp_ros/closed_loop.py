@@ -65,6 +65,7 @@ from epropnp_ros.closed_loop_rig import (
 )
 from epropnp_ros.closed_loop_scoring import (
     camera_calibration,
+    heading_report,
     rig_calibration,
     write_scores,
 )
@@ -440,6 +441,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
         fused_by_sample = {sample: fused.detections[stamp]
                            for sample, (stamp, _) in by_sample.items()}
         calibration = rig_calibration(nusc, fused_by_sample, evaluated, out)
+    calibration["heading_samples"] = heading_report(
+        nusc, [(sd, boxes, samples) for sd, boxes, _, samples in rendered], evaluated)
     results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config,
                                                calibration)
     video = render_detections(nusc, rendered, out) if config.render else None

@@ -7,6 +7,9 @@ how well the published covariances cover the ground truth.
   (position from the 3x3 block of the published covariance, heading from its ``rot_z``
   variance) against the sample's ground truth; a camera's own detections are measured by
   :func:`epropnp_lib.data.nuscenes.calibration.camera_calibration_errors`.
+* :func:`heading_report`: the heading error of each camera's matched detections and the fraction
+  of true headings inside the 90 % highest-density region of their posterior yaw samples
+  (:func:`epropnp_lib.heading.heading_calibration`).
 * :func:`calibration_report`: their coverage of the nominal 50/90/95/99 % regions, written as
   ``calibration.png`` too; :func:`rig_calibration` and :func:`camera_calibration` make it for a
   closed loop's evaluated samples.
@@ -26,6 +29,7 @@ import torch
 from epropnp_lib.data.nuscenes import (
     NUSCENES_ATTRIBUTES,
     NUSCENES_CLASSES,
+    NUSCENES_HEADING_PERIODS,
     CameraDetections,
     ResultsMeta,
     evaluate,
@@ -40,13 +44,14 @@ from epropnp_lib.data.nuscenes.calibration import (
     global_yaw,
     match_and_measure,
 )
-from epropnp_lib.data.nuscenes.frames import camera_frame_of
+from epropnp_lib.data.nuscenes.frames import camera_frame_of, global_to_camera
 from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_lib.heading import HeadingImage, heading_calibration
 from epropnp_lib.plots import calibration_diagram
 from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
 from epropnp_ros.poses import msg_to_pose, pose_rotation
 
-__all__ = ["calibration_report", "camera_calibration", "rig_calibration",
+__all__ = ["calibration_report", "camera_calibration", "heading_report", "rig_calibration",
            "rig_calibration_errors", "with_velocity_and_attributes", "write_scores"]
 
 
@@ -159,3 +164,40 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value).__name__)
+
+
+def _yaw_samples(msg: Any, m: int) -> torch.Tensor:
+    """``(S, M)`` yaw samples of a camera's 4DoF ``PoseArray`` (object-major, ``S`` per object;
+    rotations about the camera y axis: ``yaw = 2 atan2(q_y, q_w)``)."""
+    poses = list(msg.poses) if msg is not None else []
+    if m == 0 or not poses or len(poses) % m:
+        return torch.zeros(0, m, dtype=torch.float64)
+    q = np.array([(p.orientation.y, p.orientation.w) for p in poses], dtype=np.float64)
+    yaw = 2.0 * np.arctan2(q[:, 0], q[:, 1])
+    return torch.from_numpy(yaw.reshape(m, -1).T.copy())
+
+
+def heading_report(nusc: Any, images: Sequence[tuple[str, CameraBoxes, Any]],
+                   evaluated: set[str]) -> dict[str, Any]:
+    """Heading error and HDR90 coverage of each camera image's own detections ``(sample_data
+    token, boxes, PoseArray of posterior samples)`` over the ``evaluated`` samples."""
+    truth = GroundTruthCache(nusc)
+    shots = []
+    for sd_token, boxes, samples in images:
+        frame = camera_frame_of(nusc, sd_token)
+        if frame.sample_token not in evaluated:
+            continue
+        gt = truth(frame.sample_token)
+        g = gt.translation.shape[0]
+        f64 = torch.float64
+        center, yaw, _ = global_to_camera(gt.translation, gt.rotation,
+                                          torch.zeros(g, 2, dtype=f64), frame.cam_to_global)
+        gt_boxes = CameraBoxes(center, torch.ones(g, 3, dtype=f64), yaw, gt.labels,
+                               torch.zeros(g, 2, dtype=f64), torch.full((g,), -1),
+                               torch.ones(g, dtype=f64))
+        shots.append(HeadingImage(boxes, _yaw_samples(samples, int(boxes.center.shape[0])),
+                                  gt_boxes))
+    usable = [s for s in shots if s.yaw_samples.shape[0] >= 2]
+    cal = heading_calibration(usable, periods=NUSCENES_HEADING_PERIODS)
+    return {"num_matched": cal.num_matched, "mean_error": cal.mean_error,
+            "hdr90_fraction": cal.fraction}

@@ -42,7 +42,8 @@ def test_demo_closed_loop_scores_a_tiny_scene(
     assert all(math.isfinite(v) for v in scores["tp_errors"].values())
     assert (result.results.parent / "metrics_summary.json").is_file()  # the devkit's own file
     calibration = scores["calibration"]
-    assert set(calibration) == {"position", "heading", "matches", "plot"}
+    assert set(calibration) == {"position", "heading", "matches", "plot", "heading_samples"}
+    assert set(calibration["heading_samples"]) == {"num_matched", "mean_error", "hdr90_fraction"}
     assert set(calibration["position"]) == {"0.5", "0.9", "0.95", "0.99"}
     assert Path(calibration["plot"]).stat().st_size > 1000  # calibration.png
     assert result.video is not None and result.video.stat().st_size > 0
@@ -59,3 +60,21 @@ def test_demo_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt")]) == 2
     with pytest.raises(ConfigError):
         DemoConfig(samples=1)
+
+
+def test_yaw_samples_of_a_published_pose_array() -> None:
+    """The closed loop reads each object's posterior yaw samples back from the PoseArray the
+    node publishes (object-major)."""
+    import numpy as np
+    import torch
+
+    from epropnp_ros.closed_loop_scoring import _yaw_samples
+    from epropnp_ros.messages import make_header
+    from epropnp_ros.poses import pose_array
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.rand(3, 5, 4, generator=g, dtype=torch.float64).numpy()  # (M, S, 4)
+    samples[..., 3] = (samples[..., 3] - 0.5) * 6.0  # yaws in (-3, 3)
+    msg = pose_array(make_header("cam", 0), samples.reshape(-1, 4))
+    np.testing.assert_allclose(_yaw_samples(msg, 3).numpy(), samples[..., 3].T, atol=1e-9)
+    assert _yaw_samples(None, 3).shape == (0, 3)

@@ -117,6 +117,10 @@ def test_nuscenes_mini_train_checkpoint_evaluate(tmp_path: Path) -> None:
         assert set(metrics["tp_errors"]) == {"trans_err", "scale_err", "orient_err",
                                              "vel_err", "attr_err"}
         assert len(metrics["per_class_ap"]) == 10
+        calibration = metrics["calibration"]  # the covariance's coverage, and its diagram
+        assert set(calibration) == {"position", "heading", "matches", "plot"}
+        assert {float(k) for k in calibration["position"]} == {0.5, 0.9, 0.95, 0.99}
+        assert Path(calibration["plot"]).stat().st_size > 1000
     assert evaluated["nds"] == pytest.approx(trained["nds"])
     # the official results file: every mini_val sample present, devkit field names
     results = json.loads(Path(evaluated["results_file"]).read_text())

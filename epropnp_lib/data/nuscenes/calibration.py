@@ -1,8 +1,8 @@
 """How well detections' predicted uncertainty covers the nuScenes ground truth.
 
-Each detection is matched to the nearest ground-truth box of its class (greedy, best score
-first, centre distance at most ``max_distance``, each box matched once: the devkit's matching
-rule at its 2 m threshold). For a match, in any one frame where both are given:
+Each detection is matched to the nearest ground-truth box of its class in the ground plane
+(:func:`epropnp_lib.heading.greedy_match`: best score first, each box matched once, the
+devkit's rule at its 2 m threshold). For a match, in any one frame where both are given:
 
 * position: ``d2 = dt^T Sigma_t^-1 dt`` with the predicted ``(3, 3)`` position covariance, which
   follows chi-square(3) when calibrated;
@@ -27,6 +27,7 @@ from epropnp_lib.data.nuscenes.frames import CameraFrame, global_to_camera
 from epropnp_lib.data.nuscenes.taxonomy import NUSCENES_CLASSES
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.rotations import quat_to_matrix, wrap_angle
+from epropnp_lib.heading import MATCH_DISTANCE, greedy_match
 from epropnp_lib.metrics import CALIBRATION_LEVELS, calibration
 
 __all__ = ["CalibrationErrors", "GroundTruth", "GroundTruthCache", "camera_calibration_errors",
@@ -53,30 +54,11 @@ class CalibrationErrors(NamedTuple):
                                  torch.cat([empty, *(p.heading for p in parts)]))
 
 
-def _greedy_match(center: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                  gt_center: torch.Tensor, gt_labels: torch.Tensor, max_distance: float
-                  ) -> tuple[list[int], list[int]]:
-    dist = torch.cdist(center, gt_center) if len(center) and len(gt_center) else None
-    pred_idx: list[int] = []
-    gt_idx: list[int] = []
-    if dist is None:
-        return pred_idx, gt_idx
-    dist = torch.where(labels[:, None] == gt_labels[None, :], dist, math.inf)
-    taken = torch.zeros(len(gt_center), dtype=torch.bool)
-    for i in torch.argsort(scores, descending=True).tolist():
-        row = torch.where(taken, math.inf, dist[i])
-        j = int(torch.argmin(row))
-        if row[j] <= max_distance:
-            taken[j] = True
-            pred_idx.append(i)
-            gt_idx.append(j)
-    return pred_idx, gt_idx
-
-
 def match_and_measure(
     center: torch.Tensor, yaw: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
     position_cov: torch.Tensor, yaw_var: torch.Tensor, gt_center: torch.Tensor,
-    gt_yaw: torch.Tensor, gt_labels: torch.Tensor, *, max_distance: float = 2.0,
+    gt_yaw: torch.Tensor, gt_labels: torch.Tensor, *, max_distance: float = MATCH_DISTANCE,
+    ground_plane: tuple[int, int] = (0, 1),
 ) -> CalibrationErrors:
     """Match one frame's detections to its ground truth and measure the matches.
 
@@ -87,18 +69,22 @@ def match_and_measure(
             (rad^2), in the frame of ``center`` and ``yaw``.
         gt_center: ``(G, 3)``, ``gt_yaw: (G,)``, ``gt_labels: (G,)``: the ground truth in the
             same frame and heading convention.
-        max_distance: the largest centre distance of a match (metres).
+        max_distance: the matching radius (metres) of :func:`epropnp_lib.heading.greedy_match`.
+        ground_plane: the two axes of the frame that span the ground (``(0, 1)`` for a z-up
+            frame such as nuScenes' global one, ``(0, 2)`` for a camera frame).
 
     Returns:
         The ``d2`` of every match (module docstring).
     """
     f64 = torch.float64
     center, gt_center = center.to(f64).reshape(-1, 3), gt_center.to(f64).reshape(-1, 3)
-    pi, gi = _greedy_match(center, labels.reshape(-1), scores.reshape(-1), gt_center,
-                           gt_labels.reshape(-1), max_distance)
-    if not pi:
+    plane = list(ground_plane)
+    match = greedy_match(center[:, plane], labels.reshape(-1), scores.reshape(-1),
+                         gt_center[:, plane], gt_labels.reshape(-1), max_distance)
+    g = torch.nonzero(match >= 0).reshape(-1)
+    if g.numel() == 0:
         return CalibrationErrors.cat([])
-    p, g = torch.tensor(pi), torch.tensor(gi)
+    p = match[g]
     dt = (gt_center[g] - center[p]).unsqueeze(-1)
     cov = position_cov.to(f64).reshape(-1, 3, 3)[p]
     chol, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.transpose(-1, -2)))
@@ -168,7 +154,8 @@ def camera_calibration_errors(boxes: CameraBoxes, covariances: np.ndarray, frame
                                       frame.cam_to_global)
     cov = torch.from_numpy(np.asarray(covariances, dtype=np.float64)).reshape(-1, 4, 4)
     return match_and_measure(boxes.center, boxes.yaw, boxes.labels, boxes.scores,
-                             cov[:, :3, :3], cov[:, 3, 3], center, yaw, gt.labels)
+                             cov[:, :3, :3], cov[:, 3, 3], center, yaw, gt.labels,
+                             ground_plane=(0, 2))
 
 
 class GroundTruthCache:
