@@ -73,6 +73,7 @@ setup(
             # ROS nodes (launch/*.launch.py refers to them by these names).
             "detector_node = epropnp_ros.nodes.detector:main",
             "pose_estimator_node = epropnp_ros.nodes.pose_estimator:main",
+            "rig_detector_node = epropnp_ros.nodes.rig_detector:main",
         ],
     },
 )

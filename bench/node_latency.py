@@ -10,7 +10,7 @@ autostart) on localhost Fast DDS, exactly as deployed in a venv.
   warm-up;
 * **throughput** (open loop): publish at ``--rate`` Hz for ``--seconds``; processed frames per
   second (the node drops stale frames by design, so this is the node's capacity);
-* the node's own ``stage_ms`` (from ``~/diagnostics``) of the last frame.
+* the node's own ``stage_ms`` (from its ``/diagnostics`` status) of the last frame.
 
 Model: :func:`epropnp_lib.nets.deformable.small_config` (ResNet-18 width 32, P3-P5, 4x8 points,
 AMIS 4x64), weights from a fixed seed. With ``score_threshold`` 0 every frame carries up to
@@ -137,10 +137,10 @@ class _Driver:
 
     def __init__(self, proc: subprocess.Popen[bytes], rgb: np.ndarray, info: Any) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
-        from std_msgs.msg import String
         from vision_msgs.msg import Detection3DArray
 
         from epropnp_ros.images import array_to_image
@@ -160,8 +160,15 @@ class _Driver:
         self.counts: dict[int, int] = {}
         self.diag: dict[str, Any] = {}
         self.node.create_subscription(Detection3DArray, f"{NS}/detections", self._on_det, qos)
-        self.node.create_subscription(String, f"{NS}/detector/diagnostics",
-                                      lambda m: self.diag.update(json.loads(m.data)), qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos)
+
+    def _on_diag(self, msg: Any) -> None:
+        from epropnp_ros.health import snapshot_from_values
+
+        for status in msg.status:
+            if status.name == f"{NS}/detector":
+                snap = snapshot_from_values((kv.key, kv.value) for kv in status.values)
+                self.diag.update(stage_ms=snap.stage_ms, counters=snap.counters)
 
     def _on_det(self, msg: Any) -> None:
         self.arrived[msg.header.stamp.sec] = time.monotonic()

@@ -16,8 +16,8 @@ config/pose_estimator.yaml -p autostart:=true -p checkpoint:=... -r image:=/came
 
 # ruff: noqa: I001 - isort takes `launch` (the ROS package) for this repository's launch/ folder.
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -48,6 +48,25 @@ def generate_launch_description() -> LaunchDescription:
             description="Configure and activate the lifecycle node at start-up.",
         ),
         DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=EnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                default_value=PathJoinSubstitution(
+                    [FindPackageShare("epropnp"), "config", "fastdds.xml"]
+                ),
+            ),
+            description="Fast DDS profile of the node (default: $FASTDDS_DEFAULT_PROFILES_FILE if "
+                        "set, else the installed config/fastdds.xml: large images over shared "
+                        "memory; export it for the image publishers too, README Troubleshooting).",
+        ),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                               LaunchConfiguration("fastdds_profile")),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", choices=["true", "false"],
+            description="Use the /clock topic as time (true when replaying a bag with "
+                        "'ros2 bag play --clock'): stamps and timers of the node follow it.",
+        ),
+        DeclareLaunchArgument(
             "namespace", default_value="",
             description="Namespace of the node and of its output topics.",
         ),
@@ -57,8 +76,10 @@ def generate_launch_description() -> LaunchDescription:
                         "<camera>/camera_info are subscribed.",
         ),
         DeclareLaunchArgument(
-            "image_transport", default_value="raw", choices=["raw", "compressed"],
-            description="Subscribe sensor_msgs/Image (raw) or sensor_msgs/CompressedImage.",
+            "image_transport", default_value="compressed", choices=["raw", "compressed"],
+            description="Subscribe sensor_msgs/CompressedImage on <camera>/image_raw/compressed "
+                        "(default: what the nuScenes bags and the RViz config carry) or "
+                        "sensor_msgs/Image on <camera>/image_raw (raw).",
         ),
         DeclareLaunchArgument(
             "rois", default_value="detections_2d",
@@ -78,6 +99,8 @@ def generate_launch_description() -> LaunchDescription:
                     "device": LaunchConfiguration("device"),
                     "autostart": ParameterValue(LaunchConfiguration("autostart"),
                                                 value_type=bool),
+                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"),
+                                                   value_type=bool),
                     "image_transport": LaunchConfiguration("image_transport"),
                 },
             ],

@@ -6,6 +6,8 @@
 #   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST   nothing multicasts beyond loopback (always set)
 #   ROS_DOMAIN_ID                             kept if set, else a random one in 1..100
 #   ROS_LOG_DIR                               kept if set, else <repo>/.ros_log (git-ignored)
+#   FASTDDS_DEFAULT_PROFILES_FILE             kept if set, else <repo>/config/fastdds.xml (large
+#                                             images over shared memory, see that file)
 _epropnp_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _epropnp_venv="${EPROPNP_VENV:-$_epropnp_repo/.venv}"
 _epropnp_venv="${_epropnp_venv%/}"
@@ -27,6 +29,7 @@ esac
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
 export ROS_LOG_DIR="${ROS_LOG_DIR:-$_epropnp_repo/.ros_log}"
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_epropnp_repo/config/fastdds.xml}"
 # The venv has one RMW (Fast DDS); naming it skips the lookup of others.
 if [[ -z "${ROS_DISTRO:-}" ]]; then
   export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or confirm) the epropnp development venv: pinned Python packages from
 # requirements/lock.txt, the project installed editable, and the ROS 2 interface packages that are
-# not on PyPI (vision_msgs, tf2_msgs) built from interfaces/ into the venv.
+# not on PyPI (vision_msgs, tf2_msgs, autoware_perception_msgs) built from interfaces/ into the venv.
 #
 # Usage: tools/setup_env.sh [--check]
 #   --check   only report: exit 0 if the venv is complete and up to date, 1 if it would be
@@ -30,9 +30,10 @@ VENV="${EPROPNP_VENV:-$REPO/.venv}"
 VENV="${VENV%/}"
 PYTHON="${EPROPNP_PYTHON:-python3.11}"
 LOCK="${EPROPNP_LOCK:-$REPO/requirements/lock.txt}"
+COLCON_LOCK="$REPO/requirements/colcon.txt"
 STAMP="$VENV/.epropnp-setup-stamp"
 PROJECT_STAMP="$VENV/.epropnp-project-stamp"
-INTERFACE_PKGS=(vision_msgs tf2_msgs)
+INTERFACE_PKGS=(vision_msgs tf2_msgs autoware_perception_msgs)
 MIN_CMAKE=3.22
 
 CHECK_ONLY=0
@@ -81,6 +82,7 @@ env_hash() {
     echo "python $PY_INFO"
     echo "ros-distro ${ROS_DISTRO:-}"
     sha256sum "$LOCK" | cut -d' ' -f1
+    sha256sum "$COLCON_LOCK" | cut -d' ' -f1
     # The interface packages: every file below interfaces/<pkg>/ (not interfaces/README.md).
     find interfaces -mindepth 2 -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256_stdin
@@ -163,7 +165,7 @@ check_build_tools() {
   if ((${#missing[@]})); then
     local list
     list="$(printf '%s, ' "${missing[@]}")"
-    die "building vision_msgs/tf2_msgs needs ${list%, }. On Debian/Ubuntu: apt-get install build-essential cmake ninja-build."
+    die "building the interface packages needs ${list%, }. On Debian/Ubuntu: apt-get install build-essential cmake ninja-build."
   fi
 }
 
@@ -189,6 +191,10 @@ log "installing pinned requirements (torch, ROS 2 wheels, ...): this is the long
 "${PIP[@]}" install --quiet -r "$LOCK" \
   || die "step 'pip install -r requirements/lock.txt' failed (see pip's message above)"
 step_done "pip install -r lock.txt"
+# colcon, a test tool, apart from site-packages (see requirements/colcon.txt).
+"${PIP[@]}" install --quiet --no-deps --target "$VENV/colcon" -r "$COLCON_LOCK" \
+  || die "step 'pip install -r requirements/colcon.txt (into $VENV/colcon)' failed"
+step_done "pip install colcon"
 
 install_project
 step_done "pip install -e ."
@@ -198,11 +204,16 @@ step_done "pip install -e ."
 EPROPNP_VENV="$VENV" source "$REPO/tools/env.sh"
 
 # --- 4. interface packages not on PyPI -------------------------------------------------------
-interfaces_importable() {
-  "$VPY" -c 'import vision_msgs.msg, tf2_msgs.msg' >/dev/null 2>&1
+# The packages of INTERFACE_PKGS that do not import yet (a sourced distro may provide some).
+missing_interfaces() {
+  local pkg
+  for pkg in "${INTERFACE_PKGS[@]}"; do
+    "$VPY" -c "import $pkg.msg" >/dev/null 2>&1 || echo "$pkg"
+  done
 }
 
 build_interfaces() {
+  local -a pkgs=("$@")
   check_build_tools
   local inc npinc build_root pkg logf
   inc="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
@@ -230,7 +241,7 @@ build_interfaces() {
   build_root="$VENV/.interfaces-build"
   rm -rf "$build_root"
   mkdir -p "$build_root"
-  for pkg in "${INTERFACE_PKGS[@]}"; do
+  for pkg in "${pkgs[@]}"; do
     logf="$build_root/$pkg.log"
     log "building $pkg from interfaces/$pkg (CMake + Ninja; log: $logf)"
     if ! {
@@ -247,18 +258,19 @@ build_interfaces() {
     step_done "build $pkg"
   done
   # Keep the logs, drop the build trees.
-  for pkg in "${INTERFACE_PKGS[@]}"; do rm -rf "${build_root:?}/$pkg"; done
+  for pkg in "${pkgs[@]}"; do rm -rf "${build_root:?}/$pkg"; done
 }
 
-if interfaces_importable; then
-  log "vision_msgs and tf2_msgs are importable (ROS_DISTRO=${ROS_DISTRO:-unset}): not building them"
+mapfile -t MISSING < <(missing_interfaces)
+if ((${#MISSING[@]} == 0)); then
+  log "${INTERFACE_PKGS[*]} are importable (ROS_DISTRO=${ROS_DISTRO:-unset}): not building them"
 else
-  build_interfaces
+  build_interfaces "${MISSING[@]}"
 fi
 
 # --- 5. smoke test, then the stamp ----------------------------------------------------------
-"$VPY" -c 'import rclpy, torch, vision_msgs.msg, tf2_msgs.msg, epropnp_lib' \
-  || die "step 'smoke import (rclpy, torch, vision_msgs, tf2_msgs, epropnp_lib)' failed"
+"$VPY" -c 'import rclpy, torch, vision_msgs.msg, tf2_msgs.msg, autoware_perception_msgs.msg, diagnostic_msgs.msg, epropnp_lib' \
+  || die "step 'smoke import (rclpy, torch, vision_msgs, tf2_msgs, autoware_perception_msgs, diagnostic_msgs, epropnp_lib)' failed"
 step_done "smoke import"
 
 echo "$WANT_PROJECT" > "$PROJECT_STAMP"

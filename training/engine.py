@@ -10,11 +10,13 @@ Carlo samples), the per-rank global RNG and the loader workers; training-state c
 (:mod:`.training_state`) every ``checkpoint_interval`` steps and at the end, from which
 ``resume`` takes the very next step (exact for datasets whose items depend on their index only);
 ``torch.autocast`` + ``GradScaler`` when ``config.amp`` on CUDA; logs on rank 0 (a tqdm bar,
-``train_log.csv`` averaged over the log interval and all processes, TensorBoard when installed).
+``train_log.csv`` averaged over the log interval and all processes, plotted into
+``training_curves.png`` at the end, TensorBoard when installed).
 
 Run layout under ``config.log_dir``::
 
-    train_log.csv  checkpoints/step_00000100.pt ...  model.pt  metrics.json  config.yaml
+    train_log.csv  training_curves.png  checkpoints/step_00000100.pt ...  model.pt  metrics.json
+    config.yaml
 
 A run stopped early by ``stop_at_step`` also exports its network, as
 ``model_step_XXXXXXXX.pt`` (the file a node loads; the training state is for ``--resume``).
@@ -53,6 +55,7 @@ from .distributed import (
     to_device,
 )
 from .optim import build_optimizer, build_scheduler
+from .plots import training_curves
 from .task import StepOutput, Task, TrainingModule
 from .training_state import (
     SchedulePosition,
@@ -241,6 +244,11 @@ class _IntervalLog:
         self.bar.close()
         if self.tb is not None:
             self.tb.close()
+        if self.csv is not None and self.csv.path.is_file():
+            try:
+                logger.info("training curves: %s", training_curves(self.csv.path))
+            except ValueError as exc:  # a run stopped before its first logged step
+                logger.info("no training curves: %s", exc)
 
 
 def train(

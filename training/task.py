@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.nets.checkpoint import save_checkpoint
@@ -96,9 +97,18 @@ class Task(ABC):
     def eval_loader(self, dataset: Dataset[Any],
                     collate_fn: Callable[[list[Any]], Any] | None) -> DataLoader[Any]:
         """The evaluation loader of ``dataset``: in order, ``eval_batch_size`` items per batch,
-        ``num_workers`` workers."""
-        return DataLoader(dataset, batch_size=self.config.eval_batch_size, shuffle=False,
-                          num_workers=self.config.num_workers, collate_fn=collate_fn)
+        ``num_workers`` workers, with a progress bar on a terminal."""
+        return _ProgressLoader(dataset, batch_size=self.config.eval_batch_size, shuffle=False,
+                               num_workers=self.config.num_workers, collate_fn=collate_fn)
+
+
+class _ProgressLoader(DataLoader[Any]):
+    """A ``DataLoader`` whose iteration shows a tqdm bar ("evaluating", batches) on a terminal
+    (none in a log file or CI)."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        yield from tqdm(super().__iter__(), total=len(self), desc="evaluating", unit="batch",
+                        disable=None, leave=False)
 
 
 def task_network(module: TrainingModule, cls: type[_Net]) -> _Net:

@@ -39,6 +39,7 @@ from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import Reader, ReaderError
 
 from epropnp_lib.errors import ConfigError
+from epropnp_ros.dds import use_profile
 from epropnp_ros.errors import BagPlayError
 from epropnp_ros.messages import ns_to_stamp
 
@@ -254,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # SIGINT and SIGTERM stop playback where it is (a sleep, a publish) and exit with 0;
     # rclpy's own handlers would shut the context down under the publisher instead.
+    use_profile()  # the writer's shared-memory segment carries the images (epropnp_ros.dds)
     rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -3,11 +3,11 @@
 The bag converters (:mod:`epropnp_ros.nuscenes_bag`, :mod:`epropnp_ros.bop_bag`) describe a bag
 as :class:`BagEvent` s (stamp, tie-break order, topic, a function building the message) and hand
 them to :func:`write_bag`, which serialises them with ``rosbags`` (the types of ROS 2 Kilted plus
-vision_msgs from its installed ``.msg`` files: :func:`typestore`) into a hidden staging directory
-``.<name>.partial-<pid>`` beside the output and renames it into place only when complete; staging
-directories of killed runs are removed by the next run. Quaternions given to
-:class:`MessageBuilder` are ``(w, x, y, z)`` (library and nuScenes order); ROS fields are filled
-by name. Stamps are integer nanoseconds.
+the :data:`EXTRA_INTERFACES` from their installed ``.msg`` files: :func:`typestore`) into a
+hidden staging directory ``.<name>.partial-<pid>`` beside the output and renames it into place
+only when complete; staging directories of killed runs are removed by the next run. Quaternions
+given to :class:`MessageBuilder` are ``(w, x, y, z)`` (library and nuScenes order); ROS fields
+are filled by name. Stamps are integer nanoseconds.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from epropnp_ros.errors import BagConversionError
 from epropnp_ros.messages import ns_to_stamp
 
 __all__ = [
+    "EXTRA_INTERFACES",
     "TF_STATIC_TOPIC",
     "TF_TOPIC",
     "BagEvent",
@@ -69,19 +70,24 @@ def bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return lambda: fn(*args)
 
 
-def typestore() -> Any:
-    """rosbags typestore: Kilted's stock types plus vision_msgs from its installed .msg files."""
+#: Interface packages beyond Kilted's stock types, read from their installed .msg files.
+EXTRA_INTERFACES = ("vision_msgs", "autoware_perception_msgs")
+
+
+def typestore(packages: Sequence[str] = EXTRA_INTERFACES) -> Any:
+    """rosbags typestore: Kilted's stock types plus ``packages`` from their .msg files."""
     store = get_typestore(Stores.ROS2_KILTED)
-    try:
-        share = Path(get_package_share_directory("vision_msgs"))
-    except PackageNotFoundError as exc:
-        raise BagConversionError(
-            "vision_msgs is not installed (on a venv: run tools/setup_env.sh; on a distro: "
-            "install ros-$ROS_DISTRO-vision-msgs)"
-        ) from exc
     types: dict[str, Any] = {}
-    for f in sorted((share / "msg").glob("*.msg")):
-        types.update(get_types_from_msg(f.read_text(), f"vision_msgs/msg/{f.stem}"))
+    for package in packages:
+        try:
+            share = Path(get_package_share_directory(package))
+        except PackageNotFoundError as exc:
+            raise BagConversionError(
+                f"{package} is not installed (on a venv: run tools/setup_env.sh; on a distro: "
+                f"install ros-$ROS_DISTRO-{package.replace('_', '-')})"
+            ) from exc
+        for f in sorted((share / "msg").glob("*.msg")):
+            types.update(get_types_from_msg(f.read_text(), f"{package}/msg/{f.stem}"))
     store.register(types)
     return store
 

@@ -10,10 +10,11 @@ One bag per split selection; the images of the selected scenes play one after an
 * ``/camera/rois`` (``vision_msgs/Detection2DArray``): one region per annotated instance,
   standing in for a 2D detector -- the visible box ``bbox_visib`` (``bbox_obj`` with
   ``roi_box='obj'``; BOP boxes span pixel *centres* ``x .. x + w``, the region spans the pixels'
-  extent ``x .. x + w + 1``, the node's convention) with a seeded jitter: the centre moves by ``N(0, jitter)`` times the box
-  size along each axis and each side is scaled by ``exp(N(0, jitter))``; the noise of an
-  instance depends only on ``(seed, scene, image, gt index)``, so a subset of scenes gets the
-  same regions. ``class_id`` = the object's name, score 1, ``id`` = :func:`instance_id`;
+  extent ``x .. x + w + 1``, the node's convention) with a seeded jitter: the centre moves by
+  ``N(0, jitter)`` times the box size along each axis and each side is scaled by
+  ``exp(N(0, jitter))``; the noise of an instance depends only on ``(seed, scene, image, gt
+  index)``, so a subset of scenes gets the same regions. ``class_id`` = the object's name,
+  score 1, ``id`` = :func:`instance_id`;
 * ``/ground_truth/detections`` (``Detection3DArray`` in the camera frame): the annotated poses
   (``results[0].pose``, covariance 0), ``bbox.center`` = the pose, ``bbox.size`` = the model's
   box extents (models_info ``size_*``), same ``class_id`` and ``id`` as the region;

@@ -130,17 +130,29 @@ class CameraModel:
 def camera_info_to_model(msg: Any) -> CameraModel:
     """Validate a ``sensor_msgs/CameraInfo`` into a :class:`CameraModel`.
 
+    A K-only CameraInfo (valid K, P and R left all zero, as some drivers publish it) is a
+    monocular camera whose rectified image is the raw one's pinhole camera: R = I and
+    P = [K | 0]. Points are then undistorted with K and D into K's own pixel frame.
+
     Raises:
-        CameraInfoError: zero/NaN K or P, non-rotation R, zero size, unknown distortion model,
-            D of the wrong length, or a ROI outside the image.
+        CameraInfoError: zero/NaN K, a P that is neither valid nor all zero, non-rotation R,
+            zero size, unknown distortion model, D of the wrong length, or a ROI outside the
+            image.
     """
     roi = msg.roi
+    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy()
+    r = np.asarray(msg.r, dtype=np.float64).reshape(3, 3).copy()
+    p = np.asarray(msg.p, dtype=np.float64).reshape(3, 4).copy()
+    if not p.any():
+        p = np.concatenate([k, np.zeros((3, 1))], axis=1)
+        if not r.any():
+            r = np.eye(3)
     return CameraModel(
-        k=np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy(),
+        k=k,
         d=np.asarray(msg.d, dtype=np.float64).reshape(-1).copy(),
         distortion_model=str(msg.distortion_model),
-        r=np.asarray(msg.r, dtype=np.float64).reshape(3, 3).copy(),
-        p=np.asarray(msg.p, dtype=np.float64).reshape(3, 4).copy(),
+        r=r,
+        p=p,
         width=int(msg.width),
         height=int(msg.height),
         frame_id=str(msg.header.frame_id),

@@ -1,15 +1,23 @@
-"""The closed loop: bag -> ``detector`` nodes -> recorded detections -> nuScenes results -> score.
+"""The closed loop: bag -> detector node(s) -> recorded detections -> nuScenes results -> score.
 
 ``epropnp-closed-loop --bag BAG --checkpoint CKPT --dataroot NUSCENES --out DIR`` starts one
-``detector`` node process per camera of the bag, in the camera's namespace (``/cam_front``:
-``image_raw/compressed`` and ``camera_info`` in, ``detections`` and ``pose_samples`` out), and
-plays the bag's key frames in *lockstep*: each image is published, then the player waits for
-its ``Detection3DArray`` (a frame without one within ``frame_timeout`` counts as dropped). The
-detections are written as the nuScenes results JSON (camera frame -> global, cameras merged),
-scored with the devkit's ``DetectionEval`` and, unless ``--no-render``, drawn onto the images.
+``rig_detector`` node process for all cameras of the bag (``/<cam>/image_raw/compressed`` and
+``/<cam>/camera_info`` in; detections fused in ``map`` through the bag's ``/tf_static`` and
+``/tf`` on ``/epropnp_rig/detections``, and each camera's own on ``/<cam>/detections`` for the
+rendering) and plays the bag's key frames in *lockstep*: the images of one sample are
+published, then the player waits for the fused ``Detection3DArray`` (a sample without one within
+``frame_timeout`` counts its images as dropped). With ``--per-camera`` it starts one
+``detector`` node process per camera instead, in the camera's namespace (``detections`` and
+``pose_samples`` out), and waits for each image's detections in turn; the cameras are then
+merged when the results are written (camera frame -> global). The detections are written as the
+nuScenes results JSON, scored with the devkit's ``DetectionEval`` and, unless ``--no-render``,
+drawn onto the images.
 ``DIR`` receives ``results_nusc.json``, ``scores.json``, the devkit's metrics files and
-``frames/*.jpg`` + ``detections.mp4``. Detection3D has no velocity or attribute, so the results
-carry velocity 0 and each class's default attribute.
+``frames/*.jpg`` + ``detections.mp4``. Velocities and attributes come from the nodes'
+``DetectedObjects`` and ``detection_attributes`` of the same stamp (:mod:`epropnp_ros.autoware`).
+The nodes run with their default input QoS (best effort, sensor data) and the project's Fast
+DDS profile (:mod:`epropnp_ros.dds`): an image lost in transport is a dropped frame in
+``scores.json``, not hidden by a reliable override.
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import rclpy
+import torch
+from autoware_perception_msgs.msg import DetectedObjects
 from geometry_msgs.msg import PoseArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
-from vision_msgs.msg import Detection3DArray
+from tqdm import tqdm
+from vision_msgs.msg import Classification, Detection3DArray
 
 from epropnp_lib.data.nuscenes import (
+    NUSCENES_ATTRIBUTES,
     NUSCENES_CLASSES,
     CameraDetections,
     ResultsMeta,
@@ -47,7 +59,16 @@ from epropnp_lib.data.nuscenes import (
     write_results,
 )
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.geometry.boxes import CameraBoxes
+from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
 from epropnp_ros.bag_player import create_publishers
+from epropnp_ros.closed_loop_rig import (
+    RIG_NAMESPACE,
+    FusedRecorder,
+    fused_detections,
+    rig_command,
+)
+from epropnp_ros.dds import use_profile
 from epropnp_ros.detection_video import render_detections
 from epropnp_ros.detections import boxes_from_detection3d_array
 from epropnp_ros.errors import ClosedLoopError
@@ -74,6 +95,7 @@ class ClosedLoopConfig:
         frame_timeout: seconds to wait for the detections of one image.
         startup_timeout: seconds to wait for the detector nodes to come up.
         render: draw the detections onto the images (JPEGs + MP4).
+        per_camera: one ``detector`` node per camera instead of one ``rig_detector`` node.
     """
 
     bag: str
@@ -87,6 +109,7 @@ class ClosedLoopConfig:
     frame_timeout: float = 60.0
     startup_timeout: float = 180.0
     render: bool = True
+    per_camera: bool = False
 
     def __post_init__(self) -> None:
         if not (self.frame_timeout > 0 and self.startup_timeout > 0):
@@ -113,7 +136,15 @@ class _Recorded:
 
     detections: Any = None
     samples: Any = None
+    objects: Any = None
+    attributes: Any = None
     received: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Whether the detections, objects and attributes of the image all arrived."""
+        return (self.detections is not None and self.objects is not None
+                and self.attributes is not None)
 
 
 @dataclass
@@ -138,11 +169,6 @@ def _detector_command(camera: _Camera, config: ClosedLoopConfig) -> list[str]:
         "-p", "autostart:=true",
         "-p", "image_transport:=compressed",
         "-p", "publish_markers:=false",
-        # Lockstep: the player waits for every frame; reliable input loses none.
-        "-p", f"qos_overrides.{camera.image_topic}.subscription.reliability:=reliable",
-        "-p", f"qos_overrides.{camera.info_topic}.subscription.reliability:=reliable",
-        "-p", f"qos_overrides.{camera.image_topic}.subscription.depth:=10",
-        "-p", f"qos_overrides.{camera.info_topic}.subscription.depth:=10",
     ]
     for p in config.detector_params:
         cmd += ["-p", p]
@@ -203,6 +229,7 @@ class _RosGraph:
     """This process's rclpy node, spun in a background thread once everything is created."""
 
     def __init__(self) -> None:
+        use_profile()  # this process publishes the images (epropnp_ros.dds)
         rclpy.init()
         self.node = rclpy.create_node("epropnp_closed_loop")
         self.executor = SingleThreadedExecutor()
@@ -230,7 +257,22 @@ def _subscribe_outputs(node: Any, cameras: dict[str, _Camera]) -> None:
         with cam.event:
             cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).samples = msg
 
+    def on_objects(msg: Any, cam: _Camera) -> None:
+        with cam.event:
+            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).objects = msg
+            cam.event.notify_all()
+
+    def on_attributes(msg: Any, cam: _Camera) -> None:
+        with cam.event:
+            cam.results.setdefault(stamp_to_ns(msg.header.stamp), _Recorded()).attributes = msg
+            cam.event.notify_all()
+
     for cam in cameras.values():
+        node.create_subscription(
+            DetectedObjects, f"{cam.namespace}/objects", lambda m, c=cam: on_objects(m, c), 50)
+        node.create_subscription(
+            Classification, f"{cam.namespace}/detection_attributes",
+            lambda m, c=cam: on_attributes(m, c), 50)
         node.create_subscription(
             Detection3DArray, f"{cam.namespace}/detections",
             lambda m, c=cam: on_detections(m, c), 50,
@@ -242,10 +284,17 @@ def _subscribe_outputs(node: Any, cameras: dict[str, _Camera]) -> None:
 
 def _start_detectors(cameras: dict[str, _Camera], config: ClosedLoopConfig, log_dir: Path,
                      children: list[subprocess.Popen[bytes]]) -> None:
-    """One detector node process per camera (appended to ``children``), logging to
-    ``log_dir``."""
+    """One rig node process, or one detector node process per camera (appended to
+    ``children``), logging to ``log_dir``."""
     env = dict(os.environ)
     env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
+    if not config.per_camera:
+        cmd = rig_command([cam.namespace for cam in cameras.values()], config.checkpoint,
+                          config.detector_params)
+        with (log_dir / "rig_detector.log").open("wb") as log:
+            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env))
+        return
     for cam in cameras.values():
         with (log_dir / f"detector_{cam.channel.lower()}.log").open("wb") as log:
             children.append(subprocess.Popen(
@@ -265,6 +314,18 @@ def _stop_detectors(children: Sequence[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
+def _progress(bag: Path, cameras: dict[str, _Camera],
+              key_frames: dict[tuple[str, int], str]) -> tqdm[Any]:
+    """A progress bar over the key-frame images of the selected cameras in the bag (shown on a
+    terminal only)."""
+    with Reader(bag) as reader:
+        start, end = reader.start_time, reader.end_time
+    channels = {cam.channel for cam in cameras.values()}
+    total = sum(1 for channel, stamp in key_frames
+                if channel in channels and start <= stamp <= end)
+    return tqdm(total=total, desc="closed loop", unit="image", disable=None)
+
+
 class _PlayStats(NamedTuple):
     processed: int
     dropped: int
@@ -278,7 +339,7 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
     """Publish the bag; each key-frame image of a selected camera waits for its detections."""
     processed = dropped = 0
     latencies: list[float] = []
-    with Reader(bag) as reader:
+    with Reader(bag) as reader, _progress(bag, cameras, key_frames) as bar:
         for connection, stamp, raw in reader.messages():
             publisher = publishers[connection.id]
             msg = deserialize_message(bytes(raw), publisher.msg_type)
@@ -294,6 +355,7 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
             publisher.publish(msg)
             ok = _wait_for_frame(target, stamp, config.frame_timeout)
             _check_children(children, log_dir)
+            bar.update(1)
             if ok:
                 processed += 1
                 latencies.append(target.results[stamp].received - sent)
@@ -303,6 +365,60 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Ca
                                target.channel, stamp, config.frame_timeout)
     time.sleep(0.2)  # let the last pose samples arrive
     return _PlayStats(processed, dropped, latencies)
+
+
+def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, _Camera],
+                       frames: _EvalFrames, sample_of: dict[str, str], fused: FusedRecorder,
+                       children: Sequence[subprocess.Popen[bytes]], config: ClosedLoopConfig,
+                       log_dir: Path) -> tuple[_PlayStats, dict[str, tuple[int, str]]]:
+    """Publish the bag; the key-frame images of one sample are published together, then the
+    player waits for their fused detections. Returns the stats (per image) and, per sample,
+    the fused output's stamp and the sample_data token of one of its images."""
+    processed = dropped = 0
+    latencies: list[float] = []
+    by_sample: dict[str, tuple[int, str]] = {}
+    group: list[tuple[int, str]] = []  # (stamp, sample_data token) published
+    sent = 0.0
+
+    def finish() -> None:
+        nonlocal processed, dropped
+        if not group:
+            return
+        stamp = fused.wait([s for s, _ in group], config.frame_timeout,
+                           lambda: _check_children(children, log_dir))
+        if stamp is None:
+            dropped += len(group)
+            LOGGER.warning("no fused detections for sample %s within %.0f s",
+                           sample_of[group[0][1]], config.frame_timeout)
+        else:
+            processed += len(group)
+            latencies.append(fused.received[stamp] - sent)
+            by_sample[sample_of[group[0][1]]] = (stamp, group[0][1])
+        bar.update(len(group))
+        group.clear()
+
+    with Reader(bag) as reader, _progress(bag, cameras, frames.key_frames) as bar:
+        for connection, stamp, raw in reader.messages():
+            publisher = publishers[connection.id]
+            target = cameras.get(connection.topic)
+            if target is None:
+                if not connection.topic.endswith("/image_raw/compressed"):
+                    publisher.publish(deserialize_message(bytes(raw), publisher.msg_type))
+                continue
+            sd_token = frames.key_frames.get((target.channel, stamp))
+            if sd_token is None:
+                continue  # sweeps are not evaluated: skip their inference
+            if group and sample_of[group[0][1]] != sample_of[sd_token]:
+                finish()
+            if not group:
+                sent = time.monotonic()
+            publisher.publish(deserialize_message(bytes(raw), publisher.msg_type))
+            group.append((stamp, sd_token))
+            if len(group) == len(cameras):
+                finish()
+        finish()
+    time.sleep(0.2)  # let the last pose samples and per-camera detections arrive
+    return _PlayStats(processed, dropped, latencies), by_sample
 
 
 def _collect(nusc: Any, cameras: dict[str, _Camera], frames: _EvalFrames
@@ -318,12 +434,28 @@ def _collect(nusc: Any, cameras: dict[str, _Camera], frames: _EvalFrames
                 continue
             frame = camera_frame_of(nusc, sd_token)
             boxes, covs = boxes_from_detection3d_array(rec.detections, NUSCENES_CLASSES)
+            boxes = _with_velocity_and_attributes(boxes, rec)
             if frame.sample_token in frames.sample_tokens:
                 per_sample.setdefault(frame.sample_token, []).append(
                     CameraDetections(boxes, frame)
                 )
             rendered.append((sd_token, boxes, covs, rec.samples))
     return per_sample, rendered
+
+
+def _with_velocity_and_attributes(boxes: CameraBoxes, rec: _Recorded) -> CameraBoxes:
+    """``boxes`` (camera frame) with the velocities (vx, vz) of the image's ``DetectedObjects``
+    and the attributes of its ``detection_attributes`` (NaN / -1 where missing)."""
+    m = int(boxes.center.shape[0])
+    velocity, attributes = boxes.velocity, boxes.attributes
+    if rec.objects is not None and len(rec.objects.objects) == m:
+        v = velocities_from_detected_objects(rec.objects)
+        velocity = torch.from_numpy(v[:, [0, 2]].copy())
+    if rec.attributes is not None:
+        names = attributes_from_classification(rec.attributes, m)
+        attributes = torch.tensor([NUSCENES_ATTRIBUTES.index(n) if n in NUSCENES_ATTRIBUTES
+                                   else -1 for n in names], dtype=torch.long).reshape(m)
+    return boxes._replace(velocity=velocity, attributes=attributes)
 
 
 def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _EvalFrames,
@@ -350,6 +482,7 @@ def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _Ev
                        "p95": float(np.percentile(lat, 95))},
         "eval_set": config.eval_set,
         "cameras": [cam.channel for cam in cameras.values()],
+        "mode": "per_camera" if config.per_camera else "rig",
         "checkpoint": str(config.checkpoint),
     }
     scores_path = out / "scores.json"
@@ -377,18 +510,43 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
     log_dir.mkdir(exist_ok=True)
     graph = _RosGraph()
     children: list[subprocess.Popen[bytes]] = []
+    fused = FusedRecorder()
+    by_sample: dict[str, tuple[int, str]] = {}
     try:
         _subscribe_outputs(graph.node, cameras)
+        if not config.per_camera:
+            graph.node.create_subscription(Detection3DArray, f"{RIG_NAMESPACE}/detections",
+                                           fused.on_detections, 50)
+            graph.node.create_subscription(PoseArray, f"{RIG_NAMESPACE}/pose_samples",
+                                           fused.on_samples, 50)
+            graph.node.create_subscription(DetectedObjects, f"{RIG_NAMESPACE}/objects",
+                                           fused.on_objects, 50)
+            graph.node.create_subscription(Classification,
+                                           f"{RIG_NAMESPACE}/detection_attributes",
+                                           fused.on_attributes, 50)
         publishers = create_publishers(graph.node, connections)
         graph.spin_in_background()
         _start_detectors(cameras, config, log_dir, children)
         _wait_for_detectors(graph.node, cameras, children, config, log_dir)
-        stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children, config,
-                               log_dir)
+        if config.per_camera:
+            stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children,
+                                   config, log_dir)
+        else:
+            sample_of = {sd: nusc.get("sample_data", sd)["sample_token"]
+                         for sd in frames.key_frames.values()}
+            stats, by_sample = _play_rig_lockstep(bag, publishers, cameras, frames, sample_of,
+                                                  fused, children, config, log_dir)
     finally:
         _stop_detectors(children)
         graph.close()
     per_sample, rendered = _collect(nusc, cameras, frames)
+    if not config.per_camera:
+        per_sample = {
+            sample: [fused_detections(fused.detections[stamp], sample, sd_token,
+                                      fused.objects.get(stamp), fused.attributes.get(stamp))]
+            for sample, (stamp, sd_token) in by_sample.items()
+            if sample in frames.sample_tokens
+        }
     results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config)
     video = render_detections(nusc, rendered, out) if config.render else None
     return ClosedLoopResult(results_path, scores_path, report, video, stats.processed,
@@ -408,7 +566,7 @@ def _wait_for_frame(camera: _Camera, stamp: int, timeout: float) -> bool:
 
     def arrived() -> bool:
         rec = camera.results.get(stamp)
-        return rec is not None and rec.detections is not None
+        return rec is not None and rec.complete
 
     with camera.event:
         return camera.event.wait_for(arrived, timeout=timeout)
@@ -430,6 +588,12 @@ def _wait_for_detectors(
     log_dir: Path,
 ) -> None:
     deadline = time.monotonic() + config.startup_timeout
+    while not config.per_camera and node.count_publishers(f"{RIG_NAMESPACE}/detections") == 0:
+        _check_children(children, log_dir)
+        if time.monotonic() > deadline:
+            raise ClosedLoopError(f"the rig detector did not come up within "
+                                  f"{config.startup_timeout:.0f} s; see {log_dir}")
+        time.sleep(0.05)
     for cam in cameras.values():
         while (
             node.count_subscribers(cam.image_topic) == 0
@@ -463,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="extra detector parameter name:=value (repeatable)")
     parser.add_argument("--frame-timeout", type=float, default=60.0)
     parser.add_argument("--no-render", action="store_true")
+    parser.add_argument("--per-camera", action="store_true",
+                        help="one detector node per camera instead of one rig_detector node")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -470,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bag=args.bag, checkpoint=args.checkpoint, dataroot=args.dataroot, out=args.out,
             version=args.version, eval_set=args.eval_set, cameras=tuple(args.cameras),
             detector_params=tuple(args.param), frame_timeout=args.frame_timeout,
-            render=not args.no_render,
+            render=not args.no_render, per_camera=args.per_camera,
         ))
     except (EProPnPError, ConfigError) as exc:
         print(f"epropnp-closed-loop: error: {exc}", file=sys.stderr)

@@ -3,11 +3,11 @@
 1. Generates a small nuScenes ``v1.0-mini``-format dataset (the ``mini_val`` scene
    ``scene-0103``, six cameras) with :mod:`epropnp_lib.generators.nuscenes`.
 2. Converts it to a rosbag2 (mcap) with :mod:`epropnp_ros.nuscenes_bag`.
-3. Runs the closed loop (:mod:`epropnp_ros.closed_loop`): one ``detector`` node per camera with
-   the bundled checkpoint ``models/detector_small_synthetic.pt`` (see ``models/README.md``),
-   the bag played in lockstep, detections recorded, written as the official results JSON and
-   scored with the devkit's ``DetectionEval``; the detections with their uncertainty are drawn
-   onto the images (JPEGs and an MP4).
+3. Runs the closed loop (:mod:`epropnp_ros.closed_loop`): one ``rig_detector`` node for the six
+   cameras (``--per-camera``: one ``detector`` node per camera) with the bundled checkpoint
+   ``models/detector_small_synthetic.pt`` (see ``models/README.md``), the bag played in
+   lockstep, detections recorded, written as the official results JSON and scored with the
+   devkit's ``DetectionEval``; the detections are drawn onto the images (JPEGs and an MP4).
 
 It prints where everything is. ``python -m epropnp_ros.demo --help`` lists the options (another
 checkpoint, more samples, fewer cameras, output folder).
@@ -72,6 +72,7 @@ class DemoConfig:
         cameras: camera channels (default all six).
         seed: generator seed.
         detector_params: detector parameters ``name:=value`` (after :data:`DEMO_PARAMS`).
+        per_camera: one detector node per camera instead of the rig node.
     """
 
     out: str = "demo_out"
@@ -81,6 +82,7 @@ class DemoConfig:
     cameras: tuple[str, ...] = ()
     seed: int = 7
     detector_params: tuple[str, ...] = ()
+    per_camera: bool = False
 
     def __post_init__(self) -> None:
         if self.samples < 2:
@@ -130,12 +132,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                        cameras=tuple(cameras)))
     _step(f"    {sum(summary.message_counts.values())} messages on "
           f"{len(summary.message_counts)} topics")
-    _step(f"3/3 closed loop: bag -> {len(cameras)} detector node(s) ({checkpoint.name}) -> "
-          "nuScenes results -> DetectionEval")
+    nodes = (f"{len(cameras)} detector node(s)" if config.per_camera
+             else f"one rig_detector node for {len(cameras)} camera(s)")
+    _step(f"3/3 closed loop: bag -> {nodes} ({checkpoint.name}) -> nuScenes results -> "
+          "DetectionEval")
     result = run_closed_loop(ClosedLoopConfig(
         bag=str(bag), checkpoint=str(checkpoint), dataroot=str(dataroot), out=str(loop_out),
         eval_set="mini_val", cameras=tuple(cameras),
-        detector_params=DEMO_PARAMS + config.detector_params,
+        detector_params=DEMO_PARAMS + config.detector_params, per_camera=config.per_camera,
     ))
     s = result.scores
     _step(f"done in {time.monotonic() - t0:.0f} s")
@@ -164,13 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=_size, default=(640, 360), help="WxH (640x360)")
     parser.add_argument("--cameras", nargs="*", default=[], help="camera channels (all six)")
     parser.add_argument("--param", action="append", default=[], help="detector name:=value")
+    parser.add_argument("--per-camera", action="store_true",
+                        help="one detector node per camera instead of one rig_detector node")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_demo(DemoConfig(
             out=args.out, checkpoint=args.checkpoint, samples=args.samples,
             image_size=args.image_size, cameras=tuple(args.cameras),
-            detector_params=tuple(args.param),
+            detector_params=tuple(args.param), per_camera=args.per_camera,
         ))
     except (EProPnPError, ConfigError) as exc:
         print(f"epropnp demo: error: {exc}", file=sys.stderr)

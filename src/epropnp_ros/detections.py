@@ -57,6 +57,9 @@ class ObjectPose3D(NamedTuple):
         score: detection score in [0, 1].
         covariance: ``(6, 6)`` or ``(4, 4)`` tangent covariance matching ``pose``.
         object_id: ``Detection3D.id`` (and TF child frame suffix); "" -> the index in the list.
+        velocity: ``(3,)`` m/s in the header frame, or ``None`` when unknown (published in
+            :func:`epropnp_ros.autoware.detected_objects`).
+        attribute: attribute name (nuScenes, e.g. "vehicle.moving"); "" when none.
     """
 
     pose: np.ndarray
@@ -65,6 +68,8 @@ class ObjectPose3D(NamedTuple):
     score: float
     covariance: np.ndarray
     object_id: str = ""
+    velocity: np.ndarray | None = None
+    attribute: str = ""
 
 
 class BoxesLike(Protocol):
@@ -81,6 +86,10 @@ class BoxesLike(Protocol):
     def labels(self) -> Any: ...  # (M,)
     @property
     def scores(self) -> Any: ...  # (M,)
+    @property
+    def velocity(self) -> Any: ...  # (M, 2) (vx, vz), NaN: unknown
+    @property
+    def attributes(self) -> Any: ...  # (M,) attribute index, -1: none
 
 
 def box_extents_from_wlh(wlh: ArrayLike) -> np.ndarray:
@@ -96,14 +105,18 @@ def box_extents_from_wlh(wlh: ArrayLike) -> np.ndarray:
 
 
 def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike,
-                       class_names: Sequence[str]) -> list[ObjectPose3D]:
+                       class_names: Sequence[str],
+                       attribute_names: Sequence[str] = ()) -> list[ObjectPose3D]:
     """:class:`ObjectPose3D` list (4DoF) of one image's camera-frame boxes.
 
     Args:
         boxes: ``center (M, 3)``, ``size (M, 3)`` as ``(w, l, h)``, ``yaw (M,)`` about camera
-            y, ``labels (M,)`` class indices, ``scores (M,)`` (numpy or torch, any device).
+            y, ``labels (M,)`` class indices, ``scores (M,)``, ``velocity (M, 2)`` (vx, vz) along
+            the camera x and z axes (NaN: unknown), ``attributes (M,)`` attribute indices (-1:
+            none) (numpy or torch, any device).
         covariances: ``(M, 4, 4)`` 4DoF tangent covariances.
         class_names: name of each class index.
+        attribute_names: name of each attribute index (empty: no attributes published).
     """
     center = as_float64(boxes.center, "boxes.center").reshape(-1, 3)
     m = center.shape[0]
@@ -118,10 +131,18 @@ def objects_from_boxes(boxes: BoxesLike, covariances: ArrayLike,
             raise ArrayShapeError(f"boxes.{name}: {arr.shape[0]} entries for {m} boxes")
     if m and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ArrayShapeError(f"boxes.labels: values outside [0, {len(class_names)})")
+    vel = as_float64(boxes.velocity, "boxes.velocity").reshape(-1, 2)
+    attrs = as_float64(boxes.attributes, "boxes.attributes").reshape(-1).astype(np.int64)
+    if vel.shape[0] != m or attrs.shape[0] != m:
+        raise ArrayShapeError(f"boxes.velocity / attributes: not {m} entries")
     return [
         ObjectPose3D(pose=np.concatenate((center[i], yaw[i:i + 1])), size=size[i],
                      class_id=class_names[labels[i]], score=float(scores[i]), covariance=cov[i],
-                     object_id=str(i))
+                     object_id=str(i),
+                     velocity=(np.array([vel[i, 0], 0.0, vel[i, 1]])
+                               if np.all(np.isfinite(vel[i])) else None),
+                     attribute=(attribute_names[attrs[i]]
+                                if 0 <= attrs[i] < len(attribute_names) else ""))
         for i in range(m)
     ]
 

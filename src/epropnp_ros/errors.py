@@ -18,8 +18,10 @@ __all__ = [
     "ConversionError",
     "ImageConversionError",
     "ImageSizeError",
+    "ImageTooLargeError",
     "NonFiniteValueError",
     "PipelineInputError",
+    "TransformLookupError",
 ]
 
 
@@ -29,6 +31,10 @@ class ConversionError(EProPnPError, ValueError):
 
 class ImageConversionError(ConversionError):
     """An ``Image`` / ``CompressedImage`` cannot be decoded; the message says why."""
+
+
+class ImageTooLargeError(ImageConversionError):
+    """An image has more pixels than allowed (a compressed one by its header, before decoding)."""
 
 
 class CameraInfoError(ConversionError):
@@ -62,3 +68,8 @@ class BagPlayError(EProPnPError):
 
 class ClosedLoopError(EProPnPError):
     """The closed loop could not run (bag, checkpoint, dataset, or the detector nodes failed)."""
+
+
+class TransformLookupError(EProPnPError, LookupError):
+    """A transform between two frames is unknown at the asked time (no chain of frames joins
+    them, or the time lies outside the history by more than the tolerance)."""

@@ -4,13 +4,17 @@ Images are read from the message fields (``encoding``, ``step`` row padding, ``i
 so ``rosbags`` messages work too. :func:`image_to_array` returns the raw pixel values
 (``(H, W)`` or ``(H, W, C)``, native byte order, an owned C-contiguous copy);
 :func:`image_to_rgb` and :func:`compressed_to_rgb` return ``(H, W, 3) uint8`` RGB, the networks'
-input. Every malformed message raises :class:`~epropnp_ros.errors.ImageConversionError`.
+input. Every malformed message raises :class:`~epropnp_ros.errors.ImageConversionError`; an
+image over a pixel budget (``max_pixels``) raises its subclass
+:class:`~epropnp_ros.errors.ImageTooLargeError` before any pixel is copied or decoded (a
+compressed image is judged by the size its JPEG / PNG header declares: :func:`compressed_size`).
 """
 
 from __future__ import annotations
 
 import array
 import re
+import struct
 import sys
 from typing import Any
 
@@ -19,12 +23,14 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from epropnp_ros.errors import ImageConversionError
+from epropnp_ros.errors import ImageConversionError, ImageTooLargeError
 from epropnp_ros.messages import copy_header
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
     "array_to_image",
+    "check_image_size",
+    "compressed_size",
     "compressed_to_rgb",
     "image_to_array",
     "image_to_rgb",
@@ -141,7 +147,15 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{what} of {width}x{height} = {width * height} px is over the limit of "
+            f"{max_pixels} px (parameter max_image_pixels)"
+        )
+
+
+def image_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """A ``sensor_msgs/Image`` as ``(H, W, 3) uint8`` RGB, the networks' input.
 
     Colour encodings are reordered (bgr -> rgb, alpha dropped), mono is replicated to three
@@ -152,7 +166,9 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         ImageConversionError: everything :func:`image_to_array` raises, and encodings that are
             not images of colour or intensity: depth / numeric ones (``16UC1``, ``32FC1``,
             ``8UC3`` -- no channel order is defined, as in cv_bridge).
+        ImageTooLargeError: ``width * height > max_pixels`` (checked first).
     """
+    _check_pixels(int(msg.width), int(msg.height), max_pixels, "image")
     encoding = str(msg.encoding).lower()
     if encoding not in _NAMED_ENCODINGS:
         _encoding_format(str(msg.encoding))  # unsupported encodings get the generic message
@@ -212,12 +228,83 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Any | None = None) ->
     )
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
+#: Bytes of a compressed image searched for its size (JPEG metadata segments come first; EXIF
+#: thumbnails and ICC profiles stay well below this).
+_HEADER_SCAN_BYTES = 1 << 20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (they carry the image size): C0-CF but DHT, JPG, DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: JPEG markers without a length field: TEM, RST0-7, SOI.
+_JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8), 0xD8))
+
+
+def compressed_size(data: bytes | np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` declared by the header of JPEG or PNG bytes, without decoding.
+
+    Raises:
+        ImageConversionError: neither a PNG signature nor a JPEG start-of-image, or a header
+            that ends before it declares the size.
+    """
+    view = memoryview(bytes(np.frombuffer(data, dtype=np.uint8)[:_HEADER_SCAN_BYTES]))
+    head = bytes(view[:8])
+    if head == _PNG_SIGNATURE:
+        ihdr = bytes(view[8:24])
+        if len(ihdr) < 16 or ihdr[4:8] != b"IHDR":
+            raise ImageConversionError("PNG without its IHDR header")
+        width, height = struct.unpack(">II", ihdr[8:16])
+        return int(width), int(height)
+    if head[:2] != b"\xff\xd8":
+        raise ImageConversionError(
+            "compressed data is neither JPEG nor PNG (no start-of-image / PNG signature)"
+        )
+    pos, end = 2, len(view)
+    while pos + 4 <= end:
+        if view[pos] != 0xFF:
+            raise ImageConversionError(f"JPEG header broken at byte {pos} (no marker)")
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if marker in _JPEG_SOF:
+            if pos + 9 > end:
+                break
+            height = (view[pos + 5] << 8) | view[pos + 6]
+            width = (view[pos + 7] << 8) | view[pos + 8]
+            return int(width), int(height)
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            break
+        pos += 2 + length
+    raise ImageConversionError("JPEG header declares no frame size (no SOF marker)")
+
+
+def check_image_size(msg: Any, max_pixels: int) -> None:
+    """Refuse an ``Image`` or ``CompressedImage`` over ``max_pixels`` without decoding it (a
+    compressed one by its header).
+
+    Raises:
+        ImageTooLargeError: the image is over the limit.
+        ImageConversionError: a compressed image whose header cannot be read.
+    """
+    if isinstance(msg, CompressedImage):
+        width, height = compressed_size(_buffer(msg.data))
+        _check_pixels(width, height, max_pixels, f"compressed image (format {msg.format!r})")
+    else:
+        _check_pixels(int(msg.width), int(msg.height), max_pixels, "image")
+
+
+def compressed_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """A ``sensor_msgs/CompressedImage`` (JPEG or PNG) as ``(H, W, 3) uint8`` RGB.
 
     Raises:
-        ImageConversionError: empty data, ``compressedDepth`` payloads, or bytes OpenCV cannot
-            decode (the format string is named in the message).
+        ImageConversionError: empty data, ``compressedDepth`` payloads, data that is neither
+            JPEG nor PNG, or bytes OpenCV cannot decode (the format string is named in the
+            message).
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels (checked before
+            decoding).
     """
     fmt = str(msg.format)
     if "compresseddepth" in fmt.lower():
@@ -225,6 +312,8 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     buf = _buffer(msg.data)
     if buf.size == 0:
         raise ImageConversionError(f"empty compressed image (format {fmt!r})")
+    width, height = compressed_size(buf)
+    _check_pixels(width, height, max_pixels, f"compressed image (format {fmt!r})")
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise ImageConversionError(

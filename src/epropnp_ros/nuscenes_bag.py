@@ -5,12 +5,12 @@ Topics, for the selected scenes and cameras (``<cam>`` = the channel in lower ca
 ``/<cam>/image_raw/compressed`` (the JPEG bytes as stored) or ``/<cam>/image_raw`` (``rgb8``),
 ``/<cam>/camera_info`` (K of the devkit's ``camera_intrinsic``, D = 0: the images are
 rectified), ``/tf_static`` (``base_link`` -> each camera frame, transient local), ``/tf``
-(``map`` -> ``base_link``, the ego pose of each image) and ``/ground_truth/detections``
-(``Detection3DArray`` in ``map`` per key frame, the 10 detection classes only: ``bbox.size`` =
-(length, width, height) along the box's x forward, y left, z up axes, score 1, ``id`` = the
-instance token). Stamps and bag times are the dataset's timestamps (us -> ns). Messages are
-built and serialised with ``rosbags`` (converting twice gives identical bytes); the bag is
-written under a hidden directory and renamed into place only when complete. The CLI writes one
+(``map`` -> ``base_link``, the ego pose of each image) and the ground truth of each key frame
+in ``map`` (``/ground_truth/detections``, ``/ground_truth/objects`` with the velocities,
+``/ground_truth/attributes``: :mod:`epropnp_ros.nuscenes_ground_truth`). Stamps and bag times
+are the dataset's timestamps (us -> ns). Messages are built and serialised with ``rosbags``
+(converting twice gives identical bytes); the bag is written under a hidden directory and
+renamed into place only when complete. The CLI writes one
 bag per scene by default (:func:`convert_scenes`); one bag holds one ``/tf_static``, so scenes of
 logs with different camera extrinsics are refused in one bag.
 """
@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -41,6 +41,16 @@ from epropnp_ros.bag_writing import (
     write_bag,
 )
 from epropnp_ros.errors import BagConversionError
+from epropnp_ros.nuscenes_ground_truth import (
+    GT_ATTRIBUTES_TOPIC,
+    GT_OBJECTS_TOPIC,
+    GT_TOPIC,
+    MAP_FRAME,
+    GroundTruthBox,
+    ground_truth_boxes,
+    ground_truth_messages,
+    sample_ground_truth,
+)
 
 __all__ = [
     "CAMERAS",
@@ -57,9 +67,7 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-MAP_FRAME = "map"
 BASE_FRAME = "base_link"
-GT_TOPIC = "/ground_truth/detections"
 
 
 def camera_frame(channel: str) -> str:
@@ -195,87 +203,21 @@ def _scene_sample_data(
 
 
 class _Builder(MessageBuilder):
-    """The shared message builder plus nuScenes ground truth."""
+    """The shared message builder plus the nuScenes ground truth (built once per sample)."""
 
-    def ground_truth(self, nusc: Any, sample: dict[str, Any], stamp_ns: int) -> Any:
-        # nuscenes-devkit: importing it takes seconds (matplotlib ...); only ground truth needs it.
-        from nuscenes.eval.detection.utils import category_to_detection_name
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._ground_truth: dict[str, tuple[Any, ...]] = {}
 
-        detections = []
-        for token in sample["anns"]:
-            ann = nusc.get("sample_annotation", token)
-            name = category_to_detection_name(ann["category_name"])
-            if name is None:
-                continue
-            pose = self.t["geometry_msgs/msg/Pose"](
-                position=self.vector3(ann["translation"], "geometry_msgs/msg/Point"),
-                orientation=self.quaternion(ann["rotation"]),
-            )
-            width, length, height = (float(v) for v in ann["size"])
-            hypothesis = self.t["vision_msgs/msg/ObjectHypothesisWithPose"](
-                hypothesis=self.t["vision_msgs/msg/ObjectHypothesis"](class_id=name, score=1.0),
-                pose=self.t["geometry_msgs/msg/PoseWithCovariance"](
-                    pose=pose, covariance=np.zeros(36)
-                ),
-            )
-            bbox = self.t["vision_msgs/msg/BoundingBox3D"](
-                center=pose, size=self.vector3((length, width, height))
-            )
-            detections.append(
-                self.t["vision_msgs/msg/Detection3D"](
-                    header=self.header(stamp_ns, MAP_FRAME),
-                    results=[hypothesis],
-                    bbox=bbox,
-                    id=ann["instance_token"],
-                )
-            )
-        return self.t["vision_msgs/msg/Detection3DArray"](
-            header=self.header(stamp_ns, MAP_FRAME), detections=detections
-        )
-
-
-class GroundTruthBox(NamedTuple):
-    """One annotation of ``/ground_truth/detections`` read back in the devkit's form (global
-    ``map`` frame, full orientation).
-
-    Attributes:
-        translation: ``(3,)`` box centre, metres.
-        size: ``(3,)`` ``(width, length, height)``, the devkit's ``wlh``.
-        rotation: ``(4,)`` unit quaternion ``(w, x, y, z)`` of the box in ``map``.
-        detection_name: one of the ten detection classes.
-        instance_token: the annotation's instance.
-    """
-
-    translation: np.ndarray
-    size: np.ndarray
-    rotation: np.ndarray
-    detection_name: str
-    instance_token: str
-
-
-def ground_truth_boxes(msg: Any) -> list[GroundTruthBox]:
-    """The boxes of a ``/ground_truth/detections`` message (a ``Detection3DArray`` in ``map``,
-    written by this converter; rclpy or rosbags message objects alike).
-
-    Raises:
-        BagConversionError: the message is not in the ``map`` frame, or a detection has no class.
-    """
-    if msg.header.frame_id != MAP_FRAME:
-        raise BagConversionError(
-            f"ground truth is in {MAP_FRAME!r}, this message in {msg.header.frame_id!r}")
-    boxes = []
-    for det in msg.detections:
-        if not det.results:
-            raise BagConversionError(f"ground-truth detection {det.id!r} has no class")
-        c, q, s = det.bbox.center.position, det.bbox.center.orientation, det.bbox.size
-        boxes.append(GroundTruthBox(
-            translation=np.array([c.x, c.y, c.z]),
-            size=np.array([s.y, s.x, s.z]),  # bbox.size is (length, width, height)
-            rotation=np.array([q.w, q.x, q.y, q.z]),
-            detection_name=det.results[0].hypothesis.class_id,
-            instance_token=det.id,
-        ))
-    return boxes
+    def ground_truth(self, nusc: Any, sample: dict[str, Any], stamp_ns: int) -> tuple[Any, ...]:
+        """The sample's three ground-truth messages (:mod:`epropnp_ros.nuscenes_ground_truth`),
+        built once per sample."""
+        cached = self._ground_truth.get(sample["token"])
+        if cached is None:
+            cached = ground_truth_messages(self.t, lambda: self.header(stamp_ns, MAP_FRAME),
+                                           sample_ground_truth(nusc, sample))
+            self._ground_truth = {sample["token"]: cached}
+        return cached
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -339,8 +281,9 @@ def _events(
             while token:
                 sample = nusc.get("sample", token)
                 stamp = int(sample["timestamp"]) * 1000
-                gt = bind(build.ground_truth, nusc, sample, stamp)
-                events.append(BagEvent(stamp, 3, GT_TOPIC, gt))
+                for k, topic in enumerate((GT_TOPIC, GT_OBJECTS_TOPIC, GT_ATTRIBUTES_TOPIC)):
+                    events.append(BagEvent(stamp, 3 + k, topic, bind(
+                        _nth, build.ground_truth, k, nusc, sample, stamp)))
                 token = sample["next"]
     if first_stamp is None:
         raise BagConversionError("nothing to convert: no camera data in the selected scenes")
@@ -357,6 +300,10 @@ def _ego_tf(build: _Builder, stamp_ns: int, ego: dict[str, Any]) -> Any:
     return build.tf_message([build.transform(stamp_ns, MAP_FRAME, BASE_FRAME, ego)])
 
 
+def _nth(fn: Callable[..., tuple[Any, ...]], k: int, *args: Any) -> Any:
+    return fn(*args)[k]
+
+
 TOPIC_TYPES = {
     "image_raw/compressed": "sensor_msgs/msg/CompressedImage",
     "image_raw": "sensor_msgs/msg/Image",
@@ -369,6 +316,10 @@ def _topic_type(topic: str) -> str:
         return "tf2_msgs/msg/TFMessage"
     if topic == GT_TOPIC:
         return "vision_msgs/msg/Detection3DArray"
+    if topic == GT_OBJECTS_TOPIC:
+        return "autoware_perception_msgs/msg/DetectedObjects"
+    if topic == GT_ATTRIBUTES_TOPIC:
+        return "vision_msgs/msg/Classification"
     for suffix, type_name in TOPIC_TYPES.items():
         if topic.endswith("/" + suffix):
             return type_name

@@ -68,7 +68,9 @@ class StampPairer(Generic[ImageT, InfoT]):
     closest stamp within the tolerance wins. When a pair is made, every buffered message of
     either kind with an older stamp than the pair's can no longer be paired usefully (the newer
     frame supersedes it) and is dropped (counted). Unmatched messages wait in a buffer of at most
-    ``max_pending`` entries per kind (oldest evicted first, counted).
+    ``max_pending`` entries per kind (oldest evicted first, counted); with ``max_wait_ns`` an
+    image also waits at most that long behind the newest image's stamp (DDS can deliver a
+    camera info seconds after its image: the bound says how late it may be).
 
     With ``latest_info=True`` the stamps are ignored for camera infos: each image is paired with
     the newest camera info received so far (for drivers that publish the calibration rarely or
@@ -80,18 +82,24 @@ class StampPairer(Generic[ImageT, InfoT]):
         tolerance_ns: largest ``|info stamp - image stamp|`` (ns, ``>= 0``) of a pair.
         max_pending: buffered messages per kind (``>= 1``).
         latest_info: pair each image with the newest camera info, whatever its stamp.
+        max_wait_ns: longest wait of an image, by stamp behind the newest image (``None``: only
+            ``max_pending`` bounds the wait).
 
     Raises:
-        ConfigError: on a negative tolerance or a non-positive buffer size.
+        ConfigError: on a negative tolerance or wait, or a non-positive buffer size.
     """
 
-    def __init__(self, tolerance_ns: int, max_pending: int = 8, latest_info: bool = False):
+    def __init__(self, tolerance_ns: int, max_pending: int = 8, latest_info: bool = False,
+                 max_wait_ns: int | None = None):
         if tolerance_ns < 0:
             raise ConfigError(f"pairing tolerance must be >= 0 ns, got {tolerance_ns}")
         if max_pending < 1:
             raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        if max_wait_ns is not None and max_wait_ns < 0:
+            raise ConfigError(f"max_wait_ns must be >= 0, got {max_wait_ns}")
         self.tolerance_ns = int(tolerance_ns)
         self.max_pending = int(max_pending)
+        self.max_wait_ns = max_wait_ns
         self.latest_info = bool(latest_info)
         self.counters = PairingCounters()
         self._images: deque[tuple[int, ImageT]] = deque()
@@ -198,6 +206,11 @@ class StampPairer(Generic[ImageT, InfoT]):
         images: bool,
     ) -> None:
         buf.append((stamp_ns, msg))  # type: ignore[arg-type]
+        if images and self.max_wait_ns is not None:
+            newest = max(s for s, _ in buf)
+            while buf and buf[0][0] < newest - self.max_wait_ns:
+                buf.popleft()
+                self.counters.images_unpaired += 1
         while len(buf) > self.max_pending:
             buf.popleft()
             if images:

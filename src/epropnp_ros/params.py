@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from epropnp_lib.dataclass_io import from_dict
 from epropnp_lib.errors import ConfigError
 
-ParamValue = bool | int | float | str | tuple[int, ...] | tuple[float, ...]
+ParamValue = bool | int | float | str | tuple[int, ...] | tuple[float, ...] | tuple[str, ...]
 P = TypeVar("P", bound="CommonParams")
 
 DEVICES = ("cpu", "cuda")
@@ -94,6 +94,12 @@ class ParamSpec:
         # arrays
         if not isinstance(value, Sequence) or isinstance(value, str):
             return f"{self.name} must be an array, got {value!r}"
+        if self.default and isinstance(self.default[0], str):
+            if not value or not all(isinstance(v, str) and v for v in value):
+                return f"{self.name} must be a non-empty array of non-empty strings, got {value!r}"
+            if len(set(value)) != len(value):
+                return f"{self.name} must not repeat an entry, got {list(value)!r}"
+            return None
         for v in value:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 return f"{self.name} must hold finite numbers, got {list(value)!r}"
@@ -156,7 +162,8 @@ class CommonParams:
     image_transport: str = _p(
         "raw",
         "'raw': subscribe sensor_msgs/Image on 'image'; 'compressed': "
-        "sensor_msgs/CompressedImage on 'image/compressed'. Read in on_activate.",
+        "sensor_msgs/CompressedImage on '<image>/compressed' (image_transport's name: a remap of "
+        "'image' moves it too). Read in on_activate.",
         choices=TRANSPORTS,
     )
     pairing_tolerance: float = _p(
@@ -169,6 +176,19 @@ class CommonParams:
         False,
         "Pair each image with the newest CameraInfo whatever its stamp (drivers that publish "
         "the calibration rarely). Read in on_activate.",
+    )
+    camera_info_max_delay: float = _p(
+        3.0,
+        "Longest time in seconds an image waits (by stamp, behind the newest image) for its "
+        "CameraInfo, which DDS may deliver late; older unpaired images are dropped and counted. "
+        "Read in on_activate.",
+        lo=0.0, hi=30.0,
+    )
+    max_image_pixels: int = _p(
+        16_777_216,
+        "Largest width x height of an input image; larger ones (a compressed image by the size "
+        "its header declares, before decoding) are refused and counted as image_too_large.",
+        lo=1, hi=2**31 - 1,
     )
     rectified: bool = _p(
         False,
@@ -196,8 +216,22 @@ class CommonParams:
         0.5, "Lifetime of the markers in seconds (0: forever).", lo=0.0, hi=60.0
     )
     diagnostics_period: float = _p(
-        1.0, "Period in seconds of the '~/diagnostics' status message. Read in on_configure.",
+        1.0, "Period in seconds of the node's status on '/diagnostics' (DiagnosticArray). Read "
+        "at start-up.",
         lo=0.05, hi=60.0,
+    )
+    diagnostics_drop_warn_fraction: float = _p(
+        0.5, "The status is WARN when more than this fraction of the images of the last 10 s "
+        "were dropped (stale, unpaired, unreadable, refused or failed).",
+        lo=0.0, hi=1.0,
+    )
+    diagnostics_input_timeout: float = _p(
+        5.0, "The status of an active node is WARN after this many seconds without an image.",
+        lo=0.1, hi=3600.0,
+    )
+    diagnostics_error_after_failures: int = _p(
+        3, "The status is ERROR after this many consecutive frames failed in the pipeline.",
+        lo=1, hi=1000,
     )
     warn_throttle: float = _p(
         5.0, "Least seconds between two warnings of the same kind (bad input).", lo=0.0, hi=3600.0
@@ -276,6 +310,61 @@ class PoseEstimatorParams(CommonParams):
                 "default_roi must have 4 entries [x, y, width, height], "
                 f"got {list(self.default_roi)}"
             )
+
+
+#: The six cameras of a nuScenes car, as the bag converter names their topics.
+NUSCENES_RIG = ("/cam_front", "/cam_front_right", "/cam_back_right", "/cam_back",
+                "/cam_back_left", "/cam_front_left")
+
+
+@dataclass(frozen=True)
+class RigDetectorParams(DetectorParams):
+    """Parameters of the ``rig_detector`` node: the detector's, plus the rig's cameras, the
+    frame the detections are fused in, the capture slots and the TF buffer."""
+
+    cameras: tuple[str, ...] = _p(
+        NUSCENES_RIG,
+        "Camera namespaces of the rig: each gives <ns>/image_raw (or <ns>/image_raw/compressed "
+        "with image_transport 'compressed') and <ns>/camera_info. Read in on_configure.",
+    )
+    target_frame: str = _p(
+        "base_link",
+        "Frame of the fused outputs (z up: the cross-camera NMS works in its x-y plane). Each "
+        "camera's detections are moved into it through /tf_static and /tf at the image stamp.",
+    )
+    slot_tolerance: float = _p(
+        0.05,
+        "Largest difference in seconds between the stamps of the frames of one capture slot "
+        "(and the first frame's); below half the frame period. The nuScenes cameras fire "
+        "over about 42 ms of each cycle. Read in on_activate.",
+        lo=0.0, hi=1.0,
+    )
+    slot_deadline: float = _p(
+        0.25,
+        "Seconds after a slot's first frame at which it is processed without the cameras still "
+        "missing (counted as silent). Read in on_activate.",
+        lo=0.01, hi=10.0,
+    )
+    fusion_nms_iou: float = _p(
+        0.3,
+        "IoU of the class-aware bird's-eye-view NMS across cameras (duplicates in overlapping "
+        "views).",
+        lo=0.0, hi=1.0,
+    )
+    tf_tolerance: float = _p(
+        0.1,
+        "Largest distance in seconds from an image stamp to the nearest /tf entry when the stamp "
+        "lies outside the /tf history (inside it, transforms are interpolated).",
+        lo=0.0, hi=60.0,
+    )
+    tf_cache_time: float = _p(
+        10.0, "Seconds of /tf history kept. Read in on_configure.", lo=0.0, hi=3600.0
+    )
+    per_camera_outputs: bool = _p(
+        False,
+        "Also publish each camera's detections and posterior samples in its optical frame on "
+        "<ns>/detections and <ns>/pose_samples. Read in on_configure.",
+    )
 
 
 def param_specs(cls: type[CommonParams]) -> tuple[ParamSpec, ...]:

@@ -30,7 +30,7 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
-from epropnp_lib.nets.deformable.inference import take_solution
+from epropnp_lib.nets.deformable.inference import Queries, merge_queries, take_solution
 from epropnp_lib.nets.dense import DenseCorrespondenceNet
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 from epropnp_ros.camera_model import CameraModel, undistort_points
@@ -545,7 +545,7 @@ class DetectorPipeline:
         return min(max(self.net.config.score_threshold, threshold), 0.999)
 
     def process(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DetectorOutput:
-        """Detections of one image.
+        """Detections of one image (:meth:`process_batch` of one).
 
         Args:
             rgb: ``(H, W, 3)`` uint8 RGB.
@@ -554,37 +554,106 @@ class DetectorPipeline:
         Returns:
             :class:`DetectorOutput` (scores descending).
         """
-        check_image(rgb, intrinsics)
+        [out] = self.process_batch([rgb], [intrinsics])
+        return out
+
+    def process_batch(
+        self, rgbs: Sequence[np.ndarray], intrinsics: Sequence[Intrinsics]
+    ) -> list[DetectorOutput]:
+        """Detections of ``B`` images (e.g. the cameras of a rig): one network forward per
+        image size (one in all for a rig of equal cameras), one PnP solve over every query of
+        every image, the selection (score, BEV NMS) per image, one posterior sampling call.
+
+        Args:
+            rgbs: ``B`` ``(H_b, W_b, 3)`` uint8 RGB images.
+            intrinsics: their ``B`` :class:`Intrinsics`.
+
+        Returns:
+            ``B`` :class:`DetectorOutput` (scores descending; the batch's stage timings each).
+        """
+        if len(rgbs) != len(intrinsics):
+            raise PipelineInputError(f"{len(rgbs)} images but {len(intrinsics)} intrinsics")
+        if not rgbs:
+            return []
+        for rgb, intr in zip(rgbs, intrinsics, strict=True):
+            check_image(rgb, intr)
         cfg = self.settings
         timer = _Timer(self.device)
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        image = image.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8
-        k_img = torch.as_tensor(intrinsics.cam_mat, dtype=torch.float32, device=self.device)
-        timer.lap("preprocess")
+        k_img = torch.as_tensor(np.stack([i.cam_mat for i in intrinsics]),
+                                dtype=torch.float32, device=self.device)
         floor = self.score_floor(cfg.score_threshold)
         with torch.inference_mode():
-            q = self.net.predict(image, k_img[None], score_threshold=floor,
-                                 input_scale=cfg.input_scale or None)
-            timer.lap("network")
-            x2d, w2d, cams = q.x2d, q.w2d, q.cam_mats
-            if intrinsics.undistort is not None and q.num_queries > 0:
-                x2d, w2d = to_image_frame(x2d, w2d, q.affines[q.image_index],
-                                          intrinsics.undistort)
-                cams = k_img.expand(q.num_queries, 3, 3)
-            boxes = CameraBoxes.empty(dtype=q.x3d.dtype, device=q.x3d.device)
-            cov = q.x3d.new_zeros(0, 4, 4)
-            samples = None
+            q = self._predict(rgbs, k_img, floor, timer)
+            x2d, w2d, cams = self._image_frame(q, intrinsics, k_img)
+            per_image = [(CameraBoxes.empty(dtype=q.x3d.dtype, device=q.x3d.device),
+                          q.x3d.new_zeros(0, 4, 4))] * len(rgbs)
+            samples: list[torch.Tensor | None] = [None] * len(rgbs)
             if q.num_queries > 0:
                 sol = self.net.solve(q.x3d, x2d, w2d, cams)
                 timer.lap("pnp")
-                [kept] = self.net.select(q, sol, score_threshold=floor)
-                boxes, cov = q.boxes(sol).select(kept), sol.covariance[kept]
-                if cfg.num_samples > 0 and kept.numel() > 0:
-                    samples = self.net.pose_samples(
-                        q.x3d[kept], x2d[kept], w2d[kept], cams[kept], take_solution(sol, kept),
-                        cfg.num_samples, self.generator, cfg.sample_iterations)
+                kept = self.net.select(q, sol, score_threshold=floor)
+                boxes = q.boxes(sol)
+                per_image = [(boxes.select(k), sol.covariance[k]) for k in kept]
+                every = torch.cat(kept)
+                if cfg.num_samples > 0 and every.numel() > 0:
+                    drawn = self.net.pose_samples(
+                        q.x3d[every], x2d[every], w2d[every], cams[every],
+                        take_solution(sol, every), cfg.num_samples, self.generator,
+                        cfg.sample_iterations)
+                    samples = list(drawn.split([k.numel() for k in kept], dim=1))
                 timer.lap("sampling")
-        return self._output(cfg, boxes, cov, samples, timer)
+        return [self._output(cfg, b, c, s, timer)
+                for (b, c), s in zip(per_image, samples, strict=True)]
+
+    def _predict(
+        self, rgbs: Sequence[np.ndarray], k_img: torch.Tensor, floor: float, timer: _Timer
+    ) -> Queries:
+        """The candidate queries of all images (``k_img: (B, 3, 3)``): one network forward
+        per image size, merged into one :class:`Queries` (image indices of ``rgbs``)."""
+        cfg = self.settings
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for b, rgb in enumerate(rgbs):
+            groups.setdefault(rgb.shape, []).append(b)
+        parts = []
+        for idx in groups.values():
+            # (B_g, 3, H, W) uint8 views of (B_g, H, W, 3); a single image keeps the strides
+            # of its own view (the convolution kernels choose their path by the strides).
+            if len(idx) == 1:
+                image = torch.from_numpy(np.ascontiguousarray(rgbs[idx[0]]))
+                image = image.to(self.device).permute(2, 0, 1).unsqueeze(0)
+            else:
+                image = torch.from_numpy(np.stack([rgbs[b] for b in idx]))
+                image = image.to(self.device).permute(0, 3, 1, 2)
+            timer.lap("preprocess")
+            q = self.net.predict(image, k_img[idx], score_threshold=floor,
+                                 input_scale=cfg.input_scale or None)
+            parts.append((torch.as_tensor(idx, device=self.device), q))
+        timer.lap("network")
+        return merge_queries(parts, len(rgbs))
+
+    def _image_frame(
+        self, q: Queries, intrinsics: Sequence[Intrinsics], k_img: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x2d, w2d (Q, N, 2), cams (Q, 3, 3))`` the PnP problems are solved with: network
+        pixels, or undistorted image pixels for the queries of a distorted camera."""
+        distorted = [b for b, intr in enumerate(intrinsics) if intr.undistort is not None]
+        if not distorted or q.num_queries == 0:
+            return q.x2d, q.w2d, q.cam_mats
+        if len(intrinsics) == 1:
+            undistort = intrinsics[0].undistort
+            assert undistort is not None  # narrowing: distorted == [0]
+            x2d, w2d = to_image_frame(q.x2d, q.w2d, q.affines[q.image_index], undistort)
+            return x2d, w2d, k_img[0].expand(q.num_queries, 3, 3)
+        x2d, w2d, cams = q.x2d.clone(), q.w2d.clone(), q.cam_mats.clone()
+        for b in distorted:
+            mask = q.image_index == b
+            n = int(mask.sum())
+            if n:
+                x2d[mask], w2d[mask] = to_image_frame(
+                    x2d[mask], w2d[mask], q.affines[b].expand(n, 3, 3),
+                    intrinsics[b].undistort)  # type: ignore[arg-type]
+                cams[mask] = k_img[b]
+        return x2d, w2d, cams
 
     def _output(
         self,

@@ -8,6 +8,8 @@ Rules:
 * One ``ROS_DOMAIN_ID`` per test session: taken from the environment (``.ci/run`` picks a random
   one) or drawn at random here, so runs beside each other do not see each other's topics.
 * ``ROS_LOG_DIR`` is kept if set, else a session temporary directory (never ``~/.ros/log``).
+* ``FASTDDS_DEFAULT_PROFILES_FILE`` is kept if set, else ``config/fastdds.xml`` (as in
+  ``tools/env.sh``).
 * Child processes run this interpreter (``sys.executable``, i.e. the venv's python) without the
   ``_ROS_WHEELS_BOOTSTRAP_COMPLETE`` guard, so the ROS wheels' bootstrapper sets up
   ``LD_LIBRARY_PATH`` for them itself (see notes/ros2-in-a-venv.md).
@@ -61,6 +63,9 @@ def ros_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "ROS_LOG_DIR": log_dir,
         # ament_index finds the wheels and the interface packages built into the venv.
         "AMENT_PREFIX_PATH": os.environ.get("AMENT_PREFIX_PATH") or sys.prefix,
+        # Large images over shared memory (config/fastdds.xml), as tools/env.sh sets it.
+        "FASTDDS_DEFAULT_PROFILES_FILE": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+        or str(HERE.parents[1] / "config" / "fastdds.xml"),
     }
 
 
@@ -146,6 +151,13 @@ def spawn_ros(ros_runtime: None, child_env: Mapping[str, str]) -> Iterator[Spawn
 def detector_fixture_checkpoint(tmp_path: Path) -> Path:
     """Path of :func:`make_detector_checkpoint` written into ``tmp_path``."""
     return make_detector_checkpoint(tmp_path / "detector_fixture.pt")
+
+
+@pytest.fixture(scope="session")
+def session_detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`make_detector_checkpoint` written once per session (for module-scoped node
+    processes)."""
+    return make_detector_checkpoint(tmp_path_factory.mktemp("ckpt") / "detector_fixture.pt")
 
 
 @pytest.fixture

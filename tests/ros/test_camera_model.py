@@ -55,7 +55,7 @@ def _zeros(n: int) -> list[float]:
     [
         ({"k": _zeros(9)}, "K is not an intrinsic matrix|K has non-positive"),
         ({"k": [math.nan] + K[1:]}, "K contains NaN"),
-        ({"p": _zeros(12)}, "P has non-positive"),
+        ({"p": [0.0] + P_NEW[1:]}, "P has non-positive"),  # all-zero P: K-only, accepted
         ({"p": P_NEW[:5] + [math.inf] + P_NEW[6:]}, "P contains NaN"),
         ({"distortion_model": "fancy_model"}, "unknown distortion model 'fancy_model'"),
         ({"d": [0.1, 0.2, 0.0]}, "needs 5 coefficients, D has 3"),
@@ -88,6 +88,22 @@ def _distort(xy: np.ndarray, model: str, d: list[float]) -> np.ndarray:
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
     yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     return np.stack((xd, yd), axis=1)
+
+
+def test_k_only_camera_info_is_a_monocular_camera() -> None:
+    """P and R left at zero (drivers that fill K and D only): R = I, P = [K | 0], and points
+    are undistorted into K's pixel frame."""
+    zero_p, zero_r = [0.0] * 12, [0.0] * 9
+    model = camera_info_to_model(_info(p=zero_p, r=zero_r))
+    np.testing.assert_array_equal(model.r, np.eye(3))
+    np.testing.assert_array_equal(model.p, np.hstack([np.reshape(K, (3, 3)), np.zeros((3, 1))]))
+    np.testing.assert_array_equal(model.pinhole_matrix, np.reshape(K, (3, 3)))
+    full = camera_info_to_model(_info(p=K[:3] + [0.0] + K[3:6] + [0.0] + K[6:] + [0.0]))
+    pts = np.array([[10.0, 20.0], [320.0, 240.0], [600.0, 400.0]])
+    np.testing.assert_allclose(undistort_points(model, pts), undistort_points(full, pts))
+    # K itself zero is still an uncalibrated camera, with that reason.
+    with pytest.raises(CameraInfoError, match="uncalibrated"):
+        camera_info_to_model(_info(k=[0.0] * 9, p=zero_p, r=zero_r))
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,19 @@ import pytest
 pytestmark = pytest.mark.ros
 
 
+@pytest.mark.parametrize("per_camera", [False, True], ids=["rig", "per_camera"])
 def test_demo_closed_loop_scores_a_tiny_scene(
-    tmp_path: Path, ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path
+    tmp_path: Path, ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path,
+    per_camera: bool,
 ) -> None:
-    """The main demo's path (generate → bag → detector node → DetectionEval) on a tiny scene."""
+    """The main demo's path (generate → bag → rig node, or a detector node per camera →
+    DetectionEval) on a tiny scene."""
     from epropnp_ros.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(
         out=str(tmp_path / "demo"), checkpoint=str(detector_fixture_checkpoint), samples=2,
-        image_size=(160, 90), cameras=("CAM_FRONT",), detector_params=("score_threshold:=0.0",),
+        image_size=(160, 90), cameras=("CAM_FRONT", "CAM_BACK"),
+        detector_params=("score_threshold:=0.0",), per_camera=per_camera,
     ))
     assert (result.bag / "metadata.yaml").is_file()
     results: dict[str, Any] = json.loads(result.results.read_text())
@@ -30,7 +34,8 @@ def test_demo_closed_loop_scores_a_tiny_scene(
                                     "detection_score", "velocity", "attribute_name"}
                          for b in boxes)
     scores = json.loads(result.scores.read_text())
-    assert (scores["frames_processed"], scores["frames_dropped"]) == (2, 0)
+    assert (scores["frames_processed"], scores["frames_dropped"]) == (4, 0)
+    assert scores["mode"] == ("per_camera" if per_camera else "rig")
     assert 0.0 <= scores["nds"] == result.nds <= 1.0 and 0.0 <= scores["mean_ap"] <= 1.0
     assert set(scores["tp_errors"]) == {"trans_err", "scale_err", "orient_err", "vel_err",
                                         "attr_err"}
@@ -38,6 +43,7 @@ def test_demo_closed_loop_scores_a_tiny_scene(
     assert (result.results.parent / "metrics_summary.json").is_file()  # the devkit's own file
     assert result.video is not None and result.video.stat().st_size > 0
     assert len(list(result.frames.glob("cam_front_*.jpg"))) == 2
+    assert len(list(result.frames.glob("cam_back_*.jpg"))) == 2
 
 
 def test_demo_rejects_a_missing_checkpoint(tmp_path: Path) -> None:

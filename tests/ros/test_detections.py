@@ -53,6 +53,8 @@ class _Boxes(NamedTuple):
     yaw: torch.Tensor
     labels: torch.Tensor
     scores: torch.Tensor
+    velocity: torch.Tensor
+    attributes: torch.Tensor
 
 
 CLASSES = ("car", "truck", "pedestrian")
@@ -65,6 +67,8 @@ def _boxes() -> tuple[_Boxes, np.ndarray]:
         yaw=torch.tensor([0.4, -2.0]),
         labels=torch.tensor([0, 2]),
         scores=torch.tensor([0.9, 0.55]),
+        velocity=torch.tensor([[2.0, -5.0], [float("nan"), float("nan")]]),  # (vx, vz)
+        attributes=torch.tensor([1, -1]),
     )
     return boxes, np.stack((_cov(4, 5), _cov(4, 6)))
 

@@ -28,7 +28,7 @@ NODES = "epropnp_ros.nodes"
 LAYER = {
     "epropnp_ros.nodes.base": 0, "epropnp_ros.nodes.detector": 0,
     "epropnp_ros.pipeline": 1, "epropnp_ros.markers": 1,
-    "epropnp_ros.detections": 2,
+    "epropnp_ros.detections": 2, "epropnp_ros.autoware": 2,
     "epropnp_ros.poses": 3, "epropnp_ros.images": 3, "epropnp_ros.camera_model": 3,
     "epropnp_ros.messages": 4,
     "epropnp_ros.checks": 5, "epropnp_ros.errors": 5,

@@ -4,15 +4,18 @@ compression, and the errors of malformed images."""
 from __future__ import annotations
 
 import array
+import struct
 
 import numpy as np
 import pytest
 import torch
 from sensor_msgs.msg import CompressedImage, Image
 
-from epropnp_ros.errors import ImageConversionError
+from epropnp_ros.errors import ImageConversionError, ImageTooLargeError
 from epropnp_ros.images import (
     array_to_image,
+    check_image_size,
+    compressed_size,
     compressed_to_rgb,
     image_to_array,
     image_to_rgb,
@@ -162,7 +165,66 @@ def test_compressed_png_jpeg_and_errors() -> None:
     assert np.abs(jpg.astype(int) - smooth).max() <= 3
     with pytest.raises(ImageConversionError, match="empty"):
         compressed_to_rgb(CompressedImage(format="jpeg"))
-    with pytest.raises(ImageConversionError, match="could not decode"):
+    with pytest.raises(ImageConversionError, match="neither JPEG nor PNG"):
         compressed_to_rgb(CompressedImage(format="jpeg", data=array.array("B", b"nope" * 9)))
+    # A JPEG cut after its headers: the size is read, the decoder then fails.
+    cut = bytes(rgb_to_compressed(rgb, fmt="jpeg").data)[:700]
+    with pytest.raises(ImageConversionError, match="could not decode"):
+        compressed_to_rgb(CompressedImage(format="jpeg", data=array.array("B", cut)))
     with pytest.raises(ImageConversionError, match="depth"):
         compressed_to_rgb(CompressedImage(format="16UC1; compressedDepth", data=png.data))
+
+
+def _declaring(fmt: str, width: int, height: int) -> bytes:
+    """A small real JPEG / PNG whose header is patched to declare ``width x height``."""
+    data = bytearray(rgb_to_compressed(np.zeros((8, 8, 3), np.uint8), fmt=fmt).data)
+    if fmt == "png":
+        data[16:24] = struct.pack(">II", width, height)  # IHDR (its CRC is not checked)
+    else:
+        sof = next(i for i in range(2, len(data) - 9)
+                   if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_compressed_size_reads_the_header(fmt: str) -> None:
+    rgb = np.zeros((37, 51, 3), np.uint8)
+    assert compressed_size(bytes(rgb_to_compressed(rgb, fmt=fmt).data)) == (51, 37)
+    assert compressed_size(_declaring(fmt, 20000, 15000)) == (20000, 15000)
+
+
+def test_progressive_jpeg_size() -> None:
+    import cv2
+
+    ok, enc = cv2.imencode(".jpg", np.full((33, 44, 3), 90, np.uint8),
+                           [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok and compressed_size(enc.reshape(-1)) == (44, 33)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_huge_declared_size_is_refused_before_decoding(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    msg = CompressedImage(format=fmt, data=array.array("B", _declaring(fmt, 20000, 20000)))
+
+    def no_decode(*args: object) -> None:
+        raise AssertionError("decoded an image over the limit")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ImageTooLargeError, match="20000x20000"):
+        compressed_to_rgb(msg, max_pixels=16_000_000)
+    with pytest.raises(ImageTooLargeError):
+        check_image_size(msg, 16_000_000)
+
+
+def test_raw_image_over_the_limit() -> None:
+    img = array_to_image(np.zeros((30, 40, 3), np.uint8), "rgb8")
+    check_image_size(img, 1200)  # exactly at the limit: accepted
+    assert image_to_rgb(img, max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ImageTooLargeError, match="40x30"):
+        image_to_rgb(img, max_pixels=1199)
+    with pytest.raises(ImageTooLargeError):
+        check_image_size(img, 1199)

@@ -25,6 +25,7 @@ from epropnp_ros.params import (
     CommonParams,
     DetectorParams,
     PoseEstimatorParams,
+    RigDetectorParams,
     param_specs,
     params_from_values,
 )
@@ -40,6 +41,11 @@ LAUNCH_FILES: dict[str, tuple[str, str, str, type[CommonParams], set[str]]] = {
     "pose_estimator.launch.py": (
         "pose_estimator_node", "epropnp_ros.nodes.pose_estimator:main", "pose_estimator",
         PoseEstimatorParams, {"image", "image/compressed", "camera_info", "rois"},
+    ),
+    # The rig node's inputs are named by its `cameras` parameter, not remapped.
+    "rig.launch.py": (
+        "rig_detector_node", "epropnp_ros.nodes.rig_detector:main", "rig_detector",
+        RigDetectorParams, set(),
     ),
 }
 
@@ -95,8 +101,11 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
         f"declared but unused {sorted(set(declared) - used)}"
     )
     assert "checkpoint" in declared
+    # Every launch file takes use_sim_time (for bag replay with --clock) and passes it on.
+    assert "use_sim_time" in declared
+    assert _const(_kwarg(declared["image_transport"], "default_value")) == "compressed"
     default = _kwarg(declared["checkpoint"], "default_value")
-    if launch_file == "detector.launch.py":
+    if launch_file in ("detector.launch.py", "rig.launch.py"):
         # Default: the bundled demo detector, installed by setup.py to share/epropnp/models.
         assert isinstance(default, ast.Call) and isinstance(default.args[0], ast.List)
         parts = [_const(e) for e in default.args[0].elts[1:]]
@@ -139,7 +148,7 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
     parameters = _kwarg(node, "parameters")
     assert isinstance(parameters, ast.List)
     overrides = [e for e in parameters.elts if isinstance(e, ast.Dict)]
-    names = {f.name for f in dataclasses.fields(params_cls)}
+    names = {f.name for f in dataclasses.fields(params_cls)} | {"use_sim_time"}
     for d in overrides:
         for key in d.keys:
             assert key is not None and _const(key) in names, _const(key)
@@ -153,7 +162,8 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
 
 @pytest.mark.parametrize(
     ("yaml_file", "params_cls"),
-    [("detector.yaml", DetectorParams), ("pose_estimator.yaml", PoseEstimatorParams)],
+    [("detector.yaml", DetectorParams), ("pose_estimator.yaml", PoseEstimatorParams),
+     ("rig.yaml", RigDetectorParams)],
 )
 def test_parameter_yaml_matches_declared_parameters(
     yaml_file: str, params_cls: type[CommonParams]
@@ -178,7 +188,9 @@ def test_rviz_config_shows_the_node_outputs() -> None:
     data = yaml.safe_load((REPO / "config" / "epropnp.rviz").read_text())
     displays = {d["Class"]: d for d in data["Visualization Manager"]["Displays"]}
     expected = {
-        "rviz_default_plugins/Image": "/cam_front/image_raw",
+        # RViz takes a trailing /compressed as the image_transport to use, as the launch
+        # default and the bags do.
+        "rviz_default_plugins/Image": "/cam_front/image_raw/compressed",
         "rviz_default_plugins/MarkerArray": "/markers",
         "rviz_default_plugins/PoseWithCovariance": "/pose",
         "rviz_default_plugins/PoseArray": "/pose_samples",

@@ -19,7 +19,6 @@ sleeps; every wait has a timeout.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -40,6 +39,7 @@ NODE = "detector"
 FRAME = "test_camera_optical"
 WIDTH, HEIGHT = 160, 120
 K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 60.0], [0.0, 0.0, 1.0]])
+MAX_PIXELS = 2 * WIDTH * HEIGHT  # the node's max_image_pixels
 START_TIMEOUT = 60.0
 TIMEOUT = 30.0
 
@@ -60,15 +60,16 @@ class Driver:
 
     def __init__(self) -> None:
         import rclpy
+        from autoware_perception_msgs.msg import DetectedObjects
+        from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import SetParameters
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
-        from std_msgs.msg import String
         from tf2_msgs.msg import TFMessage
-        from vision_msgs.msg import Detection3DArray
+        from vision_msgs.msg import Classification, Detection3DArray
         from visualization_msgs.msg import MarkerArray
 
         self.context = rclpy.Context()
@@ -80,13 +81,18 @@ class Driver:
         self.image_pub = self.node.create_publisher(Image, f"{NS}/image", reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, f"{NS}/camera_info", reliable)
         self.received: dict[str, list[Any]] = {
-            k: [] for k in ("detections", "pose", "pose_samples", "markers", "tf")
+            k: [] for k in ("detections", "objects", "attributes", "pose", "pose_samples",
+                            "markers", "tf")
         }
         self.diagnostics: dict[str, Any] | None = None
         self.diagnostics_count = 0
+        #: (level, message) of every status of the node received, in order.
+        self.levels: list[tuple[int, str]] = []
         self.arrival: dict[tuple[int, int], float] = {}
         for key, msg_type, topic in (
             ("detections", Detection3DArray, f"{NS}/detections"),
+            ("objects", DetectedObjects, f"{NS}/objects"),
+            ("attributes", Classification, f"{NS}/detection_attributes"),
             ("pose", PoseWithCovarianceStamped, f"{NS}/pose"),
             ("pose_samples", PoseArray, f"{NS}/pose_samples"),
             ("markers", MarkerArray, f"{NS}/markers"),
@@ -94,7 +100,7 @@ class Driver:
         ):
             self.node.create_subscription(msg_type, topic, self._collector(key), reliable)
         self.node.create_subscription(
-            String, f"{NS}/{NODE}/diagnostics", self._on_diagnostics, reliable
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable
         )
         self.change_state: Any = self.node.create_client(
             ChangeState, f"{NS}/{NODE}/change_state")
@@ -112,8 +118,16 @@ class Driver:
         return collect
 
     def _on_diagnostics(self, msg: Any) -> None:
-        self.diagnostics = json.loads(msg.data)
-        self.diagnostics_count += 1
+        from epropnp_ros.health import snapshot_from_values
+
+        for status in msg.status:
+            if status.name != f"{NS}/{NODE}":
+                continue
+            snap = snapshot_from_values((kv.key, kv.value) for kv in status.values)
+            self.diagnostics = {"counters": snap.counters, "latency_ms": snap.latency_ms,
+                                "stage_ms": snap.stage_ms, "state": snap.state}
+            self.levels.append((status.level[0], status.message))
+            self.diagnostics_count += 1
 
     def close(self) -> None:
         import rclpy
@@ -255,6 +269,7 @@ def detector_process(
         "-p", "diagnostics_period:=0.1",
         "-p", "warn_throttle:=0.0",
         "-p", "torch_threads:=1",
+        "-p", f"max_image_pixels:={MAX_PIXELS}",
         # The burst test must not lose frames in DDS: a reliable image subscription, via the
         # standard QoS override parameters.
         "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
@@ -312,6 +327,9 @@ def test_detector_node_end_to_end(
     assert driver.state() == "unconfigured"
     assert proc.poll() is None
     assert "configure failed" in _log(log) and str(ckpt) in _log(log)
+    # ... and its /diagnostics status says so (ERROR).
+    driver.wait_until(lambda: any(lvl == 2 and "failed to load" in m for lvl, m in driver.levels),
+                      lambda: f"an ERROR status after the failed configure: {driver.levels[-3:]}")
 
     # 2. Out-of-range and invalid parameter values are rejected with a reason.
     res = driver.set_parameter("score_threshold", 1.5)
@@ -376,10 +394,37 @@ def test_detector_node_end_to_end(
     tf = driver.received["tf"][-1].transforms
     assert len(tf) == len(det.detections)
     assert all(t.header.frame_id == FRAME for t in tf)
+    # DetectedObjects and the attributes: the same objects in the same order, with the
+    # covariance and the velocity (the fixture network has a velocity head) filled.
+    def stamped(key: str) -> Any:
+        driver.wait_until(lambda: any((m.header.stamp.sec, m.header.stamp.nanosec) == stamp
+                                      for m in driver.received[key]), f"{key} of the first frame")
+        return next(m for m in driver.received[key]
+                    if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+
+    objects, attributes = stamped("objects"), stamped("attributes")
+    assert objects.header.frame_id == FRAME and len(objects.objects) == len(det.detections)
+    assert len(attributes.results) == len(det.detections)
+    for obj, d in zip(objects.objects, det.detections, strict=True):
+        kin, hyp = obj.kinematics, d.results[0]
+        assert kin.pose_with_covariance.pose.position == hyp.pose.pose.position
+        np.testing.assert_allclose(kin.pose_with_covariance.covariance, hyp.pose.covariance)
+        assert kin.has_twist and kin.has_position_covariance
+        assert obj.existence_probability == pytest.approx(hyp.hypothesis.score)
+    # The node's /diagnostics status: OK while it processes, with the documented keys.
+    driver.wait_until(lambda: bool(driver.levels) and driver.levels[-1] == (0, "processing")
+                      and driver.counters()["frames_processed"] >= 1,
+                      lambda: f"an OK status after the first frame: {driver.levels[-3:]}")
+    assert driver.diagnostics is not None and driver.diagnostics["state"] == "active"
+    assert {"frames_processed", "images_received", "image_too_large", "bad_image",
+            "frames_dropped_stale"} <= set(driver.counters())
+    assert {"p50", "p95", "n"} <= set(driver.diagnostics["latency_ms"])
+    assert "total" in driver.diagnostics["stage_ms"]
 
     # 5. Bad input never kills the node: each case -> counter (+ warning), then a good frame
     #    is processed.
     from epropnp_ros.images import array_to_image
+    from epropnp_ros.messages import make_header
 
     rgb = texture_image()
     unsupported = array_to_image(rgb, "rgb8", None)
@@ -392,12 +437,14 @@ def test_detector_node_end_to_end(
     nan_info = camera_info()
     nan_info.k[0] = float("nan")
     small = array_to_image(np.ascontiguousarray(rgb[: HEIGHT // 2, : WIDTH // 2]), "rgb8", None)
+    oversized = array_to_image(np.zeros((2 * HEIGHT, 2 * WIDTH, 3), np.uint8), "rgb8", None)
     cases: list[tuple[str, str, dict[str, Any]]] = [
         ("unsupported encoding", "bad_image", {"image": unsupported}),
         ("zero-size image", "bad_image", {"image": empty}),
         ("truncated image", "bad_image", {"image": truncated}),
         ("NaN camera info", "bad_camera_info", {"info": nan_info}),
         ("size mismatch", "size_mismatch", {"image": small}),
+        ("oversized image", "image_too_large", {"image": oversized}),
         ("missing camera info", "images_unpaired", {"with_info": False}),
     ]
     driver.wait_until(lambda: driver.diagnostics is not None, "diagnostics")
@@ -418,7 +465,8 @@ def test_detector_node_end_to_end(
         sec += 1
         assert proc.poll() is None, _log(log)
     text = _log(log)
-    for kind in ("bad_image", "bad_camera_info", "size_mismatch", "no_camera_info"):
+    for kind in ("bad_image", "bad_camera_info", "size_mismatch", "no_camera_info",
+                 "image_too_large"):
         assert f"[{kind}]" in text, f"no warning of kind {kind} in the node log:\n{text}"
 
     # 6. A burst of 100 frames at 100 Hz: the newest frame is processed, stale ones are dropped
@@ -470,6 +518,32 @@ def test_detector_node_end_to_end(
     assert delay < 4 * frame_ms / 1000.0 + 3.0, (delay, frame_ms)
     latency = driver.diagnostics["latency_ms"]  # type: ignore[index]
     assert latency["n"] > 0 and latency["p95"] < 4 * frame_ms + 3000.0, latency
+    # Most of the burst was dropped as stale: the status turned WARN and says so.
+    driver.wait_until(
+        lambda: any(lvl == 1 and "dropped" in m for lvl, m in driver.levels[-20:]),
+        lambda: f"a WARN status on the burst's drops: {driver.levels[-5:]}")
+
+    # 6b. Camera infos that arrive late (1 s after their images, as DDS can deliver them):
+    #     every frame waits for its info and is processed; none is dropped for waiting.
+    driver.wait_until(driver.settled, lambda: f"the node to settle: {driver.counters()}")
+    c0 = dict(driver.counters())
+    period = max(0.2, 2.0 * frame_ms / 1000.0)
+    delay, n_late = 1.0, 8
+    schedule = sorted([(i * period, "image", i) for i in range(n_late)]
+                      + [(i * period + delay, "info", i) for i in range(n_late)])
+    t0 = time.monotonic()
+    for at, kind, i in schedule:
+        driver.wait_until(lambda at=at: time.monotonic() - t0 >= at, "the publishing schedule")
+        header = make_header(FRAME, 5000 * 1_000_000_000 + round(i * period * 1e9))
+        if kind == "image":
+            driver.image_pub.publish(array_to_image(rgb, "rgb8", header))
+        else:
+            info = camera_info()
+            info.header = header
+            driver.info_pub.publish(info)
+    driver.wait_until(lambda: delta("frames_processed") == n_late,
+                      lambda: f"the {n_late} late-info frames: { {k: delta(k) for k in burst} }")
+    assert delta("images_unpaired") == 0 and delta("frames_dropped_stale") == 0
 
     # 7. Deactivate: the inputs are gone (no more subscriptions); cleanup -> unconfigured.
     assert driver.transition(Transition.TRANSITION_DEACTIVATE) is True
@@ -659,6 +733,19 @@ def test_pose_estimator_node_in_process(
         assert node.counters["frames_with_default_roi"] == 1
         assert len(got[20].detections) <= 1
 
+        # A compressed image whose header declares 20000x20000: refused before decoding and
+        # counted; the next frame is processed.
+        huge = rgb_to_compressed(texture_image(), make_header(FRAME, 30 * 1_000_000_000),
+                                 fmt="png")
+        data = bytearray(huge.data)
+        data[16:24] = (20000).to_bytes(4, "big") * 2  # the PNG IHDR's width and height
+        huge.data = bytes(data)
+        image_pub.publish(huge)
+        wait(lambda: node.counters["image_too_large"] == 1, "the oversized image to be refused")
+        send(31)
+        wait(lambda: 31 in got, "detections of the frame after the oversized one")
+        assert 30 not in got
+
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
@@ -741,7 +828,7 @@ def test_pose_estimator_counts_bad_regions_and_goes_on(
         assert [d.id for d in frame(13, [good]).detections] == ["good"]
         # A frame counts as processed once all its outputs are published.
         wait(lambda: node.counters["frames_processed"] == 4, "the last frame to be counted")
-        counters = node.diagnostics()["counters"]
+        counters = node.diagnostics().counters
         assert (counters["rois_outside_image"], counters["frames_without_rois"],
                 counters["rois_too_small"], counters["frames_processed"]) == (1, 1, 1, 4)
         assert counters["frames_with_default_roi"] == 0
@@ -827,7 +914,7 @@ def test_unexpected_pipeline_error_is_counted_and_the_next_frame_published(
         # The frame counts as processed once all its outputs are published.
         wait(lambda: node.counters["frames_processed"] == 1, "the next frame to be counted")
         assert 10 not in got and len(got[11].detections) == 1
-        counters = node.diagnostics()["counters"]
+        counters = node.diagnostics().counters
         assert (counters["pipeline_errors"], counters["frames_processed"]) == (1, 1)
         assert counters["bad_image"] == counters["size_mismatch"] == 0
         log = "".join(capfd.readouterr())

@@ -107,7 +107,8 @@ def test_topics_counts_frames_stamps_and_camera_info(bag: Path, nusc: Any) -> No
             jpeg = (Path(nusc.dataroot) / record["filename"]).read_bytes()
             assert image.format == "jpeg" and bytes(image.data) == jpeg  # passed through
     assert counts["/tf_static"] == 1
-    assert counts["/ground_truth/detections"] == len(nusc.sample)
+    for topic in ("detections", "objects", "attributes"):
+        assert counts[f"/ground_truth/{topic}"] == len(nusc.sample)
     ego_tokens = {sd["ego_pose_token"] for sd in nusc.sample_data if sd["channel"] in CAMERAS}
     assert counts["/tf"] == len(ego_tokens)
     times = [t for _, t, _ in messages]
@@ -201,20 +202,25 @@ def test_ground_truth_boxes_match_annotations(bag: Path, nusc: Any) -> None:
 
 
 def test_ground_truth_reads_back_in_the_devkits_form(bag: Path, nusc: Any) -> None:
-    """Every sample's ground truth read back from the bag (``ground_truth_boxes``) equals its
-    annotations: positions, sizes (wlh), full orientation in the map frame, class, instance."""
+    """Every sample's ground truth read back from the bag (``ground_truth_boxes`` of its three
+    topics) equals its annotations: positions, sizes (wlh), full orientation in the map frame,
+    class, instance, the devkit's velocity and the attribute."""
     from nuscenes.eval.detection.utils import category_to_detection_name
 
     from epropnp_ros.errors import BagConversionError
     from epropnp_ros.nuscenes_bag import ground_truth_boxes
 
-    arrays = [m for topic, _, m in _read_all(bag) if topic == "/ground_truth/detections"]
+    messages = _read_all(bag)
+    topics = ("detections", "objects", "attributes")
+    per_topic = {k: [m for topic, _, m in messages if topic == f"/ground_truth/{k}"]
+                 for k in topics}
     samples = sorted(nusc.sample, key=lambda s: s["timestamp"])
-    assert len(arrays) == len(samples)
-    for array, sample in zip(arrays, samples, strict=True):
+    assert all(len(v) == len(samples) for v in per_topic.values())
+    moving = with_attribute = 0
+    for i, sample in enumerate(samples):
         anns = [nusc.get("sample_annotation", a) for a in sample["anns"]]
         anns = [a for a in anns if category_to_detection_name(a["category_name"]) is not None]
-        boxes = ground_truth_boxes(array)
+        boxes = ground_truth_boxes(*(per_topic[k][i] for k in topics))
         assert len(boxes) == len(anns) > 0
         for box, ann in zip(boxes, anns, strict=True):
             np.testing.assert_allclose(box.translation, ann["translation"])
@@ -222,9 +228,19 @@ def test_ground_truth_reads_back_in_the_devkits_form(bag: Path, nusc: Any) -> No
             np.testing.assert_allclose(box.rotation, ann["rotation"])
             assert box.detection_name == category_to_detection_name(ann["category_name"])
             assert box.instance_token == ann["instance_token"]
-    arrays[0].header.frame_id = "base_link"
+            np.testing.assert_allclose(box.velocity, nusc.box_velocity(ann["token"]),
+                                       atol=1e-9, equal_nan=True)
+            names = [nusc.get("attribute", t)["name"] for t in ann["attribute_tokens"]]
+            assert box.attribute_name == (names[0] if names else "")
+            moving += int(np.all(np.isfinite(box.velocity)))
+            with_attribute += int(bool(box.attribute_name))
+    assert moving > 0 and with_attribute > 0  # the check covers both fields
+    detections, objects = per_topic["detections"][0], per_topic["objects"][0]
+    with pytest.raises(BagConversionError, match="0 ground-truth objects for"):
+        ground_truth_boxes(detections, type(objects)(header=objects.header, objects=[]))
+    detections.header.frame_id = "base_link"
     with pytest.raises(BagConversionError, match="ground truth is in 'map'"):
-        ground_truth_boxes(arrays[0])
+        ground_truth_boxes(detections)
 
 
 def test_converting_twice_gives_identical_messages(

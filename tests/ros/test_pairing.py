@@ -66,6 +66,29 @@ def test_buffers_are_bounded_and_evictions_counted() -> None:
     assert pairer.pending() == (0, 0)
 
 
+def test_late_infos_pair_every_image_within_the_wait_bound() -> None:
+    """Camera infos arriving up to ``max_wait_ns`` after their images (by stamp) pair every
+    image; an image older than the bound behind the newest image is dropped and counted."""
+    pairer: StampPairer[int, str] = StampPairer(
+        tolerance_ns=0, max_pending=96, max_wait_ns=3000 * MS)
+    pairs = []
+    for i in range(40):  # 10 Hz images, each info 2.5 s (25 frames) late
+        assert pairer.add_image(i * 100 * MS, i) is None
+        if i >= 25:
+            pair = pairer.add_info((i - 25) * 100 * MS, f"info{i - 25}")
+            assert pair is not None
+            pairs.append(pair.image)
+    assert pairs == list(range(15)) and pairer.counters.images_unpaired == 0
+    # With infos 3.5 s late, images leave the buffer at 3 s: counted, never paired.
+    late: StampPairer[int, str] = StampPairer(tolerance_ns=0, max_pending=96,
+                                               max_wait_ns=3000 * MS)
+    for i in range(40):
+        late.add_image(i * 100 * MS, i)
+    assert late.add_info(0, "info0") is None
+    assert late.counters.images_unpaired == 9  # stamps 0..0.8 s are > 3 s behind 3.9 s
+    assert late.pending()[0] == 31
+
+
 def test_latest_info_mode_ignores_stamps() -> None:
     pairer: StampPairer[str, str] = StampPairer(tolerance_ns=0, latest_info=True)
     assert pairer.add_image(5 * MS, "early") is None  # no calibration yet: waits
@@ -84,6 +107,8 @@ def test_invalid_configuration_is_rejected() -> None:
         StampPairer(tolerance_ns=-1)
     with pytest.raises(ConfigError, match="max_pending"):
         StampPairer(tolerance_ns=0, max_pending=0)
+    with pytest.raises(ConfigError, match="max_wait_ns"):
+        StampPairer(tolerance_ns=0, max_wait_ns=-1)
 
 
 def test_slot_keeps_newest_and_counts_drops() -> None:

@@ -320,3 +320,42 @@ def test_settings_validate() -> None:
         PoseEstimatorSettings(sample_iterations=0)
     with pytest.raises(ConfigError, match="sample_iterations"):
         DetectorSettings(sample_iterations=9)
+
+
+def test_batch_of_cameras_is_one_solve_with_each_image_as_alone(
+    detector_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rig's batch (two images of one size, one of another, distorted): one network forward
+    per size, one PnP solve over every image's queries, and each image's detections as if it
+    were processed alone (a repeated image gives the same detections twice)."""
+    settings = DetectorSettings(score_threshold=0.0, max_detections=4, num_samples=3)
+    pipe = DetectorPipeline.from_checkpoint(detector_ckpt, "cpu", settings)
+    plain = intrinsics_from_camera(_camera(), rectified=False)
+    small_k = K.copy()
+    small_k[:2] *= 0.5
+    small_cam = CameraModel(
+        k=small_k, d=np.array([-0.2, 0.05, 0.0, 0.0, 0.0]), distortion_model="plumb_bob",
+        r=np.eye(3), p=np.hstack((small_k, np.zeros((3, 1)))), width=W // 2, height=H // 2,
+        frame_id="cam_small")
+    small = intrinsics_from_camera(small_cam, rectified=False)
+    a, b = _image(1), np.ascontiguousarray(_image(2)[::2, ::2])
+    net = pipe.net
+    solve, predict = net.solve, net.predict
+    solved: list[int] = []
+    forwards: list[int] = []
+    monkeypatch.setattr(net, "solve", lambda *t: solved.append(t[0].shape[0]) or solve(*t))
+    monkeypatch.setattr(net, "predict",
+                        lambda im, *r, **kw: forwards.append(im.shape[0]) or predict(im, *r, **kw))
+    outs = pipe.process_batch([a, b, a], [plain, small, plain])
+    assert sorted(forwards) == [1, 2] and len(solved) == 1
+    pipe.generator.manual_seed(0)
+    singles = [pipe.process(img, intr) for img, intr in ((a, plain), (b, small))]
+    assert solved[0] == 2 * solved[1] + solved[2]  # every image's queries, in one solve
+    for out, single in zip((outs[0], outs[1]), singles, strict=True):
+        assert out.class_ids == single.class_ids
+        np.testing.assert_allclose(out.scores, single.scores, rtol=1e-5)
+        # Batched convolutions round differently: the same solve, to the solver tolerance.
+        np.testing.assert_allclose(out.pose, single.pose, rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(outs[0].pose, outs[2].pose)
+    assert outs[0].samples.shape == (len(outs[0].pose), 3, 4)
+    assert pipe.process_batch([], []) == []

@@ -11,7 +11,8 @@ Three independent sources must agree for every type:
 
 Equal hashes are what lets our messages interoperate with nodes built against the real packages
 (Jazzy and later refuse to match endpoints whose type hashes differ). sensor_msgs/Image, a stock
-message from the wheels, is checked the same way as a control.
+message from the wheels, is checked the same way as a control. The autoware_perception_msgs
+subset is checked by the first two sources (no upstream build's hashes are at hand).
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ CHECKED_TYPES = [
     "vision_msgs/msg/VisionInfo",
     "tf2_msgs/msg/TFMessage",
     "tf2_msgs/msg/TF2Error",
+    "autoware_perception_msgs/msg/DetectedObjects",
+    "autoware_perception_msgs/msg/DetectedObject",
+    "autoware_perception_msgs/msg/DetectedObjectKinematics",
+    "autoware_perception_msgs/msg/ObjectClassification",
+    "autoware_perception_msgs/msg/Shape",
     "sensor_msgs/msg/Image",  # control: a stock message from the wheels
 ]
 
-VENDORED = ("vision_msgs", "tf2_msgs")
+VENDORED = ("vision_msgs", "tf2_msgs", "autoware_perception_msgs")
 STOCK_DEPENDENCIES = ("builtin_interfaces", "std_msgs", "geometry_msgs", "sensor_msgs")
 
 

@@ -59,6 +59,7 @@ def test_resume_mid_epoch_gives_the_same_next_steps(tmp_path: Path) -> None:
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = train(toy_config(full_dir), build_task(toy_config(full_dir)))
     assert full.finished and full.step == 9
+    assert (full_dir / "training_curves.png").stat().st_size > 1000  # plotted from the log
 
     cfg = toy_config(cut_dir)
     first = train(cfg, build_task(cfg), stop_at_step=4)

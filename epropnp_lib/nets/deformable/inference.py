@@ -7,10 +7,11 @@ Shapes: ``B`` images, ``Q`` queries, ``N`` correspondences each, poses ``(Q, 4)`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points
@@ -20,8 +21,10 @@ from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, SolveStatus, solve
 __all__ = [
     "Detections",
     "Queries",
+    "bev_nms",
     "bev_rectangles",
     "empty_queries",
+    "merge_queries",
     "no_detections",
     "select_detections",
     "solve_multi_start",
@@ -92,6 +95,32 @@ def empty_queries(like: torch.Tensor, num_points: int, affines: torch.Tensor) ->
     return Queries(like.new_zeros(0, num_points, 3), like.new_zeros(0, num_points, 2),
                    like.new_zeros(0, num_points, 2), like.new_zeros(0, 3, 3), index, index,
                    like.new_zeros(0), like.new_zeros(0, 3), like.new_zeros(0, 2), index, affines)
+
+
+def merge_queries(parts: Sequence[tuple[torch.Tensor, Queries]], num_images: int) -> Queries:
+    """One :class:`Queries` of ``num_images`` images from the queries of groups of them (e.g.
+    one network forward per image size).
+
+    Args:
+        parts: ``(index (B_g,), queries)`` per group: the images' indices among all and the
+            group's queries (``image_index`` within the group); at least one.
+        num_images: ``B``, the images of all groups (each index in exactly one group).
+
+    Returns:
+        the concatenated queries, ``image_index`` and ``affines`` in the indices of ``parts``.
+    """
+    if len(parts) == 1 and parts[0][1].num_images == num_images:
+        index, q = parts[0]
+        if bool((index == torch.arange(num_images, device=index.device)).all()):
+            return q
+    first = parts[0][1]
+    affines = first.affines.new_zeros(num_images, 3, 3)
+    for index, q in parts:
+        affines[index] = q.affines
+    fields = [torch.cat([getattr(q, name) for _, q in parts]) for name in Queries._fields[:-1]]
+    image_index = Queries._fields.index("image_index")
+    fields[image_index] = torch.cat([index[q.image_index] for index, q in parts])
+    return Queries._make([*fields, affines])
 
 
 def top_locations(
@@ -216,8 +245,8 @@ def select_detections(
     for b in range(queries.num_images):
         sel = ((queries.image_index == b) & ok).nonzero().squeeze(-1)
         if sel.numel() > 0:
-            nms = batched_nms(bev_rectangles(boxes.select(sel)), queries.scores[sel],
-                              queries.labels[sel], nms_iou)
+            nms = bev_nms(boxes.select(sel).corners()[..., [0, 2]], queries.scores[sel],
+                          queries.labels[sel], nms_iou)
             sel = sel[nms[:max_detections]]
         kept.append(sel)
     return kept
@@ -227,5 +256,42 @@ def bev_rectangles(boxes: CameraBoxes) -> torch.Tensor:
     """``(M, 4)`` axis-aligned ``(x1, z1, x2, z2)`` around the footprints in the camera x-z
     plane: the boxes of the bird's-eye-view NMS, so that objects that overlap in the image at
     different depths are not suppressed."""
-    corners = boxes.corners()[..., [0, 2]]  # (M, 8, 2)
-    return torch.cat((corners.amin(1), corners.amax(1)), dim=-1)
+    return _rectangles(boxes.corners()[..., [0, 2]])
+
+
+def _rectangles(footprints: torch.Tensor) -> torch.Tensor:
+    """``(M, 4)`` axis-aligned rectangles around ``footprints: (M, K, 2)``."""
+    return torch.cat((footprints.amin(1), footprints.amax(1)), dim=-1)
+
+
+def bev_nms(
+    footprints: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    iou: float,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Class-aware bird's-eye-view NMS: indices ``(K,)`` of the kept boxes, best score first.
+
+    Args:
+        footprints: ``(M, K, 2)`` box corners projected onto the ground plane (camera x-z for
+            camera-frame boxes, x-y of a z-up frame such as ``base_link``).
+        scores: ``(M,)`` box scores.
+        labels: ``(M,)`` classes (boxes of different classes never suppress each other).
+        iou: IoU above which the lower-scoring box of a pair is dropped.
+        groups: ``(M,)`` optional group of each box (e.g. the camera that saw it): boxes of the
+            same group never suppress each other either (each group was NMS-ed already).
+    """
+    rect = _rectangles(footprints)
+    if groups is None:
+        return batched_nms(rect, scores, labels, iou)
+    order = scores.argsort(descending=True, stable=True)
+    rivals = (box_iou(rect, rect) > iou) & (labels[:, None] == labels[None, :]) & (
+        groups[:, None] != groups[None, :])
+    removed = torch.zeros_like(labels, dtype=torch.bool)
+    kept = []
+    for i in order.tolist():
+        if not removed[i]:
+            kept.append(i)
+            removed |= rivals[i]
+    return torch.tensor(kept, dtype=torch.long, device=scores.device)

@@ -20,8 +20,11 @@ Path of one frame (worker thread, :meth:`EstimatorNode.process_frame`):
 Topics (relative: remap them): in ``image`` (or ``<image>/compressed``: remapping ``image``
 moves it too), ``camera_info``
 (sensor-data QoS, overridable with ``qos_overrides.<topic>.subscription.<policy>``); out
-``detections``, ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
-``~/diagnostics`` (std_msgs/String, JSON: :meth:`EstimatorNode.diagnostics`). Bad input never
+``detections``, ``objects`` (``autoware_perception_msgs/DetectedObjects``: the same objects
+with their velocity, :mod:`epropnp_ros.autoware`), ``detection_attributes`` (the detector),
+``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
+``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, one status named after the node, in
+every lifecycle state: level rules and keys in :mod:`epropnp_ros.health`). Bad input never
 stops the node: each case is counted in the diagnostics and logged at most every
 ``warn_throttle`` seconds per kind; the next good frame is processed.
 """
@@ -29,7 +32,6 @@ stops the node: each case is counted in the diagnostics and logged at most every
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import signal
 import threading
@@ -37,11 +39,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import rclpy
 import torch
+from autoware_perception_msgs.msg import DetectedObjects
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
@@ -57,17 +61,26 @@ from rclpy.qos import (
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
+from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
-from vision_msgs.msg import Detection3DArray
+from vision_msgs.msg import Classification, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from epropnp_lib.errors import EProPnPError
+from epropnp_ros.autoware import attribute_classification, detected_objects
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
+from epropnp_ros.dds import use_profile
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
-from epropnp_ros.errors import ConversionError, ImageSizeError, PipelineInputError
-from epropnp_ros.images import compressed_to_rgb, image_to_rgb
+from epropnp_ros.errors import (
+    ConversionError,
+    ImageSizeError,
+    ImageTooLargeError,
+    PipelineInputError,
+)
+from epropnp_ros.health import HealthRules, Snapshot, assess, key_values
+from epropnp_ros.images import check_image_size, compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.messages import stamp_to_ns
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
@@ -93,9 +106,36 @@ _WARNING_COUNTERS = {
     "no_camera_info": "images_unpaired",
     "bad_input": "bad_image",
     "pipeline_error": "pipeline_errors",
+    "no_images": "images_received",
 }
 #: Latency samples kept for the diagnostics percentiles.
 LATENCY_WINDOW = 200
+#: Images (and camera infos) that may wait for their partner; the time bound is the
+#: ``camera_info_max_delay`` parameter (at 30 Hz, 3 s of images).
+PAIRING_MAX_PENDING = 96
+#: Seconds of history behind the drop-rate rule of the diagnostics level.
+DROP_WINDOW_S = 10.0
+#: ``/diagnostics`` QoS (diagnostic_updater's: reliable, volatile).
+DIAGNOSTICS_QOS = QoSProfile(
+    depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
+)
+
+
+class PublishedPoses(Protocol):
+    """Poses of ``M`` published objects: ``pose (M, dim)``, ``covariance (M, D, D)``,
+    ``samples (M, S, dim)``, ``scores (M,)`` (e.g. :class:`ObjectEstimates`)."""
+
+    @property
+    def pose(self) -> np.ndarray: ...
+
+    @property
+    def covariance(self) -> np.ndarray: ...
+
+    @property
+    def samples(self) -> np.ndarray: ...
+
+    @property
+    def scores(self) -> np.ndarray: ...
 
 
 class Frame(NamedTuple):
@@ -117,7 +157,10 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
     Subclasses set :attr:`PARAMS` and :attr:`CHECKPOINT_KIND` and implement
     :meth:`load_pipeline`, :meth:`apply_live_params`, :meth:`run_pipeline`, :meth:`objects`
-    (and optionally :meth:`create_extra_inputs`, :meth:`marker_class_names`).
+    (and optionally :meth:`create_extra_inputs`, :meth:`marker_class_names`). A node with
+    other inputs (the rig detector: many cameras, capture slots) replaces
+    :meth:`create_inputs`, :meth:`process_item` and :meth:`inputs_stopped`, and publishes
+    through :meth:`publish_objects`.
 
     Args:
         node_name: the node's default name.
@@ -125,6 +168,8 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
     """
 
     PARAMS: ClassVar[type[CommonParams]]
+    #: Whether the node publishes ``detection_attributes`` (its objects carry attributes).
+    PUBLISHES_ATTRIBUTES: ClassVar[bool] = False
     #: What the ``checkpoint`` parameter must name (for the error when it is empty).
     CHECKPOINT_KIND: ClassVar[str]
 
@@ -140,16 +185,18 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
         self.pipeline: PipelineT | None = None
         self._lock = threading.Lock()
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._slot: LatestSlot[Any] = LatestSlot()
         self._slot.close()
         self._pairer: StampPairer[tuple[Any, float], Any] | None = None
         self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
         self._worker: threading.Thread | None = None
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
-        self._diag_pub: Any = None
-        self._diag_timer: Any = None
         self._lc_state = "unconfigured"
+        self._configure_failed = False
+        self._consecutive_failures = 0
+        self._last_input = time.monotonic()
+        self._history: deque[tuple[float, Snapshot]] = deque()
         self._warned: dict[str, float] = {}
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_timings: dict[str, float] = {}
@@ -157,10 +204,16 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             (
                 "images_received", "camera_infos_received", "frames_paired", "frames_processed",
                 "frames_dropped_stale", "images_unpaired", "camera_infos_unpaired",
-                "bad_image", "bad_camera_info", "size_mismatch", "pipeline_errors",
+                "bad_image", "image_too_large", "bad_camera_info", "size_mismatch",
+                "pipeline_errors",
                 "failed_solves", "objects_published",
             ),
             0,
+        )
+        # Diagnostics go out in every lifecycle state (a failed configure is an ERROR status).
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(
+            self.params.diagnostics_period, self.publish_diagnostics
         )
 
     # --- to implement --------------------------------------------------------------------
@@ -187,6 +240,49 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
     def create_extra_inputs(self, params: ParamsT) -> list[Any]:
         """Extra subscriptions created in ``on_activate`` (e.g. regions of interest)."""
         return []
+
+    def create_inputs(self, params: ParamsT) -> list[Any]:
+        """The subscriptions (and timers) created in ``on_activate``, destroyed when the inputs
+        stop: by default one camera's image and camera info, paired by stamp into
+        :class:`Frame` items for :meth:`process_item`, and :meth:`create_extra_inputs`."""
+        self._pairer = StampPairer(
+            tolerance_ns=round(params.pairing_tolerance * 1e9),
+            latest_info=params.use_latest_camera_info,
+            max_pending=PAIRING_MAX_PENDING,
+            max_wait_ns=round(params.camera_info_max_delay * 1e9),
+        )
+        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
+        overrides = QoSOverridingOptions.with_default_policies
+        if params.image_transport == "compressed":
+            # image_transport's convention: <image topic>/compressed, so that a remap of
+            # ``image`` moves the compressed topic too (an explicit ``image/compressed`` remap
+            # still applies).
+            image_sub = self.create_subscription(
+                CompressedImage, self.resolve_topic_name("image") + "/compressed",
+                self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides(),
+            )
+        else:
+            image_sub = self.create_subscription(
+                Image, "image", self._on_image, qos_profile_sensor_data,
+                qos_overriding_options=overrides(),
+            )
+        info_sub = self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
+            qos_overriding_options=overrides(),
+        )
+        return [image_sub, info_sub, *self.create_extra_inputs(params)]
+
+    def process_item(self, item: Any) -> None:
+        """Process one item the worker took from the newest-item slot (default: a paired
+        :class:`Frame`, :meth:`process_frame`)."""
+        self.process_frame(item)
+
+    def inputs_stopped(self) -> None:
+        """Called after the inputs stopped and the worker ended: drop (and count) what waits
+        in the pairer."""
+        if self._pairer is not None:
+            self._pairer.clear()
+            self._sync_pairing_counters(warn=False)
 
     def marker_class_names(self) -> tuple[str, ...]:
         """Class order of the marker palette."""
@@ -239,20 +335,24 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         except Exception as exc:  # any load failure fails the transition
             self.get_logger().error(f"configure failed: cannot load the model: {exc}")
             self.pipeline = None
+            self._configure_failed = True
             return TransitionCallbackReturn.FAILURE
+        self._configure_failed = False
         pubs = self._outputs
-        for name, msg_type in (
-            ("detections", Detection3DArray), ("pose", PoseWithCovarianceStamped),
-            ("pose_samples", PoseArray), ("markers", MarkerArray),
-        ):
+        outputs: list[tuple[str, type]] = [
+            ("detections", Detection3DArray), ("objects", DetectedObjects),
+            ("pose", PoseWithCovarianceStamped), ("pose_samples", PoseArray),
+            ("markers", MarkerArray),
+        ]
+        if self.PUBLISHES_ATTRIBUTES:
+            outputs.append(("detection_attributes", Classification))
+        for name, msg_type in outputs:
             pubs[name] = self.create_lifecycle_publisher(
                 msg_type, name, OUTPUT_QOS,
                 qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             )
         if params.publish_tf:
             pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", TF_QOS)
-        self._diag_pub = self.create_publisher(String, "~/diagnostics", OUTPUT_QOS)
-        self._diag_timer = self.create_timer(params.diagnostics_period, self.publish_diagnostics)
         self._lc_state = "inactive"
         # The model, torch and the message modules are hundreds of thousands of long-lived
         # objects; every frame allocates thousands of message objects, and each full garbage
@@ -264,31 +364,9 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        params = self.params
-        self._pairer = StampPairer(
-            tolerance_ns=round(params.pairing_tolerance * 1e9),
-            latest_info=params.use_latest_camera_info,
-        )
-        self._paired_seen = self._unpaired_seen = self._infos_unpaired_seen = 0
-        overrides = QoSOverridingOptions.with_default_policies
-        if params.image_transport == "compressed":
-            # image_transport's convention: <image topic>/compressed, so that a remap of
-            # ``image`` moves the compressed topic too (an explicit ``image/compressed`` remap
-            # still applies).
-            image_sub = self.create_subscription(
-                CompressedImage, self.resolve_topic_name("image") + "/compressed",
-                self._on_image, qos_profile_sensor_data, qos_overriding_options=overrides(),
-            )
-        else:
-            image_sub = self.create_subscription(
-                Image, "image", self._on_image, qos_profile_sensor_data,
-                qos_overriding_options=overrides(),
-            )
-        info_sub = self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
-            qos_overriding_options=overrides(),
-        )
-        self._inputs = [image_sub, info_sub, *self.create_extra_inputs(params)]
+        self._inputs = self.create_inputs(self.params)
+        self._last_input = time.monotonic()
+        self._consecutive_failures = 0
         self._slot.reopen()
         self._worker = threading.Thread(target=self._work, name="epropnp-inference", daemon=True)
         self._worker.start()
@@ -321,8 +399,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
-        for sub in self._inputs:
-            self.destroy_subscription(sub)
+        for entity in self._inputs:
+            if isinstance(entity, Timer):
+                self.destroy_timer(entity)
+            else:
+                self.destroy_subscription(entity)
         self._inputs = []
         self._slot.close()
         if self._worker is not None:
@@ -332,20 +413,12 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             self._worker = None
         # Frames waiting in the slot or the pairer are dropped, and counted as such.
         self.counters["frames_dropped_stale"] = self._slot.dropped
-        if self._pairer is not None:
-            self._pairer.clear()
-            self._sync_pairing_counters(warn=False)
+        self.inputs_stopped()
 
     def _release(self) -> None:
         for pub in self._outputs.values():
             self.destroy_lifecycle_publisher(pub)
         self._outputs = {}
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
         self.pipeline = None
         gc.unfreeze()  # the released model may sit in reference cycles: let them be collected
 
@@ -359,11 +432,29 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         pairer = self._pairer
         if pairer is None:
             return
-        self.counters["images_received"] += 1
+        if not self.admit_image(msg):
+            return
         pair = pairer.add_image(stamp_to_ns(msg.header.stamp), (msg, time.monotonic()))
         self._sync_pairing_counters()
         if pair is not None:
             self._offer(pair)
+
+    def admit_image(self, msg: Any) -> bool:
+        """Count an arriving image; ``False`` (counted as ``image_too_large``, warned) for one
+        over ``max_image_pixels``, refused before it waits for pairing or is decoded (a
+        compressed one by its header; an unreadable header is left to the decode, which says
+        why)."""
+        self.counters["images_received"] += 1
+        self._last_input = time.monotonic()
+        try:
+            check_image_size(msg, self.params.max_image_pixels)
+        except ImageTooLargeError as exc:
+            self.counters["image_too_large"] += 1
+            self.warn("image_too_large", f"skipping image: {exc}")
+            return False
+        except ConversionError:
+            pass
+        return True
 
     def _on_camera_info(self, msg: Any) -> None:
         pairer = self._pairer
@@ -407,11 +498,13 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
             if frame is None:
                 return
             try:
-                self.process_frame(frame)
+                self.process_item(frame)
+                self._consecutive_failures = 0
             except Exception as exc:  # the worker must survive anything
                 if not self.context.ok():
                     return  # shutting down (Ctrl-C): publishing fails, nothing to report
                 self.counters["pipeline_errors"] += 1
+                self._consecutive_failures += 1
                 self.warn("pipeline_error", f"frame failed: {type(exc).__name__}: {exc}",
                           level=logging.ERROR)
 
@@ -446,10 +539,11 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         """``(rgb (H, W, 3) uint8, camera)`` of a frame, or ``None`` (counted and warned) when
         the image or its CameraInfo cannot be read."""
         try:
+            limit = self.params.max_image_pixels
             if isinstance(frame.image, CompressedImage):
-                rgb = compressed_to_rgb(frame.image)
+                rgb = compressed_to_rgb(frame.image, limit)
             else:
-                rgb = image_to_rgb(frame.image)
+                rgb = image_to_rgb(frame.image, limit)
         except ConversionError as exc:
             self.counters["bad_image"] += 1
             self.warn("bad_image", f"skipping image: {exc}")
@@ -474,11 +568,20 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
 
     def publish(self, header: Header, output: OutputT, params: ParamsT) -> None:
         """Publish every output message of one frame (all with ``header``)."""
+        if self._outputs:
+            self.publish_objects(header, self.objects(output), output, params)
+
+    def publish_objects(
+        self, header: Header, objects: list[ObjectPose3D], output: PublishedPoses,
+        params: ParamsT,
+    ) -> None:
+        """Publish ``objects`` and their poses, covariances and samples ``output`` (one frame's
+        or one fused slot's; all with ``header``)."""
         pubs = self._outputs
-        if not pubs:
-            return
-        objects = self.objects(output)
         pubs["detections"].publish(detection3d_array(header, objects))
+        pubs["objects"].publish(detected_objects(header, objects))
+        if "detection_attributes" in pubs:
+            pubs["detection_attributes"].publish(attribute_classification(header, objects))
         if objects:
             best = int(np.argmax(output.scores))
             pubs["pose"].publish(
@@ -513,39 +616,69 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         else:
             log.warning(text)
 
-    def diagnostics(self) -> dict[str, Any]:
-        """The status published on ``~/diagnostics`` (as JSON in a std_msgs/String):
-
-        ``node`` (fully qualified name), ``state`` (lifecycle state), ``device``, ``counters``
-        (monotonic counts: images/camera infos received, frames paired / processed / dropped
-        as stale, unpaired images and infos, bad images, bad camera infos, size mismatches,
-        pipeline errors, failed solves, objects published), ``latency_ms`` (``p50``, ``p95``,
-        ``max``, ``last`` over the last frames: image arrival to published outputs, ``n``) and
-        ``stage_ms`` (the last frame's pipeline timings and the time to publish its messages).
-        """
+    def diagnostics(self) -> Snapshot:
+        """The node's state, device, counters (monotonic counts: images/camera infos received,
+        frames paired / processed / dropped as stale, unpaired images and infos, bad images, bad
+        camera infos, size mismatches, pipeline errors, failed solves, objects published),
+        latency (``p50``, ``p95``, ``max``, ``last`` over the last frames: image arrival to
+        published outputs, ``n``), the last frame's stage times and the fault flags that
+        :func:`epropnp_ros.health.assess` reads."""
         with self._lock:
             lat = np.asarray(self._latency_ms, dtype=np.float64)
             stages = dict(self._last_timings)
-        latency: dict[str, float | int] = {"n": int(lat.size)}
+        latency: dict[str, float] = {"n": float(lat.size)}
         if lat.size:
             latency.update(
                 p50=float(np.percentile(lat, 50)), p95=float(np.percentile(lat, 95)),
                 max=float(lat.max()), last=float(lat[-1]),
             )
-        return {
-            "node": self.get_fully_qualified_name(),
-            "state": self._lc_state,
-            "device": self.params.device,
-            "counters": dict(self.counters),
-            "latency_ms": latency,
-            "stage_ms": stages,
-        }
+        worker = self._worker
+        return Snapshot(
+            state=self._lc_state, device=self.params.device, counters=dict(self.counters),
+            latency_ms=latency, stage_ms=stages, configure_failed=self._configure_failed,
+            worker_alive=worker is not None and worker.is_alive(),
+            consecutive_failures=self._consecutive_failures,
+            seconds_since_image=time.monotonic() - self._last_input,
+        )
+
+    def health_rules(self) -> HealthRules:
+        """The level thresholds of the ``diagnostics_*`` parameters."""
+        p = self.params
+        return HealthRules(
+            drop_warn_fraction=p.diagnostics_drop_warn_fraction,
+            input_timeout=p.diagnostics_input_timeout,
+            error_after_failures=p.diagnostics_error_after_failures,
+        )
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's ``DiagnosticStatus``: level and message by
+        :func:`epropnp_ros.health.assess` over the last ``DROP_WINDOW_S`` seconds, values by
+        :func:`epropnp_ros.health.key_values`. A status that says camera infos arrive without
+        images is also logged (throttled), as the symptom of a wrong remap."""
+        now_t, snap = time.monotonic(), self.diagnostics()
+        history = self._history
+        while len(history) > 1 and now_t - history[1][0] >= DROP_WINDOW_S:
+            history.popleft()
+        before = history[0][1] if history else None
+        history.append((now_t, snap))
+        health = assess(snap, before, self.health_rules())
+        if health.message.startswith("camera_info arrives"):
+            image_topic = self.resolve_topic_name("image")
+            if self.params.image_transport == "compressed":
+                image_topic += "/compressed"
+            self.warn("no_images", f"{health.message} (listening on {image_topic})")
+        return DiagnosticStatus(
+            level=bytes([int(health.level)]), name=self.get_fully_qualified_name(),
+            message=health.message, hardware_id=self.params.device,
+            values=[KeyValue(key=k, value=v) for k, v in key_values(snap)],
+        )
 
     def publish_diagnostics(self) -> None:
-        """Publish :meth:`diagnostics` once (the timer calls this every period)."""
-        if self._diag_pub is not None:
-            self._diag_pub.publish(String(data=json.dumps(self.diagnostics())))
-
+        """Publish :meth:`diagnostic_status` on ``/diagnostics`` (the timer calls this every
+        ``diagnostics_period``)."""
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
 
 def run(
     node_factory: Callable[[], EstimatorNode[Any, Any, Any]], args: Sequence[str] | None = None
@@ -559,6 +692,7 @@ def run(
     ``KeyboardInterrupt`` is raised at an arbitrary point of rclpy's code (which can leave a
     half-built ``Task`` whose destructor then prints a traceback), and the node is cleaned up
     from the main thread. During start-up (model loading) the signals act as usual."""
+    use_profile()  # large images over shared memory (epropnp_ros.dds), unless set already
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
     node = None

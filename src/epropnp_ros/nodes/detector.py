@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from std_msgs.msg import Header
 
-from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
+from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES
 from epropnp_ros.detections import ObjectPose3D, objects_from_boxes
 from epropnp_ros.nodes.base import EstimatorNode, run
 from epropnp_ros.params import DetectorParams
@@ -59,6 +59,8 @@ class DetectorNode(EstimatorNode[DetectorParams, DetectorPipeline, DetectorOutpu
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
 
+    PUBLISHES_ATTRIBUTES = True
+
     def load_pipeline(self, params: DetectorParams) -> DetectorPipeline:
         return DetectorPipeline.from_checkpoint(
             params.checkpoint, params.device, settings_from_params(params)
@@ -74,7 +76,8 @@ class DetectorNode(EstimatorNode[DetectorParams, DetectorPipeline, DetectorOutpu
         return pipeline.process(rgb, intrinsics)
 
     def objects(self, output: DetectorOutput) -> list[ObjectPose3D]:
-        return objects_from_boxes(output.boxes, output.covariance, NUSCENES_CLASSES)
+        return objects_from_boxes(output.boxes, output.covariance, NUSCENES_CLASSES,
+                                  NUSCENES_ATTRIBUTES)
 
     def marker_class_names(self) -> tuple[str, ...]:
         return tuple(NUSCENES_CLASSES)
