@@ -42,6 +42,7 @@ from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_ros.bag_player import create_publishers
 from epropnp_ros.bop_bag import CAMERA_NS, GT_TOPIC, INFO_TOPIC, ROI_TOPIC
+from epropnp_ros.dds import use_profile
 from epropnp_ros.errors import ClosedLoopError
 from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.messages import stamp_to_ns
@@ -222,6 +223,7 @@ def _run_node(config: PoseClosedLoopConfig, out: Path) -> _Recorder:
         connections = list(reader.connections)
     image_topic, transport = _image_topic({c.topic for c in connections})
     log = out / "pose_estimator.log"
+    use_profile()  # the project's Fast DDS profile, here and (by the environment) in the node
     rclpy.init()
     node = rclpy.create_node("epropnp_pose_closed_loop")
     executor = SingleThreadedExecutor()
