@@ -4,8 +4,9 @@ how well the published covariances cover the ground truth.
 * :func:`with_velocity_and_attributes`: a camera's boxes with the velocities of its
   ``DetectedObjects`` and the attributes of its ``detection_attributes`` (same stamp, same order).
 * :func:`rig_calibration_errors`: the matched fused detections' squared Mahalanobis distances
-  (position from the 3x3 block of the published covariance, heading from its ``rot_z``
-  variance) against the sample's ground truth; a camera's own detections are measured by
+  (position from the 3x3 block of the published covariance, heading from the variance of its
+  ``rot_z`` with roll and pitch held) against the sample's ground truth; a camera's own
+  detections are measured by
   :func:`epropnp_lib.data.nuscenes.calibration.camera_calibration_errors`.
 * :func:`heading_report`: the heading error of each camera's matched detections and the fraction
   of true headings inside the 90 % highest-density region of their posterior yaw samples
@@ -72,6 +73,19 @@ def with_velocity_and_attributes(boxes: CameraBoxes, objects: Any, attributes: A
     return boxes._replace(velocity=velocity, attributes=attrs)
 
 
+def _heading_variance(rot_cov: np.ndarray) -> float:
+    """The variance of the rotation about the frame's z axis with the other two rotations held
+    (``1 / (Sigma_rot^-1)_zz``). A fused 4DoF detection observes the rotation about its camera's
+    y axis only; its unobserved rotations carry a placeholder variance of 1e6 rad^2, and a
+    camera y axis a degree off the vertical leaks some 300 rad^2 of it into ``Sigma_zz``
+    itself. Held at zero (a vehicle on the road), they leave the heading's own variance."""
+    try:
+        info = np.linalg.inv(0.5 * (rot_cov + rot_cov.T))
+    except np.linalg.LinAlgError:
+        return math.nan
+    return float(1.0 / info[2, 2]) if info[2, 2] > 0 else math.nan
+
+
 def rig_calibration_errors(msg: Any, gt: GroundTruth) -> CalibrationErrors:
     """The matched detections of a fused ``Detection3DArray`` in the global frame (``map``)."""
     centers, yaws, labels, scores, pos_cov, yaw_var = [], [], [], [], [], []
@@ -89,7 +103,7 @@ def rig_calibration_errors(msg: Any, gt: GroundTruth) -> CalibrationErrors:
         labels.append(NUSCENES_CLASSES.index(best.hypothesis.class_id))
         scores.append(best.hypothesis.score)
         pos_cov.append(cov[:3, :3])
-        yaw_var.append(cov[5, 5])
+        yaw_var.append(_heading_variance(cov[3:, 3:]))
     f64 = torch.float64
     return match_and_measure(
         torch.tensor(np.asarray(centers, dtype=np.float64).reshape(-1, 3)),

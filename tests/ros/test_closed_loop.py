@@ -78,3 +78,19 @@ def test_yaw_samples_of_a_published_pose_array() -> None:
     msg = pose_array(make_header("cam", 0), samples.reshape(-1, 4))
     np.testing.assert_allclose(_yaw_samples(msg, 3).numpy(), samples[..., 3].T, atol=1e-9)
     assert _yaw_samples(None, 3).shape == (0, 3)
+
+
+def test_fused_heading_variance_holds_the_unobserved_rotations() -> None:
+    """A fused 4DoF detection from a camera pitched by 1 deg: its rot_z variance is dominated by
+    the 1e6 rad^2 placeholder of the unobserved rotations; the heading variance used for the
+    calibration (roll and pitch held) is the detection's own yaw variance."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from epropnp_ros.closed_loop_scoring import _heading_variance
+
+    optical_to_map = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    rot = Rotation.from_rotvec([0.0175, 0.0, 0.0]).as_matrix() @ optical_to_map
+    cov = rot @ np.diag([1e6, 0.04, 1e6]) @ rot.T
+    assert cov[2, 2] > 100.0
+    assert abs(_heading_variance(cov) - 0.04) < 1e-4
