@@ -6,7 +6,9 @@ moved into the target frame (e.g. ``base_link``) through the camera's
 samples become 6DoF ``(t, q_wxyz)``; the 4x4 covariance is lifted to the 6x6 fixed-axis
 covariance (:func:`~epropnp_lib.pnp.covariance.to_ros_covariance`: the unobserved rotations get
 :data:`~epropnp_lib.conventions.UNOBSERVED_ROTATION_VARIANCE`) and rotated by
-``blockdiag(R, R)`` (:func:`~epropnp_lib.geometry.rigid.transform_covariance`); the velocity
+``blockdiag(R, R)`` (:func:`~epropnp_lib.geometry.rigid.transform_covariance`), then
+conditioned on roll and pitch in the z-up target frame (:func:`_level`: a camera a degree off
+level would otherwise leak the placeholder into the heading's ``rot_z``); the velocity
 ``(vx, vz)`` along the camera axes is rotated into the target frame.
 
 In the target frame the object axes are those of a nuScenes box (x forward along the length, y
@@ -30,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from epropnp_lib.conventions import UNOBSERVED_ROTATION_VARIANCE
 from epropnp_lib.geometry.boxes import box_corners
 from epropnp_lib.geometry.rigid import RigidTransform, transform_covariance, transform_poses
 from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
@@ -93,6 +96,25 @@ def _box_axes(poses: torch.Tensor) -> torch.Tensor:
     return torch.cat((poses[..., :3], matrix_to_quat(rot)), dim=-1)
 
 
+def _level(cov: torch.Tensor) -> torch.Tensor:
+    """``(M, 6, 6)`` fixed-axis covariances in a z-up frame, conditioned on the rotations about
+    x and y (a 4DoF detection observes no roll or pitch), which then carry the
+    :data:`~epropnp_lib.conventions.UNOBSERVED_ROTATION_VARIANCE` placeholder, uncorrelated.
+
+    The camera's placeholder variances, rotated with a camera a degree off level, would put
+    some 300 rad^2 into ``rot_z``; conditioned, ``rot_z`` is the heading's own variance."""
+    keep, held = [0, 1, 2, 5], [3, 4]
+    s_kk = cov[:, keep][:, :, keep]
+    s_kh = cov[:, keep][:, :, held]
+    s_hh = cov[:, held][:, :, held]
+    cond = s_kk - s_kh @ torch.linalg.solve(s_hh, s_kh.transpose(-1, -2))
+    out = torch.zeros_like(cov)
+    idx = torch.tensor(keep)
+    out[:, idx[:, None], idx[None, :]] = 0.5 * (cond + cond.transpose(-1, -2))
+    out[:, 3, 3] = out[:, 4, 4] = UNOBSERVED_ROTATION_VARIANCE
+    return out
+
+
 def to_target_frame(output: DetectorOutput, tf: RigidTransform, camera: int,
                     attribute_names: Sequence[str] = ()) -> FusedDetections:
     """One camera's detections in the target frame; ``tf``: target <- camera optical frame;
@@ -111,7 +133,7 @@ def to_target_frame(output: DetectorOutput, tf: RigidTransform, camera: int,
     attrs = torch.as_tensor(output.boxes.attributes).reshape(m).tolist()
     return FusedDetections(
         pose=_box_axes(transform_poses(tf, pose)).numpy(),
-        covariance=transform_covariance(tf, cov6).numpy(),
+        covariance=_level(transform_covariance(tf, cov6)).numpy(),
         samples=_box_axes(transform_poses(tf, samples.reshape(m, samples.shape[-2], 4))).numpy(),
         scores=np.asarray(output.scores, dtype=np.float64).reshape(m),
         class_ids=tuple(output.class_ids),
