@@ -535,18 +535,26 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         self.counters["frames_processed"] += 1
         self.counters["failed_solves"] += int(output.num_failed)
 
-    def _decode(self, frame: Frame) -> tuple[np.ndarray, CameraModel] | None:
-        """``(rgb (H, W, 3) uint8, camera)`` of a frame, or ``None`` (counted and warned) when
-        the image or its CameraInfo cannot be read."""
+    def decode_pixels(self, frame: Frame) -> np.ndarray | ConversionError:
+        """The frame's ``(H, W, 3) uint8`` RGB pixels, or the reason they cannot be read (no
+        side effect: safe to call from several threads)."""
         try:
             limit = self.params.max_image_pixels
             if isinstance(frame.image, CompressedImage):
-                rgb = compressed_to_rgb(frame.image, limit)
-            else:
-                rgb = image_to_rgb(frame.image, limit)
+                return compressed_to_rgb(frame.image, limit)
+            return image_to_rgb(frame.image, limit)
         except ConversionError as exc:
+            return exc
+
+    def _decode(self, frame: Frame, pixels: np.ndarray | ConversionError | None = None
+                ) -> tuple[np.ndarray, CameraModel] | None:
+        """``(rgb (H, W, 3) uint8, camera)`` of a frame, or ``None`` (counted and warned) when
+        the image or its CameraInfo cannot be read; ``pixels``: :meth:`decode_pixels` of the
+        frame when done already."""
+        rgb = self.decode_pixels(frame) if pixels is None else pixels
+        if isinstance(rgb, ConversionError):
             self.counters["bad_image"] += 1
-            self.warn("bad_image", f"skipping image: {exc}")
+            self.warn("bad_image", f"skipping image: {rgb}")
             return None
         try:
             camera = camera_info_to_model(frame.info)

@@ -35,6 +35,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple, cast
 
@@ -65,6 +66,8 @@ from epropnp_ros.poses import pose_array
 from epropnp_ros.tf_buffer import TransformBuffer
 
 NODE_NAME = "rig_detector"
+#: Threads decoding a slot's images (the machines this runs on have a few cores).
+DECODE_THREADS = 2
 
 #: ``/tf_static`` QoS of tf2_ros's static listener (reliable, transient local, depth 100).
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -94,6 +97,9 @@ class RigDetectorNode(DetectorNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.tf_buffer = TransformBuffer()
+        #: Decodes a slot's images in parallel (created with the node, shut down with it).
+        self._decoder = ThreadPoolExecutor(max_workers=DECODE_THREADS,
+                                           thread_name_prefix="epropnp-decode")
         self._cameras: tuple[str, ...] = ()
         self._pairers: list[StampPairer[tuple[Any, float], Any]] = []
         self._camera_seen: list[tuple[int, int]] = []  # (paired, unpaired) synced per camera
@@ -102,6 +108,10 @@ class RigDetectorNode(DetectorNode):
         self.counters.update(dict.fromkeys(
             ("slots_processed", "slots_complete", "slots_expired", "slots_dropped",
              "frames_late", "frames_silent", "missing_transform", "tf_rejected"), 0))
+
+    def destroy_node(self) -> None:
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+        super().destroy_node()
 
     @property
     def rig_params(self) -> RigDetectorParams:
@@ -262,8 +272,11 @@ class RigDetectorNode(DetectorNode):
         if pipeline is None:
             raise RuntimeError("no pipeline: the node is not configured")
         self.tf_buffer.tolerance_ns = round(p.tf_tolerance * 1e9)
-        inputs = [x for i, f in enumerate(slot.frames) if f is not None
-                  for x in [self._prepare(i, f, p)] if x is not None]
+        present = [(i, f) for i, f in enumerate(slot.frames) if f is not None]
+        # The cameras' images decode in parallel (OpenCV releases the GIL).
+        pixels = list(self._decoder.map(self.decode_pixels, [f for _, f in present]))
+        inputs = [x for (i, f), px in zip(present, pixels, strict=True)
+                  for x in [self._prepare(i, f, px, p)] if x is not None]
         outputs = pipeline.process_batch([x.rgb for x in inputs],
                                          [x.intrinsics for x in inputs])
         parts = [to_target_frame(out, x.transform, x.camera, NUSCENES_ATTRIBUTES)
@@ -289,11 +302,13 @@ class RigDetectorNode(DetectorNode):
         self.counters["frames_processed"] += len(inputs)
         self.counters["slots_processed"] += 1
 
-    def _prepare(self, i: int, frame: Frame, p: RigDetectorParams) -> _Input | None:
-        """Camera ``i``'s frame decoded and checked, with its transform into the target frame
-        (``None`` where missing); ``None`` (counted, warned) when it cannot be used at all."""
+    def _prepare(self, i: int, frame: Frame, pixels: np.ndarray | ConversionError,
+                 p: RigDetectorParams) -> _Input | None:
+        """Camera ``i``'s frame (its decoded ``pixels``) checked, with its transform into the
+        target frame (``None`` where missing); ``None`` (counted, warned) when it cannot be used
+        at all."""
         cam = self._camera(i)
-        decoded = self._decode(frame)
+        decoded = self._decode(frame, pixels)
         if decoded is None:
             cam["frames_skipped"] += 1
             return None
