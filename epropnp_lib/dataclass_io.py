@@ -36,6 +36,15 @@ T = TypeVar("T")
 __all__ = ["from_dict", "to_dict"]
 
 
+def json_default(value: Any) -> Any:
+    """``default=`` of :func:`json.dumps`: NumPy scalars as plain Python values (anything else
+    raises ``TypeError``, as ``json`` does)."""
+    item = getattr(value, "item", None)
+    if item is not None and type(value).__module__ == "numpy":
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def from_dict(cls: type[T], mapping: Mapping[str, Any], *, where: str = "config") -> T:
     """Build the dataclass ``cls`` from ``mapping``; nested dataclasses come from nested mappings.
 

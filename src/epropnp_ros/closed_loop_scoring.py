@@ -46,6 +46,7 @@ from epropnp_lib.data.nuscenes.calibration import (
     match_and_measure,
 )
 from epropnp_lib.data.nuscenes.frames import camera_frame_of, global_to_camera
+from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.heading import HeadingImage, heading_calibration
 from epropnp_lib.plots import calibration_diagram
@@ -168,16 +169,8 @@ def write_scores(nusc: Any, per_sample: Mapping[str, Sequence[CameraDetections]]
         **run,
     }
     scores_path = out_dir / "scores.json"
-    scores_path.write_text(json.dumps(report, indent=2, default=_json_default))
+    scores_path.write_text(json.dumps(report, indent=2, default=json_default))
     return results_path, scores_path, report
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(type(value).__name__)
 
 
 def _yaw_samples(msg: Any, m: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from rosbags.rosbag2 import Reader
 from vision_msgs.msg import Detection3DArray
 
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
+from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_ros.bag_player import create_publishers
 from epropnp_ros.bop_bag import CAMERA_NS, GT_TOPIC, INFO_TOPIC, ROI_TOPIC
@@ -350,15 +351,9 @@ def run_pose_closed_loop(config: PoseClosedLoopConfig) -> PoseClosedLoopResult:
                   latency_ms={"p50": float(np.percentile(latencies, 50)) if latencies else None,
                               "p90": float(np.percentile(latencies, 90)) if latencies else None})
     scores_path = out / "scores.json"
-    scores_path.write_text(json.dumps(scores, indent=2, default=_json_default) + "\n")
+    scores_path.write_text(json.dumps(scores, indent=2, default=json_default) + "\n")
     return PoseClosedLoopResult(scores_path, scores, frames_dir, len(processed),
                                 len(frames) - len(processed))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(type(value).__name__)
 
 
 def score_line(scores: dict[str, Any]) -> str:

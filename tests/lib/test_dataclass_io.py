@@ -83,3 +83,17 @@ def test_bad_configs_raise_config_error(mapping: dict, message: str) -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(ConfigError, match="expected a mapping"):
         from_dict(Outer, ["name"])  # type: ignore[arg-type]
+
+
+def test_json_default_writes_numpy_scalars_as_plain_values() -> None:
+    import json
+
+    import numpy as np
+    import pytest
+
+    from epropnp_lib.dataclass_io import json_default
+
+    text = json.dumps({"n": np.int64(3), "x": np.float32(0.5)}, default=json_default)
+    assert json.loads(text) == {"n": 3, "x": 0.5}
+    with pytest.raises(TypeError, match="object is not JSON serialisable"):
+        json.dumps({"o": object()}, default=json_default)
