@@ -13,7 +13,9 @@ Rotations
 
 4DoF poses (nuScenes-style)
     Translation plus a yaw angle about the camera's **y axis** (pointing down).  The rotation of
-    yaw ``theta`` is ``R_y(theta) = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``.
+    yaw ``theta`` is ``R_y(theta) = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``.  The object
+    frame of a 4DoF pose has x along the box length, y down and z = x cross y; a nuScenes /
+    REP 103 box frame (x forward, y left, z up) is ``R @ BOX_AXES_FROM_4DOF``.
 
 Pose vectors (their sizes are ``Pose6DoF.dim`` / ``Pose4DoF.dim`` of
 :mod:`epropnp_lib.geometry.pose`, with ``tangent_dim`` for the increments)
@@ -45,6 +47,11 @@ from __future__ import annotations
 #: the camera x and z axes).  ROS tools treat a very large variance as "unknown"; zero would
 #: wrongly claim certainty.
 UNOBSERVED_ROTATION_VARIANCE = 1.0e6
+
+#: The turn from a 4DoF object frame (x length, y down, z left) to a z-up box frame (x forward,
+#: y left, z up): 90 degrees about x, applied on the right (``R_box = R @ BOX_AXES_FROM_4DOF``);
+#: a right factor leaves a fixed-axes covariance as it is.
+BOX_AXES_FROM_4DOF = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
 
 #: Smallest depth (in the units of x3d/t) a point may have in front of the camera; points at or
 #: behind the camera are clamped to this depth during projection.

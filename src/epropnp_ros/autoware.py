@@ -54,6 +54,7 @@ from autoware_perception_msgs.msg import (
 )
 from vision_msgs.msg import Classification, ObjectHypothesis
 
+from epropnp_lib.conventions import BOX_AXES_FROM_4DOF
 from epropnp_ros.checks import as_float64, check_finite, check_shape
 from epropnp_ros.detections import ObjectPose3D
 from epropnp_ros.errors import ConversionError
@@ -90,8 +91,8 @@ NUSCENES_TO_AUTOWARE: dict[str, int] = {
     "barrier": ObjectClassification.UNKNOWN,
 }
 
-#: 90 deg about x: our 4DoF object frame (y down, z left) -> Autoware's (y left, z up).
-_TO_AUTOWARE = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+#: Our 4DoF object frame (y down, z left) -> Autoware's (y left, z up).
+_TO_AUTOWARE = np.array(BOX_AXES_FROM_4DOF)
 
 
 def autoware_rotation(pose: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from epropnp_lib.conventions import UNOBSERVED_ROTATION_VARIANCE
+from epropnp_lib.conventions import BOX_AXES_FROM_4DOF, UNOBSERVED_ROTATION_VARIANCE
 from epropnp_lib.geometry.boxes import box_corners
 from epropnp_lib.geometry.rigid import RigidTransform, transform_covariance, transform_poses
 from epropnp_lib.geometry.rotations import matrix_to_quat, quat_to_matrix
@@ -85,9 +85,8 @@ class FusedDetections(NamedTuple):
                                tuple(self.attributes[i] for i in index))
 
 
-#: 90 deg about x: the 4DoF object frame (y down, z left) -> a nuScenes box's (y left, z up).
-_BOX_AXES = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-                         dtype=torch.float64)
+#: The 4DoF object frame (y down, z left) -> a nuScenes box's (y left, z up).
+_BOX_AXES = torch.tensor(BOX_AXES_FROM_4DOF, dtype=torch.float64)
 
 
 def _box_axes(poses: torch.Tensor) -> torch.Tensor:

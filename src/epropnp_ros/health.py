@@ -34,6 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+#: The start of the WARN message of an active node that receives camera infos but no image.
+NO_IMAGE_SYMPTOM = "camera_info arrives but no image"
+
 #: Counters whose increase means an image that was not turned into outputs.
 DROP_COUNTERS = (
     "frames_dropped_stale", "images_unpaired", "bad_image", "image_too_large", "bad_camera_info",
@@ -122,8 +125,8 @@ def assess(now: Snapshot, before: Snapshot | None, rules: HealthRules) -> Health
         if infos > infos_before:
             return Health(
                 Level.WARN,
-                f"camera_info arrives but no image for {now.seconds_since_image:.0f} s: check "
-                "the image topic remap and image_transport",
+                f"{NO_IMAGE_SYMPTOM} for {now.seconds_since_image:.0f} s: check the image topic "
+                "remap and image_transport",
             )
         return Health(Level.WARN, f"no input for {now.seconds_since_image:.0f} s")
     if before is not None:

@@ -79,7 +79,7 @@ from epropnp_ros.errors import (
     ImageTooLargeError,
     PipelineInputError,
 )
-from epropnp_ros.health import HealthRules, Snapshot, assess, key_values
+from epropnp_ros.health import NO_IMAGE_SYMPTOM, HealthRules, Snapshot, assess, key_values
 from epropnp_ros.images import check_image_size, compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.messages import stamp_to_ns
@@ -670,7 +670,7 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
         before = history[0][1] if history else None
         history.append((now_t, snap))
         health = assess(snap, before, self.health_rules())
-        if health.message.startswith("camera_info arrives"):
+        if health.message.startswith(NO_IMAGE_SYMPTOM):
             topics = ", ".join(sub.topic_name for sub in self._inputs
                                if getattr(sub, "msg_type", None) in (Image, CompressedImage))
             self.warn("no_images", f"{health.message} (listening on {topics})")
