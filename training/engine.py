@@ -18,8 +18,9 @@ Run layout under ``config.log_dir``::
     train_log.csv  training_curves.png  checkpoints/step_00000100.pt ...  model.pt  metrics.json
     config.yaml
 
-A run stopped early by ``stop_at_step`` also exports its network, as
-``model_step_XXXXXXXX.pt`` (the file a node loads; the training state is for ``--resume``).
+A run stopped early by ``stop_at_step`` also exports its network, as ``model_step_<step>.pt``
+with the step in 8 digits, e.g. ``model_step_00001500.pt`` (the file a node loads; the training
+state is for ``--resume``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class TrainResult(NamedTuple):
         finished: the schedule completed (``False`` when stopped by ``stop_at_step``).
         checkpoint: the last training-state checkpoint written.
         model_path: the exported network checkpoint: ``model.pt`` when finished, else
-            ``model_step_XXXXXXXX.pt`` of the step the run stopped at.
+            ``model_step_<step, 8 digits>.pt`` of the step the run stopped at.
         metrics: evaluation metrics (``None`` without ``eval_split`` or off rank 0).
         last_loss: mean loss of the last logged interval (``nan`` before any).
     """

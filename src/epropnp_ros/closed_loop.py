@@ -248,12 +248,11 @@ def _stop_detectors(children: Sequence[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
-def _progress(bag: Path, cameras: dict[str, Camera],
+def _progress(reader: Reader, cameras: dict[str, Camera],
               key_frames: dict[tuple[str, int], str]) -> tqdm[Any]:
     """A progress bar over the key-frame images of the selected cameras in the bag (shown on a
     terminal only)."""
-    with Reader(bag) as reader:
-        start, end = reader.start_time, reader.end_time
+    start, end = reader.start_time, reader.end_time
     channels = {cam.channel for cam in cameras.values()}
     total = sum(1 for channel, stamp in key_frames
                 if channel in channels and start <= stamp <= end)
@@ -273,7 +272,7 @@ def _play_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str, Cam
     """Publish the bag; each key-frame image of a selected camera waits for its detections."""
     processed = dropped = 0
     latencies: list[float] = []
-    with Reader(bag) as reader, _progress(bag, cameras, key_frames) as bar:
+    with Reader(bag) as reader, _progress(reader, cameras, key_frames) as bar:
         for connection, stamp, raw in reader.messages():
             publisher = publishers[connection.id]
             msg = deserialize_message(bytes(raw), publisher.msg_type)
@@ -331,7 +330,7 @@ def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str,
         bar.update(len(group))
         group.clear()
 
-    with Reader(bag) as reader, _progress(bag, cameras, frames.key_frames) as bar:
+    with Reader(bag) as reader, _progress(reader, cameras, frames.key_frames) as bar:
         for connection, stamp, raw in reader.messages():
             publisher = publishers[connection.id]
             target = cameras.get(connection.topic)
