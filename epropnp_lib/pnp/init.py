@@ -36,7 +36,7 @@ from epropnp_lib.geometry.rotations import (
 from epropnp_lib.tensor_constants import on
 
 
-def _normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
+def normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.Tensor:
     """``(B, N, 2)`` pixel points to normalised camera coordinates ``K^-1 [u, v, 1]``, returned
     component-major ``(B, 2, N)`` (``K`` with last row ``(0, 0, 1)``: only its 2x2 block is
     inverted; a singular one gives non-finite points, reported by the solver)."""
@@ -370,7 +370,7 @@ def init_6dof(
     x3d64 = x3d.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
     w = w2d.double().mean(-1)
     k64 = cam_mats.double()
-    xn = _normalized_image_points(x2d.double(), k64)  # (B, 2, N)
+    xn = normalized_image_points(x2d.double(), k64)  # (B, 2, N)
     quat, t, scatter, system = dlt_6dof(x3d64, xn.movedim(1, 0), w)
     dlt = torch.cat((t, quat), dim=-1)
     if x3d.shape[-2] < 6:
@@ -400,7 +400,7 @@ def init_4dof(
     """
     dtype = x3d.dtype
     x3d64, k64 = x3d.double(), cam_mats.double()
-    xn = _normalized_image_points(x2d.double(), k64)
+    xn = normalized_image_points(x2d.double(), k64)
     wrow = w2d.double() * torch.stack((k64[..., 0, 0], k64[..., 1, 1]), -1)[..., None, :]
     big_x, big_y, big_z = x3d64.unbind(-1)
     u, v = xn.unbind(1)

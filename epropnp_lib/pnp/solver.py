@@ -33,7 +33,13 @@ from epropnp_lib.pnp.cost import (
     point_spread_sq,
     point_terms,
 )
-from epropnp_lib.pnp.init import hypotheses_6dof, init_4dof, init_6dof
+from epropnp_lib.pnp.init import (
+    hypotheses_6dof,
+    init_4dof,
+    init_6dof,
+    normalized_image_points,
+)
+from epropnp_lib.pnp.p3p import p3p_candidates
 from epropnp_lib.tensor_constants import on
 
 
@@ -335,6 +341,10 @@ def _solve(
 MULTI_START_ITERATIONS = 3
 #: Starts of a multi-start solved in full.
 MULTI_START_KEPT = 3
+#: 6DoF problems with fewer points than this (where the DLT is undetermined) start from the
+#: P3P poses of their point triples (:mod:`epropnp_lib.pnp.p3p`) instead of the 24 rotation
+#: hypotheses (while ``SolverConfig.multi_start_below`` allows a multi-start).
+MINIMAL_POINTS_BELOW = 6
 
 
 def initial_pose(
@@ -350,38 +360,84 @@ def initial_pose(
     level of the cost (see :func:`optimize_pose`)."""
     if prob.pose_init is not None:
         return space.canonical(prob.pose_init)
-    batch, num_points = prob.x3d.shape[:2]
+    num_points = prob.x3d.shape[1]
     dof = space.tangent_dim
     init = init_6dof if dof == 6 else init_4dof
     cands = init(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)  # (C, B, dim)
     # Non-finite entries: the first candidate's, made finite (the solver reports the rest).
     first = cands[:1].nan_to_num(0.0)
     cands = first if cands.shape[0] == 1 else torch.where(cands.isfinite(), cands, first)
-    if dof == 6 and num_points < cfg.multi_start_below:
-        hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
-        starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
-        n_starts = starts.shape[0]
-        # A few iterations from every start, then the full solve from the best few.
-        short = dataclasses.replace(cfg, max_iterations=min(cfg.max_iterations,
-                                                            MULTI_START_ITERATIONS))
-        st_all, _, _ = optimize_pose(
-            space, starts.flatten(0, 1), pts.repeat(n_starts), short, cost_floor.repeat(n_starts)
-        )
-        cost_all = st_all.cost.unflatten(0, (n_starts, batch)).nan_to_num(torch.inf)
-        keep = min(MULTI_START_KEPT, n_starts)
-        top = cost_all.topk(keep, dim=0, largest=False).indices  # (keep, B)
-        kept = torch.take_along_dim(st_all.pose.unflatten(0, (n_starts, batch)), top[..., None],
-                                    dim=0)
-        st_kept, _, _ = optimize_pose(space, kept.flatten(0, 1), pts.repeat(keep), cfg,
-                                      cost_floor.repeat(keep))
-        cost_kept = st_kept.cost.unflatten(0, (keep, batch)).nan_to_num(torch.inf)
-        cands = torch.take_along_dim(st_kept.pose.unflatten(0, (keep, batch)),
-                                     cost_kept.argmin(0)[None, :, None], dim=0)
+    if dof == 6 and num_points < min(cfg.multi_start_below, MINIMAL_POINTS_BELOW):
+        cands = _minimal_starts(space, prob, pts, cfg, cost_floor, cands)
+    elif dof == 6 and num_points < cfg.multi_start_below:
+        cands = _multi_start(space, prob, pts, cfg, cost_floor, cands)
     if cands.shape[0] == 1:
         return cands[0]
     cand_cost = point_terms(space, cands, pts).half_rho.sum(-1).nan_to_num(torch.inf)
     best = cand_cost.argmin(0)
     return torch.take_along_dim(cands, best[None, :, None], dim=0)[0]
+
+
+def _best_of_full_solves(
+    space: type[PoseSpace], starts: torch.Tensor, pts: PointSet, cfg: SolverConfig,
+    cost_floor: torch.Tensor, costs: torch.Tensor,
+) -> torch.Tensor:
+    """The optimum ``(1, B, dim)`` of least cost after full solves from the
+    :data:`MULTI_START_KEPT` starts of least ``costs: (S, B)`` among ``starts: (S, B, dim)``."""
+    n_starts, batch = costs.shape
+    keep = min(MULTI_START_KEPT, n_starts)
+    top = costs.nan_to_num(torch.inf).topk(keep, dim=0, largest=False).indices  # (keep, B)
+    kept = torch.take_along_dim(starts, top[..., None], dim=0)
+    st, _, _ = optimize_pose(space, kept.flatten(0, 1), pts.repeat(keep), cfg,
+                             cost_floor.repeat(keep))
+    cost = st.cost.unflatten(0, (keep, batch)).nan_to_num(torch.inf)
+    return torch.take_along_dim(st.pose.unflatten(0, (keep, batch)),
+                                cost.argmin(0)[None, :, None], dim=0)
+
+
+def _multi_start(
+    space: type[PoseSpace], prob: ValidatedProblem, pts: PointSet, cfg: SolverConfig,
+    cost_floor: torch.Tensor, cands: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-start from ``cands: (C, B, 7)`` and the 24 rotation hypotheses: a few iterations
+    from every start, then full solves from the best few; the best optimum ``(1, B, 7)``."""
+    hyp = hypotheses_6dof(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats)
+    starts = torch.cat((cands, hyp.to(cands.dtype)), dim=0)
+    n_starts, batch = starts.shape[:2]
+    short = dataclasses.replace(cfg, max_iterations=min(cfg.max_iterations,
+                                                        MULTI_START_ITERATIONS))
+    st_all, _, _ = optimize_pose(
+        space, starts.flatten(0, 1), pts.repeat(n_starts), short, cost_floor.repeat(n_starts)
+    )
+    return _best_of_full_solves(space, st_all.pose.unflatten(0, (n_starts, batch)), pts, cfg,
+                                cost_floor, st_all.cost.unflatten(0, (n_starts, batch)))
+
+
+def _minimal_starts(
+    space: type[PoseSpace], prob: ValidatedProblem, pts: PointSet, cfg: SolverConfig,
+    cost_floor: torch.Tensor, cands: torch.Tensor,
+) -> torch.Tensor:
+    """The start ``(1, B, 7)`` for fewer than :data:`MINIMAL_POINTS_BELOW` points: among
+    ``cands: (C, B, 7)`` and the P3P poses of every triple of points
+    (:func:`~epropnp_lib.pnp.p3p.p3p_candidates`), the :data:`MULTI_START_KEPT` of least cost
+    run :data:`MULTI_START_ITERATIONS` iterations, and the one of least cost then is the start
+    (P3P poses are exact for their triple: by then the one that leads to the global optimum
+    is ahead)."""
+    xn = normalized_image_points(prob.x2d.double(), prob.cam_mats.double()).mT
+    minimal = p3p_candidates(prob.x3d.double(), xn).to(cands.dtype)  # NaN where invalid
+    starts = torch.cat((cands, torch.where(minimal.isfinite(), minimal, cands[:1])), dim=0)
+    costs = point_terms(space, starts, pts).half_rho.sum(-1).nan_to_num(torch.inf)
+    batch = starts.shape[1]
+    keep = min(MULTI_START_KEPT, starts.shape[0])
+    top = costs.topk(keep, dim=0, largest=False).indices  # (keep, B)
+    kept = torch.take_along_dim(starts, top[..., None], dim=0)
+    short = dataclasses.replace(cfg, max_iterations=min(cfg.max_iterations,
+                                                        MULTI_START_ITERATIONS))
+    st, _, _ = optimize_pose(space, kept.flatten(0, 1), pts.repeat(keep), short,
+                             cost_floor.repeat(keep))
+    cost = st.cost.unflatten(0, (keep, batch)).nan_to_num(torch.inf)
+    return torch.take_along_dim(st.pose.unflatten(0, (keep, batch)),
+                                cost.argmin(0)[None, :, None], dim=0)
 
 
 class SolverState(NamedTuple):
@@ -420,8 +476,13 @@ def _behind(depth: torch.Tensor, w_point: torch.Tensor) -> torch.Tensor:
 
 #: The loop gathers the still-active elements into a smaller batch once at most half of them
 #: are left, if the batch has at least this many points in all (below, per-op overhead
-#: dominates and masked updates of the whole batch are cheaper than gathering).
+#: dominates and masked updates of the whole batch are cheaper than gathering) ...
 COMPACT_MIN_POINTS = 8192
+#: ... or once at most this fraction of a batch of at least :data:`COMPACT_MIN_BATCH`
+#: elements is left (a few slow elements would otherwise carry the whole batch through the
+#: remaining iterations).
+COMPACT_FEW_LEFT = 0.125
+COMPACT_MIN_BATCH = 64
 
 
 def cost_round_off(prob: ValidatedProblem, spread_sq: torch.Tensor) -> torch.Tensor:
@@ -493,12 +554,14 @@ def _iterate(
 
     Every iteration evaluates the whole batch and updates the still-active elements through
     masks; once few are left in a large batch it continues on the gathered active elements
-    (:data:`COMPACT_MIN_POINTS`).  An element whose next near-Gauss-Newton step is below the
-    tolerance, or whose cost decrease predicted by the quadratic model is below the round-off of
-    its cost, stops without taking the step.
+    (:data:`COMPACT_MIN_POINTS`, :data:`COMPACT_FEW_LEFT`).  An element whose next
+    near-Gauss-Newton step is below the tolerance, or whose cost decrease predicted by the
+    quadratic model is below the round-off of its cost, stops without taking the step.
     """
     batch, dof = st.normal.shape[0], st.normal.shape[-1] - 1
-    may_compact = batch * pts.x.shape[-1] >= COMPACT_MIN_POINTS
+    # Active elements at which the loop gathers them (never, below 1).
+    compact_at = (batch // 2 if batch * pts.x.shape[-1] >= COMPACT_MIN_POINTS
+                  else int(batch * COMPACT_FEW_LEFT) if batch >= COMPACT_MIN_BATCH else 0)
     device = st.pose.device
     lm = cfg.mode is SolverMode.LEVENBERG_MARQUARDT
     active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -513,7 +576,7 @@ def _iterate(
     inv_t.reciprocal_().mul_(1.0 / tol)
     step_scale = torch.cat((inv_t.expand(-1, 3), inv_t.new_full((batch, dof - 3), 1.0 / tol)), -1)
     for it in range(max_iterations):
-        if may_compact and 2 * int(active.sum()) <= batch:
+        if compact_at and int(active.sum()) <= compact_at:
             idx = active.nonzero().squeeze(-1)
             sub, sub_iters, sub_conv = _iterate(
                 space, SolverState(*(t[idx] for t in st)), damping[idx], nu[idx], pts.select(idx),

@@ -17,10 +17,10 @@ from epropnp_lib.geometry.rotations import (
 from epropnp_lib.pnp.cost import HuberConfig, evaluate_cost
 from epropnp_lib.pnp.init import (
     DltSystem,
-    _normalized_image_points,
     _null_vector_last_fixed,
     dlt_6dof,
     init_6dof,
+    normalized_image_points,
     refine_on_so3,
 )
 from epropnp_lib.pnp.problems import PnPProblem, random_problems
@@ -30,7 +30,7 @@ from epropnp_lib.pnp.solver import solve_pnp
 def _dlt(p: PnPProblem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DltSystem]:
     """The DLT pieces of float64 problems."""
     x3d = p.x3d.movedim(-1, 0).contiguous()
-    xn = _normalized_image_points(p.x2d, p.cam_mats).movedim(1, 0)
+    xn = normalized_image_points(p.x2d, p.cam_mats).movedim(1, 0)
     return dlt_6dof(x3d, xn, p.w2d.mean(-1))
 
 
