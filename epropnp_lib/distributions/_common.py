@@ -206,11 +206,12 @@ def safe_cholesky(
     eye = torch.eye(n, dtype=mat.dtype, device=mat.device)
     tril, info = torch.linalg.cholesky_ex(mat)
     bad = (info != 0) | ~torch.isfinite(tril).all(dim=-1).all(dim=-1)
+    on_cpu = mat.device.type == "cpu"
     for i in range(rounds):
         # On the CPU a check costs nothing: skip the retries when every element factorised.
         # On accelerators all rounds run, so nothing waits on the device.
-        if mat.device.type == "cpu" and not bool(bad.any()):
-            break
+        if on_cpu and not bool(bad.any()):
+            return tril
         scale = jitter * (10.0 ** (i + 1))
         tril_j, info_j = torch.linalg.cholesky_ex(mat + scale[..., None, None] * eye)
         ok_j = (info_j == 0) & torch.isfinite(tril_j).all(dim=-1).all(dim=-1)
@@ -220,6 +221,26 @@ def safe_cholesky(
     diag = torch.maximum(mat.diagonal(dim1=-2, dim2=-1), jitter[..., None]).sqrt()
     diag = torch.where(torch.isfinite(diag), diag, torch.ones_like(diag))
     return torch.where(bad[..., None, None], torch.diag_embed(diag), tril)
+
+
+def _batched_apply(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mat x`` for ``mat: (*b, n, n)`` and ``x: (*S, n)`` broadcasting with ``b``: returns
+    ``broadcast(S, b) + (n,)``.  Where ``x`` is ``(*lead, *b, n)`` the leading samples are
+    stacked into one batched product over ``b`` (a broadcast ``@`` would expand ``mat`` to
+    every sample and multiply a batch of tiny matrices, several times slower on the CPU)."""
+    batch = mat.shape[:-2]
+    nb, n = len(batch), mat.shape[-1]
+    if x.dim() > nb + 1 and x.shape[x.dim() - 1 - nb : -1] == batch:
+        lead = x.shape[: x.dim() - 1 - nb]
+        xs = x.reshape(math.prod(lead), *batch, n).movedim(0, -2)  # (*b, M, n)
+        return (xs @ mat.transpose(-1, -2)).movedim(-2, 0).reshape(*lead, *batch, n)
+    return torch.einsum("...ij,...j->...i", mat, x)
+
+
+def apply_tril(tril: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``L z`` for ``tril: (*b, n, n)`` and ``z: (*S, n)`` broadcasting with ``b`` (drawing
+    from ``N(0, L L^T)``): ``broadcast(S, b) + (n,)``."""
+    return _batched_apply(tril, z)
 
 
 def mahalanobis_sq(tril: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -232,15 +253,7 @@ def mahalanobis_sq(tril: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n = tril.shape[-1]
     eye = torch.eye(n, dtype=tril.dtype, device=tril.device).expand(tril.shape)
     inv = torch.linalg.solve_triangular(tril, eye, upper=False)
-    batch = tril.shape[:-2]
-    nb = len(batch)
-    if x.dim() > nb + 1 and x.shape[x.dim() - 1 - nb : -1] == batch:
-        # x: (*lead, *b, n): one batched product over b with all leading samples stacked.
-        lead = x.shape[: x.dim() - 1 - nb]
-        xs = x.reshape(math.prod(lead), *batch, n).movedim(0, -2)  # (*b, M, n)
-        maha = (xs @ inv.transpose(-1, -2)).square().sum(-1)  # (*b, M)
-        return maha.movedim(-1, 0).reshape(*lead, *batch)
-    return torch.einsum("...ij,...j->...i", inv, x).square().sum(-1)
+    return _batched_apply(inv, x).square().sum(-1)
 
 
 def _first_accepted(

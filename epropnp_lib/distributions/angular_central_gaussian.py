@@ -37,6 +37,7 @@ import torch
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions._common import (
     Proposal,
+    apply_tril,
     check_fit_inputs,
     check_generator,
     check_num,
@@ -173,7 +174,7 @@ class AngularCentralGaussian(Proposal):
         with torch.no_grad():
             wd = self.scale_tril.dtype
             n = torch.randn((*shape, 4), generator=generator, dtype=wd, device=self.device)
-            z = (self.scale_tril @ n.unsqueeze(-1)).squeeze(-1)
+            z = apply_tril(self.scale_tril, n)
             norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
             tiny = torch.finfo(wd).tiny
             unit_w = torch.zeros_like(z)

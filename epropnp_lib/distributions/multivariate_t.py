@@ -32,6 +32,7 @@ import torch
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.distributions._common import (
     Proposal,
+    apply_tril,
     check_batch_param,
     check_fit_inputs,
     check_generator,
@@ -152,7 +153,7 @@ class MultivariateT(Proposal):
             )
             df = self.df.expand(shape)
             chi2 = 2.0 * standard_gamma(0.5 * df, generator)
-            y = (self.scale_tril @ z.unsqueeze(-1)).squeeze(-1)
+            y = apply_tril(self.scale_tril, z)
             return self.loc + y * torch.sqrt(df / chi2).unsqueeze(-1)
 
     @classmethod

@@ -81,7 +81,9 @@ def point_spread_sq(x2d: torch.Tensor) -> torch.Tensor:
     """
     if x2d.shape[:-2].numel() == 0:
         return x2d.new_zeros(x2d.shape[:-2])
-    return x2d.var(dim=-2).sum(dim=-1)
+    # Two passes like torch.var (no cancellation), a few times faster on the CPU.
+    centred = x2d - x2d.mean(dim=-2, keepdim=True)
+    return centred.square().sum(dim=(-2, -1)) / (x2d.shape[-2] - 1)
 
 
 #: The plain squared cost of Eq. (1), without the robust kernel.
