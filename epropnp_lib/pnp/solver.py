@@ -78,8 +78,10 @@ class SolverConfig:
             translation relative to the translation's norm, its rotation in radians) are both
             below this (or 100 machine epsilons of the dtype, whichever is larger).
         initial_damping: initial LM damping (relative to the Hessian diagonal).
-        multi_start_below: for 6DoF problems with fewer points than this (where the DLT is
-            undetermined), also start from 24 rotation hypotheses and keep the best optimum.
+        multi_start_below: 6DoF problems with fewer points than this also start from more
+            poses and keep the best optimum: below :data:`MINIMAL_POINTS_BELOW` points (where
+            the DLT is undetermined) the P3P poses of every point triple, from there on 24
+            rotation hypotheses.
         degenerate_rcond: an element whose Jacobi-scaled Hessian is not numerically positive
             definite, or has a reciprocal condition number (Frobenius norm, see
             :func:`laplace_covariance`) at most this (or 10 machine epsilons of the input dtype,
