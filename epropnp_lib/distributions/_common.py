@@ -5,7 +5,8 @@ checks for the shapes of ``sample``/``log_prob``/``fit`` arguments, and the two 
 generator-seeded samplers that ``torch`` does not offer with a ``torch.Generator``:
 
 * :func:`standard_gamma` -- Marsaglia & Tsang (2000) squeeze-free rejection, with the
-  ``alpha < 1`` boost ``Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha)``.
+  ``alpha < 1`` boost ``Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha)``; :func:`chi_square`
+  uses it, or the sum of squared normals for small whole-number degrees of freedom.
 * :func:`von_mises_centered` -- Best & Fisher (1979) rejection for the von Mises distribution
   centred at 0.
 
@@ -349,6 +350,33 @@ def standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None) -> to
     ub = torch.rand(shape, generator=generator, dtype=dt, device=dev)
     log_g = torch.log(g) + torch.where(boost, torch.log(ub) / alpha, torch.zeros_like(ub))
     return torch.exp(log_g).clamp_min(tiny)
+
+
+#: Degrees of freedom up to which :func:`chi_square` draws whole-number ``df`` as a sum of
+#: squared normals (on the CPU).
+MAX_SUM_OF_SQUARES_DF = 16
+
+
+def chi_square(df: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw of ``chi2(df)`` per element of ``df: S`` (shape ``S``; dtype and device of
+    ``df``).
+
+    Where every ``df`` is a whole number up to :data:`MAX_SUM_OF_SQUARES_DF` and the tensors
+    are on the CPU (where the check costs nothing), the draw is the definition itself, the sum
+    of ``df`` squared standard normals (one ``randn`` and a masked sum: exact, a few times
+    cheaper than rejection); otherwise ``2 Gamma(df / 2)`` (:func:`standard_gamma`).  Either
+    way the draw is clamped to the dtype's smallest positive normal number.
+    """
+    if df.device.type == "cpu" and df.numel():
+        top = float(df.max())
+        if float(df.min()) >= 1 and top <= MAX_SUM_OF_SQUARES_DF and bool((df == df.round()).all()):
+            k = int(top)
+            z = torch.randn((k, *df.shape), generator=generator, dtype=df.dtype)
+            if float(df.min()) < k:  # mixed degrees of freedom: only the first df terms
+                steps = torch.arange(k, dtype=df.dtype).view(k, *([1] * df.dim()))
+                z = z * (steps < df)
+            return z.square().sum(0).clamp_min(torch.finfo(df.dtype).tiny)
+    return 2.0 * standard_gamma(0.5 * df, generator)
 
 
 def von_mises_centered(kappa: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -9,9 +9,10 @@ with ``L = scale_tril`` the lower Cholesky factor of the *scale* matrix ``Sigma 
 ``df > 2`` the covariance is ``df / (df - 2) * Sigma``.  The default ``df = 3`` is the one of the
 reference EPro-PnP implementation.
 
-Sampling: ``x = loc + L z sqrt(df / w)`` with ``z ~ N(0, I)`` and ``w ~ chi2(df) = 2 Gamma(df/2)``;
-the gamma draw is the exact Marsaglia-Tsang rejection sampler of
-:func:`epropnp_lib.distributions._common.standard_gamma`, seeded by the passed generator.
+Sampling: ``x = loc + L z sqrt(df / w)`` with ``z ~ N(0, I)`` and ``w ~ chi2(df)``
+(:func:`epropnp_lib.distributions._common.chi_square`: a sum of squared normals for small
+whole-number ``df`` on the CPU, else ``2 Gamma(df/2)`` by the exact Marsaglia-Tsang rejection
+sampler), seeded by the passed generator.
 
 Example::
 
@@ -37,11 +38,11 @@ from epropnp_lib.distributions._common import (
     check_fit_inputs,
     check_generator,
     check_num,
+    chi_square,
     mahalanobis_sq,
     normalized_weights,
     safe_cholesky,
     stacked_params,
-    standard_gamma,
     value_shape,
 )
 from epropnp_lib.errors import ShapeError
@@ -152,7 +153,7 @@ class MultivariateT(Proposal):
                 (*shape, 3), generator=generator, dtype=self.dtype, device=self.device
             )
             df = self.df.expand(shape)
-            chi2 = 2.0 * standard_gamma(0.5 * df, generator)
+            chi2 = chi_square(df, generator)
             y = apply_tril(self.scale_tril, z)
             return self.loc + y * torch.sqrt(df / chi2).unsqueeze(-1)
 

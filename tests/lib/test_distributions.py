@@ -21,7 +21,7 @@ from epropnp_lib.distributions import (
     VonMisesUniformMix,
     a1_inverse,
 )
-from epropnp_lib.distributions._common import standard_gamma
+from epropnp_lib.distributions._common import chi_square, standard_gamma
 from epropnp_lib.errors import DeviceError, DTypeError, ShapeError
 
 F64 = torch.float64
@@ -70,6 +70,19 @@ def test_standard_gamma_matches_scipy(alpha: float, dtype: torch.dtype) -> None:
     x = standard_gamma(a, gen(1))
     assert x.dtype == dtype and bool((x > 0).all())
     assert st.kstest(x.double().numpy(), st.gamma(alpha).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("dfs", [(3.0,), (2.5,), (1.0, 4.0), (20.0,)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_chi_square_matches_scipy(dfs: tuple[float, ...], dtype: torch.dtype) -> None:
+    """Both paths (sum of squared normals: 3, mixed 1 and 4; gamma: 2.5, 20 beyond the sum's
+    range) draw chi2(df); the same generator state gives the same draws."""
+    df = torch.tensor(dfs, dtype=dtype).repeat(20000 // len(dfs)).view(-1, len(dfs))
+    x = chi_square(df, gen(2))
+    assert x.dtype == dtype and bool((x > 0).all())
+    assert torch.equal(x, chi_square(df, gen(2)))
+    for j, v in enumerate(dfs):
+        assert st.kstest(x[:, j].double().numpy(), st.chi2(v).cdf).pvalue > 1e-3
 
 
 # --------------------------------------------------------------------------------------------
