@@ -6,7 +6,9 @@
   in regions of interest (dense correspondence network).
 * :mod:`epropnp_ros.nodes.rig_detector` -- ``rig_detector_node``: the detector for a whole
   camera rig, detections fused in one frame.
-* :mod:`epropnp_ros.nodes.base` -- the shared lifecycle / threading / publishing machinery.
+* :mod:`epropnp_ros.nodes.base` -- the shared lifecycle / threading / publishing machinery,
+  with :mod:`epropnp_ros.nodes.diagnostics` (``/diagnostics``, throttled warnings) and
+  :mod:`epropnp_ros.nodes.runner` (the executables' init / spin / shutdown).
 
 Importing this package sets the thread policy's environment defaults
 (:data:`THREAD_POLICY_ENV`) before any node module imports torch.

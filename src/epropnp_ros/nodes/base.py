@@ -24,7 +24,8 @@ moves it too), ``camera_info``
 with their velocity, :mod:`epropnp_ros.autoware`), ``detection_attributes`` (the detector),
 ``pose``, ``pose_samples``, ``markers``, ``/tf`` (parameter ``publish_tf``),
 ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, one status named after the node, in
-every lifecycle state: level rules and keys in :mod:`epropnp_ros.health`). Bad input never
+every lifecycle state: :mod:`epropnp_ros.nodes.diagnostics`; level rules and keys in
+:mod:`epropnp_ros.health`). Bad input never
 stops the node: each case is counted in the diagnostics and logged at most every
 ``warn_throttle`` seconds per kind; the next good frame is processed.
 """
@@ -33,23 +34,19 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
-import rclpy
 import torch
 from autoware_perception_msgs.msg import DetectedObjects
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -60,7 +57,6 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from rclpy.signals import SignalHandlerOptions
 from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -68,10 +64,8 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Classification, Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from epropnp_lib.errors import EProPnPError
 from epropnp_ros.autoware import attribute_classification, detected_objects
 from epropnp_ros.camera_model import CameraModel, camera_info_to_model
-from epropnp_ros.dds import use_profile
 from epropnp_ros.detections import ObjectPose3D, detection3d_array, tf_message
 from epropnp_ros.errors import (
     ConversionError,
@@ -79,10 +73,11 @@ from epropnp_ros.errors import (
     ImageTooLargeError,
     PipelineInputError,
 )
-from epropnp_ros.health import NO_IMAGE_SYMPTOM, HealthRules, Snapshot, assess, key_values
+from epropnp_ros.health import Snapshot
 from epropnp_ros.images import check_image_size, compressed_to_rgb, image_to_rgb
 from epropnp_ros.markers import MarkerStyle, detection_markers
 from epropnp_ros.messages import stamp_to_ns
+from epropnp_ros.nodes.diagnostics import DIAGNOSTICS_QOS, LATENCY_WINDOW, NodeDiagnostics
 from epropnp_ros.pairing import LatestSlot, Pair, StampPairer
 from epropnp_ros.params import CommonParams, param_specs, params_from_values, validate_change
 from epropnp_ros.pipeline import Intrinsics, ObjectEstimates, intrinsics_from_camera
@@ -101,24 +96,9 @@ TF_QOS = QoSProfile(
     depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-#: Diagnostics counter reported with each kind of throttled warning.
-_WARNING_COUNTERS = {
-    "no_camera_info": "images_unpaired",
-    "bad_input": "bad_image",
-    "pipeline_error": "pipeline_errors",
-    "no_images": "images_received",
-}
-#: Latency samples kept for the diagnostics percentiles.
-LATENCY_WINDOW = 200
 #: Images (and camera infos) that may wait for their partner; the time bound is the
 #: ``camera_info_max_delay`` parameter (at 30 Hz, 3 s of images).
 PAIRING_MAX_PENDING = 96
-#: Seconds of history behind the drop-rate rule of the diagnostics level.
-DROP_WINDOW_S = 10.0
-#: ``/diagnostics`` QoS (diagnostic_updater's: reliable, volatile).
-DIAGNOSTICS_QOS = QoSProfile(
-    depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE
-)
 
 
 class PublishedPoses(Protocol):
@@ -152,7 +132,7 @@ class Frame(NamedTuple):
     received: float
 
 
-class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
+class EstimatorNode(LifecycleNode, NodeDiagnostics, ABC, Generic[ParamsT, PipelineT, OutputT]):
     """Base of the detector and pose-estimator lifecycle nodes (see the module docstring).
 
     Subclasses set :attr:`PARAMS` and :attr:`CHECKPOINT_KIND` and implement
@@ -607,132 +587,3 @@ class EstimatorNode(LifecycleNode, ABC, Generic[ParamsT, PipelineT, OutputT]):
                 tf_message(header, objects, child_frame_prefix=params.tf_child_prefix)
             )
         self.counters["objects_published"] += len(objects)
-
-    # --- diagnostics & warnings ----------------------------------------------------------
-    def warn(self, kind: str, message: str, level: int = logging.WARNING) -> None:
-        """Log ``message`` at most every ``warn_throttle`` seconds per ``kind``."""
-        now = time.monotonic()
-        last = self._warned.get(kind)
-        if last is not None and now - last < self.params.warn_throttle:
-            return
-        self._warned[kind] = now
-        log = self.get_logger()
-        counter = _WARNING_COUNTERS.get(kind, kind)
-        text = f"[{kind}] {message} ({counter}: {self.counters.get(counter, '-')})"
-        if level >= logging.ERROR:
-            log.error(text)
-        else:
-            log.warning(text)
-
-    def diagnostics(self) -> Snapshot:
-        """The node's state, device, counters (monotonic counts: images/camera infos received,
-        frames paired / processed / dropped as stale, unpaired images and infos, bad images, bad
-        camera infos, size mismatches, pipeline errors, failed solves, objects published),
-        latency (``p50``, ``p95``, ``max``, ``last`` over the last frames: image arrival to
-        published outputs, ``n``), the last frame's stage times and the fault flags that
-        :func:`epropnp_ros.health.assess` reads."""
-        with self._lock:
-            lat = np.asarray(self._latency_ms, dtype=np.float64)
-            stages = dict(self._last_timings)
-        latency: dict[str, float] = {"n": float(lat.size)}
-        if lat.size:
-            latency.update(
-                p50=float(np.percentile(lat, 50)), p95=float(np.percentile(lat, 95)),
-                max=float(lat.max()), last=float(lat[-1]),
-            )
-        worker = self._worker
-        return Snapshot(
-            state=self._lc_state, device=self.params.device, counters=dict(self.counters),
-            latency_ms=latency, stage_ms=stages, configure_failed=self._configure_failed,
-            worker_alive=worker is not None and worker.is_alive(),
-            consecutive_failures=self._consecutive_failures,
-            seconds_since_image=time.monotonic() - self._last_input,
-        )
-
-    def health_rules(self) -> HealthRules:
-        """The level thresholds of the ``diagnostics_*`` parameters."""
-        p = self.params
-        return HealthRules(
-            drop_warn_fraction=p.diagnostics_drop_warn_fraction,
-            input_timeout=p.diagnostics_input_timeout,
-            error_after_failures=p.diagnostics_error_after_failures,
-        )
-
-    def diagnostic_status(self) -> DiagnosticStatus:
-        """The node's ``DiagnosticStatus``: level and message by
-        :func:`epropnp_ros.health.assess` over the last ``DROP_WINDOW_S`` seconds, values by
-        :func:`epropnp_ros.health.key_values`. A status that says camera infos arrive without
-        images is also logged (throttled), as the symptom of a wrong remap."""
-        now_t, snap = time.monotonic(), self.diagnostics()
-        history = self._history
-        while len(history) > 1 and now_t - history[1][0] >= DROP_WINDOW_S:
-            history.popleft()
-        before = history[0][1] if history else None
-        history.append((now_t, snap))
-        health = assess(snap, before, self.health_rules())
-        if health.message.startswith(NO_IMAGE_SYMPTOM):
-            topics = ", ".join(sub.topic_name for sub in self._inputs
-                               if getattr(sub, "msg_type", None) in (Image, CompressedImage))
-            self.warn("no_images", f"{health.message} (listening on {topics})")
-        return DiagnosticStatus(
-            level=bytes([int(health.level)]), name=self.get_fully_qualified_name(),
-            message=health.message, hardware_id=self.params.device,
-            values=[KeyValue(key=k, value=v) for k, v in key_values(snap)],
-        )
-
-    def publish_diagnostics(self) -> None:
-        """Publish :meth:`diagnostic_status` on ``/diagnostics`` (the timer calls this every
-        ``diagnostics_period``)."""
-        msg = DiagnosticArray(status=[self.diagnostic_status()])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
-
-def run(
-    node_factory: Callable[[], EstimatorNode[Any, Any, Any]], args: Sequence[str] | None = None
-) -> int:
-    """Entry point body: init, build the node, optionally configure + activate it (parameter
-    ``autostart``), spin until Ctrl-C or an external shutdown, then clean up. Returns the exit
-    status: 0 after a clean shutdown, 1 when autostart's configure or activate failed, 2 for
-    invalid start-up parameters (out of range, wrong type), each with the reason logged.
-
-    SIGINT / SIGTERM only set a flag that the spin loop checks (at least every 0.1 s): no
-    ``KeyboardInterrupt`` is raised at an arbitrary point of rclpy's code (which can leave a
-    half-built ``Task`` whose destructor then prints a traceback), and the node is cleaned up
-    from the main thread. During start-up (model loading) the signals act as usual."""
-    use_profile()  # large images over shared memory (epropnp_ros.dds), unless set already
-    rclpy.init(args=None if args is None else list(args),
-               signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    status = 0
-    stop = threading.Event()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        node = node_factory()
-        if node.params.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: configure failed (see above)")
-                return 1
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: activate failed (see above)")
-                return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        for sig in previous:
-            signal.signal(sig, lambda _signum, _frame: stop.set())
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (EProPnPError, ParameterException) as exc:
-        # Invalid start-up parameters (out of range, wrong type, e.g. an int literal for a
-        # float parameter in the YAML): a clear message, no traceback.
-        rclpy.logging.get_logger("epropnp").error(f"invalid parameters: {exc}")
-        status = 2
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if node is not None:
-            node._stop_inputs()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return status

@@ -25,7 +25,8 @@ from std_msgs.msg import Header
 
 from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES
 from epropnp_ros.detections import ObjectPose3D, objects_from_boxes
-from epropnp_ros.nodes.base import EstimatorNode, run
+from epropnp_ros.nodes.base import EstimatorNode
+from epropnp_ros.nodes.runner import run
 from epropnp_ros.params import DetectorParams
 from epropnp_ros.pipeline import (
     DetectorOutput,

@@ -33,7 +33,8 @@ from vision_msgs.msg import Detection2DArray
 
 from epropnp_ros.detections import ObjectPose3D
 from epropnp_ros.messages import stamp_to_ns
-from epropnp_ros.nodes.base import OUTPUT_QOS, EstimatorNode, run
+from epropnp_ros.nodes.base import OUTPUT_QOS, EstimatorNode
+from epropnp_ros.nodes.runner import run
 from epropnp_ros.params import PoseEstimatorParams
 from epropnp_ros.pipeline import (
     Intrinsics,

@@ -57,8 +57,9 @@ from epropnp_ros.errors import ConversionError, PipelineInputError, TransformLoo
 from epropnp_ros.fusion import fuse, fused_objects, to_target_frame
 from epropnp_ros.health import Snapshot
 from epropnp_ros.messages import ns_to_stamp, stamp_to_ns
-from epropnp_ros.nodes.base import OUTPUT_QOS, PAIRING_MAX_PENDING, TF_QOS, Frame, run
+from epropnp_ros.nodes.base import OUTPUT_QOS, PAIRING_MAX_PENDING, TF_QOS, Frame
 from epropnp_ros.nodes.detector import DetectorNode
+from epropnp_ros.nodes.runner import run
 from epropnp_ros.pairing import Pair, StampPairer
 from epropnp_ros.params import RigDetectorParams
 from epropnp_ros.pipeline import Intrinsics, check_image, intrinsics_from_camera
