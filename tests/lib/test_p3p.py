@@ -99,3 +99,21 @@ def test_candidates_are_nan_where_invalid_and_cover_every_triple() -> None:
     ang = quat_angle_between(cands[..., 3:].nan_to_num(1.0), p.pose[:, 3:]).rad2deg()
     # every triple of a noise-free problem recovers the pose: 10 exact candidates per problem
     assert ((ang < 1e-5) & finite).sum(0).min() >= 10
+
+
+def test_minimal_path_never_fails_a_batch() -> None:
+    """A NaN point, a collinear point set and all-zero weights in a batch of 4-point problems:
+    each is reported, and the other elements are bitwise what solving them alone gives."""
+    p = random_problems(64, 4, noise_std=1.0, generator=torch.Generator().manual_seed(7))
+    x3d, x2d, w2d = p.x3d.clone(), p.x2d.clone(), p.w2d.clone()
+    x3d[3, 1, 0] = float("nan")
+    x3d[5] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    w2d[9] = 0.0
+    sol = solve_pnp(x3d, x2d, w2d, p.cam_mats)
+    assert sol.status[3] == SolveStatus.INVALID_INPUT
+    assert sol.status[5] == SolveStatus.DEGENERATE
+    assert sol.status[9] == SolveStatus.DEGENERATE
+    good = [i for i in range(64) if i not in (3, 5, 9)]
+    alone = solve_pnp(x3d[good], x2d[good], w2d[good], p.cam_mats[good])
+    assert torch.equal(sol.pose[good], alone.pose)
+    assert (alone.status == SolveStatus.CONVERGED).all()
