@@ -27,11 +27,12 @@ NODES = "epropnp_ros.nodes"
 #: The layers of the glue, top down; a module only calls modules of a lower layer.
 LAYER = {
     "epropnp_ros.nodes.base": 0, "epropnp_ros.nodes.detector": 0,
-    "epropnp_ros.pipeline": 1, "epropnp_ros.markers": 1,
-    "epropnp_ros.detections": 2, "epropnp_ros.autoware": 2,
-    "epropnp_ros.poses": 3, "epropnp_ros.images": 3, "epropnp_ros.camera_model": 3,
-    "epropnp_ros.messages": 4,
-    "epropnp_ros.checks": 5, "epropnp_ros.errors": 5,
+    "epropnp_ros.detector_pipeline": 1, "epropnp_ros.markers": 1,
+    "epropnp_ros.pipeline": 2,
+    "epropnp_ros.detections": 3, "epropnp_ros.autoware": 3,
+    "epropnp_ros.poses": 4, "epropnp_ros.images": 4, "epropnp_ros.camera_model": 4,
+    "epropnp_ros.messages": 5,
+    "epropnp_ros.checks": 6, "epropnp_ros.errors": 6,
 }
 K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 60.0], [0.0, 0.0, 1.0]])
 
@@ -108,7 +109,8 @@ def test_one_frame_enters_each_ros_module_at_most_twice(
     assert from_node, "the trace recorded nothing"
     assert max(from_node.values()) <= 2, from_node
     assert {"epropnp_ros.images", "epropnp_ros.camera_model", "epropnp_ros.pipeline",
-            "epropnp_ros.detections", "epropnp_ros.poses", "epropnp_ros.markers"} <= set(from_node)
+            "epropnp_ros.detector_pipeline", "epropnp_ros.detections", "epropnp_ros.poses",
+            "epropnp_ros.markers"} <= set(from_node)
     # 2. Below the node every call goes down the layers: nothing calls back up (no ping-pong
     #    between a builder and its helpers).
     up = [(caller, callee) for caller, callee in entries

@@ -23,10 +23,9 @@ from epropnp_lib.nets.checkpoint import CheckpointError
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
 from epropnp_lib.pnp.solver import PnPSolution
 from epropnp_ros.camera_model import CameraModel
+from epropnp_ros.detector_pipeline import DetectorPipeline, DetectorSettings
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
 from epropnp_ros.pipeline import (
-    DetectorPipeline,
-    DetectorSettings,
     Intrinsics,
     PoseEstimatorPipeline,
     PoseEstimatorSettings,

@@ -1,6 +1,6 @@
 """``detector`` lifecycle node: monocular 3D detection with pose uncertainty (4DoF, nuScenes).
 
-Runs :class:`~epropnp_ros.pipeline.DetectorPipeline` (deformable correspondence network +
+Runs :class:`~epropnp_ros.detector_pipeline.DetectorPipeline` (deformable correspondence network +
 EPro-PnP 4DoF) on each image paired with its camera info, and publishes per frame (see
 :mod:`epropnp_ros.nodes.base` for topics, threading, QoS and diagnostics):
 
@@ -25,15 +25,11 @@ from std_msgs.msg import Header
 
 from epropnp_lib.data.nuscenes import NUSCENES_ATTRIBUTES, NUSCENES_CLASSES
 from epropnp_ros.detections import ObjectPose3D, objects_from_boxes
+from epropnp_ros.detector_pipeline import DetectorPipeline, DetectorSettings
 from epropnp_ros.nodes.base import EstimatorNode
 from epropnp_ros.nodes.runner import run
 from epropnp_ros.params import DetectorParams
-from epropnp_ros.pipeline import (
-    DetectorOutput,
-    DetectorPipeline,
-    DetectorSettings,
-    Intrinsics,
-)
+from epropnp_ros.pipeline import DetectorOutput, Intrinsics
 
 NODE_NAME = "detector"
 

@@ -14,7 +14,7 @@ Path of one slot (worker thread, :meth:`RigDetectorNode.process_item`):
    without a transform is counted (``missing_transform``), warned about, and its detections are
    not fused (never published in a wrong frame);
 2. one batched network forward and one PnP solve over every query of the slot's images
-   (:meth:`~epropnp_ros.pipeline.DetectorPipeline.process_batch`);
+   (:meth:`~epropnp_ros.detector_pipeline.DetectorPipeline.process_batch`);
 3. detections, covariances and samples moved into ``target_frame`` and fused with a
    class-aware bird's-eye-view NMS across cameras (:mod:`epropnp_ros.fusion`);
 4. published with header (``target_frame``, the slot's stamp): ``detections``
