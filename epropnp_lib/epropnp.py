@@ -45,12 +45,11 @@ from epropnp_lib.pnp.solver import (
     PnPSolution,
     SolverConfig,
     SolveStatus,
-    ValidatedProblem,
     normal_equations,
     solve_pnp,
     solve_validated,
-    validate_problem,
 )
+from epropnp_lib.pnp.validation import ValidatedProblem, validate_problem
 
 
 @dataclass(frozen=True)

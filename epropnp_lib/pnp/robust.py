@@ -37,13 +37,12 @@ from epropnp_lib.pnp.cost import NO_KERNEL, PointSet, point_spread_sq, point_ter
 from epropnp_lib.pnp.solver import (
     PnPSolution,
     SolverConfig,
-    ValidatedProblem,
     cost_round_off,
     initial_pose,
     optimize_pose,
     solve_validated,
-    validate_problem,
 )
+from epropnp_lib.pnp.validation import ValidatedProblem, validate_problem
 
 #: ``median(r^2) / s^2`` for inliers: the median of the chi-square law with 2 degrees of freedom.
 _CHI2_2_MEDIAN = 2.0 * math.log(2.0)
