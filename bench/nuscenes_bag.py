@@ -70,7 +70,7 @@ def main() -> None:
 
             t = time.perf_counter()
             result = run_closed_loop(ClosedLoopConfig(
-                bag=str(bag), checkpoint=args.checkpoint, dataroot=str(root),
+                bags=(str(bag),), checkpoint=args.checkpoint, dataroot=str(root),
                 out=str(Path(tmp) / "loop"), cameras=cameras, render=False,
             ))
             loop_s = time.perf_counter() - t

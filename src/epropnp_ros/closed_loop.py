@@ -1,23 +1,26 @@
 """The closed loop: bag -> detector node(s) -> recorded detections -> nuScenes results -> score.
 
-``epropnp-closed-loop --bag BAG --checkpoint CKPT --dataroot NUSCENES --out DIR`` starts one
-``rig_detector`` node process for all cameras of the bag (``/<cam>/image_raw/compressed`` and
-``/<cam>/camera_info`` in; detections fused in ``map`` through the bag's ``/tf_static`` and
-``/tf`` on ``/epropnp_rig/detections``, and each camera's own on ``/<cam>/detections`` for the
-rendering) and plays the bag's key frames in *lockstep*: the images of one sample are
-published, then the player waits for the fused ``Detection3DArray`` (a sample without one within
-``frame_timeout`` counts its images as dropped). With ``--per-camera`` it starts one
-``detector`` node process per camera instead, in the camera's namespace (``detections`` and
-``pose_samples`` out), and waits for each image's detections in turn; the cameras are then
-merged when the results are written (camera frame -> global). The detections are written as the
-nuScenes results JSON, scored with the devkit's ``DetectionEval`` and, unless ``--no-render``,
-drawn onto the images.
-``DIR`` receives ``results_nusc.json``, ``scores.json``, the devkit's metrics files and
-``frames/*.jpg`` + ``detections.mp4``. Velocities and attributes come from the nodes'
-``DetectedObjects`` and ``detection_attributes`` of the same stamp (:mod:`epropnp_ros.autoware`).
-The nodes run with their default input QoS (best effort, sensor data) and the project's Fast
-DDS profile (:mod:`epropnp_ros.dds`): an image lost in transport is a dropped frame in
-``scores.json``, not hidden by a reliable override.
+``epropnp-closed-loop --bag BAG [BAG ...] --checkpoint CKPT --dataroot NUSCENES --out DIR``
+starts one ``rig_detector`` node process for all cameras of the bag
+(``/<cam>/image_raw/compressed`` and ``/<cam>/camera_info`` in; detections fused in ``map``
+through the bag's ``/tf_static`` and ``/tf`` on ``/epropnp_rig/detections``, and each camera's
+own on ``/<cam>/detections`` for the rendering) and plays the bag's key frames in *lockstep*:
+the images of one sample are published, then the player waits for the fused ``Detection3DArray``
+(a sample without one within ``frame_timeout`` counts its images as dropped). With
+``--per-camera`` it starts one ``detector`` node process per camera instead, in the camera's
+namespace (``detections`` and ``pose_samples`` out), and waits for each image's detections in
+turn; the cameras are then merged when the results are written (camera frame -> global). The
+detections are written as the nuScenes results JSON, scored with the devkit's ``DetectionEval``
+and, unless ``--no-render``, drawn onto the images. ``DIR`` receives ``results_nusc.json``,
+``scores.json``, the devkit's metrics files and ``frames/*.jpg`` + ``detections.mp4``. Several
+bags (or a directory of bags, as ``epropnp-nuscenes-to-bag`` writes one per scene) are played
+one after the other into one evaluation; each gets fresh node processes and publishers, so
+scenes of logs with different camera extrinsics and intrinsics each see their own ``/tf_static``
+and ``CameraInfo`` (their logs go to ``DIR/logs/<bag name>/``). Velocities and attributes come
+from the nodes' ``DetectedObjects`` and ``detection_attributes`` of the same stamp
+(:mod:`epropnp_ros.autoware`). The nodes run with their default input QoS (best effort, sensor
+data) and the project's Fast DDS profile (:mod:`epropnp_ros.dds`): an image lost in transport is
+a dropped frame in ``scores.json``, not hidden by a reliable override.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ from epropnp_ros.dds import DISCOVERY_SETTLE_S, use_profile
 from epropnp_ros.detection_video import render_detections
 from epropnp_ros.errors import ClosedLoopError
 
-__all__ = ["ClosedLoopConfig", "ClosedLoopError", "ClosedLoopResult", "main", "run_closed_loop"]
+__all__ = ["ClosedLoopConfig", "ClosedLoopError", "ClosedLoopResult", "main", "resolve_bags",
+           "run_closed_loop"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,7 +87,8 @@ class ClosedLoopConfig:
     """Closed-loop settings (see the module docstring).
 
     Attributes:
-        bag: bag written by ``epropnp-nuscenes-to-bag`` (compressed images).
+        bags: bags written by ``epropnp-nuscenes-to-bag`` (compressed images), played in this
+            order; a directory that is not a bag stands for the bags directly inside it.
         checkpoint: ``deformable_correspondence_net`` checkpoint for the detector nodes.
         dataroot: the nuScenes root the bag was made from (calibration, ego poses, evaluation).
         out: output directory.
@@ -97,7 +102,7 @@ class ClosedLoopConfig:
         per_camera: one ``detector`` node per camera instead of one ``rig_detector`` node.
     """
 
-    bag: str
+    bags: tuple[str, ...]
     checkpoint: str
     dataroot: str
     out: str
@@ -111,6 +116,8 @@ class ClosedLoopConfig:
     per_camera: bool = False
 
     def __post_init__(self) -> None:
+        if not self.bags:
+            raise ConfigError("no bag to play")
         if not (self.frame_timeout > 0 and self.startup_timeout > 0):
             raise ConfigError("frame_timeout and startup_timeout must be positive")
         for p in self.detector_params:
@@ -176,8 +183,35 @@ def _eval_frames(nusc: Any, config: ClosedLoopConfig) -> _EvalFrames:
     return _EvalFrames(samples, key_frames)
 
 
-def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[str, Camera]]:
-    """The bag's connections and the cameras to run, by image topic."""
+def resolve_bags(paths: Sequence[str]) -> list[Path]:
+    """The bags to play: each path that is a bag (it holds ``metadata.yaml``), or the bags
+    directly inside a directory that is not one (sorted by name).
+
+    Raises:
+        ClosedLoopError: a path that does not exist, a directory without bags, or a bag named
+            twice.
+    """
+    bags: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if not path.exists():
+            raise ClosedLoopError(f"bag not found: {path}")
+        if (path / "metadata.yaml").is_file():
+            bags.append(path)
+            continue
+        inner = sorted(p for p in path.iterdir() if (p / "metadata.yaml").is_file()) \
+            if path.is_dir() else []
+        if not inner:
+            raise ClosedLoopError(f"{path} is neither a rosbag2 bag nor a directory of bags")
+        bags += inner
+    resolved = [b.resolve() for b in bags]
+    if len(set(resolved)) != len(resolved):
+        raise ClosedLoopError(f"a bag is named twice in {list(paths)}")
+    return bags
+
+
+def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], list[Camera]]:
+    """The bag's connections and the cameras of it to run."""
     with Reader(bag) as reader:
         connections = list(reader.connections)
     bag_topics = {c.topic for c in connections}
@@ -186,14 +220,14 @@ def _bag_cameras(bag: Path, config: ClosedLoopConfig) -> tuple[list[Any], dict[s
     )
     if not channels:
         raise ClosedLoopError(f"{bag} has no */image_raw/compressed topics")
-    cameras: dict[str, Camera] = {}
+    cameras: list[Camera] = []
     for ch in channels:
         ns = f"/{ch.lower()}"
         cam = Camera(ch, ns, f"{ns}/image_raw/compressed", f"{ns}/camera_info")
         missing = {cam.image_topic, cam.info_topic} - bag_topics
         if missing:
             raise ClosedLoopError(f"{bag} lacks {sorted(missing)}")
-        cameras[cam.image_topic] = cam
+        cameras.append(cam)
     return connections, cameras
 
 
@@ -356,7 +390,7 @@ def _play_rig_lockstep(bag: Path, publishers: dict[int, Any], cameras: dict[str,
 
 def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _EvalFrames,
            stats: _PlayStats, cameras: dict[str, Camera], config: ClosedLoopConfig,
-           calibration: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
+           calibration: dict[str, Any], bags: Sequence[Path]) -> tuple[Path, Path, dict[str, Any]]:
     """:func:`~epropnp_ros.closed_loop_scoring.write_scores` of this run."""
     lat = np.asarray(stats.latencies) * 1000 if stats.latencies else np.zeros(1)
     run = {
@@ -366,6 +400,7 @@ def _score(nusc: Any, per_sample: dict[str, list[CameraDetections]], frames: _Ev
                        "p95": float(np.percentile(lat, 95))},
         "eval_set": config.eval_set,
         "cameras": [cam.channel for cam in cameras.values()],
+        "bags": [str(b) for b in bags],
         "mode": "per_camera" if config.per_camera else "rig",
         "calibration": calibration,
         "checkpoint": str(config.checkpoint),
@@ -381,21 +416,28 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
         ClosedLoopError: missing bag/checkpoint, a detector node that exits or never comes up,
             a bag without compressed camera images.
     """
-    out, bag = Path(config.out), Path(config.bag)
-    if not bag.exists():
-        raise ClosedLoopError(f"bag not found: {bag}")
+    out = Path(config.out)
+    bags = resolve_bags(config.bags)
     if not Path(config.checkpoint).is_file():
         raise ClosedLoopError(f"checkpoint not found: {config.checkpoint}")
     out.mkdir(parents=True, exist_ok=True)
     nusc = load_nuscenes(config.dataroot, config.version)
     frames = _eval_frames(nusc, config)
-    connections, cameras = _bag_cameras(bag, config)
+    plan: list[tuple[Path, list[Any], dict[str, Camera]]] = []
+    cameras: dict[str, Camera] = {}  # every bag's cameras by image topic, recorded across bags
+    for bag in bags:
+        connections, channels = _bag_cameras(bag, config)
+        shared = {cam.image_topic: cameras.setdefault(cam.image_topic, cam)
+                  for cam in channels}
+        plan.append((bag, connections, shared))
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
     graph = _RosGraph()
-    children: list[subprocess.Popen[bytes]] = []
     fused = FusedRecorder()
     by_sample: dict[str, tuple[int, str]] = {}
+    sample_of = {sd: nusc.get("sample_data", sd)["sample_token"]
+                 for sd in frames.key_frames.values()}
+    played: list[_PlayStats] = []
     try:
         subscribe_outputs(graph.node, cameras)
         if not config.per_camera:
@@ -408,22 +450,18 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
             graph.node.create_subscription(Classification,
                                            f"{RIG_NAMESPACE}/detection_attributes",
                                            fused.on_attributes, 50)
-        publishers = create_publishers(graph.node, connections)
         graph.spin_in_background()
-        _start_detectors(cameras, config, log_dir, children)
-        by_topic = {c.topic: publishers[c.id] for c in connections}
-        _wait_for_detectors(graph.node, cameras, by_topic, children, config, log_dir)
-        if config.per_camera:
-            stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children,
-                                   config, log_dir)
-        else:
-            sample_of = {sd: nusc.get("sample_data", sd)["sample_token"]
-                         for sd in frames.key_frames.values()}
-            stats, by_sample = _play_rig_lockstep(bag, publishers, cameras, frames, sample_of,
-                                                  fused, children, config, log_dir)
+        for bag, connections, bag_cameras in plan:
+            bag_log = log_dir if len(plan) == 1 else log_dir / bag.name
+            bag_log.mkdir(exist_ok=True)
+            stats, bag_samples = _play_bag(graph.node, bag, connections, bag_cameras, frames,
+                                           sample_of, fused, config, bag_log)
+            played.append(stats)
+            by_sample.update(bag_samples)
     finally:
-        _stop_detectors(children)
         graph.close()
+    stats = _PlayStats(sum(p.processed for p in played), sum(p.dropped for p in played),
+                       [lat for p in played for lat in p.latencies])
     per_sample, rendered = collect(nusc, cameras, frames.sample_tokens, frames.key_frames)
     if not config.per_camera:
         per_sample = {
@@ -443,10 +481,56 @@ def run_closed_loop(config: ClosedLoopConfig) -> ClosedLoopResult:
     calibration["heading_samples"] = heading_report(
         nusc, [(sd, boxes, samples) for sd, boxes, _, samples in rendered], evaluated)
     results_path, scores_path, report = _score(nusc, per_sample, frames, stats, cameras, config,
-                                               calibration)
+                                               calibration, bags)
     video = render_detections(nusc, rendered, out) if config.render else None
     return ClosedLoopResult(results_path, scores_path, report, video, stats.processed,
                             stats.dropped)
+
+
+def _play_bag(node: Any, bag: Path, connections: list[Any], cameras: dict[str, Camera],
+              frames: _EvalFrames, sample_of: dict[str, str], fused: FusedRecorder,
+              config: ClosedLoopConfig, log_dir: Path,
+              ) -> tuple[_PlayStats, dict[str, tuple[int, str]]]:
+    """One bag through fresh detector processes and publishers: start them, play in lockstep,
+    stop them and wait until they have left the graph (so that the next bag's nodes neither
+    receive this bag's latched ``/tf_static`` nor are mistaken for these ones)."""
+    publishers = create_publishers(node, connections)
+    children: list[subprocess.Popen[bytes]] = []
+    by_sample: dict[str, tuple[int, str]] = {}
+    try:
+        _start_detectors(cameras, config, log_dir, children)
+        by_topic = {c.topic: publishers[c.id] for c in connections}
+        _wait_for_detectors(node, cameras, by_topic, children, config, log_dir)
+        if config.per_camera:
+            stats = _play_lockstep(bag, publishers, cameras, frames.key_frames, children,
+                                   config, log_dir)
+        else:
+            stats, by_sample = _play_rig_lockstep(bag, publishers, cameras, frames, sample_of,
+                                                  fused, children, config, log_dir)
+    finally:
+        _stop_detectors(children)
+        for publisher in publishers.values():
+            node.destroy_publisher(publisher)
+    _wait_for_departure(node, cameras, config)
+    return stats, by_sample
+
+
+def _output_topics(cameras: dict[str, Camera], config: ClosedLoopConfig) -> list[str]:
+    """The detection topics whose publishers are the detector nodes."""
+    if config.per_camera:
+        return [f"{cam.namespace}/detections" for cam in cameras.values()]
+    return [f"{RIG_NAMESPACE}/detections"]
+
+
+def _wait_for_departure(node: Any, cameras: dict[str, Camera], config: ClosedLoopConfig,
+                        timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` s) until the stopped nodes' publishers left the ROS graph."""
+    deadline = time.monotonic() + timeout
+    while any(node.count_publishers(t) for t in _output_topics(cameras, config)):
+        if time.monotonic() > deadline:
+            LOGGER.warning("stopped detector nodes still in the ROS graph after %.0f s", timeout)
+            return
+        time.sleep(0.05)
 
 
 def _check_children(children: Sequence[subprocess.Popen[bytes]], log_dir: Path) -> None:
@@ -497,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Play a nuScenes bag through the detector nodes and score the detections "
         "with the official nuScenes evaluation.",
     )
-    parser.add_argument("--bag", required=True)
+    parser.add_argument("--bag", required=True, nargs="+",
+                        help="bag(s), or a directory of bags (one per scene), played in order")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--dataroot", required=True)
     parser.add_argument("--out", required=True)
@@ -514,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_closed_loop(ClosedLoopConfig(
-            bag=args.bag, checkpoint=args.checkpoint, dataroot=args.dataroot, out=args.out,
+            bags=tuple(args.bag), checkpoint=args.checkpoint, dataroot=args.dataroot, out=args.out,
             version=args.version, eval_set=args.eval_set, cameras=tuple(args.cameras),
             detector_params=tuple(args.param), frame_timeout=args.frame_timeout,
             render=not args.no_render, per_camera=args.per_camera,

@@ -137,7 +137,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     _step(f"3/3 closed loop: bag -> {nodes} ({checkpoint.name}) -> nuScenes results -> "
           "DetectionEval")
     result = run_closed_loop(ClosedLoopConfig(
-        bag=str(bag), checkpoint=str(checkpoint), dataroot=str(dataroot), out=str(loop_out),
+        bags=(str(bag),), checkpoint=str(checkpoint), dataroot=str(dataroot), out=str(loop_out),
         eval_set="mini_val", cameras=tuple(cameras),
         detector_params=DEMO_PARAMS + config.detector_params, per_camera=config.per_camera,
     ))

@@ -94,3 +94,56 @@ def test_fused_heading_variance_holds_the_unobserved_rotations() -> None:
     cov = rot @ np.diag([1e6, 0.04, 1e6]) @ rot.T
     assert cov[2, 2] > 100.0
     assert abs(_heading_variance(cov) - 0.04) < 1e-4
+
+
+def test_closed_loop_scores_bags_of_logs_with_different_extrinsics(
+    tmp_path: Path, ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path,
+) -> None:
+    """mini_val's two scenes come from two logs whose camera mounts differ (randomised look):
+    they cannot share one bag, so the closed loop plays a directory of per-scene bags, each
+    through fresh nodes, into one DetectionEval of both scenes."""
+    from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
+    from epropnp_lib.generators.nuscenes_looks import StreetLook
+    from epropnp_ros.closed_loop import ClosedLoopConfig, run_closed_loop
+    from epropnp_ros.errors import BagConversionError
+    from epropnp_ros.nuscenes_bag import ConversionConfig, convert, convert_scenes
+
+    root, bags = tmp_path / "nuscenes", tmp_path / "bags"
+    cameras = ("CAM_FRONT", "CAM_BACK")
+    generate_nuscenes_mini(root, scenes=("scene-0103", "scene-0916"), samples_per_scene=2,
+                           image_size=(160, 90), look=StreetLook.training())
+    conversion = ConversionConfig(dataroot=str(root), output=str(bags), cameras=cameras,
+                                  sweeps=False, progress=False)
+    with pytest.raises(BagConversionError, match="calibrated differently"):
+        convert(ConversionConfig(dataroot=str(root), output=str(tmp_path / "merged"),
+                                 cameras=cameras, sweeps=False, progress=False))
+    convert_scenes(conversion)
+    result = run_closed_loop(ClosedLoopConfig(
+        bags=(str(bags),), checkpoint=str(detector_fixture_checkpoint), dataroot=str(root),
+        out=str(tmp_path / "loop"), detector_params=("score_threshold:=0.0",), render=False,
+    ))
+    scores = json.loads(result.scores_path.read_text())
+    assert (result.frames_processed, result.frames_dropped) == (8, 0)
+    assert [Path(b).name for b in scores["bags"]] == ["scene-0103", "scene-0916"]
+    results = json.loads(result.results_path.read_text())["results"]
+    assert len(results) == 4 and all(results.values())  # every sample of both scenes
+    for scene in ("scene-0103", "scene-0916"):
+        assert (tmp_path / "loop" / "logs" / scene / "rig_detector.log").is_file()
+
+
+def test_closed_loop_refuses_what_is_not_a_bag(tmp_path: Path) -> None:
+    from epropnp_lib.errors import ConfigError
+    from epropnp_ros.closed_loop import ClosedLoopConfig, ClosedLoopError, resolve_bags
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bag").mkdir()
+    (tmp_path / "bag" / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    with pytest.raises(ClosedLoopError, match="not found"):
+        resolve_bags([str(tmp_path / "none")])
+    with pytest.raises(ClosedLoopError, match="neither a rosbag2 bag nor a directory of bags"):
+        resolve_bags([str(tmp_path / "empty")])
+    with pytest.raises(ClosedLoopError, match="named twice"):
+        resolve_bags([str(tmp_path / "bag"), str(tmp_path)])
+    assert resolve_bags([str(tmp_path)]) == [tmp_path / "bag"]
+    with pytest.raises(ConfigError, match="no bag"):
+        ClosedLoopConfig(bags=(), checkpoint="c", dataroot="d", out="o")
