@@ -39,7 +39,7 @@ from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import Reader, ReaderError
 
 from epropnp_lib.errors import ConfigError
-from epropnp_ros.dds import use_profile
+from epropnp_ros.dds import release_rclpy, use_profile
 from epropnp_ros.errors import BagPlayError
 from epropnp_ros.messages import ns_to_stamp
 
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        rclpy.try_shutdown()
+        release_rclpy()  # its shared-memory segments leave /dev/shm now
     total = sum(stats.messages.values())
     skipped = f", {stats.skipped_seconds:.1f} s of gaps skipped" if stats.skipped_seconds else ""
     print(f"played {total} messages in {stats.wall_seconds:.1f} s ({stats.loops} loop(s)"

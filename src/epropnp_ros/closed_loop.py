@@ -72,7 +72,7 @@ from epropnp_ros.closed_loop_scoring import (
     rig_calibration,
     write_scores,
 )
-from epropnp_ros.dds import DISCOVERY_SETTLE_S, use_profile
+from epropnp_ros.dds import DISCOVERY_SETTLE_S, release_rclpy, use_profile
 from epropnp_ros.detection_video import render_detections
 from epropnp_ros.errors import ClosedLoopError
 
@@ -247,7 +247,8 @@ class _RosGraph:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
-        rclpy.try_shutdown()
+        del self.node, self.executor
+        release_rclpy()  # its shared-memory segments leave /dev/shm now
 
 
 def _start_detectors(cameras: dict[str, Camera], config: ClosedLoopConfig, log_dir: Path,

@@ -43,7 +43,7 @@ from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_ros.bag_player import create_publishers
 from epropnp_ros.bop_bag import CAMERA_NS, GT_TOPIC, INFO_TOPIC, ROI_TOPIC
-from epropnp_ros.dds import DISCOVERY_SETTLE_S, use_profile
+from epropnp_ros.dds import DISCOVERY_SETTLE_S, release_rclpy, use_profile
 from epropnp_ros.errors import ClosedLoopError
 from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.messages import stamp_to_ns
@@ -258,7 +258,8 @@ def _run_node(config: PoseClosedLoopConfig, out: Path) -> _Recorder:
                 child.wait()
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
+        del node, executor
+        release_rclpy()  # its shared-memory segments leave /dev/shm now
     return rec
 
 

@@ -106,6 +106,8 @@ def rclpy_node(
     """A node in a private rclpy context, shut down after the test."""
     import rclpy
 
+    from epropnp_ros.dds import release_rclpy
+
     context = rclpy.Context()
     rclpy.init(context=context)
     name = "epropnp_test_" + "".join(c if c.isalnum() else "_" for c in request.node.name)
@@ -114,7 +116,8 @@ def rclpy_node(
         yield node
     finally:
         node.destroy_node()
-        rclpy.shutdown(context=context)
+        del node
+        release_rclpy(context)  # its shared-memory segments leave /dev/shm now
 
 
 SpawnRos = Callable[[str, Sequence[str]], "subprocess.Popen[str]"]

@@ -20,6 +20,8 @@ from rclpy.duration import Duration
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
+from epropnp_ros.dds import release_rclpy
+
 from dds_messages import (
     DETECTIONS_TOPIC,
     QOS,
@@ -66,7 +68,8 @@ def main() -> int:
         return 0
     finally:
         node.destroy_node()
-        rclpy.shutdown()
+        del node
+        release_rclpy()
 
 
 if __name__ == "__main__":

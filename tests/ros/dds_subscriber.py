@@ -19,6 +19,8 @@ import rclpy
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 
+from epropnp_ros.dds import release_rclpy
+
 from dds_messages import DETECTIONS_TOPIC, QOS, TF_TOPIC, detections_to_data, tf_to_data
 
 
@@ -51,7 +53,8 @@ def main() -> int:
         return 0
     finally:
         node.destroy_node()
-        rclpy.shutdown()
+        del node
+        release_rclpy()
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def test_one_frame_enters_each_ros_module_at_most_twice(
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
+    from epropnp_ros.dds import release_rclpy
     from epropnp_ros.nodes.base import Frame
     from epropnp_ros.nodes.detector import DetectorNode
 
@@ -100,7 +101,8 @@ def test_one_frame_enters_each_ros_module_at_most_twice(
         assert node.counters["frames_processed"] == 2
     finally:
         node.destroy_node()
-        rclpy.shutdown(context=context)
+        del node
+        release_rclpy(context)
 
     # 1. The node enters each module of the glue at most twice (subclass hooks of the node's
     #    own package are the node itself).
@@ -136,6 +138,7 @@ def test_compressed_input_follows_the_image_remap(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, CompressedImage
 
+    from epropnp_ros.dds import release_rclpy
     from epropnp_ros.images import image_to_rgb, rgb_to_compressed
     from epropnp_ros.nodes.detector import DetectorNode
 
@@ -175,4 +178,5 @@ def test_compressed_input_follows_the_image_remap(
         executor.shutdown()
         node.destroy_node()
         driver.destroy_node()
-        rclpy.shutdown(context=context)
+        del node, driver, executor
+        release_rclpy(context)

@@ -108,10 +108,11 @@ class RigDriver:
                 "tf_frames": tf_frames.split(",") if tf_frames else []}}
 
     def close(self) -> None:
-        import rclpy
+        from epropnp_ros.dds import release_rclpy
 
         self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        del self.node
+        release_rclpy(self.context)
 
     def wait_until(self, predicate: Callable[[], bool], what: str | Callable[[], str],
                    timeout: float = TIMEOUT) -> None:

@@ -115,6 +115,8 @@ def runtime_hashes(ros_runtime: None, ros_in_process: None) -> Iterator[dict[str
 
     import rclpy
 
+    from epropnp_ros.dds import release_rclpy
+
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("epropnp_test_type_hashes", context=context)
@@ -131,7 +133,8 @@ def runtime_hashes(ros_runtime: None, ros_in_process: None) -> Iterator[dict[str
         yield hashes
     finally:
         node.destroy_node()
-        rclpy.shutdown(context=context)
+        del node
+        release_rclpy(context)
 
 
 @pytest.mark.parametrize("type_name", CHECKED_TYPES)

@@ -15,7 +15,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 from epropnp_lib.errors import EProPnPError
-from epropnp_ros.dds import use_profile
+from epropnp_ros.dds import release_rclpy, use_profile
 
 if TYPE_CHECKING:
     from epropnp_ros.nodes.base import EstimatorNode
@@ -37,6 +37,7 @@ def run(
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    executor = None
     status = 0
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -65,8 +66,11 @@ def run(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node._stop_inputs()
             node.destroy_node()
-        rclpy.try_shutdown()
+        node = executor = None
+        release_rclpy()  # its shared-memory segments leave /dev/shm now (epropnp_ros.dds)
     return status
