@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ import pytest
 import torch
 
 from epropnp_lib import metrics
-from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset, crop_transform, read_ply
+from epropnp_lib.data.bop import (
+    CANONICAL_CONTINUOUS_STEPS,
+    BopConfig,
+    BopDataError,
+    BopDataset,
+    crop_transform,
+    read_ply,
+)
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.generators import bop as bop_generate
 from epropnp_lib.generators.bop import GeneratedBop, generate_bop_lm
@@ -462,6 +470,49 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
     acc = metrics.add_accuracy(batch.pose, batch.pose, batch.model_points, batch.diameter,
                                0.02, batch.symmetric)
     assert bool(acc.all())
+
+
+def test_canonical_symmetric_targets(generated: GeneratedBop) -> None:
+    """``canonical_symmetric``: a symmetric object's pose (and the pose its coordinate map is
+    rendered with) is its equivalent closest to the identity; other objects are unchanged."""
+    root = generated.dataset_dir.parent
+    cfg = BopConfig(crop_size=64, min_visib_fract=0.3)
+    plain = BopDataset(root, "test", config=cfg)
+    canon = BopDataset(root, "test", config=replace(cfg, canonical_symmetric=True))
+    seen = set()
+    for i in range(len(plain)):
+        a, b = plain[i], canon[i]
+        obj = int(a.obj_id)
+        sym = plain.model(obj).symmetries(CANONICAL_CONTINUOUS_STEPS)
+        assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
+        if sym.num == 1:
+            assert torch.equal(a.pose, b.pose) and torch.equal(a.coords, b.coords)
+            continue
+        seen.add(obj)
+        r_a, r_b = quat_to_matrix(a.pose[3:].double()), quat_to_matrix(b.pose[3:].double())
+        # an equivalent pose: (R R_s, t + R t_s) for some symmetry s ...
+        rel = r_a.T @ r_b
+        d = (sym.rotations - rel).abs().amax((-1, -2))
+        s_idx = int(d.argmin())
+        assert float(d[s_idx]) < 1e-5
+        torch.testing.assert_close(b.pose[:3].double(),
+                                   a.pose[:3].double() + r_a @ sym.translations[s_idx],
+                                   atol=1e-6, rtol=0)
+        # ... the closest to the identity among them ...
+        traces = torch.diagonal(r_a @ sym.rotations, dim1=-2, dim2=-1).sum(-1)
+        assert float(torch.trace(r_b)) == pytest.approx(float(traces.max()), abs=1e-5)
+        # ... and the map is rendered with it: the same surface points in the camera, in the
+        # symmetric frame (x_a = R_s x_b + t_s), up to the rasteriser's edge pixels
+        has = (a.coords.abs().sum(0) > 0) & (b.coords.abs().sum(0) > 0)
+        x_a, x_b = a.coords[:, has].T.double(), b.coords[:, has].T.double()
+        moved = x_b @ sym.rotations[s_idx].T + sym.translations[s_idx]
+        assert float((moved - x_a).norm(dim=-1).median()) < 1e-4
+        # canonical poses of symmetric objects solve back from their maps like any other
+        v, u = has.nonzero(as_tuple=True)
+        x2d = torch.stack((u, v), -1).double()[None]
+        sol = solve_pnp(x_b[None], x2d, torch.ones_like(x2d), b.cam_mats.double()[None])
+        assert metrics.rotation_error_deg(sol.pose, b.pose.double()[None]).item() < 0.5
+    assert seen == {10, 11}  # eggbox (2-fold) and can (continuous)
 
 
 def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:

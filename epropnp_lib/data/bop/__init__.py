@@ -18,6 +18,7 @@ and masks), :mod:`~.linemod` (LineMOD ids and protocol sets), :mod:`~.errors`.
 """
 
 from epropnp_lib.data.bop.dataset import (
+    CANONICAL_CONTINUOUS_STEPS,
     BopConfig,
     BopDataset,
     BopInstance,
@@ -50,6 +51,7 @@ from epropnp_lib.data.bop.linemod import (
 from epropnp_lib.data.bop.ply import PlyMesh, read_ply
 
 __all__ = [
+    "CANONICAL_CONTINUOUS_STEPS",
     "LINEMOD_13",
     "LINEMOD_OBJECTS",
     "LINEMOD_OBJECT_IDS",

@@ -7,9 +7,13 @@ the top-left pixel and ``w = x_max - x_min`` (``bop_toolkit.misc.calc_2d_bbox``)
 are at integer coordinates.  With ``crop_size = S`` an instance becomes the square crop of side
 ``crop_scale * max(w, h)`` around its box resampled to ``S x S`` (:func:`crop_transform`), with
 intrinsics ``A K``; its object-coordinate map is rendered from the model under the ground-truth
-pose and masked with the visible mask.  Bad data raises :class:`BopDataError` naming the file;
-instances below ``min_visib_fract`` or without a visible pixel are skipped, counted in
-:attr:`BopDataset.skipped` and reported in one warning per reason.
+pose and masked with the visible mask.  With ``canonical_symmetric`` the pose of an object
+with symmetries (models_info.json) is replaced by its canonical equivalent
+(:func:`~epropnp_lib.geometry.symmetry.canonical_pose`) before the map is rendered, so that the
+target of a symmetric object is a function of its appearance.  Bad data raises
+:class:`BopDataError` naming the file; instances below ``min_visib_fract`` or without a
+visible pixel are skipped, counted in :attr:`BopDataset.skipped` and reported in one warning
+per reason.
 """
 
 from __future__ import annotations
@@ -44,10 +48,17 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.geometry.raster import rasterize
 from epropnp_lib.geometry.rotations import matrix_to_quat
+from epropnp_lib.geometry.symmetry import (
+    DEFAULT_CONTINUOUS_STEPS,
+    Symmetries,
+    canonical_pose,
+    symmetry_transforms,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CANONICAL_CONTINUOUS_STEPS",
     "BopConfig",
     "BopDataset",
     "BopInstance",
@@ -58,6 +69,9 @@ __all__ = [
 
 _SCENE_DIR = re.compile(r"^\d{6}$")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif")
+#: Rotations a continuous symmetry is discretised into when picking canonical poses: the pick
+#: is within 0.5 degree of the continuous optimum.
+CANONICAL_CONTINUOUS_STEPS = 360
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,10 @@ class BopConfig:
             ``"models_info"`` -- ADD-S for every object with symmetries in models_info.json;
             ``"auto"`` -- ``linemod`` for ``lm``/``lmo``, else ``models_info``.
         check_files: verify at construction that every image and mask exists.
+        canonical_symmetric: give objects with symmetries in models_info.json (whatever
+            ``symmetric`` says) their canonical pose (:func:`~epropnp_lib.geometry.symmetry.
+            canonical_pose`, rotation closest to the identity) as ``pose`` and as the pose
+            their coordinate map is rendered with; ``False`` keeps the annotated pose.
     """
 
     dataset: str = "lm"
@@ -91,6 +109,7 @@ class BopConfig:
     num_model_points: int = 0
     symmetric: str = "auto"
     check_files: bool = True
+    canonical_symmetric: bool = False
 
     def __post_init__(self) -> None:
         if not self.dataset or "/" in self.dataset:
@@ -122,6 +141,8 @@ class BopModel:
         colors: ``(V, 3)`` float32 in [0, 1] or ``None``.
         info: the models_info.json entry (metres); diameter: ``info.diameter``.
         symmetric: evaluate with ADD-S (see :attr:`BopConfig.symmetric`).
+
+    :meth:`symmetries` lists the rigid symmetries of ``info`` (whatever ``symmetric`` says).
     """
 
     obj_id: int
@@ -135,6 +156,14 @@ class BopModel:
     @property
     def diameter(self) -> float:
         return self.info.diameter
+
+    def symmetries(self, num_continuous: int = DEFAULT_CONTINUOUS_STEPS) -> Symmetries:
+        """The model's symmetries from models_info.json, identity first: ``rotations (S, 3,
+        3)``, ``translations (S, 3)`` metres, float64; continuous ones discretised into
+        ``num_continuous`` steps (:func:`~epropnp_lib.geometry.symmetry.symmetry_transforms`).
+        """
+        return symmetry_transforms(self.info.symmetries_discrete,
+                                   self.info.symmetries_continuous, num_continuous)
 
 
 class BopInstance(NamedTuple):
@@ -263,6 +292,9 @@ class BopDataset(Dataset[BopSample]):
                 f"{len(scene_ids)} scene(s) (skipped: {dict(self.skipped)})")
         self._index_of = {o: i for i, o in enumerate(self.object_ids)}
         self._points = {o: self._model_points(m) for o, m in self.models.items()}
+        self._symmetries = ({o: m.symmetries(CANONICAL_CONTINUOUS_STEPS)
+                             for o, m in self.models.items()}
+                            if cfg.canonical_symmetric else {})
 
     # -- construction ------------------------------------------------------------------------
 
@@ -441,8 +473,11 @@ class BopDataset(Dataset[BopSample]):
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0)) > 0
                 for m in (mask, mask_full))
         model = self.models[inst.obj_id]
-        quat = matrix_to_quat(torch.from_numpy(inst.R))
-        pose = torch.cat((torch.from_numpy(inst.t), quat)).float()
+        rot, trans = torch.from_numpy(inst.R), torch.from_numpy(inst.t)
+        sym = self._symmetries.get(inst.obj_id)
+        if sym is not None and sym.num > 1:
+            rot, trans, _ = canonical_pose(rot, trans, sym)
+        pose = torch.cat((trans, matrix_to_quat(rot))).float()
         cam_t = torch.from_numpy(cam_mats).float()
         mask_t = torch.from_numpy(mask).float().unsqueeze(0)
         out_h, out_w = mask.shape
