@@ -9,7 +9,8 @@
   coordinate regression, surrogate mask loss, derivative regularisation);
 * evaluation: :meth:`DenseCorrespondenceNet.predict_pose` (the PnP solve) on every instance of
   the split, then :mod:`epropnp_lib.metrics` per object -- ADD(-S) at 0.02/0.05/0.1 of the
-  diameter (ADD-S for the symmetric eggbox and glue), 2°2cm, 5°5cm, median errors -- and their
+  diameter (ADD-S for the symmetric eggbox and glue), 2°2cm, 5°5cm, median errors (symmetric
+  objects: against the closest equivalent ground truth) -- and their
   unweighted mean over objects (the paper's "Mean" row).
 
 Items depend on their index only (the BOP crops are deterministic), so resume is exact.  The
@@ -28,7 +29,13 @@ from torch.utils.data import default_collate
 
 from epropnp_lib.data.bop import LINEMOD_13, BopConfig, BopDataset, BopSample, read_models_info
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.metrics import PoseErrors, mean_over_objects, pose_errors, summarize_errors
+from epropnp_lib.metrics import (
+    SYMMETRY_STEPS,
+    PoseErrors,
+    mean_over_objects,
+    pose_errors,
+    summarize_errors,
+)
 from epropnp_lib.nets.dense import (
     CHECKPOINT_KIND,
     DenseCorrespondenceNet,
@@ -176,6 +183,8 @@ class LinemodTask(Task):
         data = self.dataset(split)
         loader = self.eval_loader(data, collate_bop)
         per_object: dict[int, list[PoseErrors]] = {}
+        symmetries = {o: m.symmetries(SYMMETRY_STEPS) for o, m in data.models.items()
+                      if m.symmetric}
         failed = 0
         for batch in loader:
             images, cam_mats = batch.image.to(device), batch.cam_mats.to(device)
@@ -187,7 +196,7 @@ class LinemodTask(Task):
                 model = data.model(obj_id)
                 per_object.setdefault(obj_id, []).append(pose_errors(
                     pose[sel], batch.pose[sel], model.vertices, model.diameter,
-                    model.symmetric))
+                    model.symmetric, symmetries.get(obj_id)))
         summaries = {data.model(o).name: summarize_errors(PoseErrors.cat(parts))
                      for o, parts in sorted(per_object.items())}
         mean = mean_over_objects(summaries)
