@@ -6,7 +6,9 @@ A task (:mod:`.task`) supplies the network with its loss, the training set and a
 (:mod:`.distributed`: the module in ``DistributedDataParallel``, the data split by a
 ``DistributedSampler`` with ``drop_last``); ``config.seed`` seeds the initialisation (the same
 on every rank), the data order, a per-rank ``torch.Generator`` handed to the module (the Monte
-Carlo samples), the per-rank global RNG and the loader workers; training-state checkpoints
+Carlo samples), the per-rank global RNG and the loader workers; a training set with a
+``set_epoch`` (:class:`~.task.EpochDataset`, e.g. random box jitter) is told the epoch before
+each; training-state checkpoints
 (:mod:`.training_state`) every ``checkpoint_interval`` steps and at the end, from which
 ``resume`` takes the very next step (exact for datasets whose items depend on their index only);
 ``torch.autocast`` + ``GradScaler`` when ``config.amp`` on CUDA; logs on rank 0 (a tqdm bar,
@@ -63,7 +65,7 @@ from .distributed import (
 )
 from .optim import build_optimizer, build_scheduler
 from .plots import training_curves
-from .task import StepOutput, Task, TrainingModule
+from .task import EpochDataset, StepOutput, Task, TrainingModule
 from .training_state import (
     SchedulePosition,
     TrainingParts,
@@ -419,6 +421,8 @@ def _run_schedule(
         if in_epoch >= data.steps_per_epoch:
             epoch, in_epoch = epoch + 1, 0
         data.sampler.set_epoch(epoch)
+        if isinstance(data.loader.dataset, EpochDataset):
+            data.loader.dataset.set_epoch(epoch)
         data.sampler.skip = in_epoch * cfg.batch_size
         data.loader_gen.manual_seed(derive_seed(cfg.seed, "loader", epoch, ctx.rank))
         for batch in data.loader:

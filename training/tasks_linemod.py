@@ -13,14 +13,16 @@
   objects: against the closest equivalent ground truth) -- and their
   unweighted mean over objects (the paper's "Mean" row).
 
-Items depend on their index only (the BOP crops are deterministic), so resume is exact.  The
-crops have no augmentation (CDPN's dynamic zoom-in and background swaps are not reproduced).
+Items depend on their index and epoch only (the BOP crops are deterministic; the optional box
+jitter, ``data.bop.box_jitter``, a dynamic zoom-in like CDPN's, is drawn from the run's seed, the
+epoch and the index), so resume is exact.  Evaluation crops the annotated boxes without jitter;
+CDPN's background swaps are not reproduced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,11 +166,16 @@ class LinemodTask(Task):
         return LinemodModule(self.config.net)
 
     def dataset(self, split: str) -> BopDataset:
+        """The instances of ``split`` as evaluated: the annotated boxes, no jitter."""
         data = self.config.data
-        return BopDataset(data.root, split, data.object_list(), config=data.bop)
+        return BopDataset(data.root, split, data.object_list(),
+                          config=replace(data.bop, box_jitter=0.0))
 
     def train_dataset(self) -> BopDataset:
-        return self.dataset(self.config.data.train_split)
+        """The training instances, with ``data.bop.box_jitter`` drawn from the run's seed."""
+        data = self.config.data
+        return BopDataset(data.root, data.train_split, data.object_list(), config=data.bop,
+                          seed=self.config.seed)
 
     def collate_fn(self) -> Any:
         return collate_bop

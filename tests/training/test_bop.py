@@ -31,6 +31,7 @@ from epropnp_lib.data.bop import (
     BopDataError,
     BopDataset,
     crop_transform,
+    jitter_box,
     read_ply,
 )
 from epropnp_lib.errors import ConfigError
@@ -513,6 +514,51 @@ def test_canonical_symmetric_targets(generated: GeneratedBop) -> None:
         sol = solve_pnp(x_b[None], x2d, torch.ones_like(x2d), b.cam_mats.double()[None])
         assert metrics.rotation_error_deg(sol.pose, b.pose.double()[None]).item() < 0.5
     assert seen == {10, 11}  # eggbox (2-fold) and can (continuous)
+
+
+def test_jitter_box_range() -> None:
+    box = (10, 20, 30, 50)  # pixel extents 31 x 51, centre (25, 45)
+    assert jitter_box(box, 0.0, np.random.default_rng(0)) == (10.0, 20.0, 30.0, 50.0)
+    j = 0.2
+    rng = np.random.default_rng(1)
+    out = np.array([jitter_box(box, j, rng) for _ in range(2000)])
+    cx, cy = out[:, 0] + 0.5 * out[:, 2], out[:, 1] + 0.5 * out[:, 3]
+    k = (out[:, 2] + 1.0) / 31.0
+    assert np.abs(cx - 25.0).max() <= j * 31 and np.abs(cy - 45.0).max() <= j * 51
+    assert k.min() >= 1 - j and k.max() <= 1 + j
+    np.testing.assert_allclose((out[:, 3] + 1.0) / 51.0, k)  # aspect kept
+    # the draws fill the range (uniform), both ways
+    assert np.abs(cx - 25.0).max() > 0.9 * j * 31 and k.min() < 1 - 0.9 * j < 1 + 0.9 * j < k.max()
+    side = crop_transform(box, 64, 1.5)[0, 0] / np.array(
+        [crop_transform(b, 64, 1.5)[0, 0] for b in out])
+    np.testing.assert_allclose(side, k)  # the crop's side scales by the same factor
+
+
+def test_box_jitter_is_seeded_by_seed_epoch_and_index(generated: GeneratedBop) -> None:
+    root = generated.dataset_dir.parent
+    cfg = BopConfig(crop_size=32, min_visib_fract=0.3, render_coords=False)
+    plain = BopDataset(root, "test", config=cfg)
+    jit = replace(cfg, box_jitter=0.15)
+    a, b = BopDataset(root, "test", config=jit, seed=7), BopDataset(root, "test", config=jit,
+                                                                     seed=7)
+    other = BopDataset(root, "test", config=jit, seed=8)
+    zero = BopDataset(root, "test", config=replace(cfg, box_jitter=0.0), seed=7)
+    for i in range(len(plain)):
+        p, x, y = plain[i], a[i], b[i]
+        assert torch.equal(x.image, y.image) and torch.equal(x.bbox, y.bbox)
+        assert not torch.equal(x.bbox, p.bbox) and not torch.equal(x.bbox, other[i].bbox)
+        assert torch.equal(zero[i].image, p.image) and torch.equal(zero[i].bbox, p.bbox)
+        # the crop, its intrinsics and the reported box agree
+        inst = a.instances[i]
+        want = crop_transform(x.bbox.double().tolist(), 32, cfg.crop_scale) @ inst.cam_mats
+        np.testing.assert_allclose(x.cam_mats.numpy(), want, rtol=1e-5, atol=1e-4)
+    first = [a[i].bbox for i in range(len(a))]
+    a.set_epoch(1)
+    assert all(not torch.equal(a[i].bbox, first[i]) for i in range(len(a)))
+    a.set_epoch(0)
+    assert all(torch.equal(a[i].bbox, first[i]) for i in range(len(a)))
+    with pytest.raises(ConfigError, match="box_jitter"):
+        BopConfig(box_jitter=0.8)
 
 
 def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:

@@ -76,7 +76,9 @@ def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path) -> None:
             "head_channels": 16, "monte_carlo": {"num_iterations": 2, "num_samples": 16},
             "loss": {"pose_weight": 0.02, "coord_weight": 1.0, "reg_weight": 0.1},
         },
-        "data": {"root": str(root), "train_split": "train", "bop": {"crop_size": 64}},
+        # the training-only options on: jittered boxes, canonical poses of the eggbox
+        "data": {"root": str(root), "train_split": "train",
+                 "bop": {"crop_size": 64, "box_jitter": 0.1, "canonical_symmetric": True}},
     }
     trained, evaluated = _train_then_evaluate(tmp_path, mapping)
     assert evaluated == trained  # the exported network gives the training run's numbers

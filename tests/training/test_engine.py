@@ -24,7 +24,13 @@ from epropnp_training.distributed import to_device
 from epropnp_training.engine import TrainingError, train
 from epropnp_training.optim import lr_factor
 from epropnp_training.task import StepOutput
-from epropnp_training.tasks_toy import ToyModule, ToyTask, ToyTrainConfig, build_task
+from epropnp_training.tasks_toy import (
+    ToyDataset,
+    ToyModule,
+    ToyTask,
+    ToyTrainConfig,
+    build_task,
+)
 from epropnp_training.training_state import TRAINING_STATE_KIND, find_latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -210,6 +216,28 @@ def test_nonfinite_gradients_skip_the_step_and_training_goes_on(
     rows = read_log(tmp_path)
     assert [int(r["skipped_steps"]) for r in rows] == [0, 0, 1, 0, 0]
     assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+class _EpochToyDataset(ToyDataset):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+class _EpochTask(ToyTask):
+    def train_dataset(self) -> ToyDataset:
+        self.data = _EpochToyDataset(self.config.data, "train", self.config.seed)
+        return self.data
+
+
+def test_an_epoch_dataset_is_told_each_epoch(tmp_path: Path) -> None:
+    cfg = toy_config(tmp_path, epochs=2, eval_split=None)
+    task = _EpochTask(cfg)
+    train(cfg, task)
+    assert task.data.epochs == [0, 1]
 
 
 def test_too_small_dataset_is_a_config_error(tmp_path: Path) -> None:

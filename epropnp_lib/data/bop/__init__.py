@@ -25,6 +25,7 @@ from epropnp_lib.data.bop.dataset import (
     BopModel,
     BopSample,
     crop_transform,
+    jitter_box,
 )
 from epropnp_lib.data.bop.errors import BopDataError
 from epropnp_lib.data.bop.json_files import (
@@ -71,6 +72,7 @@ __all__ = [
     "BopSceneCamera",
     "PlyMesh",
     "crop_transform",
+    "jitter_box",
     "read_camera",
     "read_json",
     "read_models_info",
