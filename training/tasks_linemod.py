@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import default_collate
 
 from epropnp_lib.data.bop import LINEMOD_13, BopConfig, BopDataset, BopSample, read_models_info
+from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.metrics import (
     SYMMETRY_STEPS,
@@ -40,6 +41,7 @@ from epropnp_lib.metrics import (
 )
 from epropnp_lib.nets.dense import (
     CHECKPOINT_KIND,
+    TRAINING_DATA_KEY,
     DenseCorrespondenceNet,
     DenseNetConfig,
     DenseNetLoss,
@@ -181,7 +183,10 @@ class LinemodTask(Task):
         return collate_bop
 
     def export_model(self, module: TrainingModule, path: Path) -> None:
-        task_network(module, DenseCorrespondenceNet).save(path)
+        """The network with the reader options it was trained with (``extra["bop"]``: the
+        node crops its regions with the same ``crop_scale``)."""
+        task_network(module, DenseCorrespondenceNet).save(
+            path, extra={TRAINING_DATA_KEY: to_dict(self.config.data.bop)})
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
