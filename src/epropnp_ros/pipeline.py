@@ -27,11 +27,16 @@ import numpy as np
 import torch
 
 from epropnp_lib.data.bop import BopConfig
-from epropnp_lib.epropnp import EProPnPBase
+from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
-from epropnp_lib.nets.dense import DenseCorrespondenceNet, training_crop_scale
+from epropnp_lib.nets.dense import (
+    DenseCorrespondenceNet,
+    DenseNetOutput,
+    predict_pose,
+    training_crop_scale,
+)
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 from epropnp_ros.camera_model import CameraModel, undistort_points
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
@@ -294,19 +299,19 @@ def _kept(
 
 
 def _solve_and_sample(
-    layer: EProPnPBase,
-    x3d: torch.Tensor,
-    x2d: torch.Tensor,
-    w2d: torch.Tensor,
-    cam_mats: torch.Tensor,
+    layer: EProPnP6DoF,
+    out: DenseNetOutput,
     num_samples: int,
     generator: torch.Generator,
     timer: StageTimer,
     sample_iterations: int,
+    multi_start: bool,
 ) -> tuple[PnPSolution, torch.Tensor | None]:
-    """Solve ``(B,)`` problems (pose, covariance, status) and draw ``(S, B, dim)`` samples
-    (``sample_iterations`` AMIS iterations)."""
-    sol = layer.solve(x3d, x2d, w2d, cam_mats)
+    """Solve the ``(B,)`` problems of ``out`` (pose, covariance, status;
+    :func:`~epropnp_lib.nets.dense.predict_pose`, optionally multi-start) and draw ``(S, B,
+    dim)`` samples (``sample_iterations`` AMIS iterations)."""
+    x3d, x2d, w2d, cam_mats = out.x3d, out.x2d, out.w2d, out.cam_mats
+    sol = predict_pose(layer, out, multi_start=multi_start)
     timer.lap("pnp")
     samples = None
     if num_samples > 0 and x3d.shape[0] > 0:
@@ -349,6 +354,9 @@ class PoseEstimatorSettings:
             (:attr:`PoseEstimatorPipeline.training_padding`).
         object_class: class name of the estimates.
         seed: seed of the sampling generator (used when the pipeline is built).
+        multi_start: the PnP solve also starts from the solver's rotation hypotheses and keeps
+            the optimum of least cost (:func:`~epropnp_lib.nets.dense.predict_pose`, as the
+            training evaluation solves); ``False``: the closed-form start alone.
     """
 
     num_samples: int = 32
@@ -356,6 +364,7 @@ class PoseEstimatorSettings:
     roi_padding: float | None = None
     object_class: str = "object"
     seed: int = 0
+    multi_start: bool = True
 
     def __post_init__(self) -> None:
         check_sampling(self.num_samples, self.sample_iterations)
@@ -459,13 +468,12 @@ class PoseEstimatorPipeline:
         with torch.inference_mode():
             out = self.net(images, a @ k_img)
         timer.lap("network")
-        x3d, x2d, w2d, cams = out.x3d, out.x2d, out.w2d, out.cam_mats
         if intrinsics.undistort is not None:
-            x2d, w2d = to_image_frame(x2d, w2d, a, intrinsics.undistort)
-            cams = k_img.expand(len(rois), 3, 3)
+            x2d, w2d = to_image_frame(out.x2d, out.w2d, a, intrinsics.undistort)
+            out = out._replace(x2d=x2d, w2d=w2d, cam_mats=k_img.expand(len(rois), 3, 3))
         sol, samples = _solve_and_sample(
-            self.net.pnp, x3d, x2d, w2d, cams, cfg.num_samples, self.generator, timer,
-            cfg.sample_iterations,
+            self.net.pnp, out, cfg.num_samples, self.generator, timer, cfg.sample_iterations,
+            cfg.multi_start,
         )
         return self._output(sol, samples, rois, scores, timer, ids)
 

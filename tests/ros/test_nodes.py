@@ -751,7 +751,7 @@ def test_pose_estimator_node_in_process(
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
 
 
-def test_roi_padding_parameter_defaults_to_the_checkpoints() -> None:
+def test_roi_padding_and_multi_start_parameters() -> None:
     from epropnp_lib.errors import ConfigError
     from epropnp_ros.nodes.pose_estimator import settings_from_params
     from epropnp_ros.params import PoseEstimatorParams
@@ -759,6 +759,8 @@ def test_roi_padding_parameter_defaults_to_the_checkpoints() -> None:
     # 0.0 (the default): the pipeline's training padding; a value set by the user wins
     assert settings_from_params(PoseEstimatorParams()).roi_padding is None
     assert settings_from_params(PoseEstimatorParams(roi_padding=1.3)).roi_padding == 1.3
+    assert settings_from_params(PoseEstimatorParams()).multi_start is True
+    assert settings_from_params(PoseEstimatorParams(multi_start=False)).multi_start is False
     with pytest.raises(ConfigError, match="roi_padding"):
         PoseEstimatorParams(roi_padding=0.5)
 

@@ -347,6 +347,26 @@ def test_pose_estimator_crops_with_the_checkpoints_training_padding(
         PoseEstimatorPipeline.from_checkpoint(bad)
 
 
+@pytest.mark.parametrize("multi_start", [True, False])
+def test_pose_estimator_solves_as_the_training_evaluation(dense_ckpt: Path,
+                                                         multi_start: bool) -> None:
+    """The node's solve is :meth:`DenseCorrespondenceNet.predict_pose` on the same crops, with
+    or without the multi-start."""
+    settings = PoseEstimatorSettings(num_samples=0, multi_start=multi_start)
+    pipe = PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cpu", settings)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = pipe.net.register_forward_pre_hook(
+        lambda _m, args: seen.append((args[0].clone(), args[1].clone())))
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 60.0, 60.0], [40.0, 50.0, 30.0, 30.0]])
+    out = pipe.process(_image(), Intrinsics(K, None, W, H), rois)
+    hook.remove()
+    _, sol = pipe.net.predict_pose(*seen[0], multi_start=multi_start)
+    assert out.num_failed == 0
+    q_out, q_ref = out.pose[:, 3:], sol.pose[:, 3:].double().numpy()
+    np.testing.assert_allclose(out.pose[:, :3], sol.pose[:, :3].double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.abs((q_out * q_ref).sum(1)), 1.0, atol=1e-6)
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ConfigError, match="score_threshold"):
         DetectorSettings(score_threshold=2.0)

@@ -54,6 +54,7 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
         roi_padding=params.roi_padding or None,  # 0: the checkpoint's training padding
         object_class=params.object_class,
         seed=params.seed,
+        multi_start=params.multi_start,
     )
 
 
