@@ -174,12 +174,11 @@ def translation_error(pose_pred: torch.Tensor, pose_gt: torch.Tensor) -> torch.T
     return (pose_pred[:, :3] - pose_gt[:, :3]).norm(dim=-1)
 
 
-def symmetric_pose_errors(
+def closest_equivalent_pose(
     pose_pred: torch.Tensor, pose_gt: torch.Tensor, symmetries: Symmetries
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation (degrees) and translation errors of a symmetric object: those against the
-    equivalent ground truth ``(R* R_s, t* + R* t_s)`` (``s`` over ``symmetries``, identity
-    included) of smallest rotation error.
+) -> torch.Tensor:
+    """The equivalent ground truth ``(R* R_s, t* + R* t_s)`` (``s`` over ``symmetries``,
+    identity included) of smallest rotation error to the prediction.
 
     Args:
         pose_pred: ``(B, 7)`` predicted poses.
@@ -188,8 +187,7 @@ def symmetric_pose_errors(
             (``(S, 3, 3)``, ``(S, 3)``, in the unit of the translations).
 
     Returns:
-        ``(rotation_deg (B,), translation (B,))``; with the identity alone,
-        :func:`rotation_error_deg` and :func:`translation_error` (up to rounding).
+        ``(B, 7)`` poses.
     """
     _check_poses(pose_pred, pose_gt)
     sym = symmetries.to(pose_gt.dtype, pose_gt.device)
@@ -197,12 +195,25 @@ def symmetric_pose_errors(
     rot_eq = rot_gt[:, None] @ sym.rotations  # (B, S, 3, 3)
     t_eq = pose_gt[:, None, :3] + (rot_gt[:, None] @ sym.translations[..., None])[..., 0]
     batch, num = rot_eq.shape[:2]
-    eq = torch.cat((t_eq, matrix_to_quat(rot_eq)), -1).reshape(batch * num, 7)
+    eq = torch.cat((t_eq, matrix_to_quat(rot_eq)), -1)  # (B, S, 7)
     pred = pose_pred[:, None].expand(batch, num, 7).reshape(batch * num, 7)
-    rot_err = rotation_error_deg(pred, eq).reshape(batch, num)
-    best = rot_err.argmin(-1, keepdim=True)  # (B, 1)
-    trans_err = translation_error(pred, eq).reshape(batch, num)
-    return rot_err.gather(-1, best)[:, 0], trans_err.gather(-1, best)[:, 0]
+    rot_err = rotation_error_deg(pred, eq.reshape(batch * num, 7)).reshape(batch, num)
+    best = rot_err.argmin(-1)  # (B,)
+    return eq[torch.arange(batch, device=eq.device), best]
+
+
+def symmetric_pose_errors(
+    pose_pred: torch.Tensor, pose_gt: torch.Tensor, symmetries: Symmetries
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation (degrees) and translation errors of a symmetric object: those against
+    :func:`closest_equivalent_pose` (arguments as there).
+
+    Returns:
+        ``(rotation_deg (B,), translation (B,))``; with the identity alone,
+        :func:`rotation_error_deg` and :func:`translation_error` (up to rounding).
+    """
+    eq = closest_equivalent_pose(pose_pred, pose_gt, symmetries)
+    return rotation_error_deg(pose_pred, eq), translation_error(pose_pred, eq)
 
 
 def _per_element(value: float | torch.Tensor, batch: int, ref: torch.Tensor,

@@ -7,10 +7,11 @@ protocol): ADD(-S) accuracy at 0.02/0.05/0.1 of the diameter (ADD-S for symmetri
 rotation and translation errors against the equivalent ground truth of smallest rotation
 error, :func:`epropnp_lib.metrics.symmetric_pose_errors`); ``mean`` is the unweighted mean
 over objects (the paper's "Mean" row). Calibration of the covariance: the squared
-Mahalanobis distance of the ground truth in the covariance's tangent convention (``delta =
-(t* - t, Log(R* R^T))``, fixed axes, :func:`epropnp_lib.metrics.mahalanobis_sq`) against
-chi-square with 6 degrees of freedom, as the fraction of ground truths inside the nominal
-50/90/95 % ellipsoids (estimated instances).
+Mahalanobis distance of the ground truth (for a symmetric object given its symmetries, that
+same closest equivalent) in the covariance's tangent convention (``delta = (t* - t, Log(R*
+R^T))``, fixed axes, :func:`epropnp_lib.metrics.mahalanobis_sq`) against chi-square with 6
+degrees of freedom, as the fraction of ground truths inside the nominal 50/90/95 % ellipsoids
+(estimated instances).
 
 Poses ``(7,)`` ``(t, q_wxyz)`` in metres, covariances ``(6, 6)``, model points ``(M, 3)``.
 """
@@ -28,6 +29,7 @@ from epropnp_lib.geometry.symmetry import Symmetries
 from epropnp_lib.metrics import (
     PoseErrors,
     calibration,
+    closest_equivalent_pose,
     mahalanobis_sq,
     mean_over_objects,
     pose_errors,
@@ -79,6 +81,16 @@ def _object_errors(items: Sequence[Estimate], model: ModelSpec) -> tuple[PoseErr
                       trans), found
 
 
+def _calibration_truth(e: Estimate, model: ModelSpec) -> np.ndarray:
+    """The ground truth an estimate's covariance is scored against: the equivalent closest to
+    the estimate for an object given its symmetries."""
+    if e.pose is None or model.symmetries is None or model.symmetries.num == 1:
+        return e.gt_pose
+    eq = closest_equivalent_pose(torch.as_tensor(e.pose).double()[None],
+                                 torch.as_tensor(e.gt_pose).double()[None], model.symmetries)
+    return eq[0].numpy()
+
+
 def score_estimates(estimates: Sequence[Estimate], models: Mapping[str, ModelSpec]
                     ) -> dict[str, Any]:
     """The report (module docstring) as plain JSON-able values.
@@ -102,8 +114,8 @@ def score_estimates(estimates: Sequence[Estimate], models: Mapping[str, ModelSpe
     if summaries:
         mean = mean_over_objects(summaries).to_dict()
         mean["deg10_cm10"] = float(np.mean([p["deg10_cm10"] for p in per_object.values()]))
-    done = [(e.pose, e.gt_pose, e.covariance) for e in estimates
-            if e.pose is not None and e.covariance is not None]
+    done = [(e.pose, _calibration_truth(e, models[e.object_name]), e.covariance)
+            for e in estimates if e.pose is not None and e.covariance is not None]
     d2 = torch.zeros(0, dtype=torch.float64)
     if done:
         pred, gt, cov = (torch.as_tensor(np.stack(v)).double() for v in zip(*done, strict=True))
@@ -111,7 +123,8 @@ def score_estimates(estimates: Sequence[Estimate], models: Mapping[str, ModelSpe
     cal = calibration(d2, 6, COVERAGE_LEVELS)
     return {
         "protocol": "ADD(-S) at 0.02/0.05/0.1 d (ADD-S for symmetric objects), n deg n cm "
-                    "(symmetric objects: against the closest equivalent ground truth), "
+                    "and covariance coverage (symmetric objects: against the closest "
+                    "equivalent ground truth), "
                     "mean over objects; a missing estimate fails; covariance coverage: "
                     "chi-square(6) of the Mahalanobis distance in the fixed-axes tangent "
                     "convention, over the estimated instances",

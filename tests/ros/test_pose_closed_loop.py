@@ -110,6 +110,10 @@ def test_symmetric_object_rotated_by_a_symmetry_has_no_error() -> None:
     # without its symmetries the quarter turn is a 90 degree error (ADD-S still passes)
     assert per["plain"]["median_rotation_deg"] == pytest.approx(90.0)
     assert per["plain"]["deg10_cm10"] == 0.0 and per["plain"]["add_002"] == pytest.approx(100.0)
+    # the covariance is scored against the closest equivalent too: inside every ellipsoid
+    for name, inside in (("cube", 1.0), ("plain", 0.0)):
+        cal = score_estimates([e for e in est if e.object_name == name], models)["calibration"]
+        assert cal["coverage"]["0.5"] == inside, name
 
 
 def test_draw_poses_marks_the_object_axes_and_sample_clouds() -> None:
