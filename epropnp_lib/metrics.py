@@ -13,7 +13,9 @@ bop_toolkit's ``add`` / ``adi`` errors:
   object diameter; the paper reports k = 0.02, 0.05, 0.1 (:data:`ADD_THRESHOLDS`).
 * **n° n cm** -- rotation error strictly below ``n`` degrees and translation error strictly
   below ``n`` centimetres.  This assumes poses in **metres** (the unit of every tensor in
-  epropnp; the BOP reader converts from millimetres).
+  epropnp; the BOP reader converts from millimetres).  For a symmetric object given its
+  symmetries (:func:`symmetric_pose_errors`), both errors are those against the equivalent
+  ground truth ``(R* R_s, t* + R* t_s)`` of smallest rotation error.
 * **Mahalanobis distance** -- ``delta^T Sigma^-1 delta`` of the ground truth relative to the
   prediction in the library tangent convention (:mod:`epropnp_lib.conventions`): for 6DoF
   ``delta = (t* - t, Log(R* R^T))`` -- the rotation increment on the left, about the camera's
@@ -50,7 +52,19 @@ import torch
 from epropnp_lib.checks import check_float_tensors, check_shape
 from epropnp_lib.errors import ShapeError
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
-from epropnp_lib.geometry.rotations import quat_log, quat_multiply, quat_normalize, wrap_angle
+from epropnp_lib.geometry.rotations import (
+    matrix_to_quat,
+    quat_log,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+    wrap_angle,
+)
+from epropnp_lib.geometry.symmetry import Symmetries
+
+#: Steps a continuous symmetry is discretised into for :func:`symmetric_pose_errors` (1
+#: degree: the rotation error is at most 0.5 degree above the continuous minimum).
+SYMMETRY_STEPS = 360
 
 #: Fractions of the object diameter at which the paper reports ADD(-S) accuracy.
 ADD_THRESHOLDS = (0.02, 0.05, 0.1)
@@ -158,6 +172,48 @@ def translation_error(pose_pred: torch.Tensor, pose_gt: torch.Tensor) -> torch.T
     """Euclidean translation error ``(B,)`` (metres for library poses) of ``(B, 7)`` poses."""
     _check_poses(pose_pred, pose_gt)
     return (pose_pred[:, :3] - pose_gt[:, :3]).norm(dim=-1)
+
+
+def closest_equivalent_pose(
+    pose_pred: torch.Tensor, pose_gt: torch.Tensor, symmetries: Symmetries
+) -> torch.Tensor:
+    """The equivalent ground truth ``(R* R_s, t* + R* t_s)`` (``s`` over ``symmetries``,
+    identity included) of smallest rotation error to the prediction.
+
+    Args:
+        pose_pred: ``(B, 7)`` predicted poses.
+        pose_gt: ``(B, 7)`` ground-truth poses.
+        symmetries: the object's :class:`~epropnp_lib.geometry.symmetry.Symmetries`
+            (``(S, 3, 3)``, ``(S, 3)``, in the unit of the translations).
+
+    Returns:
+        ``(B, 7)`` poses.
+    """
+    _check_poses(pose_pred, pose_gt)
+    sym = symmetries.to(pose_gt.dtype, pose_gt.device)
+    rot_gt = quat_to_matrix(quat_normalize(pose_gt[:, 3:]))  # (B, 3, 3)
+    rot_eq = rot_gt[:, None] @ sym.rotations  # (B, S, 3, 3)
+    t_eq = pose_gt[:, None, :3] + (rot_gt[:, None] @ sym.translations[..., None])[..., 0]
+    batch, num = rot_eq.shape[:2]
+    eq = torch.cat((t_eq, matrix_to_quat(rot_eq)), -1)  # (B, S, 7)
+    pred = pose_pred[:, None].expand(batch, num, 7).reshape(batch * num, 7)
+    rot_err = rotation_error_deg(pred, eq.reshape(batch * num, 7)).reshape(batch, num)
+    best = rot_err.argmin(-1)  # (B,)
+    return eq[torch.arange(batch, device=eq.device), best]
+
+
+def symmetric_pose_errors(
+    pose_pred: torch.Tensor, pose_gt: torch.Tensor, symmetries: Symmetries
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation (degrees) and translation errors of a symmetric object: those against
+    :func:`closest_equivalent_pose` (arguments as there).
+
+    Returns:
+        ``(rotation_deg (B,), translation (B,))``; with the identity alone,
+        :func:`rotation_error_deg` and :func:`translation_error` (up to rounding).
+    """
+    eq = closest_equivalent_pose(pose_pred, pose_gt, symmetries)
+    return rotation_error_deg(pose_pred, eq), translation_error(pose_pred, eq)
 
 
 def _per_element(value: float | torch.Tensor, batch: int, ref: torch.Tensor,
@@ -360,13 +416,19 @@ def pose_errors(
     points: torch.Tensor,
     diameter: float | torch.Tensor,
     symmetric: bool | torch.Tensor = False,
+    symmetries: Symmetries | None = None,
 ) -> PoseErrors:
     """All per-element errors of one batch: poses ``(B, 7)``, points ``(M, 3)``/``(B, M, 3)``,
-    ``diameter`` float or ``(B,)``, ``symmetric`` bool or ``(B,)``."""
+    ``diameter`` float or ``(B,)``, ``symmetric`` bool or ``(B,)``; with ``symmetries`` (of
+    the one object of the batch) the rotation and translation errors are
+    :func:`symmetric_pose_errors`."""
     add = add_s_distance(pose_pred, pose_gt, points, symmetric)
     diam = _per_element(diameter, add.shape[0], add, "diameter").to(add.dtype)
-    return PoseErrors(add, diam, rotation_error_deg(pose_pred, pose_gt),
-                      translation_error(pose_pred, pose_gt))
+    if symmetries is not None and symmetries.num > 1:
+        rot, trans = symmetric_pose_errors(pose_pred, pose_gt, symmetries)
+    else:
+        rot, trans = rotation_error_deg(pose_pred, pose_gt), translation_error(pose_pred, pose_gt)
+    return PoseErrors(add, diam, rot, trans)
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,9 @@ class TrainConfig:
             with a warning, on CPU).
         dist_timeout_minutes: timeout of the process group's collectives; rank 0 evaluates
             alone after training while the others wait, so it must cover an evaluation.
-        max_nonfinite_steps: consecutive steps with a non-finite loss that are skipped (all
-            processes together) before training stops with an error.
+        max_nonfinite_steps: consecutive steps with a non-finite loss or non-finite gradients
+            that are skipped (all processes together, no optimiser update, counted in the
+            log's ``skipped_steps``) before training stops with an error.
         init_checkpoint: weights to start from (a network checkpoint or a training state; e.g.
             paper row B2 starts from A1); ``None`` for the config's own initialisation.
         eval_split: split evaluated after training (``metrics.json`` in ``log_dir``), or

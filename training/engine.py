@@ -6,12 +6,20 @@ A task (:mod:`.task`) supplies the network with its loss, the training set and a
 (:mod:`.distributed`: the module in ``DistributedDataParallel``, the data split by a
 ``DistributedSampler`` with ``drop_last``); ``config.seed`` seeds the initialisation (the same
 on every rank), the data order, a per-rank ``torch.Generator`` handed to the module (the Monte
-Carlo samples), the per-rank global RNG and the loader workers; training-state checkpoints
+Carlo samples), the per-rank global RNG and the loader workers; a training set with a
+``set_epoch`` (:class:`~.task.EpochDataset`, e.g. random box jitter) is told the epoch before
+each; training-state checkpoints
 (:mod:`.training_state`) every ``checkpoint_interval`` steps and at the end, from which
 ``resume`` takes the very next step (exact for datasets whose items depend on their index only);
 ``torch.autocast`` + ``GradScaler`` when ``config.amp`` on CUDA; logs on rank 0 (a tqdm bar,
 ``train_log.csv`` averaged over the log interval and all processes, plotted into
 ``training_curves.png`` at the end, TensorBoard when installed).
+
+A step whose loss or whose gradients are not finite on some process is skipped by every
+process: no optimiser update (the weights and the optimiser state stay as they were), the
+schedule still advances; ``skipped_steps`` in ``train_log.csv`` counts the skipped steps since
+the previous row, and more than ``max_nonfinite_steps`` in a row stop training with
+:class:`TrainingError`.
 
 Run layout under ``config.log_dir``::
 
@@ -57,7 +65,7 @@ from .distributed import (
 )
 from .optim import build_optimizer, build_scheduler
 from .plots import training_curves
-from .task import StepOutput, Task, TrainingModule
+from .task import EpochDataset, StepOutput, Task, TrainingModule
 from .training_state import (
     SchedulePosition,
     TrainingParts,
@@ -197,6 +205,12 @@ class _Precision(NamedTuple):
     dtype: torch.dtype
 
 
+class _Skipped(NamedTuple):
+    """A skipped optimiser step: what was not finite (``"loss"`` or ``"gradients"``)."""
+
+    reason: str
+
+
 class _IntervalLog:
     """The logs of rank 0: ``train_log.csv``, TensorBoard and the progress bar, fed with the
     mean of every logged value over the log interval and all processes."""
@@ -211,6 +225,7 @@ class _IntervalLog:
                         disable=not (ctx.is_main and cfg.progress_bar))
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.skipped = 0
         self.last_loss = float("nan")
         self.t_last = time.perf_counter()
 
@@ -231,6 +246,8 @@ class _IntervalLog:
             **means,
             "samples_per_s": (self.count * self.batch_size * self.ctx.world_size
                               / (now - self.t_last)),
+            # skip decisions are collective: the same count on every process
+            "skipped_steps": self.skipped,
         }
         if self.csv is not None:
             self.csv.write(row)
@@ -239,7 +256,7 @@ class _IntervalLog:
                 if name != "step":
                     self.tb.add_scalar(f"train/{name}", float(scalar), step)
         self.bar.set_postfix(loss=f"{self.last_loss:.4g}", lr=f"{row['lr']:.3g}")
-        self.sums, self.count, self.t_last = {}, 0, now
+        self.sums, self.count, self.skipped, self.t_last = {}, 0, 0, now
 
     def close(self) -> None:
         self.bar.close()
@@ -274,7 +291,8 @@ def train(
 
     Raises:
         ConfigError / CheckpointError: bad config, empty training set, unusable checkpoint.
-        TrainingError: more than ``max_nonfinite_steps`` consecutive non-finite losses.
+        TrainingError: more than ``max_nonfinite_steps`` consecutive steps skipped for
+            non-finite losses or gradients.
     """
     ctx = init_distributed(cfg.device, cfg.dist_timeout_minutes)
     try:
@@ -403,18 +421,22 @@ def _run_schedule(
         if in_epoch >= data.steps_per_epoch:
             epoch, in_epoch = epoch + 1, 0
         data.sampler.set_epoch(epoch)
+        if isinstance(data.loader.dataset, EpochDataset):
+            data.loader.dataset.set_epoch(epoch)
         data.sampler.skip = in_epoch * cfg.batch_size
         data.loader_gen.manual_seed(derive_seed(cfg.seed, "loader", epoch, ctx.rank))
         for batch in data.loader:
             logs = _optimizer_step(cfg, ctx, parts, wrapped, batch, precision)
-            if logs is None:
+            if isinstance(logs, _Skipped):
                 nonfinite += 1
-                logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step,
-                               nonfinite)
+                log.skipped += 1
+                logger.warning("step %d: non-finite %s, step skipped (%d in a row)", step,
+                               logs.reason, nonfinite)
                 if nonfinite > cfg.max_nonfinite_steps:
                     raise TrainingError(
-                        f"{nonfinite} consecutive non-finite losses at step {step}; lower lr or "
-                        f"check the data (max_nonfinite_steps={cfg.max_nonfinite_steps})"
+                        f"{nonfinite} consecutive steps with non-finite losses or gradients at "
+                        f"step {step}; lower lr or check the data "
+                        f"(max_nonfinite_steps={cfg.max_nonfinite_steps})"
                     )
             else:
                 nonfinite = 0
@@ -435,9 +457,10 @@ def _run_schedule(
 
 def _optimizer_step(cfg: TrainConfig, ctx: DistContext, parts: TrainingParts,
                     wrapped: nn.Module, batch: Any,
-                    precision: _Precision) -> dict[str, torch.Tensor] | None:
-    """One optimiser step on ``batch``; returns the values to log, or ``None`` when the loss
-    is not finite on some rank (the step is skipped)."""
+                    precision: _Precision) -> dict[str, torch.Tensor] | _Skipped:
+    """One optimiser step on ``batch``; returns the values to log, or :class:`_Skipped` when
+    the loss or the (unscaled) gradients are not finite on some rank: then no parameter and
+    no optimiser state changes (under AMP the scaler still lowers its scale)."""
     batch = to_device(batch, ctx.device)
     with torch.autocast(ctx.device.type, dtype=precision.dtype, enabled=precision.enabled):
         out: StepOutput = wrapped(batch, parts.generator)
@@ -445,13 +468,21 @@ def _optimizer_step(cfg: TrainConfig, ctx: DistContext, parts: TrainingParts,
     optimizer, scaler = parts.optimizer, parts.scaler
     if not all_finite(ctx, loss):
         optimizer.zero_grad(set_to_none=True)
-        return None
+        return _Skipped("loss")
     scaler.scale(loss).backward()
     logs = {"loss": loss, **out.logs}
+    scaler.unscale_(optimizer)  # a no-op without AMP
+    grads = [p.grad for p in parts.module.parameters() if p.grad is not None]
+    norm = (nn.utils.get_total_norm(grads) if grads
+            else torch.zeros((), device=loss.device))
+    if not all_finite(ctx, norm):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.update()  # the inf/NaN found by unscale_ lowers the scale
+        return _Skipped("gradients")
     if cfg.grad_clip_norm is not None:
-        scaler.unscale_(optimizer)
-        logs["grad_norm"] = nn.utils.clip_grad_norm_(parts.module.parameters(),
-                                                     cfg.grad_clip_norm)
+        nn.utils.clip_grads_with_norm_(parts.module.parameters(), cfg.grad_clip_norm, norm)
+        logs["grad_norm"] = norm
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -19,9 +19,17 @@ from epropnp_lib.nets.checkpoint import save_checkpoint
 
 from .config import TrainConfig
 
-__all__ = ["StepOutput", "Task", "TrainingModule", "task_network"]
+__all__ = ["EpochDataset", "StepOutput", "Task", "TrainingModule", "task_network"]
 
 _Net = TypeVar("_Net", bound=nn.Module)
+
+
+@runtime_checkable
+class EpochDataset(Protocol):
+    """A training set whose items also depend on the epoch (random augmentation drawn from
+    ``(seed, epoch, index)``): the engine calls :meth:`set_epoch` before each epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 class StepOutput(NamedTuple):

@@ -9,17 +9,20 @@
   coordinate regression, surrogate mask loss, derivative regularisation);
 * evaluation: :meth:`DenseCorrespondenceNet.predict_pose` (the PnP solve) on every instance of
   the split, then :mod:`epropnp_lib.metrics` per object -- ADD(-S) at 0.02/0.05/0.1 of the
-  diameter (ADD-S for the symmetric eggbox and glue), 2°2cm, 5°5cm, median errors -- and their
+  diameter (ADD-S for the symmetric eggbox and glue), 2°2cm, 5°5cm, median errors (symmetric
+  objects: against the closest equivalent ground truth) -- and their
   unweighted mean over objects (the paper's "Mean" row).
 
-Items depend on their index only (the BOP crops are deterministic), so resume is exact.  The
-crops have no augmentation (CDPN's dynamic zoom-in and background swaps are not reproduced).
+Items depend on their index and epoch only (the BOP crops are deterministic; the optional box
+jitter, ``data.bop.box_jitter``, a dynamic zoom-in like CDPN's, is drawn from the run's seed, the
+epoch and the index), so resume is exact.  Evaluation crops the annotated boxes without jitter;
+CDPN's background swaps are not reproduced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +30,18 @@ import torch
 from torch.utils.data import default_collate
 
 from epropnp_lib.data.bop import LINEMOD_13, BopConfig, BopDataset, BopSample, read_models_info
+from epropnp_lib.dataclass_io import to_dict
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.metrics import PoseErrors, mean_over_objects, pose_errors, summarize_errors
+from epropnp_lib.metrics import (
+    SYMMETRY_STEPS,
+    PoseErrors,
+    mean_over_objects,
+    pose_errors,
+    summarize_errors,
+)
 from epropnp_lib.nets.dense import (
     CHECKPOINT_KIND,
+    TRAINING_DATA_KEY,
     DenseCorrespondenceNet,
     DenseNetConfig,
     DenseNetLoss,
@@ -157,17 +168,25 @@ class LinemodTask(Task):
         return LinemodModule(self.config.net)
 
     def dataset(self, split: str) -> BopDataset:
+        """The instances of ``split`` as evaluated: the annotated boxes, no jitter."""
         data = self.config.data
-        return BopDataset(data.root, split, data.object_list(), config=data.bop)
+        return BopDataset(data.root, split, data.object_list(),
+                          config=replace(data.bop, box_jitter=0.0))
 
     def train_dataset(self) -> BopDataset:
-        return self.dataset(self.config.data.train_split)
+        """The training instances, with ``data.bop.box_jitter`` drawn from the run's seed."""
+        data = self.config.data
+        return BopDataset(data.root, data.train_split, data.object_list(), config=data.bop,
+                          seed=self.config.seed)
 
     def collate_fn(self) -> Any:
         return collate_bop
 
     def export_model(self, module: TrainingModule, path: Path) -> None:
-        task_network(module, DenseCorrespondenceNet).save(path)
+        """The network with the reader options it was trained with (``extra["bop"]``: the
+        node crops its regions with the same ``crop_scale``)."""
+        task_network(module, DenseCorrespondenceNet).save(
+            path, extra={TRAINING_DATA_KEY: to_dict(self.config.data.bop)})
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
@@ -176,6 +195,8 @@ class LinemodTask(Task):
         data = self.dataset(split)
         loader = self.eval_loader(data, collate_bop)
         per_object: dict[int, list[PoseErrors]] = {}
+        symmetries = {o: m.symmetries(SYMMETRY_STEPS) for o, m in data.models.items()
+                      if m.symmetric}
         failed = 0
         for batch in loader:
             images, cam_mats = batch.image.to(device), batch.cam_mats.to(device)
@@ -187,7 +208,7 @@ class LinemodTask(Task):
                 model = data.model(obj_id)
                 per_object.setdefault(obj_id, []).append(pose_errors(
                     pose[sel], batch.pose[sel], model.vertices, model.diameter,
-                    model.symmetric))
+                    model.symmetric, symmetries.get(obj_id)))
         summaries = {data.model(o).name: summarize_errors(PoseErrors.cat(parts))
                      for o, parts in sorted(per_object.items())}
         mean = mean_over_objects(summaries)

@@ -31,6 +31,8 @@ from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, solve_pnp
 
 __all__ = [
     "CHECKPOINT_KIND",
+    "TRAINING_DATA_KEY",
+    "training_crop_scale",
     "DenseCheckpointError",
     "DenseCorrespondenceNet",
     "DenseNetConfig",
@@ -46,6 +48,9 @@ __all__ = [
 
 #: Checkpoint kind of :class:`DenseCorrespondenceNet`.
 CHECKPOINT_KIND = "dense_correspondence_net"
+#: Key of a checkpoint's ``extra`` holding the reader options the network was trained with
+#: (``to_dict`` of :class:`epropnp_lib.data.bop.BopConfig`; absent in older checkpoints).
+TRAINING_DATA_KEY = "bop"
 
 #: ImageNet statistics (torchvision backbones expect normalised inputs).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +59,24 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class DenseCheckpointError(CheckpointError):
     """A checkpoint does not hold a usable :class:`DenseCorrespondenceNet`."""
+
+
+def training_crop_scale(extra: dict[str, Any], path: str | Path = "checkpoint") -> float | None:
+    """The crop scale (crop side over box side, ``BopConfig.crop_scale``) stored in a
+    checkpoint's ``extra`` under :data:`TRAINING_DATA_KEY`, or ``None`` when it has none.
+
+    Raises:
+        DenseCheckpointError: the stored value is not a positive finite number.
+    """
+    data = extra.get(TRAINING_DATA_KEY)
+    if not isinstance(data, dict) or "crop_scale" not in data:
+        return None
+    value = data["crop_scale"]
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not (math.isfinite(value) and value > 0):
+        raise DenseCheckpointError(f"{path}: extra.{TRAINING_DATA_KEY}.crop_scale must be a "
+                                   f"positive number, got {value!r}")
+    return float(value)
 
 
 class WeightNormalization(enum.Enum):

@@ -292,7 +292,10 @@ class PoseEstimatorParams(CommonParams):
         lo=0, hi=100000,
     )
     roi_padding: float = _p(
-        1.2, "Scale of the region (about its centre) before cropping.", lo=1.0, hi=4.0
+        0.0,
+        "Scale of the region (about its centre) before cropping, >= 1; 0.0: the crop scale the "
+        "checkpoint was trained with (stored in it; 1.5, the training default, when it is not).",
+        lo=0.0, hi=4.0,
     )
     max_objects: int = _p(10, "Most regions processed per image.", lo=1, hi=100)
     min_score: float = _p(
@@ -302,6 +305,12 @@ class PoseEstimatorParams(CommonParams):
         8, "Least width and height in pixels of a region that is processed (smaller ones are "
         "counted in rois_too_small and skipped).", lo=1, hi=10000,
     )
+    multi_start: bool = _p(
+        True,
+        "Also start the PnP solve from the solver's rotation hypotheses and keep the optimum of "
+        "least cost (as the training evaluation solves; about 1 ms per region on one CPU "
+        "thread); false: the closed-form start alone.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -310,6 +319,9 @@ class PoseEstimatorParams(CommonParams):
                 "default_roi must have 4 entries [x, y, width, height], "
                 f"got {list(self.default_roi)}"
             )
+        if 0.0 < self.roi_padding < 1.0:
+            raise ConfigError(
+                f"roi_padding must be 0.0 (the checkpoint's) or >= 1, got {self.roi_padding}")
 
 
 #: The six cameras of a nuScenes car, as the bag converter names their topics.

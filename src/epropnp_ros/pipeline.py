@@ -26,11 +26,17 @@ import cv2
 import numpy as np
 import torch
 
-from epropnp_lib.epropnp import EProPnPBase
+from epropnp_lib.data.bop import BopConfig
+from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
-from epropnp_lib.nets.dense import DenseCorrespondenceNet
+from epropnp_lib.nets.dense import (
+    DenseCorrespondenceNet,
+    DenseNetOutput,
+    predict_pose,
+    training_crop_scale,
+)
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 from epropnp_ros.camera_model import CameraModel, undistort_points
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
@@ -293,19 +299,19 @@ def _kept(
 
 
 def _solve_and_sample(
-    layer: EProPnPBase,
-    x3d: torch.Tensor,
-    x2d: torch.Tensor,
-    w2d: torch.Tensor,
-    cam_mats: torch.Tensor,
+    layer: EProPnP6DoF,
+    out: DenseNetOutput,
     num_samples: int,
     generator: torch.Generator,
     timer: StageTimer,
     sample_iterations: int,
+    multi_start: bool,
 ) -> tuple[PnPSolution, torch.Tensor | None]:
-    """Solve ``(B,)`` problems (pose, covariance, status) and draw ``(S, B, dim)`` samples
-    (``sample_iterations`` AMIS iterations)."""
-    sol = layer.solve(x3d, x2d, w2d, cam_mats)
+    """Solve the ``(B,)`` problems of ``out`` (pose, covariance, status;
+    :func:`~epropnp_lib.nets.dense.predict_pose`, optionally multi-start) and draw ``(S, B,
+    dim)`` samples (``sample_iterations`` AMIS iterations)."""
+    x3d, x2d, w2d, cam_mats = out.x3d, out.x2d, out.w2d, out.cam_mats
+    sol = predict_pose(layer, out, multi_start=multi_start)
     timer.lap("pnp")
     samples = None
     if num_samples > 0 and x3d.shape[0] > 0:
@@ -331,6 +337,10 @@ def check_sampling(num_samples: int, sample_iterations: int) -> None:
 
 
 # --- pose estimator (dense net, 6DoF) --------------------------------------------------------
+#: Region padding of a network whose checkpoint does not say what it was trained with: the
+#: training default (``BopConfig.crop_scale``, CDPN's 1.5).
+DEFAULT_TRAINING_PADDING = BopConfig().crop_scale
+
 @dataclass(frozen=True)
 class PoseEstimatorSettings:
     """Live settings of :class:`PoseEstimatorPipeline`.
@@ -339,21 +349,28 @@ class PoseEstimatorSettings:
         num_samples: posterior samples per object (0: none).
         sample_iterations: AMIS iterations the samples are resampled from (:data:
             `SAMPLE_ITERATIONS`).
-        roi_padding: scale of each region about its centre before cropping (>= 1).
+        roi_padding: scale of each region about its centre before cropping (>= 1); ``None``:
+            the crop scale the network was trained with
+            (:attr:`PoseEstimatorPipeline.training_padding`).
         object_class: class name of the estimates.
         seed: seed of the sampling generator (used when the pipeline is built).
+        multi_start: the PnP solve also starts from the solver's rotation hypotheses and keeps
+            the optimum of least cost (:func:`~epropnp_lib.nets.dense.predict_pose`, as the
+            training evaluation solves); ``False``: the closed-form start alone.
     """
 
     num_samples: int = 32
     sample_iterations: int = SAMPLE_ITERATIONS
-    roi_padding: float = 1.2
+    roi_padding: float | None = None
     object_class: str = "object"
     seed: int = 0
+    multi_start: bool = True
 
     def __post_init__(self) -> None:
         check_sampling(self.num_samples, self.sample_iterations)
-        if not (math.isfinite(self.roi_padding) and self.roi_padding >= 1.0):
-            raise ConfigError(f"roi_padding must be >= 1, got {self.roi_padding}")
+        if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
+                                                 and self.roi_padding >= 1.0):
+            raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
 
 
 class PoseEstimatorPipeline:
@@ -363,6 +380,8 @@ class PoseEstimatorPipeline:
         net: the dense network (eval mode is set here).
         device: where it runs.
         settings: :class:`PoseEstimatorSettings` (replace :attr:`settings` to change them live).
+        training_padding: the crop scale the network was trained with, used when
+            ``settings.roi_padding`` is ``None`` (default :data:`DEFAULT_TRAINING_PADDING`).
     """
 
     def __init__(
@@ -370,10 +389,13 @@ class PoseEstimatorPipeline:
         net: DenseCorrespondenceNet,
         device: torch.device,
         settings: PoseEstimatorSettings | None = None,
+        training_padding: float | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.device = device
         self.settings = settings or PoseEstimatorSettings()
+        self.training_padding = (DEFAULT_TRAINING_PADDING if training_padding is None
+                                 else float(training_padding))
         self.crop_size = int(net.config.crop_size)
         self.object_extent = float(net.config.object_extent)
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
@@ -383,11 +405,24 @@ class PoseEstimatorPipeline:
         cls, path: str | Path, device: str = "cpu", settings: PoseEstimatorSettings | None = None
     ) -> PoseEstimatorPipeline:
         """Load a dense-network checkpoint (``CheckpointError`` naming the file when it is
-        missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
+        missing, malformed or of another kind; ``ConfigError`` for an unavailable device); the
+        training padding is the crop scale stored in it (:func:`~epropnp_lib.nets.dense.
+        training_crop_scale`), else :data:`DEFAULT_TRAINING_PADDING`."""
         dev = resolve_device(device)
-        net, _ = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
-        logger.info("loaded dense correspondence net from %s on %s", path, dev)
-        return cls(net, dev, settings)
+        net, extra = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
+        stored = training_crop_scale(extra, path)
+        pipe = cls(net, dev, settings, stored)
+        logger.info("loaded dense correspondence net from %s on %s; trained on crops of %g x "
+                    "the box (%s)", path, dev, pipe.training_padding,
+                    "stored in the checkpoint" if stored is not None else "training default")
+        return pipe
+
+    @property
+    def roi_padding(self) -> float:
+        """The padding the regions are cropped with: ``settings.roi_padding``, else the
+        training padding."""
+        padding = self.settings.roi_padding
+        return self.training_padding if padding is None else padding
 
     def process(
         self,
@@ -417,7 +452,8 @@ class PoseEstimatorPipeline:
             rois = np.array([[0.0, 0.0, w, h]])
         rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
         scores = np.ones(len(rois)) if roi_scores is None else np.asarray(roi_scores, np.float64)
-        affines = [crop_affine(r, cfg.roi_padding, self.crop_size) for r in rois]
+        padding = self.roi_padding
+        affines = [crop_affine(r, padding, self.crop_size) for r in rois]
         crops = warp_crops(rgb, affines, self.crop_size)
         a = torch.as_tensor(np.stack(affines) if affines else np.zeros((0, 3, 3)),
                             dtype=torch.float32, device=self.device)
@@ -432,13 +468,12 @@ class PoseEstimatorPipeline:
         with torch.inference_mode():
             out = self.net(images, a @ k_img)
         timer.lap("network")
-        x3d, x2d, w2d, cams = out.x3d, out.x2d, out.w2d, out.cam_mats
         if intrinsics.undistort is not None:
-            x2d, w2d = to_image_frame(x2d, w2d, a, intrinsics.undistort)
-            cams = k_img.expand(len(rois), 3, 3)
+            x2d, w2d = to_image_frame(out.x2d, out.w2d, a, intrinsics.undistort)
+            out = out._replace(x2d=x2d, w2d=w2d, cam_mats=k_img.expand(len(rois), 3, 3))
         sol, samples = _solve_and_sample(
-            self.net.pnp, x3d, x2d, w2d, cams, cfg.num_samples, self.generator, timer,
-            cfg.sample_iterations,
+            self.net.pnp, out, cfg.num_samples, self.generator, timer, cfg.sample_iterations,
+            cfg.multi_start,
         )
         return self._output(sol, samples, rois, scores, timer, ids)
 

@@ -41,6 +41,7 @@ from vision_msgs.msg import Detection3DArray
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
 from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.metrics import SYMMETRY_STEPS
 from epropnp_ros.bag_player import create_publishers
 from epropnp_ros.bop_bag import CAMERA_NS, GT_TOPIC, INFO_TOPIC, ROI_TOPIC
 from epropnp_ros.dds import DISCOVERY_SETTLE_S, release_rclpy, use_profile
@@ -344,7 +345,8 @@ def run_pose_closed_loop(config: PoseClosedLoopConfig) -> PoseClosedLoopResult:
     if unknown:
         raise ClosedLoopError(f"ground-truth objects {unknown} have no model in "
                               f"{config.bop_root}/{config.dataset}")
-    specs = {n: ModelSpec(m.vertices.double().numpy(), m.diameter, m.symmetric)
+    specs = {n: ModelSpec(m.vertices.double().numpy(), m.diameter, m.symmetric,
+                          m.symmetries(SYMMETRY_STEPS) if m.symmetric else None)
              for n, m in models.items()}
     scores = score_estimates(estimates, specs)
     latencies = sorted(1000.0 * (f.received - f.sent) for f in processed)

@@ -13,7 +13,14 @@ from epropnp_lib.errors import DTypeError, ShapeError
 from epropnp_lib.generators.object_meshes import make_object
 from epropnp_lib.geometry.camera import transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
-from epropnp_lib.geometry.rotations import quat_multiply, quat_normalize, quat_to_matrix
+from epropnp_lib.geometry.rotations import (
+    matrix_to_quat,
+    quat_exp,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+)
+from epropnp_lib.geometry.symmetry import symmetry_transforms
 from epropnp_lib.pnp.cost import NO_KERNEL
 from epropnp_lib.pnp.problems import random_problems
 from epropnp_lib.pnp.solver import SolverConfig, SolveStatus, solve_pnp
@@ -335,3 +342,62 @@ def test_symmetry_of_the_synthetic_objects(name: str) -> None:
     if obj.symmetry_order == 2:
         off = turned(1.0)
         assert not bool(metrics.add_accuracy(off, pose, pts, obj.diameter, 0.1, symmetric=True))
+
+
+def _equivalent(pose: torch.Tensor, rot_s: torch.Tensor, t_s: torch.Tensor) -> torch.Tensor:
+    """``(B, 7)`` poses ``(R R_s, t + R t_s)`` of ``pose: (B, 7)``."""
+    rot = quat_to_matrix(pose[:, 3:])
+    q = matrix_to_quat(rot @ rot_s)
+    return torch.cat((pose[:, :3] + (rot @ t_s[..., None])[..., 0], q), dim=1)
+
+
+def test_symmetric_pose_errors_are_zero_for_an_equivalent_pose() -> None:
+    g = torch.Generator().manual_seed(4)
+    offset = torch.tensor([0.0, 0.01, 0.0], dtype=torch.float64)
+    mats = []
+    for k in (1, 2, 3):  # 4-fold about z through ``offset``: translations too
+        m = torch.eye(4, dtype=torch.float64)
+        m[:3, :3] = quat_to_matrix(quat_exp(torch.tensor([0.0, 0.0, k * math.pi / 2],
+                                                         dtype=torch.float64)))
+        m[:3, 3] = offset - m[:3, :3] @ offset
+        mats.append(m)
+    sym = symmetry_transforms(torch.stack(mats))
+    gt = torch.cat((torch.randn(6, 3, generator=g, dtype=torch.float64),
+                    quat_normalize(torch.randn(6, 4, generator=g, dtype=torch.float64))), 1)
+    for s in range(sym.num):
+        pred = _equivalent(gt, sym.rotations[s], sym.translations[s])
+        rot, trans = metrics.symmetric_pose_errors(pred, gt, sym)
+        assert float(rot.max()) < 1e-5 and float(trans.max()) < 1e-9
+        if s:
+            assert float(metrics.rotation_error_deg(pred, gt).min()) > 89.0
+        errs = metrics.pose_errors(pred, gt, torch.zeros(1, 3, dtype=torch.float64), 0.1, True,
+                                   symmetries=sym)
+        assert float(errs.rotation_deg.max()) < 1e-5
+    # a perturbed prediction: the error against the closest equivalent, not more
+    noise = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.02, 0.0, 0.0], dtype=torch.float64)
+    pred = _equivalent(gt, sym.rotations[2], sym.translations[2]) + noise
+    pred[:, 3:] = quat_normalize(pred[:, 3:])
+    rot, trans = metrics.symmetric_pose_errors(pred, gt, sym)
+    plain = metrics.rotation_error_deg(pred, _equivalent(gt, sym.rotations[2],
+                                                         sym.translations[2]))
+    torch.testing.assert_close(rot, plain)
+    assert float(trans.max()) < 1e-9
+    # the identity alone: the plain errors
+    one = symmetry_transforms()
+    rot, trans = metrics.symmetric_pose_errors(pred, gt, one)
+    torch.testing.assert_close(rot, metrics.rotation_error_deg(pred, gt))
+    torch.testing.assert_close(trans, metrics.translation_error(pred, gt))
+
+
+def test_symmetric_pose_errors_of_a_continuous_symmetry() -> None:
+    g = torch.Generator().manual_seed(5)
+    sym = symmetry_transforms(continuous=[((0.0, 0.0, 1.0), (0.0, 0.0, 0.0))],
+                              num_continuous=360)
+    gt = torch.cat((torch.randn(8, 3, generator=g, dtype=torch.float64),
+                    quat_normalize(torch.randn(8, 4, generator=g, dtype=torch.float64))), 1)
+    angles = torch.rand(8, generator=g, dtype=torch.float64) * 2 * math.pi
+    rot_s = quat_to_matrix(quat_exp(angles[:, None] * torch.tensor([0.0, 0.0, 1.0],
+                                                                     dtype=torch.float64)))
+    pred = _equivalent(gt, rot_s, torch.zeros(8, 3, dtype=torch.float64))
+    rot, _ = metrics.symmetric_pose_errors(pred, gt, sym)
+    assert float(rot.max()) <= 0.5 + 1e-6

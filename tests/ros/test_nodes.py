@@ -775,6 +775,20 @@ def test_pose_estimator_node_in_process(
         assert node.lifecycle_state == "unconfigured" and node.pipeline is None
 
 
+def test_roi_padding_and_multi_start_parameters() -> None:
+    from epropnp_lib.errors import ConfigError
+    from epropnp_ros.nodes.pose_estimator import settings_from_params
+    from epropnp_ros.params import PoseEstimatorParams
+
+    # 0.0 (the default): the pipeline's training padding; a value set by the user wins
+    assert settings_from_params(PoseEstimatorParams()).roi_padding is None
+    assert settings_from_params(PoseEstimatorParams(roi_padding=1.3)).roi_padding == 1.3
+    assert settings_from_params(PoseEstimatorParams()).multi_start is True
+    assert settings_from_params(PoseEstimatorParams(multi_start=False)).multi_start is False
+    with pytest.raises(ConfigError, match="roi_padding"):
+        PoseEstimatorParams(roi_padding=0.5)
+
+
 def test_screen_rois_leaves_out_regions_outside_the_image_and_tiny_ones() -> None:
     from epropnp_ros.nodes.pose_estimator import Regions, screen_rois
 

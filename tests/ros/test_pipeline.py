@@ -16,16 +16,23 @@ import numpy as np
 import pytest
 import torch
 
+from epropnp_lib.data.bop import BopConfig
 from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.nets.checkpoint import CheckpointError
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+from epropnp_lib.nets.dense import (
+    TRAINING_DATA_KEY,
+    DenseCheckpointError,
+    DenseCorrespondenceNet,
+)
 from epropnp_lib.pnp.solver import PnPSolution
 from epropnp_ros.camera_model import CameraModel
 from epropnp_ros.detector_pipeline import DetectorPipeline, DetectorSettings
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
 from epropnp_ros.pipeline import (
+    DEFAULT_TRAINING_PADDING,
     Intrinsics,
     PoseEstimatorPipeline,
     PoseEstimatorSettings,
@@ -304,6 +311,60 @@ def test_pose_estimator_pipeline_outputs(dense_ckpt: Path) -> None:
         np.testing.assert_array_equal(whole.rois[0], [0, 0, W, H])
     empty = pipe.process(_image(), Intrinsics(K, None, W, H), np.zeros((0, 4)))
     assert empty.pose.shape == (0, 7) and empty.samples.shape[0] == 0
+
+
+def _crop_scales(pipe: PoseEstimatorPipeline, rois: np.ndarray) -> np.ndarray:
+    """``(M,)`` crop pixels per image pixel of the crops the network is given for ``rois``."""
+    seen: list[torch.Tensor] = []
+    hook = pipe.net.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
+    try:
+        pipe.process(_image(), Intrinsics(K, None, W, H), rois)
+    finally:
+        hook.remove()
+    return (seen[0][:, 0, 0] / K[0, 0]).double().numpy()
+
+
+def test_pose_estimator_crops_with_the_checkpoints_training_padding(
+        dense_ckpt: Path, tmp_path: Path) -> None:
+    """A network trained on crops of ``p`` times the box is given crops of ``p`` times the
+    region; an explicit ``roi_padding`` still wins; an older checkpoint gets the default."""
+    net, _ = DenseCorrespondenceNet.from_checkpoint(dense_ckpt)
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 30.0, 60.0]])
+    longer = rois[:, 2:].max(1)
+    trained = tmp_path / "trained.ckpt"
+    net.save(trained, extra={TRAINING_DATA_KEY: {"crop_scale": 1.8, "crop_size": 64}})
+    pipe = PoseEstimatorPipeline.from_checkpoint(trained)
+    assert pipe.training_padding == pipe.roi_padding == 1.8
+    np.testing.assert_allclose(_crop_scales(pipe, rois), 64 / (1.8 * longer), rtol=1e-6)
+    pipe.settings = PoseEstimatorSettings(roi_padding=1.25)
+    assert pipe.roi_padding == 1.25
+    np.testing.assert_allclose(_crop_scales(pipe, rois), 64 / (1.25 * longer), rtol=1e-6)
+    old = PoseEstimatorPipeline.from_checkpoint(dense_ckpt)  # no training data stored
+    assert old.roi_padding == DEFAULT_TRAINING_PADDING == BopConfig().crop_scale == 1.5
+    bad = tmp_path / "bad.ckpt"
+    net.save(bad, extra={TRAINING_DATA_KEY: {"crop_scale": "wide"}})
+    with pytest.raises(DenseCheckpointError, match="bad.ckpt: extra.bop.crop_scale"):
+        PoseEstimatorPipeline.from_checkpoint(bad)
+
+
+@pytest.mark.parametrize("multi_start", [True, False])
+def test_pose_estimator_solves_as_the_training_evaluation(dense_ckpt: Path,
+                                                         multi_start: bool) -> None:
+    """The node's solve is :meth:`DenseCorrespondenceNet.predict_pose` on the same crops, with
+    or without the multi-start."""
+    settings = PoseEstimatorSettings(num_samples=0, multi_start=multi_start)
+    pipe = PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cpu", settings)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = pipe.net.register_forward_pre_hook(
+        lambda _m, args: seen.append((args[0].clone(), args[1].clone())))
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 60.0, 60.0], [40.0, 50.0, 30.0, 30.0]])
+    out = pipe.process(_image(), Intrinsics(K, None, W, H), rois)
+    hook.remove()
+    _, sol = pipe.net.predict_pose(*seen[0], multi_start=multi_start)
+    assert out.num_failed == 0
+    q_out, q_ref = out.pose[:, 3:], sol.pose[:, 3:].double().numpy()
+    np.testing.assert_allclose(out.pose[:, :3], sol.pose[:, :3].double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.abs((q_out * q_ref).sum(1)), 1.0, atol=1e-6)
 
 
 def test_settings_validate() -> None:

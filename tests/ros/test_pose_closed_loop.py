@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from epropnp_lib.geometry.pose import Pose6DoF
-from epropnp_lib.geometry.rotations import quat_normalize
+from epropnp_lib.geometry.rotations import (
+    matrix_to_quat,
+    quat_exp,
+    quat_normalize,
+    quat_to_matrix,
+)
+from epropnp_lib.geometry.symmetry import symmetry_transforms
 
 pytestmark = pytest.mark.ros
 
@@ -68,6 +74,46 @@ def test_scores_of_exact_missing_and_calibrated_estimates() -> None:
         assert sym[key] == pytest.approx(75.0), key
     assert report["mean"]["add_01"] == pytest.approx(75.0)
     json.dumps(report)  # plain values
+
+
+def test_symmetric_object_rotated_by_a_symmetry_has_no_error() -> None:
+    from epropnp_lib.metrics import SYMMETRY_STEPS
+    from epropnp_ros.pose_scores import Estimate, ModelSpec, score_estimates
+
+    g = torch.Generator().manual_seed(1)
+    points, _ = _cube()
+    # the cube's 4-fold symmetry about z, and a continuous one (a can) about z
+    quarter = np.eye(4)
+    quarter[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    four = symmetry_transforms(quarter[None] @ np.stack([np.eye(4), quarter, quarter @ quarter]))
+    can = symmetry_transforms(continuous=[((0.0, 0.0, 1.0), (0.0, 0.0, 0.0))],
+                              num_continuous=SYMMETRY_STEPS)
+    diameter = 0.1 * math.sqrt(3)
+    models = {"plain": ModelSpec(points, diameter, True),
+              "cube": ModelSpec(points, diameter, True, four),
+              "can": ModelSpec(points, diameter, True, can)}
+    gt = _poses(6, g)
+    rot_gt = quat_to_matrix(gt[:, 3:])
+    turned = {"cube": rot_gt @ four.rotations[1],
+              "can": rot_gt @ quat_to_matrix(quat_exp(torch.tensor([0.0, 0.0, 1.234],
+                                                                   dtype=torch.float64)))}
+    turned["plain"] = turned["cube"]
+    est = [Estimate(name, gt[i].numpy(),
+                    torch.cat((gt[i, :3], matrix_to_quat(rot[i]))).numpy(), np.eye(6) * 1e-4)
+           for name, rot in turned.items() for i in range(len(gt))]
+    per = score_estimates(est, models)["per_object"]
+    assert per["cube"]["median_rotation_deg"] < 1e-4
+    assert per["can"]["median_rotation_deg"] < 0.5
+    assert per["cube"]["add_002"] == pytest.approx(100.0)  # (the can's points are a cube's)
+    for name in ("cube", "can"):
+        assert per[name]["deg2_cm2"] == pytest.approx(100.0), name
+    # without its symmetries the quarter turn is a 90 degree error (ADD-S still passes)
+    assert per["plain"]["median_rotation_deg"] == pytest.approx(90.0)
+    assert per["plain"]["deg10_cm10"] == 0.0 and per["plain"]["add_002"] == pytest.approx(100.0)
+    # the covariance is scored against the closest equivalent too: inside every ellipsoid
+    for name, inside in (("cube", 1.0), ("plain", 0.0)):
+        cal = score_estimates([e for e in est if e.object_name == name], models)["calibration"]
+        assert cal["coverage"]["0.5"] == inside, name
 
 
 def test_draw_poses_marks_the_object_axes_and_sample_clouds() -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ import pytest
 import torch
 
 from epropnp_lib import metrics
-from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset, crop_transform, read_ply
+from epropnp_lib.data.bop import (
+    CANONICAL_CONTINUOUS_STEPS,
+    BopConfig,
+    BopDataError,
+    BopDataset,
+    crop_transform,
+    jitter_box,
+    read_ply,
+)
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.generators import bop as bop_generate
 from epropnp_lib.generators.bop import GeneratedBop, generate_bop_lm
@@ -462,6 +471,94 @@ def test_generated_crops_solve_back_to_the_pose(generated: GeneratedBop) -> None
     acc = metrics.add_accuracy(batch.pose, batch.pose, batch.model_points, batch.diameter,
                                0.02, batch.symmetric)
     assert bool(acc.all())
+
+
+def test_canonical_symmetric_targets(generated: GeneratedBop) -> None:
+    """``canonical_symmetric``: a symmetric object's pose (and the pose its coordinate map is
+    rendered with) is its equivalent closest to the identity; other objects are unchanged."""
+    root = generated.dataset_dir.parent
+    cfg = BopConfig(crop_size=64, min_visib_fract=0.3)
+    plain = BopDataset(root, "test", config=cfg)
+    canon = BopDataset(root, "test", config=replace(cfg, canonical_symmetric=True))
+    seen = set()
+    for i in range(len(plain)):
+        a, b = plain[i], canon[i]
+        obj = int(a.obj_id)
+        sym = plain.model(obj).symmetries(CANONICAL_CONTINUOUS_STEPS)
+        assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
+        if sym.num == 1:
+            assert torch.equal(a.pose, b.pose) and torch.equal(a.coords, b.coords)
+            continue
+        seen.add(obj)
+        r_a, r_b = quat_to_matrix(a.pose[3:].double()), quat_to_matrix(b.pose[3:].double())
+        # an equivalent pose: (R R_s, t + R t_s) for some symmetry s ...
+        rel = r_a.T @ r_b
+        d = (sym.rotations - rel).abs().amax((-1, -2))
+        s_idx = int(d.argmin())
+        assert float(d[s_idx]) < 1e-5
+        torch.testing.assert_close(b.pose[:3].double(),
+                                   a.pose[:3].double() + r_a @ sym.translations[s_idx],
+                                   atol=1e-6, rtol=0)
+        # ... the closest to the identity among them ...
+        traces = torch.diagonal(r_a @ sym.rotations, dim1=-2, dim2=-1).sum(-1)
+        assert float(torch.trace(r_b)) == pytest.approx(float(traces.max()), abs=1e-5)
+        # ... and the map is rendered with it: the same surface points in the camera, in the
+        # symmetric frame (x_a = R_s x_b + t_s), up to the rasteriser's edge pixels
+        has = (a.coords.abs().sum(0) > 0) & (b.coords.abs().sum(0) > 0)
+        x_a, x_b = a.coords[:, has].T.double(), b.coords[:, has].T.double()
+        moved = x_b @ sym.rotations[s_idx].T + sym.translations[s_idx]
+        assert float((moved - x_a).norm(dim=-1).median()) < 1e-4
+        # canonical poses of symmetric objects solve back from their maps like any other
+        v, u = has.nonzero(as_tuple=True)
+        x2d = torch.stack((u, v), -1).double()[None]
+        sol = solve_pnp(x_b[None], x2d, torch.ones_like(x2d), b.cam_mats.double()[None])
+        assert metrics.rotation_error_deg(sol.pose, b.pose.double()[None]).item() < 0.5
+    assert seen == {10, 11}  # eggbox (2-fold) and can (continuous)
+
+
+def test_jitter_box_range() -> None:
+    box = (10, 20, 30, 50)  # pixel extents 31 x 51, centre (25, 45)
+    assert jitter_box(box, 0.0, np.random.default_rng(0)) == (10.0, 20.0, 30.0, 50.0)
+    j = 0.2
+    rng = np.random.default_rng(1)
+    out = np.array([jitter_box(box, j, rng) for _ in range(2000)])
+    cx, cy = out[:, 0] + 0.5 * out[:, 2], out[:, 1] + 0.5 * out[:, 3]
+    k = (out[:, 2] + 1.0) / 31.0
+    assert np.abs(cx - 25.0).max() <= j * 31 and np.abs(cy - 45.0).max() <= j * 51
+    assert k.min() >= 1 - j and k.max() <= 1 + j
+    np.testing.assert_allclose((out[:, 3] + 1.0) / 51.0, k)  # aspect kept
+    # the draws fill the range (uniform), both ways
+    assert np.abs(cx - 25.0).max() > 0.9 * j * 31 and k.min() < 1 - 0.9 * j < 1 + 0.9 * j < k.max()
+    side = crop_transform(box, 64, 1.5)[0, 0] / np.array(
+        [crop_transform(b, 64, 1.5)[0, 0] for b in out])
+    np.testing.assert_allclose(side, k)  # the crop's side scales by the same factor
+
+
+def test_box_jitter_is_seeded_by_seed_epoch_and_index(generated: GeneratedBop) -> None:
+    root = generated.dataset_dir.parent
+    cfg = BopConfig(crop_size=32, min_visib_fract=0.3, render_coords=False)
+    plain = BopDataset(root, "test", config=cfg)
+    jit = replace(cfg, box_jitter=0.15)
+    a, b = BopDataset(root, "test", config=jit, seed=7), BopDataset(root, "test", config=jit,
+                                                                     seed=7)
+    other = BopDataset(root, "test", config=jit, seed=8)
+    zero = BopDataset(root, "test", config=replace(cfg, box_jitter=0.0), seed=7)
+    for i in range(len(plain)):
+        p, x, y = plain[i], a[i], b[i]
+        assert torch.equal(x.image, y.image) and torch.equal(x.bbox, y.bbox)
+        assert not torch.equal(x.bbox, p.bbox) and not torch.equal(x.bbox, other[i].bbox)
+        assert torch.equal(zero[i].image, p.image) and torch.equal(zero[i].bbox, p.bbox)
+        # the crop, its intrinsics and the reported box agree
+        inst = a.instances[i]
+        want = crop_transform(x.bbox.double().tolist(), 32, cfg.crop_scale) @ inst.cam_mats
+        np.testing.assert_allclose(x.cam_mats.numpy(), want, rtol=1e-5, atol=1e-4)
+    first = [a[i].bbox for i in range(len(a))]
+    a.set_epoch(1)
+    assert all(not torch.equal(a[i].bbox, first[i]) for i in range(len(a)))
+    a.set_epoch(0)
+    assert all(torch.equal(a[i].bbox, first[i]) for i in range(len(a)))
+    with pytest.raises(ConfigError, match="box_jitter"):
+        BopConfig(box_jitter=0.8)
 
 
 def test_generated_binary_ply_and_determinism(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from epropnp_training.config import (
     load_config,
     task_module,
 )
+from epropnp_training.tasks_linemod import LinemodTrainConfig
 from epropnp_training.tasks_toy import ToyTrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,3 +152,12 @@ def test_shipped_configs_parse_and_state_the_paper_number(path: Path) -> None:
 def test_config_from_mapping_rejects_non_string_task() -> None:
     with pytest.raises(ConfigError, match="task"):
         config_from_mapping({"task": 3})
+
+
+def test_bop_reader_options_reach_the_linemod_config() -> None:
+    path = REPO / "config" / "train" / "linemod_synthetic_small.yaml"
+    cfg = load_config(path)
+    assert isinstance(cfg, LinemodTrainConfig) and cfg.data.bop.canonical_symmetric is False
+    cfg = load_config(path, ["data.bop.canonical_symmetric=true", "data.bop.box_jitter=0.1"])
+    assert isinstance(cfg, LinemodTrainConfig) and cfg.data.bop.canonical_symmetric is True
+    assert cfg.data.bop.box_jitter == pytest.approx(0.1)

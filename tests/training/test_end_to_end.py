@@ -21,7 +21,7 @@ from epropnp_lib.nets.checkpoint import load_checkpoint
 from epropnp_lib.nets.deformable import CHECKPOINT_KIND as DEFORMABLE_KIND
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
 from epropnp_lib.nets.dense import CHECKPOINT_KIND as DENSE_KIND
-from epropnp_lib.nets.dense import DenseCorrespondenceNet
+from epropnp_lib.nets.dense import DenseCorrespondenceNet, training_crop_scale
 from epropnp_training import evaluate as evaluate_cli
 from epropnp_training import train as train_cli
 from epropnp_training.training_state import TRAINING_STATE_KIND
@@ -76,7 +76,10 @@ def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path) -> None:
             "head_channels": 16, "monte_carlo": {"num_iterations": 2, "num_samples": 16},
             "loss": {"pose_weight": 0.02, "coord_weight": 1.0, "reg_weight": 0.1},
         },
-        "data": {"root": str(root), "train_split": "train", "bop": {"crop_size": 64}},
+        # the training-only options on: jittered boxes, canonical poses of the eggbox
+        "data": {"root": str(root), "train_split": "train",
+                 "bop": {"crop_size": 64, "crop_scale": 1.4, "box_jitter": 0.1,
+                         "canonical_symmetric": True}},
     }
     trained, evaluated = _train_then_evaluate(tmp_path, mapping)
     assert evaluated == trained  # the exported network gives the training run's numbers
@@ -86,8 +89,10 @@ def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path) -> None:
         assert 0.0 <= mean[key] <= 100.0
     # eggbox is BOP object 10: evaluated with ADD-S; the L-block maps to a LineMOD name
     assert set(evaluated["per_object"]) == {"ape", "eggbox"}
-    net, _ = DenseCorrespondenceNet.from_checkpoint(tmp_path / "run" / "model.pt")
+    net, extra = DenseCorrespondenceNet.from_checkpoint(tmp_path / "run" / "model.pt")
     assert net.config.crop_size == 64
+    # the reader options travel with the network: the node crops with the same scale
+    assert training_crop_scale(extra) == 1.4 and extra["bop"]["box_jitter"] == 0.1
     assert load_checkpoint(tmp_path / "run" / "model.pt").kind == DENSE_KIND
 
 

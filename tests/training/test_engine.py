@@ -24,7 +24,13 @@ from epropnp_training.distributed import to_device
 from epropnp_training.engine import TrainingError, train
 from epropnp_training.optim import lr_factor
 from epropnp_training.task import StepOutput
-from epropnp_training.tasks_toy import ToyModule, ToyTask, ToyTrainConfig, build_task
+from epropnp_training.tasks_toy import (
+    ToyDataset,
+    ToyModule,
+    ToyTask,
+    ToyTrainConfig,
+    build_task,
+)
 from epropnp_training.training_state import TRAINING_STATE_KIND, find_latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,6 +168,76 @@ def test_nonfinite_losses_are_skipped_then_fatal(tmp_path: Path, caplog: Any) ->
     with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match="non-finite"):
         train(cfg, _NanTask(cfg))
     assert "step skipped" in caplog.text
+
+
+class _NanGradModule(ToyModule):
+    """A finite loss whose gradients are NaN on the third forward (``sqrt`` at 0 times 0);
+    records a copy of the parameters at every forward."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls = 0
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> StepOutput:
+        self.snapshots.append({k: v.detach().clone() for k, v in self.named_parameters()})
+        self.calls += 1
+        out = super().forward(batch, generator)
+        if self.calls == 3:
+            first = next(self.parameters())
+            poison = torch.sqrt(first.sum() * 0.0)  # value 0, gradient 0 * inf = NaN
+            return StepOutput(out.loss + poison, out.logs)
+        return out
+
+
+class _NanGradTask(ToyTask):
+    def build_module(self) -> ToyModule:
+        self.module = _NanGradModule(self.config.net)
+        return self.module
+
+
+@pytest.mark.parametrize("clip", [None, 10.0])
+def test_nonfinite_gradients_skip_the_step_and_training_goes_on(
+        tmp_path: Path, caplog: Any, clip: float | None) -> None:
+    cfg = toy_config(tmp_path, epochs=2, max_nonfinite_steps=1, grad_clip_norm=clip,
+                     weight_decay=0.1)
+    task = _NanGradTask(cfg)
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, task)
+    assert result.finished and result.step == 6
+    assert "non-finite gradients, step skipped" in caplog.text
+    snaps = task.module.snapshots
+    assert len(snaps) == 6
+    # the poisoned third step changed nothing (not even weight decay); the others did
+    for name, value in snaps[2].items():
+        assert torch.equal(value, snaps[3][name]), name
+    assert any(not torch.equal(v, snaps[4][k]) for k, v in snaps[3].items())
+    assert all(bool(torch.isfinite(p).all()) for p in task.module.parameters())
+    rows = read_log(tmp_path)
+    assert [int(r["skipped_steps"]) for r in rows] == [0, 0, 1, 0, 0]
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+class _EpochToyDataset(ToyDataset):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+class _EpochTask(ToyTask):
+    def train_dataset(self) -> ToyDataset:
+        self.data = _EpochToyDataset(self.config.data, "train", self.config.seed)
+        return self.data
+
+
+def test_an_epoch_dataset_is_told_each_epoch(tmp_path: Path) -> None:
+    cfg = toy_config(tmp_path, epochs=2, eval_split=None)
+    task = _EpochTask(cfg)
+    train(cfg, task)
+    assert task.data.epochs == [0, 1]
 
 
 def test_too_small_dataset_is_a_config_error(tmp_path: Path) -> None:

@@ -18,12 +18,14 @@ and masks), :mod:`~.linemod` (LineMOD ids and protocol sets), :mod:`~.errors`.
 """
 
 from epropnp_lib.data.bop.dataset import (
+    CANONICAL_CONTINUOUS_STEPS,
     BopConfig,
     BopDataset,
     BopInstance,
     BopModel,
     BopSample,
     crop_transform,
+    jitter_box,
 )
 from epropnp_lib.data.bop.errors import BopDataError
 from epropnp_lib.data.bop.json_files import (
@@ -50,6 +52,7 @@ from epropnp_lib.data.bop.linemod import (
 from epropnp_lib.data.bop.ply import PlyMesh, read_ply
 
 __all__ = [
+    "CANONICAL_CONTINUOUS_STEPS",
     "LINEMOD_13",
     "LINEMOD_OBJECTS",
     "LINEMOD_OBJECT_IDS",
@@ -69,6 +72,7 @@ __all__ = [
     "BopSceneCamera",
     "PlyMesh",
     "crop_transform",
+    "jitter_box",
     "read_camera",
     "read_json",
     "read_models_info",

@@ -7,9 +7,16 @@ the top-left pixel and ``w = x_max - x_min`` (``bop_toolkit.misc.calc_2d_bbox``)
 are at integer coordinates.  With ``crop_size = S`` an instance becomes the square crop of side
 ``crop_scale * max(w, h)`` around its box resampled to ``S x S`` (:func:`crop_transform`), with
 intrinsics ``A K``; its object-coordinate map is rendered from the model under the ground-truth
-pose and masked with the visible mask.  Bad data raises :class:`BopDataError` naming the file;
-instances below ``min_visib_fract`` or without a visible pixel are skipped, counted in
-:attr:`BopDataset.skipped` and reported in one warning per reason.
+pose and masked with the visible mask.  With ``canonical_symmetric`` the pose of an object
+with symmetries (models_info.json) is replaced by its canonical equivalent
+(:func:`~epropnp_lib.geometry.symmetry.canonical_pose`) before the map is rendered, so that the
+target of a symmetric object is a function of its appearance.  With ``box_jitter`` the box a
+crop is centred on is moved and scaled at random (:func:`jitter_box`) from a generator seeded
+by ``(seed, epoch, index)`` (:meth:`BopDataset.set_epoch`), like the boxes of a 2D detector;
+an item still depends on its index and epoch only.  Bad data raises
+:class:`BopDataError` naming the file; instances below ``min_visib_fract`` or without a
+visible pixel are skipped, counted in :attr:`BopDataset.skipped` and reported in one warning
+per reason.
 """
 
 from __future__ import annotations
@@ -44,20 +51,31 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.camera import pixel_affine
 from epropnp_lib.geometry.raster import rasterize
 from epropnp_lib.geometry.rotations import matrix_to_quat
+from epropnp_lib.geometry.symmetry import (
+    DEFAULT_CONTINUOUS_STEPS,
+    Symmetries,
+    canonical_pose,
+    symmetry_transforms,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CANONICAL_CONTINUOUS_STEPS",
     "BopConfig",
     "BopDataset",
     "BopInstance",
     "BopModel",
     "BopSample",
     "crop_transform",
+    "jitter_box",
 ]
 
 _SCENE_DIR = re.compile(r"^\d{6}$")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif")
+#: Rotations a continuous symmetry is discretised into when picking canonical poses: the pick
+#: is within 0.5 degree of the continuous optimum.
+CANONICAL_CONTINUOUS_STEPS = 360
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,14 @@ class BopConfig:
             ``"models_info"`` -- ADD-S for every object with symmetries in models_info.json;
             ``"auto"`` -- ``linemod`` for ``lm``/``lmo``, else ``models_info``.
         check_files: verify at construction that every image and mask exists.
+        box_jitter: ``j``, random error of the crop boxes as a fraction of the box size (as
+            a 2D detector's): the centre moves by up to ``j`` times the box width and height,
+            the crop side is scaled by a factor in ``[1 - j, 1 + j]`` (:func:`jitter_box`);
+            in ``[0, 0.5]``, ``0`` crops the annotated box exactly.
+        canonical_symmetric: give objects with symmetries in models_info.json (whatever
+            ``symmetric`` says) their canonical pose (:func:`~epropnp_lib.geometry.symmetry.
+            canonical_pose`, rotation closest to the identity) as ``pose`` and as the pose
+            their coordinate map is rendered with; ``False`` keeps the annotated pose.
     """
 
     dataset: str = "lm"
@@ -91,6 +117,8 @@ class BopConfig:
     num_model_points: int = 0
     symmetric: str = "auto"
     check_files: bool = True
+    box_jitter: float = 0.0
+    canonical_symmetric: bool = False
 
     def __post_init__(self) -> None:
         if not self.dataset or "/" in self.dataset:
@@ -107,6 +135,8 @@ class BopConfig:
         if self.num_model_points < 0:
             raise ConfigError(
                 f"BopConfig.num_model_points must be >= 0, got {self.num_model_points}")
+        if not 0.0 <= self.box_jitter <= 0.5:
+            raise ConfigError(f"BopConfig.box_jitter must lie in [0, 0.5], got {self.box_jitter}")
         if self.symmetric not in ("auto", "linemod", "models_info"):
             raise ConfigError("BopConfig.symmetric must be 'auto', 'linemod' or 'models_info', "
                               f"got {self.symmetric!r}")
@@ -122,6 +152,8 @@ class BopModel:
         colors: ``(V, 3)`` float32 in [0, 1] or ``None``.
         info: the models_info.json entry (metres); diameter: ``info.diameter``.
         symmetric: evaluate with ADD-S (see :attr:`BopConfig.symmetric`).
+
+    :meth:`symmetries` lists the rigid symmetries of ``info`` (whatever ``symmetric`` says).
     """
 
     obj_id: int
@@ -135,6 +167,14 @@ class BopModel:
     @property
     def diameter(self) -> float:
         return self.info.diameter
+
+    def symmetries(self, num_continuous: int = DEFAULT_CONTINUOUS_STEPS) -> Symmetries:
+        """The model's symmetries from models_info.json, identity first: ``rotations (S, 3,
+        3)``, ``translations (S, 3)`` metres, float64; continuous ones discretised into
+        ``num_continuous`` steps (:func:`~epropnp_lib.geometry.symmetry.symmetry_transforms`).
+        """
+        return symmetry_transforms(self.info.symmetries_discrete,
+                                   self.info.symmetries_continuous, num_continuous)
 
 
 class BopInstance(NamedTuple):
@@ -206,6 +246,22 @@ def crop_transform(bbox: Sequence[float], size: int, scale: float) -> np.ndarray
     return pixel_affine(size / side, (cx - 0.5 * side, cy - 0.5 * side)).numpy()
 
 
+def jitter_box(box: Sequence[float], jitter: float, rng: np.random.Generator
+               ) -> tuple[float, float, float, float]:
+    """A BOP box ``(x, y, w, h)`` (pixel centres ``x .. x + w``) moved and scaled at random.
+
+    The centre moves by ``u * (w + 1, h + 1)`` with ``u`` uniform in ``[-jitter, jitter]`` per
+    axis; both sides' pixel extents ``w + 1`` and ``h + 1`` are scaled by one factor uniform in
+    ``[1 - jitter, 1 + jitter]``, so that the side of :func:`crop_transform`'s square scales by
+    it too.  Three draws from ``rng``.
+    """
+    x, y, w, h = (float(v) for v in box)
+    du, dv, k = rng.uniform(-jitter, jitter, size=3)
+    cx, cy = x + 0.5 * w + du * (w + 1.0), y + 0.5 * h + dv * (h + 1.0)
+    w2, h2 = (w + 1.0) * (1.0 + k) - 1.0, (h + 1.0) * (1.0 + k) - 1.0
+    return cx - 0.5 * w2, cy - 0.5 * h2, w2, h2
+
+
 class BopDataset(Dataset[BopSample]):
     """Object instances of one split of a BOP dataset (see the module docstring).
 
@@ -219,6 +275,7 @@ class BopDataset(Dataset[BopSample]):
         images: optional ``{scene_id: image ids}`` to keep (e.g. the standard LineMOD
             train/test split of Brachmann et al., which the BOP ``lm`` test folders do not
             encode); scenes absent from it are read whole.
+        seed: seed of the box jitter (``config.box_jitter``).
 
     Attributes:
         object_ids: sorted kept object ids (``object_index`` indexes this).
@@ -235,8 +292,11 @@ class BopDataset(Dataset[BopSample]):
         config: BopConfig | None = None,
         scenes: Iterable[int] | None = None,
         images: Mapping[int, Iterable[int]] | None = None,
+        seed: int = 0,
     ) -> None:
         self.config = cfg = config or BopConfig()
+        self.seed = seed
+        self.epoch = 0
         self.root = Path(root) / cfg.dataset
         if not self.root.is_dir():
             raise BopDataError(f"{self.root}: BOP dataset folder not found")
@@ -263,6 +323,9 @@ class BopDataset(Dataset[BopSample]):
                 f"{len(scene_ids)} scene(s) (skipped: {dict(self.skipped)})")
         self._index_of = {o: i for i, o in enumerate(self.object_ids)}
         self._points = {o: self._model_points(m) for o, m in self.models.items()}
+        self._symmetries = ({o: m.symmetries(CANONICAL_CONTINUOUS_STEPS)
+                             for o, m in self.models.items()}
+                            if cfg.canonical_symmetric else {})
 
     # -- construction ------------------------------------------------------------------------
 
@@ -409,6 +472,11 @@ class BopDataset(Dataset[BopSample]):
     def __len__(self) -> int:
         return len(self.instances)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the box jitter of the items of ``epoch`` (the training engine calls it before
+        each epoch, before its loader workers start)."""
+        self.epoch = epoch
+
     def model(self, obj_id: int) -> BopModel:
         """The :class:`BopModel` of ``obj_id``."""
         return self.models[obj_id]
@@ -428,7 +496,11 @@ class BopDataset(Dataset[BopSample]):
         if mask.shape != (h, w) or mask_full.shape != (h, w):
             raise BopDataError(f"{scene_dir / 'mask_visib' / name}: mask size {mask.shape} "
                                f"differs from the image's {(h, w)}")
-        box = inst.info.bbox_visib if self.config.bbox == "visib" else inst.info.bbox_obj
+        box: Sequence[float] = (inst.info.bbox_visib if self.config.bbox == "visib"
+                                else inst.info.bbox_obj)
+        if self.config.box_jitter > 0:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            box = jitter_box(box, self.config.box_jitter, rng)
         cam_mats = inst.cam_mats
         size = self.config.crop_size
         if size > 0:
@@ -441,8 +513,11 @@ class BopDataset(Dataset[BopSample]):
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0)) > 0
                 for m in (mask, mask_full))
         model = self.models[inst.obj_id]
-        quat = matrix_to_quat(torch.from_numpy(inst.R))
-        pose = torch.cat((torch.from_numpy(inst.t), quat)).float()
+        rot, trans = torch.from_numpy(inst.R), torch.from_numpy(inst.t)
+        sym = self._symmetries.get(inst.obj_id)
+        if sym is not None and sym.num > 1:
+            rot, trans, _ = canonical_pose(rot, trans, sym)
+        pose = torch.cat((trans, matrix_to_quat(rot))).float()
         cam_t = torch.from_numpy(cam_mats).float()
         mask_t = torch.from_numpy(mask).float().unsqueeze(0)
         out_h, out_w = mask.shape

@@ -51,9 +51,10 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
     return PoseEstimatorSettings(
         num_samples=params.num_posterior_samples,
         sample_iterations=params.posterior_iterations,
-        roi_padding=params.roi_padding,
+        roi_padding=params.roi_padding or None,  # 0: the checkpoint's training padding
         object_class=params.object_class,
         seed=params.seed,
+        multi_start=params.multi_start,
     )
 
 
