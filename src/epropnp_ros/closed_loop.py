@@ -240,12 +240,16 @@ class _RosGraph:
         self.node = rclpy.create_node("epropnp_closed_loop")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
+        self.spinner: threading.Thread | None = None
 
     def spin_in_background(self) -> None:
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
 
     def close(self) -> None:
         self.executor.shutdown()
+        if self.spinner is not None:
+            self.spinner.join(timeout=5.0)  # it reads the context, which is destroyed below
         self.node.destroy_node()
         del self.node, self.executor
         release_rclpy()  # its shared-memory segments leave /dev/shm now

@@ -235,12 +235,13 @@ def _run_node(config: PoseClosedLoopConfig, out: Path) -> _Recorder:
     executor.add_node(node)
     rec = _Recorder()
     child: subprocess.Popen[bytes] | None = None
+    spinner = threading.Thread(target=executor.spin, daemon=True)
     try:
         node.create_subscription(Detection3DArray, f"{CAMERA_NS}/detections",
                                  rec.on_detections, 50)
         node.create_subscription(PoseArray, f"{CAMERA_NS}/pose_samples", rec.on_samples, 50)
         publishers = create_publishers(node, connections)
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spinner.start()
         env = dict(os.environ)
         env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
         with log.open("wb") as fh:
@@ -258,6 +259,8 @@ def _run_node(config: PoseClosedLoopConfig, out: Path) -> _Recorder:
                 child.kill()
                 child.wait()
         executor.shutdown()
+        if spinner.is_alive():
+            spinner.join(timeout=5.0)  # it reads the context, which is destroyed below
         node.destroy_node()
         del node, executor
         release_rclpy()  # its shared-memory segments leave /dev/shm now
