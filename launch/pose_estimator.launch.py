@@ -2,8 +2,9 @@
 
 Usage (on a ROS 2 install, after ``colcon build``)::
 
-    ros2 launch epropnp pose_estimator.launch.py checkpoint:=/path/to/dense.ckpt \\
-        camera:=/camera rois:=/detections_2d
+    ros2 launch epropnp pose_estimator.launch.py camera:=/camera rois:=/detections_2d
+    # checkpoint:=/path/to/dense.ckpt for your own model (default: the bundled
+    # models/pose_small_synthetic.pt, a demo model for generated objects)
 
 The node reads ``config/pose_estimator.yaml`` (installed to ``share/epropnp/config``); the
 arguments below override single entries. Regions of interest come from the ``rois`` topic
@@ -36,7 +37,11 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "checkpoint",
-            description="Path of the dense_correspondence_net checkpoint (required: the node "
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("epropnp"), "models", "pose_small_synthetic.pt"]
+            ),
+            description="Path of the dense_correspondence_net checkpoint (default: the bundled "
+                        "demo pose model for generated objects, see models/README.md; the node "
                         "never runs with random weights).",
         ),
         DeclareLaunchArgument(

@@ -15,17 +15,30 @@ pytestmark = pytest.mark.ros
 @pytest.mark.parametrize("per_camera", [False, True], ids=["rig", "per_camera"])
 def test_demo_closed_loop_scores_a_tiny_scene(
     tmp_path: Path, ros_in_process: None, ros_runtime: None, detector_fixture_checkpoint: Path,
-    per_camera: bool,
+    dense_fixture_checkpoint: Path, per_camera: bool,
 ) -> None:
     """The main demo's path (generate → bag → rig node, or a detector node per camera →
-    DetectionEval) on a tiny scene."""
+    DetectionEval) on a tiny scene; with the rig node, also the object half (BOP scenes →
+    bag → pose_estimator node → ADD(-S), n° n cm, coverage)."""
     from epropnp_ros.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(
         out=str(tmp_path / "demo"), checkpoint=str(detector_fixture_checkpoint), samples=2,
         image_size=(160, 90), cameras=("CAM_FRONT", "CAM_BACK"),
         detector_params=("score_threshold:=0.0",), per_camera=per_camera,
+        objects=not per_camera, pose_checkpoint=str(dense_fixture_checkpoint),
+        object_images_per_scene=1,
     ))
+    if per_camera:
+        assert result.objects is None
+    else:
+        objects = result.objects
+        assert objects is not None
+        assert (objects.frames_processed, objects.frames_dropped) == (4, 0)
+        pose_scores = json.loads(objects.scores.read_text())
+        assert pose_scores["mean"] and "coverage" in pose_scores["calibration"]
+        assert objects.score_line.startswith("ADD(-S) 0.02d/0.05d/0.1d ")
+        assert objects.frames is not None and len(list(objects.frames.glob("*.jpg"))) == 4
     assert (result.bag / "metadata.yaml").is_file()
     results: dict[str, Any] = json.loads(result.results.read_text())
     assert results["meta"]["use_camera"] is True and len(results["results"]) == 2
@@ -57,6 +70,8 @@ def test_demo_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="checkpoint not found"):
         run_demo(DemoConfig(out=str(tmp_path), checkpoint=str(tmp_path / "none.pt")))
+    with pytest.raises(ConfigError, match="pose checkpoint not found"):
+        run_demo(DemoConfig(out=str(tmp_path), pose_checkpoint=str(tmp_path / "none.pt")))
     assert main(["--out", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt")]) == 2
     with pytest.raises(ConfigError):
         DemoConfig(samples=1)

@@ -104,14 +104,16 @@ def test_launch_file_is_consistent(launch_file: str) -> None:
     # Every launch file takes use_sim_time (for bag replay with --clock) and passes it on.
     assert "use_sim_time" in declared
     assert _const(_kwarg(declared["image_transport"], "default_value")) == "compressed"
+    # Default: the bundled demo model of the node's kind, installed by setup.py to
+    # share/epropnp/models.
     default = _kwarg(declared["checkpoint"], "default_value")
-    if launch_file in ("detector.launch.py", "rig.launch.py"):
-        # Default: the bundled demo detector, installed by setup.py to share/epropnp/models.
-        assert isinstance(default, ast.Call) and isinstance(default.args[0], ast.List)
-        parts = [_const(e) for e in default.args[0].elts[1:]]
-        assert parts[0] == "models" and (REPO / "models" / parts[1]).is_file(), parts
-    else:
-        assert default is None  # no bundled model: the user must name one
+    assert isinstance(default, ast.Call) and isinstance(default.args[0], ast.List)
+    parts = [_const(e) for e in default.args[0].elts[1:]]
+    assert parts[0] == "models" and (REPO / "models" / parts[1]).is_file(), parts
+    bundled = {"detector.launch.py": "detector_small_synthetic.pt",
+               "rig.launch.py": "detector_small_synthetic.pt",
+               "pose_estimator.launch.py": "pose_small_synthetic.pt"}
+    assert parts[1] == bundled[launch_file]
 
     # The node: package, executable (a console entry point resolving to main), name.
     [node] = _calls(tree, "LifecycleNode")
