@@ -64,10 +64,10 @@ def release_rclpy(context: Any = None) -> None:
     A destroyed node lives on as a Python object in reference cycles (callbacks bound to it),
     and the nodes freeze everything alive after loading their model out of the garbage collector
     (``gc.freeze`` in ``EstimatorNode.on_configure``), the node included; its native handle keeps
-    the context in use, a context in use at exit is never finalised, and every run left its
-    segments behind (64 MiB per process with ``config/fastdds.xml``) until ``/dev/shm`` filled
-    the machine's memory. Call it after ``destroy_node`` with no reference to the nodes left: it
-    unfreezes and collects the cycles, then shuts down and destroys the context.
+    the context in use, and a context in use at exit is never finalised: its segments (64 MiB
+    per process with ``config/fastdds.xml``) would stay in ``/dev/shm``, run after run, until
+    they fill the machine's memory. Call it after ``destroy_node`` with no reference to the
+    nodes left: it unfreezes and collects the cycles, then shuts down and destroys the context.
     """
     import rclpy  # the library half of this module stays importable without ROS
 
