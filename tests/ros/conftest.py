@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -145,9 +146,26 @@ def spawn_ros(ros_runtime: None, child_env: Mapping[str, str]) -> Iterator[Spawn
 
     yield spawn
     for proc in children:
-        if proc.poll() is None:
+        stop_child(proc)
+
+
+@pytest.fixture(scope="session")
+def stop_ros_child() -> Callable[[subprocess.Popen[Any]], None]:
+    """:func:`stop_child`, for fixtures that start their own ROS child processes."""
+    return stop_child
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a ROS child process still running: SIGINT (Ctrl-C), so that it shuts rclpy down
+    and its Fast DDS segments leave /dev/shm; SIGKILL only if it has not exited in ``timeout``
+    s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate(timeout=10)
+            proc.communicate(timeout=timeout)
 
 
 @pytest.fixture

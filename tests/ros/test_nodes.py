@@ -252,7 +252,8 @@ def camera_info(width: int = WIDTH, height: int = HEIGHT) -> Any:
 
 @pytest.fixture(scope="module")
 def detector_process(
-    ros_runtime: None, child_env: Mapping[str, str], tmp_path_factory: pytest.TempPathFactory
+    ros_runtime: None, child_env: Mapping[str, str], tmp_path_factory: pytest.TempPathFactory,
+    stop_ros_child: Callable[[subprocess.Popen[bytes]], None],
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     """The node process, started unconfigured with a checkpoint path that does not exist yet
     (the test writes it after checking that configure fails); yields (process, checkpoint,
@@ -286,9 +287,7 @@ def detector_process(
     try:
         yield proc, ckpt, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_ros_child(proc)
 
 
 @pytest.fixture(scope="module")

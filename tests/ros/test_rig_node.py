@@ -110,8 +110,9 @@ class RigDriver:
     def close(self) -> None:
         from epropnp_ros.dds import release_rclpy
 
+        self.executor.shutdown()
         self.node.destroy_node()
-        del self.node
+        del self.node, self.executor
         release_rclpy(self.context)
 
     def wait_until(self, predicate: Callable[[], bool], what: str | Callable[[], str],
@@ -182,6 +183,7 @@ class RigDriver:
 def rig_process(
     ros_runtime: None, child_env: Mapping[str, str], tmp_path_factory: pytest.TempPathFactory,
     session_detector_checkpoint: Path,
+    stop_ros_child: Callable[[subprocess.Popen[bytes]], None],
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     tmp = tmp_path_factory.mktemp("rig_node")
     ckpt = session_detector_checkpoint
@@ -215,9 +217,7 @@ def rig_process(
     try:
         yield proc, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_ros_child(proc)
 
 
 @pytest.fixture(scope="module")
