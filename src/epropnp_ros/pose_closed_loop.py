@@ -262,7 +262,7 @@ def _run_node(config: PoseClosedLoopConfig, out: Path) -> _Recorder:
         if spinner.is_alive():
             spinner.join(timeout=5.0)  # it reads the context, which is destroyed below
         node.destroy_node()
-        del node, executor
+        del node, executor, spinner  # the thread holds executor.spin until it has run
         release_rclpy()  # its shared-memory segments leave /dev/shm now
     return rec
 
