@@ -60,7 +60,7 @@ from epropnp_lib.geometry.rotations import (
     quat_to_matrix,
     wrap_angle,
 )
-from epropnp_lib.geometry.symmetry import Symmetries
+from epropnp_lib.geometry.symmetry import Symmetries, canonical_pose
 
 #: Steps a continuous symmetry is discretised into for :func:`symmetric_pose_errors` (1
 #: degree: the rotation error is at most 0.5 degree above the continuous minimum).
@@ -190,16 +190,11 @@ def closest_equivalent_pose(
         ``(B, 7)`` poses.
     """
     _check_poses(pose_pred, pose_gt)
-    sym = symmetries.to(pose_gt.dtype, pose_gt.device)
     rot_gt = quat_to_matrix(quat_normalize(pose_gt[:, 3:]))  # (B, 3, 3)
-    rot_eq = rot_gt[:, None] @ sym.rotations  # (B, S, 3, 3)
-    t_eq = pose_gt[:, None, :3] + (rot_gt[:, None] @ sym.translations[..., None])[..., 0]
-    batch, num = rot_eq.shape[:2]
-    eq = torch.cat((t_eq, matrix_to_quat(rot_eq)), -1)  # (B, S, 7)
-    pred = pose_pred[:, None].expand(batch, num, 7).reshape(batch * num, 7)
-    rot_err = rotation_error_deg(pred, eq.reshape(batch * num, 7)).reshape(batch, num)
-    best = rot_err.argmin(-1)  # (B,)
-    return eq[torch.arange(batch, device=eq.device), best]
+    rot_pred = quat_to_matrix(quat_normalize(pose_pred[:, 3:]))
+    # Largest trace(R_pred^T R* R_s) = smallest rotation angle to the prediction.
+    rot, trans, _ = canonical_pose(rot_gt, pose_gt[:, :3], symmetries, reference=rot_pred)
+    return torch.cat((trans, matrix_to_quat(rot)), -1)
 
 
 def symmetric_pose_errors(

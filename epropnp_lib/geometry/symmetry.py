@@ -152,7 +152,8 @@ def canonical_pose(
         rotation: ``(..., 3, 3)`` object-to-camera rotations.
         translation: ``(..., 3)`` translations.
         symmetries: the object's :class:`Symmetries` (``(S, 3, 3)``, ``(S, 3)``).
-        reference: ``(3, 3)`` reference rotation (default identity).
+        reference: reference rotation(s), ``(3, 3)`` or one per pose ``(..., 3, 3)``
+            (default identity).
 
     Returns:
         ``(rotation (..., 3, 3), translation (..., 3), index (...,) int64)``: the canonical
@@ -165,8 +166,8 @@ def canonical_pose(
     if reference is None:
         score = torch.diagonal(cand, dim1=-2, dim2=-1).sum(-1)  # (..., S)
     else:
-        check_shape(reference, [3, 3], "reference")
-        score = (cand * reference.to(cand)).sum((-2, -1))
+        check_shape(reference, ["*", 3, 3], "reference")
+        score = (cand * reference.to(cand)[..., None, :, :]).sum((-2, -1))
     index = score.argmax(-1)  # first maximum
     rot = torch.gather(cand, -3, index[..., None, None, None].expand(*index.shape, 1, 3, 3))
     t_s = sym.translations[index]  # (..., 3)
