@@ -1,7 +1,7 @@
 """Batched closed-form initial poses that need no external solver.
 
 6DoF: two candidates per problem, each one batched linear least-squares solve,
-  (a) the weighted DLT on centred, scaled object points (exact for >= 6 non-coplanar points),
+  (a) the weighted DLT on centred object points (exact for >= 6 non-coplanar points),
   (b) a plane-induced homography on the best-fit plane of the 3D points (exact for coplanar
       points, >= 4), decomposed into (R, t),
   each then refined by one Gauss-Newton step on SO(3) of the DLT's algebraic error with the
@@ -40,26 +40,21 @@ def normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.
     """``(B, N, 2)`` pixel points to normalised camera coordinates ``K^-1 [u, v, 1]``, returned
     component-major ``(B, 2, N)`` (``K`` with last row ``(0, 0, 1)``: only its 2x2 block is
     inverted; a singular one gives non-finite points, reported by the solver)."""
-    k = cam_mats[:, :2, :2]
-    # Closed-form 2x2 inverse (a LAPACK call costs several times more for such a size), applied
-    # as two broadcast products (a batch of 2x2 matrix products costs more still).
-    det = torch.addcmul(k[:, 0, 0] * k[:, 1, 1], k[:, 0, 1], k[:, 1, 0], value=-1.0)
-    inv = k.flip(-2, -1).mT * on(_ADJ2_SIGN, k.dtype, k.device) / det[:, None, None]
-    d = (x2d - cam_mats[:, None, :2, 2]).mT  # (B, 2, N)
-    return torch.addcmul(inv[:, :, :1] * d[:, :1], inv[:, :, 1:], d[:, 1:])
+    # Closed-form 2x2 inverse (a LAPACK call costs several times more for such a size).
+    k00, k01, cx, k10, k11, cy = cam_mats.flatten(1)[:, :6].unbind(1)
+    inv = torch.stack((k11, k01.neg(), k10.neg(), k00), -1).view(-1, 2, 2)
+    inv = inv / torch.addcmul(k00 * k11, k01, k10, value=-1.0)[:, None, None]
+    return torch.bmm(inv, (x2d - torch.stack((cx, cy), -1).unsqueeze(1)).mT)
 
 
-_ADJ2_SIGN = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
-
-
-def _inv3(m: torch.Tensor) -> torch.Tensor:
-    """Inverses ``(B, 3, 3)`` of ``m: (B, 3, 3)`` by the adjugate (row ``i`` of the inverse is
-    ``c_{i+1} x c_{i+2} / det`` for the columns ``c`` of ``m``); non-finite where ``m`` is
-    singular.  For float64 systems of this size it is exact enough and several times cheaper
-    than a LAPACK solve."""
-    cols = m.mT
-    adj = torch.linalg.cross(cols.roll(-1, dims=-2), cols.roll(-2, dims=-2), dim=-1)
-    return adj / torch.linalg.vecdot(adj[:, 0], cols[:, 0])[:, None, None]
+def _inv3_sym(m: torch.Tensor) -> torch.Tensor:
+    """Inverses ``(B, 3, 3)`` of symmetric ``m: (B, 3, 3)`` by the adjugate (with the rows
+    ``r_i`` of ``m``, its rows are ``r_{i+1} x r_{i+2}``; the adjugate of a symmetric matrix is
+    symmetric) over the determinant; non-finite where ``m`` is singular.  For float64 systems
+    of this size it is exact enough and several times cheaper than a LAPACK solve."""
+    rows = m.repeat(1, 2, 1)  # r0 r1 r2 r0 r1 r2
+    adj = torch.linalg.cross(rows[:, 1:4], rows[:, 2:5], dim=-1)
+    return adj / (adj[:, :1] * m[:, :1]).sum(-1, keepdim=True)
 
 
 def _weighted_center_scale(
@@ -141,44 +136,62 @@ def _apply_h(t: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     return pts @ t[..., :2, :2].transpose(-1, -2) + t[..., None, :2, 2]
 
 
-def _cm_center_scale(
-    pts: torch.Tensor, w: torch.Tensor, wsum: torch.Tensor, target: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Component-major :func:`_weighted_center_scale`: ``pts: (D, B, N)``, ``w: (B, N)``,
-    ``wsum: (B,)``; returns the centre ``(D, B)``, the scale ``(B,)`` and the centred points
-    ``(D, B, N)``."""
-    c = (pts * w).sum(-1) / wsum
-    centred = pts - c.unsqueeze(-1)
-    # (a vector_norm over the leading dim takes a much slower reduction path)
-    mean_dist = (centred.square().sum(0).sqrt() * w).sum(-1) / wsum
-    return c, target / mean_dist.clamp_min(1e-12), centred
+def dlt_gram(
+    x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The moments of the weighted DLT in one batched product: the Gram matrix ``G = Y Y^T``
+    ``(B, 12, 12)`` of ``Y = [w X, w u X, w v X]`` ``(B, 12, N)``, for the homogeneous points
+    ``X = (x - c, 1)`` centred on their ``w^2``-weighted centroid ``c: (B, 3)`` (returned too)
+    and the image points ``(u, v)``.  Its ``4x4`` blocks ``G_ij`` are the moments of
+    :func:`dlt_normal_matrix`; ``G_00`` is ``diag(S, sum w^2)`` up to round-off, with ``S`` the
+    ``w^2``-weighted scatter of the points about ``c``.
+
+    Args:
+        x3d: ``(B, N, 3)``; xn: ``(B, 2, N)`` normalised image points; w: ``(B, N)``.
+    """
+    w2 = w * w
+    pts = x3d.mT  # (B, 3, N)
+    centre = torch.bmm(pts, w2.unsqueeze(-1)).squeeze(-1)
+    centre = centre / w2.sum(-1, keepdim=True).clamp_min(torch.finfo(w2.dtype).tiny)
+    wx = torch.cat(((pts - centre.unsqueeze(-1)) * w.unsqueeze(1), w.unsqueeze(1)), 1)
+    uv1 = torch.cat((torch.ones_like(xn[:, :1]), xn), 1)  # (B, 3, N): 1, u, v
+    y = (uv1.unsqueeze(2) * wx.unsqueeze(1)).flatten(1, 2)  # (B, 12, N)
+    return torch.bmm(y, y.mT), centre
 
 
-def _dlt_assembly() -> torch.Tensor:
-    """``(65, 144)``: the flattened ``(13, 5)`` moments of :func:`dlt_6dof` times this matrix
-    is the flattened DLT normal matrix (see :func:`_dlt_normal_matrix`) over the unknowns
-    ordered ``(vec_row(A), b)`` for the camera matrix ``P = [A | b]`` (each column selects one
-    moment, with its sign)."""
-    def prod(k: int, j: int) -> int:  # row of X_k X_j among the 13 products (X_3 = 1)
-        if k < 3 and j < 3:
-            return 3 * k + j
-        if k == 3 and j == 3:
-            return 12
-        return 9 + min(k, j)
+def dlt_normal_matrix(gram: torch.Tensor) -> torch.Tensor:
+    """The DLT normal matrix ``(B, 12, 12)`` over the rows ``(p_1, p_2, p_3)`` of ``P``, from
+    the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_6dof`: ``[[M, 0, -M_u], [0, M, -M_v],
+    [-M_u, -M_v, M_uv]]`` (see :func:`_dlt_normal_matrix`) with the ``4x4`` blocks
+    ``M = G_00``, ``M_u = G_01``, ``M_v = G_02`` and ``M_uv = G_11 + G_22``."""
+    m, mu, mv = gram[:, :4].split(4, dim=-1)
+    muv = gram[:, 4:8, 4:8] + gram[:, 8:, 8:]
+    zero = torch.zeros_like(m)
+    return torch.cat((torch.cat((m, zero, mu.neg()), -1), torch.cat((zero, m, mv.neg()), -1),
+                      torch.cat((mu.neg(), mv.neg(), muv), -1)), -2)
 
-    def unknown(row: int, col: int) -> int:  # position of P[row, col] among the unknowns
-        return 3 * row + col if col < 3 else 9 + row
 
-    select = torch.zeros(65, 12, 12, dtype=torch.float64)
-    # block (i, j) of the 3x3 block matrix [[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]
-    # over the rows of P -> weight column, sign
-    blocks = {(0, 0): (0, 1.0), (1, 1): (0, 1.0), (0, 2): (1, -1.0), (2, 0): (1, -1.0),
-              (1, 2): (2, -1.0), (2, 1): (2, -1.0), (2, 2): (3, 1.0)}
-    for (bi, bj), (col, sg) in blocks.items():
-        for k in range(4):
-            for j in range(4):
-                select[prod(k, j) * 5 + col, unknown(bi, k), unknown(bj, j)] = sg
-    return select.flatten(1)
+def _dlt_rotation_block(gram: torch.Tensor) -> torch.Tensor:
+    """The ``A`` block ``(B, 3, 3)`` of the DLT camera matrix ``P = [A | b]`` whose last entry
+    ``b_3`` is fixed to 1, from the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_6dof`.
+
+    With the blocks of :func:`dlt_normal_matrix`, the rows ``p_1 = M^-1 M_u p_3`` and
+    ``p_2 = M^-1 M_v p_3`` minimise the algebraic error for a given ``p_3``, which leaves
+    ``p_3^T C p_3`` with ``C = M_uv - M_u M^-1 M_u - M_v M^-1 M_v`` (``4x4``), minimised over
+    ``p_3 = (q, 1)`` by ``C_qq q = -C_q1``.  The points are centred on the ``w^2``-weighted
+    centroid, so ``M = diag(S, sum w^2)`` with ``S`` the ``3x3`` scatter: two ``3x3``
+    inverses in all (coplanar points, singular ``S``: non-finite, like any singular system).
+    Fixing ``b_3 = 1`` picks ``A = lam R`` with ``lam > 0``: ``b_3`` is ``lam`` times the
+    depth of the centroid, positive for points in front of the camera.
+    """
+    m_uv = gram[:, :4, 4:]  # (B, 4, 8): [M_u | M_v]
+    k = torch.cat((torch.bmm(_inv3_sym(gram[:, :3, :3]), m_uv[:, :3]),
+                   m_uv[:, 3:] / gram[:, 3:4, 3:4]), 1)  # (B, 4, 8): M^-1 [M_u | M_v]
+    k = k.unflatten(-1, (2, 4)).transpose(1, 2).reshape(-1, 8, 4)  # [M^-1 M_u; M^-1 M_v]
+    c = torch.baddbmm(gram[:, 4:8, 4:8] + gram[:, 8:, 8:], m_uv, k, alpha=-1.0)
+    q = torch.bmm(_inv3_sym(c[:, :3, :3]), c[:, :3, 3:]).neg_()  # (B, 3, 1)
+    p12 = torch.bmm(k, torch.cat((q, torch.ones_like(q[:, :1])), 1))  # (B, 8, 1)
+    return torch.cat((p12[:, :3], p12[:, 4:7], q), -1).mT
 
 
 def _rotation_jacobian_map() -> torch.Tensor:
@@ -194,7 +207,6 @@ def _rotation_jacobian_map() -> torch.Tensor:
     return out.reshape(9, 36)
 
 
-_DLT_ASSEMBLY = _dlt_assembly()
 _ROTATION_JACOBIAN = _rotation_jacobian_map()
 
 
@@ -203,13 +215,14 @@ def refine_on_so3(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Gauss-Newton step of the DLT's algebraic error over rotations.
 
-    ``ata: (B, 12, 12)`` is the DLT normal matrix over ``(vec_row(A), b)`` (see
-    :func:`dlt_6dof`), so the algebraic error of a camera matrix ``[R | b]`` is the quadratic
-    form ``z^T ata z`` with ``z = (vec_row(R), b)``.  Its minimum over ``b`` is linear in ``R``
-    (``b = -S vec(R)``, ``S = ata_bb^-1 ata_bR``), leaving ``vec(R)^T C vec(R)`` with ``C`` the
-    Schur complement; a Gauss-Newton step in the rotation vector ``w`` of ``R <- Exp(w) R``
-    is then a 3x3 solve.  Unlike the DLT's free 3x4 matrix, ``[R | b]`` has exactly the pose's
-    degrees of freedom, so its optimum is close to the reprojection optimum.
+    ``ata: (B, 12, 12)`` is the DLT normal matrix over the rows ``(p_1, p_2, p_3)`` of the
+    camera matrix ``P = [A | b]`` (``p_r = (A_r, b_r)``, see :func:`dlt_normal_matrix`), so the
+    algebraic error of ``[R | b]`` is the quadratic form ``z^T ata z`` with ``z = vec_row([R |
+    b])``.  Its minimum over ``b`` is linear in ``R`` (``b = -S vec(R)``, ``S = ata_bb^-1
+    ata_bR``), leaving ``vec(R)^T C vec(R)`` with ``C`` the Schur complement; a Gauss-Newton
+    step in the rotation vector ``w`` of ``R <- Exp(w) R`` is then a 3x3 solve.  Unlike the
+    DLT's free 3x4 matrix, ``[R | b]`` has exactly the pose's degrees of freedom, so its
+    optimum is close to the reprojection optimum.
 
     Args:
         ata: ``(B, 12, 12)`` float64; rot: ``(B, 3, 3)`` starting rotations.
@@ -219,13 +232,15 @@ def refine_on_so3(
         element whose step does not lower the error (or is not finite) keeps its starting
         rotation, with the best ``b`` for it.
     """
-    m_rb, m_bb = ata[:, :9, 9:], ata[:, 9:, 9:]
-    sol = torch.bmm(_inv3(m_bb), m_rb.mT)  # (B, 3, 9): S
-    schur = torch.baddbmm(ata[:, :9, :9], m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
+    blocks = ata.view(-1, 3, 4, 3, 4)  # (B, row, col, row, col) of P
+    m_rr = blocks[:, :, :3, :, :3].reshape(-1, 9, 9)
+    m_rb, m_bb = blocks[:, :, :3, :, 3].reshape(-1, 9, 3), blocks[:, :, 3, :, 3]
+    sol = torch.bmm(_inv3_sym(m_bb), m_rb.mT)  # (B, 3, 9): S
+    schur = torch.baddbmm(m_rr, m_rb, sol, alpha=-1.0)  # (B, 9, 9): C
     # [d vec(Exp(w) R) / dw, vec(R)]: one product gives the normal equations and the error.
     jac = torch.mm(rot.flatten(-2), on(_ROTATION_JACOBIAN, rot.dtype, rot.device)).view(-1, 9, 4)
     normal = torch.bmm(jac.mT, torch.bmm(schur, jac))  # (B, 4, 4): [[H, g], [g^T, error]]
-    step = torch.bmm(_inv3(normal[:, :3, :3]), normal[:, :3, 3:]).squeeze(-1).neg_()
+    step = torch.bmm(_inv3_sym(normal[:, :3, :3]), normal[:, :3, 3:]).squeeze(-1).neg_()
     rot1 = torch.bmm(quat_to_matrix(quat_exp(step)), rot)
     r1 = rot1.flatten(-2).unsqueeze(-1)
     better = (r1 * torch.bmm(schur, r1)).sum((-2, -1)) <= normal[:, 3, 3]  # False for NaN
@@ -252,66 +267,55 @@ def _orthonormalize(m: torch.Tensor) -> torch.Tensor:
 def dlt_6dof(
     x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DltSystem]:
-    """Weighted DLT refined on SO(3) (:func:`refine_on_so3`), component-major.
+    """Weighted DLT refined on SO(3) (:func:`refine_on_so3`).
 
-    The object points are centred and scaled (``xs = s (x - c)``); the image points are the
+    The object points are centred on their ``w^2``-weighted centroid ``c`` (the DLT weighs
+    each point's equations by ``w``, so its moments carry ``w^2``); the image points are the
     normalised camera coordinates themselves (the system is float64, and unscaled image
     coordinates keep the algebraic error an isotropic depth-weighted reprojection error).
+    Neither is rescaled: the SO(3) refinement is invariant to the scale of the points.
+
+    All moments come from one batched product (:func:`dlt_gram`).
 
     Args:
-        x3d: ``(3, B, N)`` object points (float64).
-        xn: ``(2, B, N)`` normalised image points.
-        w: ``(B, N)`` non-negative point weights.
+        x3d: ``(B, N, 3)`` object points (float64).
+        xn: ``(B, 2, N)`` normalised image points (float64).
+        w: ``(B, N)`` non-negative point weights (float64).
 
     Returns:
-        ``quat: (B, 4)`` (w >= 0), ``t: (B, 3)``, the ``(B, 3, 3)`` weighted scatter matrix
-        of the object points about their weighted centroid (up to a positive factor per
-        element), for the planarity test, and the :class:`DltSystem` (to refine other
-        candidates of the same problems).
+        ``quat: (B, 4)`` (w >= 0), ``t: (B, 3)``, the ``(B, 3, 3)`` ``w^2``-weighted scatter
+        matrix of the object points about ``c``, for the planarity test, and the
+        :class:`DltSystem` (to refine other candidates of the same problems).
     """
-    wsum = w.sum(-1).clamp_min(1e-30)
-    c3, s3, xc = _cm_center_scale(x3d, w, wsum, 3.0**0.5)
-    xs = xc * s3.unsqueeze(-1)
-    # The 13 products X_k X_l of the homogeneous point X = (xs, 1), weighted by w^2, w^2 u,
-    # w^2 v, w^2 (u^2 + v^2) (the DLT moments) and w (the scatter): one batched product.
-    prods = torch.cat(((xs.unsqueeze(1) * xs).flatten(0, 1), xs, torch.ones_like(xs[:1])))
-    w2 = w * w
-    u, v = xn.unbind(0)
-    wts = torch.stack((w2, w2 * u, w2 * v, w2 * (u * u + v * v), w))
-    moments = torch.bmm(prods.permute(1, 0, 2), wts.permute(1, 2, 0))  # (B, 13, 5)
-    assembly = on(_DLT_ASSEMBLY, moments.dtype, moments.device)
-    ata = torch.mm(moments.flatten(-2), assembly).view(-1, 12, 12)
-    scatter = moments[:, :9, 4].unflatten(-1, (3, 3))
-    # P = [A | b] with xs: A = lam R / s, b = lam (R c + t) for the pose (R, t) and lam > 0
-    # (the fixed entry is lam times the centroid's depth).
-    a = _null_vector_last_fixed(ata)[:, :9].unflatten(-1, (3, 3))
-    system = DltSystem(ata, c3.T, s3)
+    gram, centre = dlt_gram(x3d, xn, w)
+    ata = dlt_normal_matrix(gram)
+    a = _dlt_rotation_block(gram)
+    system = DltSystem(ata, centre)
     quat, t = system.refine(_orthonormalize(a))
-    return quat, t, scatter, system
+    return quat, t, gram[:, :3, :3], system
 
 
 class DltSystem(NamedTuple):
-    """The DLT normal matrix of :func:`dlt_6dof` and the object-point normalisation behind it.
+    """The DLT normal matrix of :func:`dlt_6dof` and the centre of the object points behind it.
 
     Attributes:
-        ata: ``(B, 12, 12)`` over ``(vec_row(A), b)`` for ``xs = scale (x - centre)``.
-        centre: ``(B, 3)``; scale: ``(B,)``.
+        ata: ``(B, 12, 12)`` over the rows of ``P`` (:func:`dlt_normal_matrix`) for the
+            points ``x - centre``.
+        centre: ``(B, 3)``.
     """
 
     ata: torch.Tensor
     centre: torch.Tensor
-    scale: torch.Tensor
 
     def select(self, idx: torch.Tensor) -> DltSystem:
         """The problems ``idx: (M,)``."""
-        return DltSystem(self.ata[idx], self.centre[idx], self.scale[idx])
+        return DltSystem(self.ata[idx], self.centre[idx])
 
     def refine(self, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(quat, t)`` ``(B, 4), (B, 3)`` after :func:`refine_on_so3` from ``rot: (B, 3, 3)``:
-        ``[R / scale | R centre + t]`` is the refined ``[R | b] / scale``."""
+        ``[R | R centre + t]`` is the refined ``[R | b]``."""
         quat, rot, b = refine_on_so3(self.ata, rot)
-        t = b / self.scale[:, None] - torch.bmm(rot, self.centre.unsqueeze(-1)).squeeze(-1)
-        return quat, t
+        return quat, b - torch.bmm(rot, self.centre.unsqueeze(-1)).squeeze(-1)
 
 
 def homography_6dof(
@@ -347,7 +351,7 @@ def homography_6dof(
     return rot, t
 
 
-#: Point sets whose 3D scatter ``S`` (about the weighted centroid) has ``det S <= ratio
+#: Point sets whose 3D scatter ``S`` (``w^2``-weighted, about that centroid) has ``det S <= ratio
 #: ||S||_F^3`` (or with fewer than 6 points) also get the homography candidate.  With ``l_min
 #: <= l_mid <= l_max`` its eigenvalues, ``l_min >= det S / l_max^2`` and ``l_max <= ||S||_F``,
 #: so ``det S / ||S||_F^3`` is a lower bound of ``l_min / l_max`` (a few ops, no eigenvalues).
@@ -369,11 +373,13 @@ def init_6dof(
         x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3, 3)``.
     """
     dtype = x3d.dtype
-    x3d64 = x3d.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
-    w = w2d.double().mean(-1)
-    k64 = cam_mats.double()
-    xn = normalized_image_points(x2d.double(), k64)  # (B, 2, N)
-    quat, t, scatter, system = dlt_6dof(x3d64, xn.movedim(1, 0), w)
+    x3d64 = x3d.double()
+    # Per-point weight (B, N): the sum of the two axes' (any positive multiple of the mean
+    # gives the same candidates; a reduction over the size-2 dim is several times slower).
+    wu, wv = w2d.double().unbind(-1)
+    w = wu + wv
+    xn = normalized_image_points(x2d.double(), cam_mats.double())  # (B, 2, N)
+    quat, t, scatter, system = dlt_6dof(x3d64, xn, w)
     dlt = torch.cat((t, quat), dim=-1)
     if x3d.shape[-2] < 6:
         need = torch.ones_like(w[..., 0], dtype=torch.bool)
@@ -385,7 +391,7 @@ def init_6dof(
     if idx.numel() == 0:
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
     homog = dlt.clone()
-    rot_h, _ = homography_6dof(x3d64.movedim(0, -1)[idx], xn.mT[idx], w[idx])
+    rot_h, _ = homography_6dof(x3d64[idx], xn.mT[idx], w[idx])
     quat_h, t_h = system.select(idx).refine(rot_h)
     homog[idx] = torch.cat((t_h, quat_h), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)

@@ -223,11 +223,14 @@ def solve_validated(
     # (CONVERGED, MAX_ITERATIONS) = (0, 1), then the worse statuses on top.
     status = (~converged).to(torch.int64)
     status.masked_fill_(degenerate, SolveStatus.DEGENERATE)
-    invalid = ~prob.valid
-    status.masked_fill_(invalid, SolveStatus.INVALID_INPUT)
-    cov = cov.masked_fill((status >= SolveStatus.DEGENERATE)[:, None, None], torch.nan)
-    pose = st.pose.masked_fill(invalid[:, None], torch.nan)
-    cost = st.cost.masked_fill(invalid, torch.nan)
+    cov = cov.masked_fill(degenerate[:, None, None], torch.nan)
+    pose, cost = st.pose.clone(), st.cost.clone()
+    if not bool(prob.valid.all()):
+        invalid = ~prob.valid
+        status.masked_fill_(invalid, SolveStatus.INVALID_INPUT)
+        cov.masked_fill_(invalid[:, None, None], torch.nan)
+        pose.masked_fill_(invalid[:, None], torch.nan)
+        cost.masked_fill_(invalid, torch.nan)
     return PnPSolution(pose, cost, cov, status, iters.clone())
 
 
@@ -240,7 +243,7 @@ def _solve(
     if delta is None:
         delta = cfg.huber.threshold(prob.x2d, prob.w2d, spread2)
     pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, delta)
-    w_point = prob.w2d.sum(-1)  # (B, N)
+    w_point = prob.w2d[..., 0] + prob.w2d[..., 1]  # (B, N) (a sum over the size-2 dim is slower)
     cost_floor = cost_round_off(prob, spread2)
     pose = initial_pose(space, prob, pts, cfg, cost_floor)
     st, iters, converged = optimize_pose(space, pose, pts, cfg, cost_floor)

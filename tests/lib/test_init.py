@@ -17,8 +17,11 @@ from epropnp_lib.geometry.rotations import (
 from epropnp_lib.pnp.cost import HuberConfig, evaluate_cost
 from epropnp_lib.pnp.init import (
     DltSystem,
+    _dlt_rotation_block,
     _null_vector_last_fixed,
     dlt_6dof,
+    dlt_gram,
+    dlt_normal_matrix,
     init_6dof,
     normalized_image_points,
     refine_on_so3,
@@ -29,9 +32,36 @@ from epropnp_lib.pnp.solver import solve_pnp
 
 def _dlt(p: PnPProblem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DltSystem]:
     """The DLT pieces of float64 problems."""
-    x3d = p.x3d.movedim(-1, 0).contiguous()
-    xn = normalized_image_points(p.x2d, p.cam_mats).movedim(1, 0)
-    return dlt_6dof(x3d, xn, p.w2d.mean(-1))
+    xn = normalized_image_points(p.x2d, p.cam_mats)
+    return dlt_6dof(p.x3d, xn, p.w2d.mean(-1))
+
+
+def _rotation_block(ata: torch.Tensor) -> torch.Tensor:
+    """The ``A`` block ``(B, 3, 3)`` of the DLT camera matrix with ``b_3 = 1``, by a general
+    linear solve of the normal matrix ``ata: (B, 12, 12)`` over the rows of ``P``."""
+    p = _null_vector_last_fixed(ata)
+    return torch.cat((p, torch.ones_like(p[:, :1])), -1).view(-1, 3, 4)[:, :, :3]
+
+
+def test_closed_form_dlt_matches_the_general_solve() -> None:
+    """The block elimination of the DLT (two 3x3 inverses) gives the camera matrix of the
+    general 11x11 solve of its normal matrix, and the normal matrix is the design matrix's
+    ``A^T A`` (float64, 1 px noise)."""
+    p = random_problems(64, 16, noise_std=1.0, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6))
+    xn = normalized_image_points(p.x2d, p.cam_mats)
+    w = p.w2d.mean(-1)
+    gram, centre = dlt_gram(p.x3d, xn, w)
+    ata = dlt_normal_matrix(gram)
+    # The design matrix: rows w [X^T, 0, -u X^T] and w [0, X^T, -v X^T] per point.
+    xh = torch.cat((p.x3d - centre[:, None], torch.ones_like(p.x3d[..., :1])), -1)
+    u, v = xn[:, :1].mT, xn[:, 1:].mT
+    zero = torch.zeros_like(xh)
+    design = torch.cat((torch.cat((xh, zero, -u * xh), -1), torch.cat((zero, xh, -v * xh), -1)),
+                       1) * torch.cat((w, w), 1)[..., None]
+    torch.testing.assert_close(ata, design.mT @ design, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(_dlt_rotation_block(gram), _rotation_block(ata),
+                               rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("flatness", [1.0, 0.0])
@@ -54,12 +84,11 @@ def test_refine_on_so3_descends_to_the_constrained_algebraic_optimum() -> None:
     p = random_problems(128, 32, noise_std=1.0, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(1))
     _, _, _, system = _dlt(p)
-    p0 = _null_vector_last_fixed(system.ata)
-    quat, _ = closest_rotation_quat(p0[:, :9].unflatten(-1, (3, 3)))
+    quat, _ = closest_rotation_quat(_rotation_block(system.ata))
     rot = quat_to_matrix(quat)
 
     def error(rot: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        z = torch.cat((rot.flatten(-2), b), -1)
+        z = torch.cat((rot, b.unsqueeze(-1)), -1).flatten(-2)  # vec_row([R | b])
         return torch.einsum("bi,bij,bj->b", z, system.ata, z)
 
     errors, quats = [], [quat]
@@ -109,8 +138,7 @@ def test_refined_init_starts_near_the_optimum() -> None:
     assert d.median() < 0.6 and d.quantile(0.9) < 1.0
     # The unrefined DLT rotation, with the translation of the same DLT system.
     _, _, _, system = _dlt(p)
-    p0 = _null_vector_last_fixed(system.ata)
-    q0, _ = closest_rotation_quat(p0[:, :9].unflatten(-1, (3, 3)))
+    q0, _ = closest_rotation_quat(_rotation_block(system.ata))
     plain = torch.cat((refined[:, :3], q0), -1)  # its closest rotation alone is far off
     assert distance(plain).median() > 4.0
 
