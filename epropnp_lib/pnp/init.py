@@ -44,7 +44,9 @@ def normalized_image_points(x2d: torch.Tensor, cam_mats: torch.Tensor) -> torch.
     k00, k01, cx, k10, k11, cy = cam_mats.flatten(1)[:, :6].unbind(1)
     inv = torch.stack((k11, k01.neg(), k10.neg(), k00), -1).view(-1, 2, 2)
     inv = inv / torch.addcmul(k00 * k11, k01, k10, value=-1.0)[:, None, None]
-    return torch.bmm(inv, (x2d - torch.stack((cx, cy), -1).unsqueeze(1)).mT)
+    d = (x2d - torch.stack((cx, cy), -1).unsqueeze(1)).mT  # (B, 2, N)
+    # two broadcast products (a batch of 2x2 matrix products costs twice as much)
+    return torch.addcmul(inv[:, :, :1] * d[:, :1], inv[:, :, 1:], d[:, 1:])
 
 
 def _inv3_sym(m: torch.Tensor) -> torch.Tensor:
@@ -52,9 +54,9 @@ def _inv3_sym(m: torch.Tensor) -> torch.Tensor:
     ``r_i`` of ``m``, its rows are ``r_{i+1} x r_{i+2}``; the adjugate of a symmetric matrix is
     symmetric) over the determinant; non-finite where ``m`` is singular.  For float64 systems
     of this size it is exact enough and several times cheaper than a LAPACK solve."""
-    rows = m.repeat(1, 2, 1)  # r0 r1 r2 r0 r1 r2
+    rows = torch.cat((m, m[:, :2]), 1)  # r0 r1 r2 r0 r1
     adj = torch.linalg.cross(rows[:, 1:4], rows[:, 2:5], dim=-1)
-    return adj / (adj[:, :1] * m[:, :1]).sum(-1, keepdim=True)
+    return adj / torch.linalg.vecdot(adj[:, :1], m[:, :1]).unsqueeze(-1)
 
 
 def _weighted_center_scale(
