@@ -544,12 +544,15 @@ def _iterate(
             near_gn = accept
             stalled = active & ~accept & small_cost
             hopeless = active & ~accept  # Gauss-Newton would only repeat the same step
-        st = SolverState(
-            torch.where(accept[:, None], new.pose, st.pose),
-            torch.where(accept, new.cost, st.cost),
-            torch.where(accept[:, None, None], new.normal, st.normal),
-            torch.where(accept[:, None], new.depth, st.depth),
-        )
+        if bool(accept.all()):  # (the common case: no per-element selection needed)
+            st = new
+        else:
+            st = SolverState(
+                torch.where(accept[:, None], new.pose, st.pose),
+                torch.where(accept, new.cost, st.cost),
+                torch.where(accept[:, None, None], new.normal, st.normal),
+                torch.where(accept[:, None], new.depth, st.depth),
+            )
         now_converged = (accept & (small_step | (small_cost & near_gn))) | stalled
         converged |= now_converged
         active &= ~(now_converged | hopeless)
