@@ -19,8 +19,8 @@ rotation is the closest rotation to its columns (Horn's quaternion method,
 :func:`~epropnp_lib.geometry.rotations.closest_rotation_quat`).  The DLT's per-point work (its
 moments, :func:`dlt_gram`) runs in the input dtype, everything after it (12x12 and 9x9
 systems) and the homography in float64; the candidates are returned in the input dtype.
-From float32 inputs the candidates then differ from an all-float64 initialisation by ~1e-4
-posterior standard deviations at N = 64 (their moments sum over centred points), and the
+From float32 inputs the candidates then differ from an all-float64 initialisation by at most
+~1e-3 posterior standard deviations at N = 64 (the moments sum over centred points), and the
 solves end on the same optima.
 """
 
@@ -167,7 +167,7 @@ def dlt_gram(
 
 def dlt_normal_matrix(gram: torch.Tensor) -> torch.Tensor:
     """The DLT normal matrix ``(B, 12, 12)`` over the rows ``(p_1, p_2, p_3)`` of ``P``, from
-    the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_6dof`: ``[[M, 0, -M_u], [0, M, -M_v],
+    the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_gram`: ``[[M, 0, -M_u], [0, M, -M_v],
     [-M_u, -M_v, M_uv]]`` (see :func:`_dlt_normal_matrix`) with the ``4x4`` blocks
     ``M = G_00``, ``M_u = G_01``, ``M_v = G_02`` and ``M_uv = G_11 + G_22``."""
     m, mu, mv = gram[:, :4].split(4, dim=-1)
@@ -179,7 +179,7 @@ def dlt_normal_matrix(gram: torch.Tensor) -> torch.Tensor:
 
 def _dlt_rotation_block(gram: torch.Tensor) -> torch.Tensor:
     """The ``A`` block ``(B, 3, 3)`` of the DLT camera matrix ``P = [A | b]`` whose last entry
-    ``b_3`` is fixed to 1, from the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_6dof`.
+    ``b_3`` is fixed to 1, from the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_gram`.
 
     With the blocks of :func:`dlt_normal_matrix`, the rows ``p_1 = M^-1 M_u p_3`` and
     ``p_2 = M^-1 M_v p_3`` minimise the algebraic error for a given ``p_3``, which leaves
