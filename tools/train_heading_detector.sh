@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Train the demo detector models/detector_small_synthetic.pt
 # (config/train/nuscenes_synthetic_heading.yaml): generate the domain-randomised training
-# scenes, the in-distribution and the shifted validation scenes, train, evaluate on both
+# scenes, the in-distribution and the shifted validation scenes, train in two stages (from
+# scratch, then fine-tuned on a second draw of the training scenes), evaluate on both
 # validation sets.  Leaves the model in runs/nuscenes_synthetic_heading/model.pt, which is the
-# bundled model (models/README.md: metrics, sha256; 65 min on the shared 2-core machine).
+# bundled model (models/README.md: metrics, sha256; 100 min on the shared 2-core machine).
 #   tools/train_heading_detector.sh [DATA_DIR]   (default: runs/heading_data in the repository)
 set -euo pipefail
 DATA="${1:-}"
@@ -28,8 +29,20 @@ python -m epropnp_lib.generators.nuscenes --out "$DATA/val" --look training \
 python -m epropnp_lib.generators.nuscenes --out "$DATA/val_shifted" --look shifted \
     --scenes "${VAL_SCENES[@]}" --samples-per-scene 10 --image-size 640 360 \
     --lidar-azimuth-steps 360 --seed 1
+# Stage 1: from scratch on the first draw of the training scenes.
 python -m epropnp_training.train --config "$CONFIG" --set "data.dataroot=$DATA/train" \
-    --set "log_dir=$RUN"
+    --set "log_dir=${RUN}_stage1"
+# Stage 2: a second draw of the same scenes (seed 2: other samples, looks and camera mounts),
+# on which the stage-1 model is fine-tuned for 8000 steps at half the learning rate. The
+# stage-1 model's loss on that unseen draw averages 1.34 over the first 500 steps against 0.82
+# on its own images at the end of stage 1: more data, not more passes over the same images
+# (models/README.md).
+python -m epropnp_lib.generators.nuscenes --out "$DATA/train2" --look training \
+    --scenes scene-0061 scene-0553 scene-0655 scene-0757 scene-0796 scene-1077 scene-1094 \
+    scene-1100 --samples-per-scene 60 --image-size 640 360 --lidar-azimuth-steps 360 --seed 2
+python -m epropnp_training.train --config "$CONFIG" --set "data.dataroot=$DATA/train2" \
+    --set "log_dir=$RUN" --set "init_checkpoint=${RUN}_stage1/model.pt" \
+    --set max_steps=8000 --set lr=2.5e-4
 for split in val val_shifted; do
     python -m epropnp_training.evaluate --config "$CONFIG" --set "data.dataroot=$DATA/$split" \
         --split mini_val --checkpoint "$RUN/model.pt" --out "$RUN/${split}_metrics.json"
