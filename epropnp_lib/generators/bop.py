@@ -35,6 +35,8 @@ from epropnp_lib.data.bop import (
     LINEMOD_OBJECTS,
     LINEMOD_SYMMETRIC,
     M_TO_MM,
+    BopDataError,
+    read_json,
 )
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.generators.object_meshes import (
@@ -351,12 +353,13 @@ def generate_bop_lm(
     split: str = "test",
     objects_per_image: int | None = None,
     binary_ply: bool = False,
+    first_scene_id: int = 1,
 ) -> GeneratedBop:
     """Write a mini LineMOD dataset in the BOP layout under ``<root>/lm``.
 
     Args:
         root: BOP root folder (created if needed).
-        num_scenes: number of scenes; scene ``i`` (id ``i + 1``) centres on object
+        num_scenes: number of scenes; scene ``i`` (id ``first_scene_id + i``) centres on object
             ``objects[i % len(objects)]``.
         images_per_scene: images per scene.
         objects: synthetic object names (default: all of
@@ -370,6 +373,10 @@ def generate_bop_lm(
         objects_per_image: annotated objects per image (1 = LineMOD, more = occlusions);
             default ``min(2, len(objects))``.
         binary_ply: write binary instead of ASCII PLY models.
+        first_scene_id: id of the first scene: a later call with ids after the existing
+            scenes adds another draw (e.g. another ``seed``) to a split (for ``test``, its
+            targets are added to ``test_targets_bop19.json``).  The scenes' content does not
+            depend on their ids.
 
     Returns:
         :class:`GeneratedBop`.
@@ -377,6 +384,9 @@ def generate_bop_lm(
     names = list(objects) if objects is not None else list(OBJECT_NAMES)
     objects_per_image = _check_args(names, num_scenes, images_per_scene, image_size,
                                     objects_per_image)
+    if first_scene_id < 1:
+        raise ConfigError(f"first_scene_id must be >= 1, got {first_scene_id}")
+    scene_ids = tuple(range(first_scene_id, first_scene_id + num_scenes))
     width, height = image_size
     # Independent streams per split: the same seed gives different train and test images.
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
@@ -391,19 +401,25 @@ def generate_bop_lm(
     camera = _Camera(cam_mats, width, height)
     targets: list[dict[str, int]] = []
     n_inst = 0
-    for s in range(num_scenes):
-        scene_targets = _write_scene(out / split / f"{s + 1:06d}", s + 1, models,
+    for s, scene_id in enumerate(scene_ids):
+        scene_targets = _write_scene(out / split / f"{scene_id:06d}", scene_id, models,
                                      s % len(models), images_per_scene, objects_per_image,
                                      camera, g)
         targets += scene_targets
         n_inst += sum(t["inst_count"] for t in scene_targets)
     if split == "test":
-        save_bop_json(out / "test_targets_bop19.json", targets)
+        targets_path = out / "test_targets_bop19.json"
+        if first_scene_id > 1 and targets_path.is_file():  # keep the other scenes' targets
+            existing = read_json(targets_path)
+            if not isinstance(existing, list):
+                raise BopDataError(f"{targets_path}: not a list of targets")
+            kept = [t for t in existing if t.get("scene_id") not in scene_ids]
+            targets = sorted(kept + targets, key=lambda t: (t["scene_id"], t["im_id"]))
+        save_bop_json(targets_path, targets)
     mapping = {m.obj.name: m.obj_id for m in models}
     logger.info("wrote %s: %d scenes, %d images, %d instances, objects %s", out, num_scenes,
                 num_scenes * images_per_scene, n_inst, mapping)
-    return GeneratedBop(out, mapping, tuple(range(1, num_scenes + 1)),
-                        num_scenes * images_per_scene, n_inst)
+    return GeneratedBop(out, mapping, scene_ids, num_scenes * images_per_scene, n_inst)
 
 
 def linemod_intrinsics(width: int, height: int) -> torch.Tensor:
@@ -544,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "held-out scenes: --split test with another --seed)")
     parser.add_argument("--objects-per-image", type=int, default=None)
     parser.add_argument("--binary-ply", action="store_true")
+    parser.add_argument("--first-scene-id", type=int, default=1,
+                        help="id of the first scene written (after the existing scenes: "
+                             "adds another draw, e.g. another --seed, to the split)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -551,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out, num_scenes=args.num_scenes, images_per_scene=args.images_per_scene,
             objects=args.objects, image_size=(args.width, args.height), seed=args.seed,
             split=args.split, objects_per_image=args.objects_per_image,
-            binary_ply=args.binary_ply)
+            binary_ply=args.binary_ply, first_scene_id=args.first_scene_id)
     except ConfigError as exc:
         parser.error(str(exc))
     logger.debug("generated %s", res)

@@ -603,6 +603,33 @@ def test_generator_cli_and_config_errors(tmp_path: Path) -> None:
         bop_generate.main(["--out", str(tmp_path), "--objects", "teapot"])
 
 
+def test_a_second_draw_appended_after_the_existing_scenes(tmp_path: Path) -> None:
+    """``first_scene_id`` adds scenes of another seed to a split: their content is that of
+    the same draw written on its own (ids do not enter the content), the reader sees both
+    draws, and the test split's targets keep the first draw's entries."""
+    kw: dict[str, Any] = {"num_scenes": 2, "images_per_scene": 1, "objects": ["lblock", "can"],
+                          "image_size": (64, 48)}
+    for split in ("train", "test"):
+        generate_bop_lm(tmp_path / "both", seed=0, split=split, **kw)
+        more = generate_bop_lm(tmp_path / "both", seed=2, split=split, first_scene_id=3, **kw)
+        alone = generate_bop_lm(tmp_path / "alone", seed=2, split=split, **kw)
+        assert more.scene_ids == (3, 4) and alone.scene_ids == (1, 2)
+        for new_id, alone_id in ((3, 1), (4, 2)):
+            for rel in ("scene_gt.json", "scene_camera.json", "rgb/000000.png"):
+                assert ((more.dataset_dir / split / f"{new_id:06d}" / rel).read_bytes()
+                        == (alone.dataset_dir / split / f"{alone_id:06d}" / rel).read_bytes())
+        ds = BopDataset(tmp_path / "both", split, config=BopConfig(crop_size=16))
+        assert sorted({i.scene_id for i in ds.instances}) == [1, 2, 3, 4]
+    targets = json.loads((tmp_path / "both" / "lm" / "test_targets_bop19.json").read_text())
+    assert sorted({t["scene_id"] for t in targets}) == [1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="first_scene_id"):
+        generate_bop_lm(tmp_path / "bad", first_scene_id=0, **kw)
+    assert bop_generate.main(["--out", str(tmp_path / "cli"), "--num-scenes", "1",
+                              "--images-per-scene", "1", "--objects", "lblock", "--width", "48",
+                              "--height", "40", "--first-scene-id", "5"]) == 0
+    assert (tmp_path / "cli" / "lm" / "train" / "000005" / "scene_gt.json").is_file()
+
+
 def test_assign_linemod_ids() -> None:
     ids = bop_generate.assign_linemod_ids(["can", "duck", "cube", "eggbox"],
                                           [True, False, False, True])
