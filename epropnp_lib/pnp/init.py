@@ -75,32 +75,6 @@ def _weighted_center_scale(
     return c, target / mean_dist.clamp_min(1e-12)
 
 
-def _dlt_normal_matrix(xh: torch.Tensor, xi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Normal matrix ``A^T A`` ``(B, 3k, 3k)`` of the weighted DLT system, built from moments.
-
-    Each point contributes the rows ``w [X^T, 0, -u X^T]`` and ``w [0, X^T, -v X^T]`` for the
-    homogeneous point ``X = xh_i: (k,)`` and image point ``(u, v) = xi_i``; with
-    ``M = sum w^2 X X^T`` (and its ``u``-, ``v``- and ``u^2 + v^2``-weighted versions) the matrix
-    is ``[[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]``, so no ``(B, 2N, 3k)`` design
-    matrix is ever formed.
-
-    Args:
-        xh: ``(B, N, k)`` homogeneous points; xi: ``(B, N, 2)``; w: ``(B, N)`` weights.
-    """
-    w2 = (w * w).unsqueeze(-1)
-    u, v = xi[..., :1], xi[..., 1:]
-    xt = xh.transpose(-1, -2)
-    m = xt @ (w2 * xh)
-    mu = xt @ (w2 * u * xh)
-    mv = xt @ (w2 * v * xh)
-    muv = xt @ (w2 * (u * u + v * v) * xh)
-    z = torch.zeros_like(m)
-    return torch.cat(
-        (torch.cat((m, z, -mu), -1), torch.cat((z, m, -mv), -1), torch.cat((-mu, -mv, muv), -1)),
-        dim=-2,
-    )
-
-
 def _null_vector_last_fixed(ata: torch.Tensor) -> torch.Tensor:
     """Least-squares null vector of a design matrix given its normal matrix ``ata: (B, D, D)``,
     with the last entry fixed to 1: its other ``(B, D - 1)`` entries (one batched LU solve of
@@ -142,15 +116,24 @@ def _apply_h(t: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     return pts @ t[..., :2, :2].transpose(-1, -2) + t[..., None, :2, 2]
 
 
+def _moment_gram(xh: torch.Tensor, xi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix ``G = Y Y^T`` ``(B, 3k, 3k)`` of ``Y = [w X, w u X, w v X]`` ``(B, 3k,
+    N)``, for the homogeneous points ``X = xh: (B, k, N)``, the image points ``(u, v) = xi:
+    (B, 2, N)`` and the weights ``w: (B, N)``: all moments of a weighted DLT in one batched
+    product (:func:`dlt_normal_matrix`)."""
+    wx = xh * w.unsqueeze(1)
+    uv1 = torch.cat((torch.ones_like(xi[:, :1]), xi), 1)  # (B, 3, N): 1, u, v
+    y = (uv1.unsqueeze(2) * wx.unsqueeze(1)).flatten(1, 2)  # (B, 3k, N)
+    return torch.bmm(y, y.mT)
+
+
 def dlt_gram(
     x3d: torch.Tensor, xn: torch.Tensor, w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The moments of the weighted DLT in one batched product: the Gram matrix ``G = Y Y^T``
-    ``(B, 12, 12)`` of ``Y = [w X, w u X, w v X]`` ``(B, 12, N)``, for the homogeneous points
-    ``X = (x - c, 1)`` centred on their ``w^2``-weighted centroid ``c: (B, 3)`` (returned too)
-    and the image points ``(u, v)``.  Its ``4x4`` blocks ``G_ij`` are the moments of
-    :func:`dlt_normal_matrix`; ``G_00`` is ``diag(S, sum w^2)`` up to round-off, with ``S`` the
-    ``w^2``-weighted scatter of the points about ``c``.
+    """The moments of the weighted 6DoF DLT: the :func:`_moment_gram` ``(B, 12, 12)`` of the
+    homogeneous points ``X = (x - c, 1)`` centred on their ``w^2``-weighted centroid ``c: (B,
+    3)`` (returned too) and the image points ``(u, v)``.  ``G_00`` is ``diag(S, sum w^2)`` up
+    to round-off, with ``S`` the ``w^2``-weighted scatter of the points about ``c``.
 
     Args:
         x3d: ``(B, N, 3)``; xn: ``(B, 2, N)`` normalised image points; w: ``(B, N)``.
@@ -159,19 +142,24 @@ def dlt_gram(
     pts = x3d.mT  # (B, 3, N)
     centre = torch.bmm(pts, w2.unsqueeze(-1)).squeeze(-1)
     centre = centre / w2.sum(-1, keepdim=True).clamp_min(torch.finfo(w2.dtype).tiny)
-    wx = torch.cat(((pts - centre.unsqueeze(-1)) * w.unsqueeze(1), w.unsqueeze(1)), 1)
-    uv1 = torch.cat((torch.ones_like(xn[:, :1]), xn), 1)  # (B, 3, N): 1, u, v
-    y = (uv1.unsqueeze(2) * wx.unsqueeze(1)).flatten(1, 2)  # (B, 12, N)
-    return torch.bmm(y, y.mT), centre
+    xh = torch.cat((pts - centre.unsqueeze(-1), torch.ones_like(pts[:, :1])), 1)
+    return _moment_gram(xh, xn, w), centre
 
 
 def dlt_normal_matrix(gram: torch.Tensor) -> torch.Tensor:
-    """The DLT normal matrix ``(B, 12, 12)`` over the rows ``(p_1, p_2, p_3)`` of ``P``, from
-    the Gram matrix ``gram: (B, 12, 12)`` of :func:`dlt_gram`: ``[[M, 0, -M_u], [0, M, -M_v],
-    [-M_u, -M_v, M_uv]]`` (see :func:`_dlt_normal_matrix`) with the ``4x4`` blocks
-    ``M = G_00``, ``M_u = G_01``, ``M_v = G_02`` and ``M_uv = G_11 + G_22``."""
-    m, mu, mv = gram[:, :4].split(4, dim=-1)
-    muv = gram[:, 4:8, 4:8] + gram[:, 8:, 8:]
+    """Normal matrix ``A^T A`` ``(B, 3k, 3k)`` of a weighted DLT system over the rows ``(p_1,
+    p_2, p_3)`` of its ``3 x k`` matrix, from the Gram matrix ``gram: (B, 3k, 3k)`` of
+    :func:`_moment_gram`.
+
+    Each point contributes the rows ``w [X^T, 0, -u X^T]`` and ``w [0, X^T, -v X^T]``; with
+    ``M = sum w^2 X X^T`` and its ``u``-, ``v``- and ``u^2 + v^2``-weighted versions (the
+    ``k x k`` blocks ``M = G_00``, ``M_u = G_01``, ``M_v = G_02``, ``M_uv = G_11 + G_22``) the
+    matrix is ``[[M, 0, -M_u], [0, M, -M_v], [-M_u, -M_v, M_uv]]``, so no ``(B, 2N, 3k)``
+    design matrix is ever formed.
+    """
+    k = gram.shape[-1] // 3
+    m, mu, mv = gram[:, :k].split(k, dim=-1)
+    muv = gram[:, k:2 * k, k:2 * k] + gram[:, 2 * k:, 2 * k:]
     zero = torch.zeros_like(m)
     return torch.cat((torch.cat((m, zero, mu.neg()), -1), torch.cat((zero, m, mv.neg()), -1),
                       torch.cat((mu.neg(), mv.neg(), muv), -1)), -2)
@@ -342,7 +330,7 @@ def homography_6dof(
     abn = _apply_h(tp, ab)
     xi = _apply_h(t2, xn)
     ah = torch.cat((abn, torch.ones_like(abn[..., :1])), dim=-1)  # (B, N, 3)
-    h = _null_vector_last_fixed(_dlt_normal_matrix(ah, xi, w))
+    h = _null_vector_last_fixed(dlt_normal_matrix(_moment_gram(ah.mT, xi.mT, w)))
     h = torch.cat((h, torch.ones_like(h[..., :1])), dim=-1).unflatten(-1, (3, 3))
     h = torch.linalg.solve(t2, h) @ tp  # maps (a, b, 1) to normalised image points
     # h = lam [R e1, R e2, R c3 + t]; the plane centre has positive depth.
