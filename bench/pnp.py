@@ -165,12 +165,18 @@ def _median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
+#: How the tables name the ``--heap`` setting.
+HEAP_NOTE = {
+    "keep": "Heap policy: `keep_freed_memory` (the nodes' and the training's).",
+    "default": "Heap policy: the C library's default (adaptive thresholds).",
+}
+
 #: OpenCV methods of :func:`compare_opencv`.
 OPENCV_METHODS = ("ITERATIVE", "SQPNP", "EPNP")
 
 
 def compare_opencv(batches: list[int], rounds: int, threads: int,
-                   num_points: tuple[int, ...] = (64,)) -> str:
+                   num_points: tuple[int, ...] = (64,), heap: str = "keep") -> str:
     """Markdown table: 6DoF LM solve (init incl.) vs OpenCV ``SOLVEPNP_ITERATIVE``,
     ``SOLVEPNP_SQPNP`` and ``SOLVEPNP_EPNP`` per problem, on the same problems, interleaved
     round by round in this process (the machine's speed drifts: each round times all back to
@@ -214,7 +220,7 @@ def compare_opencv(batches: list[int], rounds: int, threads: int,
     return "\n".join([
         f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
         f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. 1 px noise, "
-        f"{rounds} interleaved rounds: median (best).  {probe}",
+        f"{rounds} interleaved rounds: median (best).  {HEAP_NOTE[heap]}  {probe}",
         "",
         f"| N | B | EPro-PnP 6DoF LM, init incl. (ms/problem) | {methods} | {ratio_heads} |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -404,7 +410,7 @@ def contended_child(batches: list[int], rounds: int) -> dict[str, float]:
     return out
 
 
-def contended(batches: list[int], rounds: int) -> str:
+def contended(batches: list[int], rounds: int, heap: str = "keep") -> str:
     """Markdown table: the 6DoF solve quiet and beside one busy process, for torch intra-op
     threads 1 and 2 and OpenMP's default (active) and PASSIVE wait policies; each setting in a
     fresh child process (the wait policy must be set before torch starts)."""
@@ -416,7 +422,7 @@ def contended(batches: list[int], rounds: int) -> str:
         if policy:
             env["OMP_WAIT_POLICY"] = policy
         cmd = [sys.executable, __file__, "--contended-child", *map(str, batches),
-               "--threads", str(threads), "--rounds", str(rounds)]
+               "--threads", str(threads), "--rounds", str(rounds), "--heap", heap]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                         env=env).stdout.strip().splitlines()[-1])
         for batch in batches:
@@ -446,7 +452,8 @@ def _write_table(marker_name: str, md: str) -> None:
 
 
 def table(
-    rows: list[dict[str, float | int | str]], device: str, threads: int, probe: str = ""
+    rows: list[dict[str, float | int | str]], device: str, threads: int, probe: str = "",
+    heap: str = "keep",
 ) -> str:
     """Markdown table of the measurements (``probe``: the CPU speed before and after)."""
     cpu = platform.processor() or platform.machine()
@@ -456,7 +463,8 @@ def table(
     else:
         where = f"CPU {cpu}, {threads} threads"
         mem = "peak RSS (MiB)"
-    out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats.{probe}",
+    out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats. "
+           f"{HEAP_NOTE[heap]}{probe}",
            "",
            f"| case | ms per call | ms per problem | {mem} |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -495,12 +503,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="numbers of points N of --compare-opencv (default 64)")
     parser.add_argument("--rounds", type=int, default=30,
                         help="rounds of --compare-opencv, --pause-sweep and --robust-vs-ransac")
+    parser.add_argument("--heap", choices=("keep", "default"), default="keep",
+                        help="keep: the heap policy of the nodes and the training "
+                             "(epropnp_lib.allocator.keep_freed_memory), the default; default: "
+                             "the C library's adaptive thresholds")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.heap == "keep":
+        from epropnp_lib.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if args.compare_opencv is not None:
         md = compare_opencv(args.compare_opencv or [32, 64, 128, 256, 512], args.rounds,
-                            args.threads, tuple(args.points))
+                            args.threads, tuple(args.points), args.heap)
         print(md)
         if args.write_readme:
             _write_table("cv_ratio", md)
@@ -509,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(contended_child(args.contended_child, args.rounds)))
         return
     if args.contended is not None:
-        md = contended(args.contended or [32, 256], args.rounds)
+        md = contended(args.contended or [32, 256], args.rounds, args.heap)
         print(md)
         if args.write_readme:
             _write_table("contended", md)
@@ -538,13 +554,14 @@ def main(argv: list[str] | None = None) -> None:
         if case.startswith("cv_") and args.device != "cpu":
             continue
         cmd = [sys.executable, __file__, "--case", case, "--device", args.device,
-               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+               "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--heap", args.heap]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"{case}: {rows[-1]['ms_total']:.2f} ms", file=sys.stderr)
     probe = (f" CPU speed probe (`epropnp_lib.diagnostics.small_op_time_us`, one small "
              f"tensor op): {before:.2f} us before, {small_op_time_us():.2f} us after.")
-    md = table(rows, args.device, args.threads, probe)
+    md = table(rows, args.device, args.threads, probe, args.heap)
     print(md)
     if args.write_readme:
         _write_table(args.device.split(":")[0], md)

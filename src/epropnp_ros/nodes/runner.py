@@ -14,6 +14,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
+from epropnp_lib.allocator import apply_heap_policy
 from epropnp_lib.errors import EProPnPError
 from epropnp_ros.dds import release_rclpy, use_profile
 
@@ -42,7 +43,12 @@ def run(
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # Freed tensor memory stays mapped for the next frame (epropnp_lib.allocator), unless
+        # EPROPNP_HEAP_POLICY=default.
+        heap_kept = apply_heap_policy()
         node = node_factory()
+        node.get_logger().info("heap policy: " + ("freed memory kept for reuse" if heap_kept
+                                                  else "the C library's default"))
         if node.params.autostart:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: configure failed (see above)")
