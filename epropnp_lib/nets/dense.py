@@ -4,7 +4,8 @@ An object crop ``images: (B, 3, S, S)`` with its intrinsics ``cam_mats: (B, 3, 3
 ``h x w`` maps at ``output_stride``; each map cell is one 2D-3D correspondence (``N = h * w``, or
 the ``num_points`` cells of largest weight): ``x3d: (B, N, 3)`` object coordinates (metres),
 ``x2d: (B, N, 2)`` the crop pixel of the cell's centre, ``w2d: (B, N, 2)`` weights.
-:func:`predict_pose` solves them; the losses are in :mod:`epropnp_lib.nets.dense_loss`.
+:func:`predict_pose` solves them (:func:`pool_views` first joins several crops of one object
+into one problem); the losses are in :mod:`epropnp_lib.nets.dense_loss`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ __all__ = [
     "DenseNetConfig",
     "DenseNetOutput",
     "WeightNormalization",
+    "pool_views",
     "predict_pose",
+    "solve_correspondences",
     # The loss settings of DenseNetConfig.loss and the loss of make_loss():
     "DenseLossConfig",
     "DenseNetLoss",
@@ -345,15 +348,54 @@ class DenseCorrespondenceNet(nn.Module):
 
 def predict_pose(layer: EProPnP6DoF, out: DenseNetOutput, multi_start: bool = True) -> PnPSolution:
     """Solve the PnP problem of network outputs: pose ``(B, 7)``, covariance ``(B, 6, 6)``,
-    cost, status ``(B,)`` (detached).
+    cost, status ``(B,)`` (detached); :func:`solve_correspondences` of ``out``."""
+    return solve_correspondences(layer, out.x3d, out.x2d, out.w2d, out.cam_mats, multi_start)
+
+
+def solve_correspondences(
+    layer: EProPnP6DoF,
+    x3d: torch.Tensor,
+    x2d: torch.Tensor,
+    w2d: torch.Tensor,
+    cam_mats: torch.Tensor,
+    multi_start: bool = True,
+) -> PnPSolution:
+    """The inference solve of dense correspondences ``x3d: (B, N, 3)``, ``x2d, w2d: (B, N, 2)``
+    seen with ``cam_mats: (B, 3, 3)`` (detached).
 
     With ``multi_start`` the solver also starts from its 24 rotation hypotheses (besides the
     closed-form initialisation) and keeps the optimum of lowest cost -- a global search, like
     the reference implementation's random-sample initialisation; otherwise it is
     :meth:`EProPnP6DoF.solve` from the closed form alone.
     """
-    x3d, w2d = out.x3d.detach(), out.w2d.detach()
+    x3d, w2d = x3d.detach(), w2d.detach()
     solver: SolverConfig = layer.config.solver
     if multi_start:
         solver = replace(solver, multi_start_below=x3d.shape[1] + 1)
-    return solve_pnp(x3d, out.x2d, w2d, out.cam_mats, dof=6, config=solver)
+    return solve_pnp(x3d, x2d.detach(), w2d, cam_mats, dof=6, config=solver)
+
+
+def pool_views(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, num_views: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The correspondences of ``num_views`` crops of each object as one problem per object.
+
+    Args:
+        x3d: ``(B K, N, 3)``, the ``K = num_views`` crops of an object consecutive.
+        x2d: ``(B K, N, 2)`` in one pixel frame per object (the image's, not the crops').
+        w2d: ``(B K, N, 2)`` weights in that frame.
+
+    Returns:
+        ``x3d (B, K N, 3)``, ``x2d (B, K N, 2)`` and ``w2d (B, K N, 2)``, the weights scaled by
+        ``K^-1/2``: the pooled cost is the mean of the crops' costs (a log-linear pool of
+        their likelihoods, which counts crops of the same pixels as one observation, not ``K``
+        independent ones), so ``K`` identical crops give the pose and covariance of one.
+    """
+    if num_views < 1 or x3d.shape[0] % num_views:
+        raise ConfigError(f"{x3d.shape[0]} crops are not a multiple of num_views={num_views}")
+    b = x3d.shape[0] // num_views
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, num_views * t.shape[1], t.shape[2])
+
+    return pooled(x3d), pooled(x2d), pooled(w2d) * num_views ** -0.5

@@ -311,6 +311,18 @@ class PoseEstimatorParams(CommonParams):
         "least cost (as the training evaluation solves; about 1 ms per region on one CPU "
         "thread); false: the closed-form start alone.",
     )
+    roi_crops: int = _p(
+        5,
+        "Crops per region, solved as one problem: the region, then copies moved by "
+        "roi_crop_shift to its four sides, then to its four corners. The network's dependence "
+        "on where the region sits averages out (models/README.md); each crop costs one more "
+        "network pass. 1: the region alone.",
+        lo=1, hi=9,
+    )
+    roi_crop_shift: float = _p(
+        0.05, "Move of the shifted crops, as a fraction of the region's width and height.",
+        lo=0.0, hi=0.5,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

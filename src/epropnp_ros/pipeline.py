@@ -33,8 +33,8 @@ from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
 from epropnp_lib.nets.dense import (
     DenseCorrespondenceNet,
-    DenseNetOutput,
-    predict_pose,
+    pool_views,
+    solve_correspondences,
     training_crop_scale,
 )
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
@@ -300,18 +300,18 @@ def _kept(
 
 def _solve_and_sample(
     layer: EProPnP6DoF,
-    out: DenseNetOutput,
+    problems: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     num_samples: int,
     generator: torch.Generator,
     timer: StageTimer,
     sample_iterations: int,
     multi_start: bool,
 ) -> tuple[PnPSolution, torch.Tensor | None]:
-    """Solve the ``(B,)`` problems of ``out`` (pose, covariance, status;
-    :func:`~epropnp_lib.nets.dense.predict_pose`, optionally multi-start) and draw ``(S, B,
-    dim)`` samples (``sample_iterations`` AMIS iterations)."""
-    x3d, x2d, w2d, cam_mats = out.x3d, out.x2d, out.w2d, out.cam_mats
-    sol = predict_pose(layer, out, multi_start=multi_start)
+    """Solve the ``(B,)`` problems ``(x3d, x2d, w2d, cam_mats)`` (pose, covariance, status;
+    :func:`~epropnp_lib.nets.dense.solve_correspondences`, optionally multi-start) and draw
+    ``(S, B, dim)`` samples (``sample_iterations`` AMIS iterations)."""
+    x3d, x2d, w2d, cam_mats = problems
+    sol = solve_correspondences(layer, x3d, x2d, w2d, cam_mats, multi_start=multi_start)
     timer.lap("pnp")
     samples = None
     if num_samples > 0 and x3d.shape[0] > 0:
@@ -341,6 +341,21 @@ def check_sampling(num_samples: int, sample_iterations: int) -> None:
 #: training default (``BopConfig.crop_scale``, CDPN's 1.5).
 DEFAULT_TRAINING_PADDING = BopConfig().crop_scale
 
+#: Offsets of the crops of one region in units of the shift times its width and height, in the
+#: order :attr:`PoseEstimatorSettings.roi_crops` takes them: the region, its four sides, its
+#: four corners.
+CROP_OFFSETS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1))
+
+
+def shifted_rois(rois: np.ndarray, num: int, shift: float) -> np.ndarray:
+    """``(M, num, 4)`` regions ``(x, y, w, h)``: each of ``rois: (M, 4)`` moved by the first
+    ``num`` of :data:`CROP_OFFSETS` times ``shift`` of its width and height."""
+    offsets = np.asarray(CROP_OFFSETS[:num], dtype=np.float64) * shift  # (num, 2)
+    out = np.repeat(np.asarray(rois, dtype=np.float64)[:, None], num, axis=1)
+    out[..., :2] += offsets * out[..., 2:]
+    return out
+
+
 @dataclass(frozen=True)
 class PoseEstimatorSettings:
     """Live settings of :class:`PoseEstimatorPipeline`.
@@ -357,6 +372,13 @@ class PoseEstimatorSettings:
         multi_start: the PnP solve also starts from the solver's rotation hypotheses and keeps
             the optimum of least cost (:func:`~epropnp_lib.nets.dense.predict_pose`, as the
             training evaluation solves); ``False``: the closed-form start alone.
+        roi_crops: crops per region, 1 to 9 (:func:`shifted_rois`): the region, then copies
+            moved by ``roi_crop_shift`` of its size to its four sides, then to its four
+            corners.  Their correspondences are solved as one problem
+            (:func:`~epropnp_lib.nets.dense.pool_views`), so that the network's dependence on
+            where the region happens to sit averages out (models/README.md).
+        roi_crop_shift: the move of the shifted crops, as a fraction of the region's width and
+            height.
     """
 
     num_samples: int = 32
@@ -365,9 +387,16 @@ class PoseEstimatorSettings:
     object_class: str = "object"
     seed: int = 0
     multi_start: bool = True
+    roi_crops: int = 5
+    roi_crop_shift: float = 0.05
 
     def __post_init__(self) -> None:
         check_sampling(self.num_samples, self.sample_iterations)
+        if not 1 <= self.roi_crops <= len(CROP_OFFSETS):
+            raise ConfigError(f"roi_crops must be in [1, {len(CROP_OFFSETS)}], got "
+                              f"{self.roi_crops}")
+        if not 0.0 <= self.roi_crop_shift <= 0.5:
+            raise ConfigError(f"roi_crop_shift must be in [0, 0.5], got {self.roi_crop_shift}")
         if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
                                                  and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
@@ -453,7 +482,9 @@ class PoseEstimatorPipeline:
         rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
         scores = np.ones(len(rois)) if roi_scores is None else np.asarray(roi_scores, np.float64)
         padding = self.roi_padding
-        affines = [crop_affine(r, padding, self.crop_size) for r in rois]
+        views = cfg.roi_crops
+        affines = [crop_affine(r, padding, self.crop_size)
+                   for r in shifted_rois(rois, views, cfg.roi_crop_shift).reshape(-1, 4)]
         crops = warp_crops(rgb, affines, self.crop_size)
         a = torch.as_tensor(np.stack(affines) if affines else np.zeros((0, 3, 3)),
                             dtype=torch.float32, device=self.device)
@@ -468,12 +499,16 @@ class PoseEstimatorPipeline:
         with torch.inference_mode():
             out = self.net(images, a @ k_img)
         timer.lap("network")
+        # The crops' correspondences in the pixels of the (undistorted) image, where the crops
+        # of one region meet; the weights scaled by the crops' zoom, so the cost is unchanged.
         if intrinsics.undistort is not None:
             x2d, w2d = to_image_frame(out.x2d, out.w2d, a, intrinsics.undistort)
-            out = out._replace(x2d=x2d, w2d=w2d, cam_mats=k_img.expand(len(rois), 3, 3))
+        else:
+            x2d, w2d = image_points(out.x2d, a), out.w2d * a[:, None, [0, 1], [0, 1]]
+        x3d, x2d, w2d = pool_views(out.x3d, x2d, w2d, views)
         sol, samples = _solve_and_sample(
-            self.net.pnp, out, cfg.num_samples, self.generator, timer, cfg.sample_iterations,
-            cfg.multi_start,
+            self.net.pnp, (x3d, x2d, w2d, k_img.expand(len(rois), 3, 3)), cfg.num_samples,
+            self.generator, timer, cfg.sample_iterations, cfg.multi_start,
         )
         return self._output(sol, samples, rois, scores, timer, ids)
 

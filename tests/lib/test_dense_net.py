@@ -20,6 +20,8 @@ from epropnp_lib.nets.dense import (
     DenseCorrespondenceNet,
     DenseNetConfig,
     WeightNormalization,
+    pool_views,
+    solve_correspondences,
 )
 from epropnp_lib.nets.dense_loss import (
     DenseLossConfig,
@@ -301,3 +303,28 @@ def test_random_training_subset_and_training_init() -> None:
     cost_best = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats, pose_init=best).cost
     cost_free = layer.solve(p.x3d, p.x2d, p.w2d, p.cam_mats).cost
     assert bool((cost_best <= cost_free * (1 + 1e-4) + 1e-6).all())
+
+
+def test_pooled_views_are_one_problem_per_object() -> None:
+    """K crops of each object become one problem of K N correspondences; K copies of the same
+    correspondences give the pose and covariance of one copy (the pooled cost is the mean of
+    the crops' costs), and two different halves of a problem pooled equal the whole."""
+    p = random_problems(6, 32, noise_std=1.0, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64)
+    layer = EProPnP6DoF()
+    one = solve_correspondences(layer, p.x3d, p.x2d, p.w2d, p.cam_mats)
+    rep = [t.repeat_interleave(3, dim=0) for t in (p.x3d, p.x2d, p.w2d)]
+    x3d, x2d, w2d = pool_views(*rep, 3)
+    assert x3d.shape == (6, 96, 3) and x2d.shape == w2d.shape == (6, 96, 2)
+    torch.testing.assert_close(w2d[:, :32], p.w2d / 3**0.5)
+    pooled = solve_correspondences(layer, x3d, x2d, w2d, p.cam_mats)
+    assert bool((pooled.status == SolveStatus.CONVERGED).all())
+    torch.testing.assert_close(pooled.pose, one.pose, atol=1e-7, rtol=0)
+    torch.testing.assert_close(pooled.covariance, one.covariance, rtol=1e-6, atol=1e-12)
+    # Views of different points: the halves of each problem, weights scaled back by sqrt(2).
+    halves = [t.reshape(6, 2, 16, -1).flatten(0, 1) for t in (p.x3d, p.x2d, p.w2d * 2**0.5)]
+    x3d, x2d, w2d = pool_views(*halves, 2)
+    torch.testing.assert_close(x3d, p.x3d)
+    torch.testing.assert_close(w2d, p.w2d)
+    with pytest.raises(ConfigError, match="num_views"):
+        pool_views(p.x3d, p.x2d, p.w2d, 4)

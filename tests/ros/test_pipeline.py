@@ -36,9 +36,11 @@ from epropnp_ros.pipeline import (
     Intrinsics,
     PoseEstimatorPipeline,
     PoseEstimatorSettings,
+    PoseOutput,
     check_image,
     crop_affine,
     intrinsics_from_camera,
+    shifted_rois,
     to_image_frame,
     warp_crops,
 )
@@ -314,14 +316,18 @@ def test_pose_estimator_pipeline_outputs(dense_ckpt: Path) -> None:
 
 
 def _crop_scales(pipe: PoseEstimatorPipeline, rois: np.ndarray) -> np.ndarray:
-    """``(M,)`` crop pixels per image pixel of the crops the network is given for ``rois``."""
+    """``(M,)`` crop pixels per image pixel of the crops the network is given for ``rois`` (the
+    same for all the crops of a region)."""
     seen: list[torch.Tensor] = []
     hook = pipe.net.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
     try:
         pipe.process(_image(), Intrinsics(K, None, W, H), rois)
     finally:
         hook.remove()
-    return (seen[0][:, 0, 0] / K[0, 0]).double().numpy()
+    scales = (seen[0][:, 0, 0] / K[0, 0]).double().numpy().reshape(len(rois), -1)
+    assert scales.shape[1] == pipe.settings.roi_crops
+    np.testing.assert_array_equal(scales, scales[:, :1].repeat(scales.shape[1], 1))
+    return scales[:, 0]
 
 
 def test_pose_estimator_crops_with_the_checkpoints_training_padding(
@@ -350,9 +356,10 @@ def test_pose_estimator_crops_with_the_checkpoints_training_padding(
 @pytest.mark.parametrize("multi_start", [True, False])
 def test_pose_estimator_solves_as_the_training_evaluation(dense_ckpt: Path,
                                                          multi_start: bool) -> None:
-    """The node's solve is :meth:`DenseCorrespondenceNet.predict_pose` on the same crops, with
-    or without the multi-start."""
-    settings = PoseEstimatorSettings(num_samples=0, multi_start=multi_start)
+    """With one crop per region, the node's solve is :meth:`DenseCorrespondenceNet.
+    predict_pose` on the same crops (in the image's pixels instead of the crop's), with or
+    without the multi-start."""
+    settings = PoseEstimatorSettings(num_samples=0, multi_start=multi_start, roi_crops=1)
     pipe = PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cpu", settings)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     hook = pipe.net.register_forward_pre_hook(
@@ -367,6 +374,54 @@ def test_pose_estimator_solves_as_the_training_evaluation(dense_ckpt: Path,
     np.testing.assert_allclose(np.abs((q_out * q_ref).sum(1)), 1.0, atol=1e-6)
 
 
+def test_shifted_rois_move_each_region_by_a_fraction_of_its_size() -> None:
+    rois = np.array([[10.0, 20.0, 40.0, 20.0], [0.0, 0.0, 10.0, 30.0]])
+    out = shifted_rois(rois, 5, 0.1)
+    assert out.shape == (2, 5, 4)
+    np.testing.assert_array_equal(out[:, 0], rois)  # the region itself first
+    np.testing.assert_array_equal(out[..., 2:], np.repeat(rois[:, None, 2:], 5, axis=1))
+    moves = (out[..., :2] - rois[:, None, :2]) / (0.1 * rois[:, None, 2:])
+    np.testing.assert_allclose(moves[0], [[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], atol=1e-12)
+    np.testing.assert_allclose(moves[1], moves[0], atol=1e-12)
+    assert shifted_rois(np.zeros((0, 4)), 5, 0.1).shape == (0, 5, 4)
+
+
+def test_pose_estimator_solves_the_crops_of_a_region_as_one_problem(dense_ckpt: Path) -> None:
+    """``roi_crops`` crops per region go through the network (moved as ``shifted_rois``
+    says); their correspondences make one problem per region.  Copies of the same crop
+    (``roi_crop_shift`` 0) count as one observation: the pose and covariance of one crop."""
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 60.0, 60.0]])
+    seen: list[torch.Tensor] = []
+
+    def run(crops: int, shift: float = 0.05) -> PoseOutput:
+        settings = PoseEstimatorSettings(num_samples=0, roi_crops=crops, roi_crop_shift=shift)
+        pipe = PoseEstimatorPipeline.from_checkpoint(dense_ckpt, "cpu", settings)
+        hook = pipe.net.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
+        try:
+            return pipe.process(_image(), Intrinsics(K, None, W, H), rois)
+        finally:
+            hook.remove()
+
+    one = run(1)
+    same = run(5, 0.0)
+    assert seen[1].shape[0] == 5 * len(rois)
+    assert one.num_failed == same.num_failed == 0
+    # Equal up to where the solver stops (its tolerance; the untrained network's problems are
+    # poorly conditioned); tests/lib/test_dense_net.py checks the pooling on well-posed ones.
+    np.testing.assert_allclose(same.pose, one.pose, atol=2e-3)
+    np.testing.assert_allclose(same.covariance, one.covariance,
+                               rtol=2e-2, atol=1e-3 * np.abs(one.covariance).max())
+    moved = run(3, 0.1)
+    # The crops' principal points move by the shift (in crop pixels: times the crop's zoom).
+    cams = seen[2].reshape(len(rois), 3, 3, 3)
+    zoom = cams[:, 0, 0, 0] / K[0, 0]
+    centre_shift = cams[:, 1, :2, 2] - cams[:, 0, :2, 2]
+    np.testing.assert_allclose(centre_shift[:, 0].numpy(),
+                               (-0.1 * rois[:, 2] * zoom.double().numpy()), rtol=1e-4)
+    np.testing.assert_allclose(centre_shift[:, 1].numpy(), 0.0, atol=1e-3)
+    assert moved.pose.shape == (2, 7) and np.isfinite(moved.covariance).all()
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ConfigError, match="score_threshold"):
         DetectorSettings(score_threshold=2.0)
@@ -378,6 +433,10 @@ def test_settings_validate() -> None:
         PoseEstimatorSettings(num_samples=-1)
     with pytest.raises(ConfigError, match="sample_iterations"):
         PoseEstimatorSettings(sample_iterations=0)
+    with pytest.raises(ConfigError, match="roi_crops"):
+        PoseEstimatorSettings(roi_crops=10)
+    with pytest.raises(ConfigError, match="roi_crop_shift"):
+        PoseEstimatorSettings(roi_crop_shift=-0.1)
     with pytest.raises(ConfigError, match="sample_iterations"):
         DetectorSettings(sample_iterations=9)
 

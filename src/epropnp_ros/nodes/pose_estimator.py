@@ -55,6 +55,8 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
         object_class=params.object_class,
         seed=params.seed,
         multi_start=params.multi_start,
+        roi_crops=params.roi_crops,
+        roi_crop_shift=params.roi_crop_shift,
     )
 
 
