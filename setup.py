@@ -68,6 +68,7 @@ setup(
             "epropnp-bag-play = epropnp_ros.bag_player:main",
             "epropnp-closed-loop = epropnp_ros.closed_loop:main",
             "epropnp-pose-closed-loop = epropnp_ros.pose_closed_loop:main",
+            "epropnp-pose-calibrate = epropnp_ros.pose_calibration:main",
             "epropnp-train = epropnp_training.train:main",
             "epropnp-evaluate = epropnp_training.evaluate:main",
             # ROS nodes (launch/*.launch.py refers to them by these names).

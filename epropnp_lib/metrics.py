@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 
 from epropnp_lib.checks import check_float_tensors, check_shape
-from epropnp_lib.errors import ShapeError
+from epropnp_lib.errors import ConfigError, ShapeError
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
 from epropnp_lib.geometry.rotations import (
     matrix_to_quat,
@@ -334,6 +334,43 @@ def mahalanobis_sq(
 def chi2_cdf(d2: torch.Tensor, dof: int) -> torch.Tensor:
     """CDF of the chi-square law with ``dof`` degrees of freedom at ``d2`` (any shape)."""
     return torch.special.gammainc(torch.full_like(d2, 0.5 * dof), 0.5 * d2.clamp_min(0))
+
+
+def chi2_quantile(mass: float, dof: int) -> float:
+    """The ``mass`` quantile of the chi-square law with ``dof`` degrees of freedom (bisection
+    of :func:`chi2_cdf` to float64 round-off)."""
+    if not 0.0 < mass < 1.0:
+        raise ConfigError(f"mass must be in (0, 1), got {mass}")
+    lo, hi = 0.0, float(dof)
+    while float(chi2_cdf(torch.tensor(hi, dtype=torch.float64), dof)) < mass:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if float(chi2_cdf(torch.tensor(mid, dtype=torch.float64), dof)) < mass:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def fit_temperature(d2: torch.Tensor, dof: int, mass: float = 0.95) -> float:
+    """The factor ``T`` of the covariances whose squared Mahalanobis distances are ``d2: (N,)``
+    (NaNs dropped) that puts a fraction ``mass`` of the truths inside the nominal ``mass``
+    ellipsoid: ``d2 / T`` has the chi-square(dof) ``mass`` quantile as its own ``mass``
+    quantile.  ``T > 1`` widens over-confident covariances.  Fitted on held-out data, it is
+    the covariance's post-hoc calibration (temperature scaling of the likelihood: ``exp(-cost
+    / T)`` has ``T`` times the Laplace covariance).
+
+    Raises:
+        ConfigError: no finite distance, or ``mass`` outside (0, 1).
+    """
+    check_shape(d2, ["N"], "d2")
+    vals = d2[torch.isfinite(d2)].double()
+    if vals.numel() == 0:
+        raise ConfigError("fit_temperature needs at least one finite distance")
+    return float(torch.quantile(vals, mass)) / chi2_quantile(mass, dof)
 
 
 #: Nominal coverage levels reported by :func:`calibration`.

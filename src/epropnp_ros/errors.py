@@ -13,6 +13,7 @@ __all__ = [
     "ArrayShapeError",
     "BagConversionError",
     "BagPlayError",
+    "CalibrationError",
     "CameraInfoError",
     "ClosedLoopError",
     "ConversionError",
@@ -68,6 +69,10 @@ class BagPlayError(EProPnPError):
 
 class ClosedLoopError(EProPnPError):
     """The closed loop could not run (bag, checkpoint, dataset, or the detector nodes failed)."""
+
+
+class CalibrationError(EProPnPError):
+    """A covariance calibration cannot run (unreadable data or checkpoint, nothing solved)."""
 
 
 class TransformLookupError(EProPnPError, LookupError):

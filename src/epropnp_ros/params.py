@@ -323,6 +323,13 @@ class PoseEstimatorParams(CommonParams):
         0.05, "Move of the shifted crops, as a fraction of the region's width and height.",
         lo=0.0, hi=0.5,
     )
+    likelihood_temperature: float = _p(
+        0.0,
+        "Temperature T of the likelihood exp(-cost / T) the poses are solved and sampled from: "
+        "the covariance is T times the Laplace covariance, the pose the same. 0.0: the "
+        "calibration stored in the checkpoint (epropnp-pose-calibrate; 1 without one).",
+        lo=0.0, hi=1000.0,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -32,9 +32,11 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
 from epropnp_lib.nets.dense import (
+    CALIBRATION_KEY,
     DenseCorrespondenceNet,
     pool_views,
     solve_correspondences,
+    stored_temperature,
     training_crop_scale,
 )
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
@@ -379,6 +381,10 @@ class PoseEstimatorSettings:
             where the region happens to sit averages out (models/README.md).
         roi_crop_shift: the move of the shifted crops, as a fraction of the region's width and
             height.
+        likelihood_temperature: ``T`` of the likelihood ``exp(-cost / T)`` the poses are
+            solved and sampled from (the pose is the same for any ``T``; the covariance is
+            ``T`` times the Laplace covariance of ``T = 1``); ``None``: the calibration stored
+            in the checkpoint (:attr:`PoseEstimatorPipeline.stored_temperature`), else 1.
     """
 
     num_samples: int = 32
@@ -389,6 +395,7 @@ class PoseEstimatorSettings:
     multi_start: bool = True
     roi_crops: int = 5
     roi_crop_shift: float = 0.05
+    likelihood_temperature: float | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self.num_samples, self.sample_iterations)
@@ -397,6 +404,9 @@ class PoseEstimatorSettings:
                               f"{self.roi_crops}")
         if not 0.0 <= self.roi_crop_shift <= 0.5:
             raise ConfigError(f"roi_crop_shift must be in [0, 0.5], got {self.roi_crop_shift}")
+        t = self.likelihood_temperature
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ConfigError(f"likelihood_temperature must be positive (or None), got {t}")
         if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
                                                  and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
@@ -411,6 +421,8 @@ class PoseEstimatorPipeline:
         settings: :class:`PoseEstimatorSettings` (replace :attr:`settings` to change them live).
         training_padding: the crop scale the network was trained with, used when
             ``settings.roi_padding`` is ``None`` (default :data:`DEFAULT_TRAINING_PADDING`).
+        stored_temperature: the likelihood temperature the checkpoint was calibrated with,
+            used when ``settings.likelihood_temperature`` is ``None`` (default 1).
     """
 
     def __init__(
@@ -419,12 +431,14 @@ class PoseEstimatorPipeline:
         device: torch.device,
         settings: PoseEstimatorSettings | None = None,
         training_padding: float | None = None,
+        stored_temperature: float | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.device = device
         self.settings = settings or PoseEstimatorSettings()
         self.training_padding = (DEFAULT_TRAINING_PADDING if training_padding is None
                                  else float(training_padding))
+        self.stored_temperature = 1.0 if stored_temperature is None else float(stored_temperature)
         self.crop_size = int(net.config.crop_size)
         self.object_extent = float(net.config.object_extent)
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
@@ -436,15 +450,27 @@ class PoseEstimatorPipeline:
         """Load a dense-network checkpoint (``CheckpointError`` naming the file when it is
         missing, malformed or of another kind; ``ConfigError`` for an unavailable device); the
         training padding is the crop scale stored in it (:func:`~epropnp_lib.nets.dense.
-        training_crop_scale`), else :data:`DEFAULT_TRAINING_PADDING`."""
+        training_crop_scale`), else :data:`DEFAULT_TRAINING_PADDING`; the likelihood
+        temperature is its calibration (:func:`~epropnp_lib.nets.dense.stored_temperature`),
+        else 1."""
         dev = resolve_device(device)
         net, extra = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
         stored = training_crop_scale(extra, path)
-        pipe = cls(net, dev, settings, stored)
+        pipe = cls(net, dev, settings, stored, stored_temperature(extra, path))
         logger.info("loaded dense correspondence net from %s on %s; trained on crops of %g x "
-                    "the box (%s)", path, dev, pipe.training_padding,
-                    "stored in the checkpoint" if stored is not None else "training default")
+                    "the box (%s); likelihood temperature %g (%s)", path, dev,
+                    pipe.training_padding,
+                    "stored in the checkpoint" if stored is not None else "training default",
+                    pipe.stored_temperature,
+                    "calibrated" if CALIBRATION_KEY in extra else "uncalibrated")
         return pipe
+
+    @property
+    def likelihood_temperature(self) -> float:
+        """The temperature the poses are solved and sampled with: ``settings.
+        likelihood_temperature``, else the checkpoint's calibration."""
+        t = self.settings.likelihood_temperature
+        return self.stored_temperature if t is None else t
 
     @property
     def roi_padding(self) -> float:
@@ -506,6 +532,7 @@ class PoseEstimatorPipeline:
         else:
             x2d, w2d = image_points(out.x2d, a), out.w2d * a[:, None, [0, 1], [0, 1]]
         x3d, x2d, w2d = pool_views(out.x3d, x2d, w2d, views)
+        w2d = w2d * self.likelihood_temperature ** -0.5  # cost / T
         sol, samples = _solve_and_sample(
             self.net.pnp, (x3d, x2d, w2d, k_img.expand(len(rois), 3, 3)), cfg.num_samples,
             self.generator, timer, cfg.sample_iterations, cfg.multi_start,

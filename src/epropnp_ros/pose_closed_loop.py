@@ -41,14 +41,13 @@ from vision_msgs.msg import Detection3DArray
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
 from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.errors import ConfigError, EProPnPError
-from epropnp_lib.metrics import SYMMETRY_STEPS
 from epropnp_ros.bag_player import create_publishers
 from epropnp_ros.bop_bag import CAMERA_NS, GT_TOPIC, INFO_TOPIC, ROI_TOPIC
 from epropnp_ros.dds import DISCOVERY_SETTLE_S, release_rclpy, use_profile
 from epropnp_ros.errors import ClosedLoopError
 from epropnp_ros.images import compressed_to_rgb, image_to_rgb
 from epropnp_ros.messages import stamp_to_ns
-from epropnp_ros.pose_scores import Estimate, ModelSpec, score_estimates
+from epropnp_ros.pose_scores import Estimate, model_specs, score_estimates
 from epropnp_ros.pose_video import DrawnPose, draw_poses
 from epropnp_ros.poses import msg_to_covariance, msg_to_pose
 
@@ -348,10 +347,7 @@ def run_pose_closed_loop(config: PoseClosedLoopConfig) -> PoseClosedLoopResult:
     if unknown:
         raise ClosedLoopError(f"ground-truth objects {unknown} have no model in "
                               f"{config.bop_root}/{config.dataset}")
-    specs = {n: ModelSpec(m.vertices.double().numpy(), m.diameter, m.symmetric,
-                          m.symmetries(SYMMETRY_STEPS) if m.symmetric else None)
-             for n, m in models.items()}
-    scores = score_estimates(estimates, specs)
+    scores = score_estimates(estimates, model_specs(models.values()))
     latencies = sorted(1000.0 * (f.received - f.sent) for f in processed)
     scores.update(frames_processed=len(processed), frames_dropped=len(frames) - len(processed),
                   latency_ms={"p50": float(np.percentile(latencies, 50)) if latencies else None,

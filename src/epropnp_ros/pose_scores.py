@@ -19,14 +19,16 @@ Poses ``(7,)`` ``(t, q_wxyz)`` in metres, covariances ``(6, 6)``, model points `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from epropnp_lib.data.bop import BopModel
 from epropnp_lib.geometry.symmetry import Symmetries
 from epropnp_lib.metrics import (
+    SYMMETRY_STEPS,
     PoseErrors,
     calibration,
     closest_equivalent_pose,
@@ -36,7 +38,8 @@ from epropnp_lib.metrics import (
     summarize_errors,
 )
 
-__all__ = ["COVERAGE_LEVELS", "Estimate", "ModelSpec", "score_estimates"]
+__all__ = ["COVERAGE_LEVELS", "Estimate", "ModelSpec", "mahalanobis_of", "model_specs",
+           "score_estimates"]
 
 #: Nominal coverage levels reported.
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
@@ -50,6 +53,14 @@ class ModelSpec(NamedTuple):
     diameter: float
     symmetric: bool
     symmetries: Symmetries | None = None
+
+
+def model_specs(models: Iterable[BopModel]) -> dict[str, ModelSpec]:
+    """``{name: ModelSpec}`` of BOP object models (symmetries sampled at
+    :data:`~epropnp_lib.metrics.SYMMETRY_STEPS`)."""
+    return {m.name: ModelSpec(m.vertices.double().numpy(), m.diameter, m.symmetric,
+                              m.symmetries(SYMMETRY_STEPS) if m.symmetric else None)
+            for m in models}
 
 
 class Estimate(NamedTuple):
@@ -91,6 +102,23 @@ def _calibration_truth(e: Estimate, model: ModelSpec) -> np.ndarray:
     return eq[0].numpy()
 
 
+def mahalanobis_of(estimates: Sequence[Estimate], models: Mapping[str, ModelSpec]
+                   ) -> torch.Tensor:
+    """``(M,)`` float64 squared Mahalanobis distances of the ``M`` estimates that have a pose
+    and a covariance, from the ground truth they are scored against (the closest equivalent
+    for a symmetric object), in the fixed-axes tangent convention.
+
+    Raises:
+        KeyError: an estimate's object has no model.
+    """
+    done = [(e.pose, _calibration_truth(e, models[e.object_name]), e.covariance)
+            for e in estimates if e.pose is not None and e.covariance is not None]
+    if not done:
+        return torch.zeros(0, dtype=torch.float64)
+    pred, gt, cov = (torch.as_tensor(np.stack(v)).double() for v in zip(*done, strict=True))
+    return mahalanobis_sq(pred, gt, cov)
+
+
 def score_estimates(estimates: Sequence[Estimate], models: Mapping[str, ModelSpec]
                     ) -> dict[str, Any]:
     """The report (module docstring) as plain JSON-able values.
@@ -114,13 +142,7 @@ def score_estimates(estimates: Sequence[Estimate], models: Mapping[str, ModelSpe
     if summaries:
         mean = mean_over_objects(summaries).to_dict()
         mean["deg10_cm10"] = float(np.mean([p["deg10_cm10"] for p in per_object.values()]))
-    done = [(e.pose, _calibration_truth(e, models[e.object_name]), e.covariance)
-            for e in estimates if e.pose is not None and e.covariance is not None]
-    d2 = torch.zeros(0, dtype=torch.float64)
-    if done:
-        pred, gt, cov = (torch.as_tensor(np.stack(v)).double() for v in zip(*done, strict=True))
-        d2 = mahalanobis_sq(pred, gt, cov)
-    cal = calibration(d2, 6, COVERAGE_LEVELS)
+    cal = calibration(mahalanobis_of(estimates, models), 6, COVERAGE_LEVELS)
     return {
         "protocol": "ADD(-S) at 0.02/0.05/0.1 d (ADD-S for symmetric objects), n deg n cm "
                     "and covariance coverage (symmetric objects: against the closest "

@@ -9,7 +9,7 @@ import torch
 
 from epropnp_lib import metrics
 from epropnp_lib.data.bop import LINEMOD_SYMMETRIC
-from epropnp_lib.errors import DTypeError, ShapeError
+from epropnp_lib.errors import ConfigError, DTypeError, ShapeError
 from epropnp_lib.generators.object_meshes import make_object
 from epropnp_lib.geometry.camera import transform_points
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF
@@ -320,6 +320,30 @@ def test_chi2_cdf() -> None:
     x = torch.tensor([0.0, 1.0, 10.0], dtype=torch.float64)
     # chi2(2) CDF = 1 - exp(-x/2)
     torch.testing.assert_close(metrics.chi2_cdf(x, 2), 1 - torch.exp(-x / 2))
+
+
+def test_chi2_quantile_inverts_the_cdf() -> None:
+    # chi2(2): the quantile of mass m is -2 ln(1 - m); chi2(6) at 0.95: 12.5916 (the tabulated
+    # value, e.g. scipy.stats.chi2.ppf(0.95, 6) = 12.591587...).
+    assert metrics.chi2_quantile(0.9, 2) == pytest.approx(-2 * math.log(0.1), rel=1e-12)
+    assert metrics.chi2_quantile(0.95, 6) == pytest.approx(12.591587, rel=1e-6)
+    for mass, dof in ((0.5, 6), (0.99, 4), (0.01, 3)):
+        q = torch.tensor(metrics.chi2_quantile(mass, dof), dtype=torch.float64)
+        assert float(metrics.chi2_cdf(q, dof)) == pytest.approx(mass, abs=1e-12)
+    with pytest.raises(ConfigError, match="mass"):
+        metrics.chi2_quantile(1.0, 6)
+
+
+def test_fit_temperature_undoes_a_scaled_covariance() -> None:
+    """Ground truths drawn from covariances 3x wider than predicted: T = 3 puts 95 % of them
+    back inside the 95 % ellipsoid; NaNs (failed estimates) are left out."""
+    g = torch.Generator().manual_seed(0)
+    d2 = 3.0 * torch.randn(20000, 6, generator=g, dtype=torch.float64).square().sum(-1)
+    t = metrics.fit_temperature(torch.cat((d2, torch.tensor([math.nan]))), 6, 0.95)
+    assert t == pytest.approx(3.0, rel=0.03)
+    assert metrics.calibration(d2 / t, 6).coverage[0.95] == pytest.approx(0.95, abs=1e-3)
+    with pytest.raises(ConfigError, match="finite"):
+        metrics.fit_temperature(torch.tensor([math.nan], dtype=torch.float64), 6)
 
 
 @pytest.mark.parametrize("name", ["eggbox", "can"])

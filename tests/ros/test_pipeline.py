@@ -23,6 +23,7 @@ from epropnp_lib.geometry.rotations import quat_to_matrix
 from epropnp_lib.nets.checkpoint import CheckpointError
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
 from epropnp_lib.nets.dense import (
+    CALIBRATION_KEY,
     TRAINING_DATA_KEY,
     DenseCheckpointError,
     DenseCorrespondenceNet,
@@ -422,6 +423,35 @@ def test_pose_estimator_solves_the_crops_of_a_region_as_one_problem(dense_ckpt: 
     assert moved.pose.shape == (2, 7) and np.isfinite(moved.covariance).all()
 
 
+def test_likelihood_temperature_widens_the_covariance_not_the_pose(
+        dense_ckpt: Path, tmp_path: Path) -> None:
+    """``exp(-cost / T)``: the same pose, ``T`` times the covariance; a checkpoint's stored
+    calibration is the default, an explicit setting wins, a malformed one is refused."""
+    rois = np.array([[10.0, 10.0, 50.0, 40.0], [80.0, 30.0, 60.0, 60.0]])
+
+    def run(path: Path, temperature: float | None) -> PoseOutput:
+        settings = PoseEstimatorSettings(num_samples=0, likelihood_temperature=temperature)
+        return PoseEstimatorPipeline.from_checkpoint(path, "cpu", settings).process(
+            _image(), Intrinsics(K, None, W, H), rois)
+
+    base = run(dense_ckpt, None)
+    assert PoseEstimatorPipeline.from_checkpoint(dense_ckpt).likelihood_temperature == 1.0
+    hot = run(dense_ckpt, 4.0)
+    np.testing.assert_allclose(hot.pose, base.pose, atol=1e-5)
+    np.testing.assert_allclose(hot.covariance, 4.0 * base.covariance,
+                               rtol=1e-3, atol=1e-6 * np.abs(base.covariance).max())
+    net, extra = DenseCorrespondenceNet.from_checkpoint(dense_ckpt)
+    calibrated = tmp_path / "calibrated.ckpt"
+    net.save(calibrated, extra={**extra, CALIBRATION_KEY: {"likelihood_temperature": 4.0}})
+    assert PoseEstimatorPipeline.from_checkpoint(calibrated).likelihood_temperature == 4.0
+    np.testing.assert_allclose(run(calibrated, None).covariance, hot.covariance, rtol=1e-6)
+    np.testing.assert_allclose(run(calibrated, 1.0).covariance, base.covariance, rtol=1e-6)
+    bad = tmp_path / "bad.ckpt"
+    net.save(bad, extra={CALIBRATION_KEY: {"likelihood_temperature": -1.0}})
+    with pytest.raises(DenseCheckpointError, match="likelihood_temperature"):
+        PoseEstimatorPipeline.from_checkpoint(bad)
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ConfigError, match="score_threshold"):
         DetectorSettings(score_threshold=2.0)
@@ -437,6 +467,8 @@ def test_settings_validate() -> None:
         PoseEstimatorSettings(roi_crops=10)
     with pytest.raises(ConfigError, match="roi_crop_shift"):
         PoseEstimatorSettings(roi_crop_shift=-0.1)
+    with pytest.raises(ConfigError, match="likelihood_temperature"):
+        PoseEstimatorSettings(likelihood_temperature=0.0)
     with pytest.raises(ConfigError, match="sample_iterations"):
         DetectorSettings(sample_iterations=9)
 

@@ -57,6 +57,7 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
         multi_start=params.multi_start,
         roi_crops=params.roi_crops,
         roi_crop_shift=params.roi_crop_shift,
+        likelihood_temperature=params.likelihood_temperature or None,  # 0: the checkpoint's
     )
 
 

@@ -1,0 +1,80 @@
+"""epropnp-pose-calibrate: the likelihood temperature fitted on a held-out BOP split, stored in
+a copy of the checkpoint, and used by the pose estimator from there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from epropnp_lib.data.bop import BopConfig, BopDataset
+from epropnp_lib.metrics import fit_temperature
+from epropnp_lib.nets.checkpoint import load_checkpoint
+from epropnp_lib.nets.dense import CALIBRATION_KEY
+from epropnp_ros.errors import CalibrationError
+from epropnp_ros.pipeline import PoseEstimatorPipeline, PoseEstimatorSettings
+from epropnp_ros.pose_calibration import (
+    PoseCalibrationConfig,
+    _estimates,
+    calibrate,
+    main,
+)
+from epropnp_ros.pose_scores import mahalanobis_of, model_specs
+
+
+@pytest.fixture(scope="module")
+def val_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from epropnp_lib.generators.bop import generate_bop_lm
+
+    root = tmp_path_factory.mktemp("calibration") / "bop"
+    generate_bop_lm(root, num_scenes=1, images_per_scene=3, objects=["lblock", "eggbox"],
+                    image_size=(96, 72), seed=5, split="val")
+    return root
+
+
+def test_the_fitted_temperature_is_stored_and_used(
+        val_root: Path, dense_fixture_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibrated.ckpt"
+    config = PoseCalibrationConfig(checkpoint=dense_fixture_checkpoint, bop_root=val_root,
+                                   out=out, split="val")
+    report = calibrate(config)
+    assert report["instances"] == 6 and report["solved"] == 6
+    # The temperature is fit_temperature of the uncalibrated distances of the same instances.
+    pipe = PoseEstimatorPipeline.from_checkpoint(
+        dense_fixture_checkpoint, "cpu", PoseEstimatorSettings(num_samples=0))
+    data = BopDataset(val_root, "val", config=BopConfig(crop_size=0, render_coords=False,
+                                                        min_visib_fract=config.min_visib_fract))
+    d2 = mahalanobis_of(_estimates(pipe, data, config), model_specs(data.models.values()))
+    t = report["likelihood_temperature"]
+    assert t == pytest.approx(fit_temperature(d2, 6, 0.95), rel=1e-9)
+    # The copy: the same weights, the calibration in its extra; the pipeline's default.
+    before, after = load_checkpoint(dense_fixture_checkpoint), load_checkpoint(out)
+    assert after.config == before.config
+    for name, value in before.state_dict.items():
+        assert torch.equal(after.state_dict[name], value), name
+    stored = after.extra[CALIBRATION_KEY]
+    assert stored["likelihood_temperature"] == t
+    assert (stored["roi_crops"], stored["roi_crop_shift"], stored["mass"]) == (5, 0.05, 0.95)
+    assert PoseEstimatorPipeline.from_checkpoint(out).likelihood_temperature == t
+    coverage = report["coverage_after"]
+    assert set(coverage) == {"0.5", "0.9", "0.95"}
+    assert all(0.0 <= v <= 1.0 for v in coverage.values())
+    assert np.isfinite(t) and t > 0
+
+
+def test_bad_input_is_an_error_not_a_traceback(
+        val_root: Path, dense_fixture_checkpoint: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(CalibrationError, match="none.ckpt"):
+        calibrate(PoseCalibrationConfig(checkpoint=tmp_path / "none.ckpt", bop_root=val_root,
+                                        out=tmp_path / "x.ckpt"))
+    with pytest.raises(CalibrationError, match="test"):  # the split does not exist
+        calibrate(PoseCalibrationConfig(checkpoint=dense_fixture_checkpoint,
+                                        bop_root=val_root, out=tmp_path / "x.ckpt",
+                                        split="test"))
+    assert main(["--checkpoint", str(tmp_path / "none.ckpt"), "--bop-root", str(val_root),
+                 "--out", str(tmp_path / "x.ckpt")]) == 1
+    assert "epropnp-pose-calibrate: cannot calibrate" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()
