@@ -6,20 +6,26 @@ uniform in the image its optimum is usually far from the truth.  :func:`solve_pn
 instead, batched over problems and hypotheses on the tensors' device:
 
 1. draws ``H`` random subsets of ``subset_size`` positively weighted points per problem (seeded
-   generator) and solves each (closed-form start and a few LM iterations, plain squares); a
-   problem whose best hypothesis explains few points gets more subsets, as many as a clean
-   subset needs at ``confidence`` (adaptive RANSAC), up to ``max_hypotheses``;
+   generator), each point with a chance proportional to its weight ``w_u + w_v`` (its mass), and
+   solves each (closed-form start and a few LM iterations, plain squares); a problem whose best
+   hypothesis explains little of the mass gets more subsets, as many as a clean subset needs at
+   ``confidence`` (adaptive RANSAC), up to ``max_hypotheses``;
 2. scores every hypothesis on all points by the squared weighted residual norms
-   ``r^2 = ||w (pi(y) - x2d)||^2``: the least median (LMedS) gives the robust scale ``s``, with
-   ``s^2 = median(r^2) / (2 ln 2)`` (for inliers with per-axis weighted residuals ``N(0, s^2)``,
-   ``r^2 / s^2`` is chi-square with 2 degrees of freedom, median ``2 ln 2``); the hypothesis of
-   least truncated cost ``sum min(r^2, (k s)^2)`` (MSAC, ``k = inlier_sigmas``) is kept;
+   ``r^2 = ||w (pi(y) - x2d)||^2``: the least mass-weighted median (LMedS) gives the robust
+   scale ``s``, with ``s^2 = median(r^2) / (2 ln 2)`` (for inliers with per-axis weighted
+   residuals ``N(0, s^2)``, ``r^2 / s^2`` is chi-square with 2 degrees of freedom, median ``2 ln
+   2``); the hypothesis of least truncated cost ``sum min(r^2, (k s)^2)`` (MSAC, ``k =
+   inlier_sigmas``) is kept;
 3. refines it with Levenberg-Marquardt on the inliers (``r < k s``; the others get zero weight)
-   with the Huber threshold ``k s``, re-estimating ``s`` from the inliers' mean ``r^2`` (the mean
-   of a chi-square law truncated at ``k^2``) and the inlier set after each round.
+   with the Huber threshold ``k s``, re-estimating ``s`` from the inliers' mass-weighted mean
+   ``r^2`` (the mean of a chi-square law truncated at ``k^2``) and the inlier set after each
+   round.
 
-The pose, cost and covariance are those of the last refinement's inliers; ``inlier_fraction`` is
-their share of the positively weighted points.
+The mass matters for learned correspondences: a dense network gives most of its map cells a
+weight near zero, and those cells fit any pose (their ``r^2`` is near zero); counted like the
+others they would make the median and the scale vanish.  With equal weights everything is the
+plain, unweighted method.  The pose, cost and covariance are those of the last refinement's
+inliers; ``inlier_fraction`` is their share of the mass of the positively weighted points.
 """
 
 from __future__ import annotations
@@ -103,8 +109,8 @@ class RobustPnPSolution(NamedTuple):
     :class:`~epropnp_lib.pnp.solver.PnPSolution` (of the inliers' problem), then:
 
     Attributes:
-        inlier_fraction: ``(B,)`` share of the positively weighted points that are inliers
-            (NaN where the input was invalid).  A low value means the pose
+        inlier_fraction: ``(B,)`` share of the mass (weight) of the positively weighted points
+            that lies on inliers (NaN where the input was invalid).  A low value means the pose
             explains few points: reject such fits (e.g. below 0.5, or below the outlier rate
             the application can tolerate).
         inliers: ``(B, N)`` bool, the points the final refinement used: the pose, cost and
@@ -162,9 +168,10 @@ def solve_pnp_robust(
         prob = validate_problem(space, x3d, x2d, w2d, cam_mats)
         if generator is None:
             generator = torch.Generator(device=x3d.device).manual_seed(cfg.seed)
-        active = prob.w2d.sum(-1) > 0  # (B, N): points that count
+        mass = prob.w2d[..., 0] + prob.w2d[..., 1]  # (B, N)
+        active = mass > 0  # points that count
         pts = PointSet.from_tensors(prob.x3d, prob.x2d, prob.w2d, prob.cam_mats, None)
-        pose, scale = _search(space, prob, pts, active, cfg, scfg, generator)
+        pose, scale = _search(space, prob, pts, mass, cfg, scfg, generator)
         k = cfg.inlier_sigmas
         iterations = torch.zeros_like(pose[:, 0], dtype=torch.int64)
         r2 = _sq_residuals(space, pose, pts)  # (B, N) at the current pose
@@ -179,15 +186,15 @@ def solve_pnp_robust(
             iterations = iterations + sol.iterations
             pose = torch.where(sol.pose.isfinite().all(-1, keepdim=True), sol.pose, pose)
             r2 = _sq_residuals(space, pose, pts)
-            inliers = active & (r2 < (k * scale[:, None]) ** 2)
-            count = inliers.sum(-1)
-            mean_r2 = torch.where(inliers, r2, 0.0).sum(-1) / count.clamp_min(1)
-            scale = torch.where(count > 0, (mean_r2 / _truncated_chi2_2_mean(k)).sqrt(), scale)
+            inlier_mass = mass * (active & (r2 < (k * scale[:, None]) ** 2))
+            total = inlier_mass.sum(-1)
+            mean_r2 = (inlier_mass * r2.nan_to_num(0.0)).sum(-1) / total.clamp_min(
+                torch.finfo(total.dtype).tiny)
+            scale = torch.where(total > 0, (mean_r2 / _truncated_chi2_2_mean(k)).sqrt(), scale)
             scale = scale.clamp_min(_scale_floor(prob))
     assert sol is not None  # refine_rounds >= 1
     # The inliers are those of the last refinement: the pose and covariance are theirs.
-    fraction = used.sum(-1) / active.sum(-1).clamp_min(1)
-    fraction = fraction.to(pose.dtype).masked_fill(~prob.valid, torch.nan)
+    fraction = _mass_share(used, mass).to(pose.dtype).masked_fill(~prob.valid, torch.nan)
     return RobustPnPSolution(sol.pose, sol.cost, sol.covariance, sol.status, iterations,
                              fraction, used & prob.valid[:, None], scale)
 
@@ -206,22 +213,32 @@ def _scale_floor(prob: ValidatedProblem) -> torch.Tensor:
     return (1e-6 * prob.w2d.mean(dim=(-2, -1)) * spread).clamp_min(torch.finfo(spread.dtype).tiny)
 
 
+def _mass_share(points: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` share of the mass ``(B, N)`` (zero for inactive points) on ``points: (B, N)``
+    (bool)."""
+    total = mass.sum(-1)
+    return (mass * points).sum(-1) / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
 def _search(
     space: type[PoseSpace],
     prob: ValidatedProblem,
     pts: PointSet,
-    active: torch.Tensor,
+    mass: torch.Tensor,
     cfg: RobustConfig,
     scfg: SolverConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best hypothesis ``(B, dim)`` and its robust scale ``(B,)``: a first round of
-    ``num_hypotheses`` subsets, then one more for the problems whose inlier fraction needs it."""
-    hyps = _hypotheses(space, prob, active, cfg.num_hypotheses, cfg, scfg, generator)
-    pose, scale = _best_hypothesis(space, pts, active, hyps, cfg, prob)
-    m = min(cfg.subset_size, active.shape[1])
-    frac = _inlier_fraction(space, pose, pts, active, cfg.inlier_sigmas * scale)
-    clean = frac.double().pow(m).clamp(1e-12, 1.0 - 1e-12)
+    ``num_hypotheses`` subsets, then one more for the problems whose inlier mass needs it
+    (``mass: (B, N)``, zero for the inactive points)."""
+    hyps = _hypotheses(space, prob, mass, cfg.num_hypotheses, cfg, scfg, generator)
+    pose, scale = _best_hypothesis(space, pts, mass, hyps, cfg, prob)
+    m = min(cfg.subset_size, mass.shape[1])
+    inliers = (mass > 0) & (_sq_residuals(space, pose, pts)
+                            < (cfg.inlier_sigmas * scale[:, None]) ** 2)
+    # Subsets are drawn by mass: a subset is clean with about the inlier mass share ^ m.
+    clean = _mass_share(inliers, mass).double().pow(m).clamp(1e-12, 1.0 - 1e-12)
     need = torch.log1p(torch.full_like(clean, -cfg.confidence)) / torch.log1p(-clean)
     more = (need > cfg.num_hypotheses) & prob.valid
     if not bool(more.any()):
@@ -231,36 +248,33 @@ def _search(
         return pose, scale
     sub = ValidatedProblem(prob.x3d[more], prob.x2d[more], prob.w2d[more], prob.cam_mats[more],
                            None, prob.valid[more])
-    sub_pts, sub_active = pts.select(more), active[more]
-    hyps2 = _hypotheses(space, sub, sub_active, extra, cfg, scfg, generator)
+    sub_pts, sub_mass = pts.select(more), mass[more]
+    hyps2 = _hypotheses(space, sub, sub_mass, extra, cfg, scfg, generator)
     hyps2 = torch.cat((pose[more][None], hyps2))  # the first round's best stays a candidate
-    pose2, scale2 = _best_hypothesis(space, sub_pts, sub_active, hyps2, cfg, sub)
+    pose2, scale2 = _best_hypothesis(space, sub_pts, sub_mass, hyps2, cfg, sub)
     return pose.index_put((more,), pose2), scale.index_put((more,), scale2)
-
-
-def _inlier_fraction(
-    space: type[PoseSpace], pose: torch.Tensor, pts: PointSet, active: torch.Tensor,
-    threshold: torch.Tensor,
-) -> torch.Tensor:
-    """``(B,)`` share of the active points (``(B, N)``) within ``threshold: (B,)`` of ``pose``."""
-    inl = active & (_sq_residuals(space, pose, pts) < threshold[:, None] ** 2)
-    return inl.sum(-1) / active.sum(-1).clamp_min(1)
 
 
 def _hypotheses(
     space: type[PoseSpace],
     prob: ValidatedProblem,
-    active: torch.Tensor,
+    mass: torch.Tensor,
     h: int,
     cfg: RobustConfig,
     scfg: SolverConfig,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """``(h, B, dim)`` poses solved from random subsets of the active points (``(B, N)``)."""
-    batch, n = active.shape
+    """``(h, B, dim)`` poses solved from random subsets of the active points, drawn without
+    replacement with chances proportional to their ``mass: (B, N)`` (the ``m`` largest keys
+    ``log(u) / mass``, Efraimidis-Spirakis; equal masses give uniform subsets)."""
+    batch, n = mass.shape
     m = min(cfg.subset_size, n)
-    keys = torch.rand((h, batch, n), generator=generator, device=active.device)
-    keys = keys.masked_fill(~active, -1.0)  # inactive points only when too few are active
+    keys = torch.rand((h, batch, n), generator=generator, device=mass.device)
+    if mass.dtype != keys.dtype:
+        keys = keys.to(mass.dtype)
+    keys = keys.log_().div_(mass.clamp_min(torch.finfo(mass.dtype).tiny))
+    # Inactive points only when too few are active (a uniform key below every active one's).
+    keys = torch.where(mass > 0, keys, -torch.inf)
     idx = keys.topk(m, dim=-1).indices  # (H, B, m)
 
     def gather(t: torch.Tensor) -> torch.Tensor:
@@ -279,6 +293,21 @@ def _hypotheses(
     return pose.unflatten(0, (h, batch))
 
 
+def _weighted_median(r2: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``(H, B)`` lower median of ``r2: (H, B, N)`` with each point counted by its ``mass: (B,
+    N)`` (inactive points: 0): the least value at which the mass at or below it reaches half
+    of the total (NaN values sort last).  Equal masses give the ``(N + 1) // 2``-th smallest."""
+    total = mass.sum(-1, dtype=torch.float64)  # (B,)
+    if bool(((mass == mass[:, :1]) | (total[:, None] == 0)).all()):  # equal masses: no sort
+        return r2.kthvalue((mass.shape[1] + 1) // 2, dim=-1).values
+    order = r2.argsort(dim=-1)
+    cum = mass.double().expand_as(r2).gather(-1, order).cumsum(-1)
+    # The first point whose cumulated mass reaches half the total (a relative margin for the
+    # round-off of the cumulative sum).
+    below = (cum < 0.5 * total[:, None] * (1.0 - 1e-9)).sum(-1, keepdim=True)
+    return r2.gather(-1, order.gather(-1, below.clamp_max(r2.shape[-1] - 1)))[..., 0]
+
+
 def _sq_residuals(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> torch.Tensor:
     """Squared weighted residual norms ``S + (N,)`` at ``pose: S + (dim,)``."""
     res = point_terms(space, pose, pts).residual
@@ -288,21 +317,18 @@ def _sq_residuals(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> 
 def _best_hypothesis(
     space: type[PoseSpace],
     pts: PointSet,
-    active: torch.Tensor,
+    mass: torch.Tensor,
     hyps: torch.Tensor,
     cfg: RobustConfig,
     prob: ValidatedProblem,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The MSAC-best hypothesis ``(B, dim)`` of ``hyps: (H, B, dim)`` and the LMedS scale
-    ``(B,)``."""
-    h, batch, n = hyps.shape[0], *active.shape
+    ``(B,)`` (the mass-weighted median, ``mass: (B, N)``, zero for the inactive points)."""
+    h, batch, n = hyps.shape[0], *mass.shape
+    active = mass > 0
     step = max(1, _SCORE_CHUNK // max(1, batch * n))
     r2 = torch.cat([_sq_residuals(space, hyps[i:i + step], pts) for i in range(0, h, step)])
-    if bool(active.all()):
-        median = r2.kthvalue((n + 1) // 2, dim=-1).values.nan_to_num(torch.inf)  # (H, B)
-    else:
-        r2 = r2.masked_fill(~active, torch.nan)  # (H, B, N)
-        median = r2.nanmedian(dim=-1).values.nan_to_num(torch.inf)
+    median = _weighted_median(r2, mass).nan_to_num(torch.inf)  # (H, B)
     lmeds = median.argmin(0)  # (B,)
     best_median = median.gather(0, lmeds[None])[0]
     floor = _scale_floor(prob)

@@ -81,6 +81,28 @@ def test_robust_mode_on_twenty_percent_outliers() -> None:
     assert torch.isfinite(sol.covariance).all()
 
 
+def test_robust_mode_on_learned_weights() -> None:
+    """Correspondences as a dense network gives them: most points (background cells) carry a
+    weight near zero and fit any pose; a fifth of the weighted ones are gross outliers.  The
+    subsets are drawn and the scale is measured by weight, so robust mode finds the pose; with
+    every point counted alike, the near-zero ones would make the median scale vanish."""
+    p, truth = _outlier_set(64, seed=3)
+    g = _gen(7)
+    background = torch.rand(p.x2d.shape[:2], generator=g) < 0.7  # (B, N)
+    w = torch.where(background, 1e-4, 1.0)[..., None] * torch.rand(
+        p.x2d.shape[:2] + (1,), generator=g).add_(0.5)
+    p = p._replace(w2d=p.w2d * w)
+    sol = solve_pnp_robust(p.x3d, p.x2d, p.w2d, p.cam_mats)
+    err = _rotation_error_deg(sol.pose, p.pose)
+    assert (err > 5).float().mean() <= 0.02, err.sort().values[-5:]
+    assert err.median() < 1.0
+    # The inlier mass: the clean points' share of all the weight (about 0.8; an outlier that
+    # happens to land near its true projection counts as an inlier).
+    mass = p.w2d.sum(-1)
+    gap = (sol.inlier_fraction - (mass * truth).sum(-1) / mass.sum(-1)).abs()
+    assert gap.median() <= 0.01 and gap.max() <= 0.05, gap.max()
+
+
 def test_robust_mode_on_outliers_4dof() -> None:
     p, _ = _outlier_set(128, dof=4, seed=1)
     default = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=4)
