@@ -12,9 +12,10 @@ faults and 1.7 ms of system time per 6 ms solve in one process, none in the next
 :func:`keep_freed_memory` fixes both thresholds (glibc's ``mallopt``): blocks below
 ``mmap_threshold`` come from the heap, and up to ``trim_threshold`` of freed heap stays mapped
 for the next batch.  It changes the whole process, so the library never calls it on its own:
-the ROS nodes (through :func:`apply_heap_policy`) and the benchmarks do, as their process
-policy.  The cost is resident memory: up to ``trim_threshold`` of freed heap is kept.  On a C
-library other than glibc (musl, macOS) it does nothing and returns ``False``.
+the ROS nodes and the training entry point (through :func:`apply_heap_policy`) and the
+benchmarks do, as their process policy.  The cost is resident memory: up to
+``trim_threshold`` of freed heap is kept.  On a C library other than glibc (musl, macOS) it
+does nothing and returns ``False``.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ HEAP_POLICY_ENV = "EPROPNP_HEAP_POLICY"
 
 
 def apply_heap_policy(environ: Mapping[str, str] | None = None) -> bool:
-    """The process policy of the node executables: :func:`keep_freed_memory` unless the
-    environment (default ``os.environ``) sets ``EPROPNP_HEAP_POLICY=default``.
+    """The process policy of the node executables and the training entry point:
+    :func:`keep_freed_memory` unless the environment (default ``os.environ``) sets
+    ``EPROPNP_HEAP_POLICY=default``.
 
     Returns:
         whether the policy is in force (``False`` when disabled or not on glibc).

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from epropnp_lib.allocator import apply_heap_policy
 from epropnp_lib.errors import EProPnPError
 
 from .config import load_config, task_module
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper() if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
+        # Freed tensor memory stays mapped for the next step (epropnp_lib.allocator; the Monte
+        # Carlo loss ~7 % faster), unless EPROPNP_HEAP_POLICY=default.
+        if apply_heap_policy():
+            logger.info("heap policy: freed memory kept for reuse")
         cfg = load_config(args.config, args.overrides)
         task = task_module(cfg.task).build_task(cfg)
         result = train(cfg, task, resume=args.resume, stop_at_step=args.stop_after)
