@@ -6,8 +6,9 @@ covariance and posterior samples out (numpy, camera frame).
 (dense correspondence network, 6DoF, one object, square crops) both predict correspondences in
 network pixels, map them to undistorted image pixels when the camera is distorted
 (:func:`to_image_frame`), and solve each object once (the pose estimator: the
-correspondences of all the crops of its region, in image pixels, as one problem).  This module holds the shared pieces
-(intrinsics, outputs, input checks, stage timing) and the pose estimator.
+correspondences of all the crops of its region, in image pixels, as one problem).  This
+module holds the shared pieces (intrinsics, outputs, input checks, stage timing) and the
+pose estimator.
 Bad input raises :class:`~epropnp_ros.errors.PipelineInputError`; a missing or malformed
 checkpoint the network's ``CheckpointError`` -- never random weights.
 """
