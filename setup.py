@@ -69,6 +69,7 @@ setup(
             "epropnp-closed-loop = epropnp_ros.closed_loop:main",
             "epropnp-pose-closed-loop = epropnp_ros.pose_closed_loop:main",
             "epropnp-pose-calibrate = epropnp_ros.pose_calibration:main",
+            "epropnp-detector-calibrate = epropnp_ros.detector_calibration:main",
             "epropnp-train = epropnp_training.train:main",
             "epropnp-evaluate = epropnp_training.evaluate:main",
             # ROS nodes (launch/*.launch.py refers to them by these names).

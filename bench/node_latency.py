@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 # ROS, torch and the package are imported inside the functions, after main() has set the ROS
 # environment (AMENT_PREFIX_PATH, ROS_DOMAIN_ID, discovery range).
@@ -111,7 +112,10 @@ def _node_command(scale: float, args: argparse.Namespace, ckpt: Path) -> list[st
         "-r", f"__ns:={NS}", "-p", f"checkpoint:={ckpt}", "-p", "autostart:=true",
         *(["-p", "score_threshold:=0.0"] if not args.checkpoint else []),
         "-p", f"input_scale:={scale}",
-        "-p", f"num_posterior_samples:={args.samples}", "-p", f"torch_threads:={args.threads}",
+        *(["-p", f"num_posterior_samples:={args.samples}"] if args.samples is not None else []),
+        *(["-p", f"posterior_iterations:={args.iterations}"]
+          if args.iterations is not None else []),
+        "-p", f"torch_threads:={args.threads}",
         "-p", "diagnostics_period:=0.5",
         "-p", f"qos_overrides.{NS}/image.subscription.reliability:=reliable",
         "-p", f"qos_overrides.{NS}/camera_info.subscription.reliability:=reliable",
@@ -277,6 +281,15 @@ def run_size(
                 proc.kill()
 
 
+def _samples_text(args: argparse.Namespace) -> str:
+    """The posterior draw of the run, as the table reports it."""
+    defaults = yaml.safe_load((REPO / "config" / "detector.yaml").read_text())
+    node = defaults["/**"]["ros__parameters"]
+    samples = node["num_posterior_samples"] if args.samples is None else args.samples
+    iterations = node["posterior_iterations"] if args.iterations is None else args.iterations
+    return f"{samples} (from {iterations} AMIS iterations)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1600x900:0.4,640x480:1.0",
@@ -284,7 +297,10 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=30, help="closed-loop frames measured")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--detections", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=32, help="posterior samples per object")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="posterior samples per object (default: config/detector.yaml's)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="AMIS iterations of the samples (default: config/detector.yaml's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the node")
     parser.add_argument("--rate", type=float, default=20.0, help="open-loop publish rate (Hz)")
     parser.add_argument("--seconds", type=float, default=5.0, help="open-loop duration")
@@ -327,7 +343,7 @@ def main() -> int:
           f"Device: CPU {platform.machine()}, node torch threads {args.threads}, "
           f"OMP_WAIT_POLICY {args.wait_policy}, "
           f"{'one busy process beside the node, ' if args.contended else ''}"
-          f"{os.cpu_count()} cores; torch {torch.__version__}; {args.samples} posterior "
+          f"{os.cpu_count()} cores; torch {torch.__version__}; {_samples_text(args)} posterior "
           f"samples per detection. CPU speed probe (one small tensor op, "
           f"`epropnp_lib.diagnostics.small_op_time_us`): {before:.2f} us before, "
           f"{small_op_time_us():.2f} us after.")

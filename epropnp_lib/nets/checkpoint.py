@@ -16,6 +16,7 @@ final name.  :func:`load_model` rebuilds a network from its file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import Field
@@ -31,6 +32,7 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.nets.backbone import BackboneConfig
 
 __all__ = [
+    "CALIBRATION_KEY",
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
@@ -38,12 +40,17 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "stored_temperature",
     "wrong_kind_message",
 ]
 
 _FORMAT = "epropnp-checkpoint"
 #: Version of the file layout above; bumped on incompatible changes.
 FORMAT_VERSION = 1
+#: Key of a network checkpoint's ``extra`` holding the post-hoc calibration of its
+#: likelihood: ``likelihood_temperature`` ``T`` (the model's poses are published from
+#: ``exp(-cost / T)``) and how it was fitted; absent in checkpoints never calibrated.
+CALIBRATION_KEY = "calibration"
 
 
 class CheckpointError(ConfigError):
@@ -149,6 +156,25 @@ KIND_ORIGINS = {
     "training_state": "a training run's resumable state (python -m epropnp_training.train "
                       "--resume)",
 }
+
+
+def stored_temperature(extra: Mapping[str, Any], path: str | os.PathLike[str] = "checkpoint",
+                       error: type[CheckpointError] = CheckpointError) -> float | None:
+    """The likelihood temperature stored in a checkpoint's ``extra`` under
+    :data:`CALIBRATION_KEY`, or ``None`` when it has none.
+
+    Raises:
+        error: the stored value is not a positive finite number.
+    """
+    data = extra.get(CALIBRATION_KEY)
+    if not isinstance(data, dict) or "likelihood_temperature" not in data:
+        return None
+    value = data["likelihood_temperature"]
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not (math.isfinite(value) and value > 0):
+        raise error(f"{path}: extra.{CALIBRATION_KEY}.likelihood_temperature must be a "
+                    f"positive number, got {value!r}")
+    return float(value)
 
 
 def wrong_kind_message(path: Path, found: str, expected: str) -> str:

@@ -32,9 +32,7 @@ from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, solve_pnp
 
 __all__ = [
     "CHECKPOINT_KIND",
-    "CALIBRATION_KEY",
     "TRAINING_DATA_KEY",
-    "stored_temperature",
     "training_crop_scale",
     "DenseCheckpointError",
     "DenseCorrespondenceNet",
@@ -56,10 +54,6 @@ CHECKPOINT_KIND = "dense_correspondence_net"
 #: Key of a checkpoint's ``extra`` holding the reader options the network was trained with
 #: (``to_dict`` of :class:`epropnp_lib.data.bop.BopConfig`; absent in older checkpoints).
 TRAINING_DATA_KEY = "bop"
-#: Key of a checkpoint's ``extra`` holding the post-hoc calibration of its covariances:
-#: ``likelihood_temperature`` (:func:`epropnp_lib.metrics.fit_temperature`) and how it was
-#: fitted (absent in checkpoints never calibrated).
-CALIBRATION_KEY = "calibration"
 
 #: ImageNet statistics (torchvision backbones expect normalised inputs).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,24 +79,6 @@ def training_crop_scale(extra: dict[str, Any], path: str | Path = "checkpoint") 
             or not (math.isfinite(value) and value > 0):
         raise DenseCheckpointError(f"{path}: extra.{TRAINING_DATA_KEY}.crop_scale must be a "
                                    f"positive number, got {value!r}")
-    return float(value)
-
-
-def stored_temperature(extra: dict[str, Any], path: str | Path = "checkpoint") -> float | None:
-    """The likelihood temperature stored in a checkpoint's ``extra`` under
-    :data:`CALIBRATION_KEY`, or ``None`` when it has none.
-
-    Raises:
-        DenseCheckpointError: the stored value is not a positive finite number.
-    """
-    data = extra.get(CALIBRATION_KEY)
-    if not isinstance(data, dict) or "likelihood_temperature" not in data:
-        return None
-    value = data["likelihood_temperature"]
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not (math.isfinite(value) and value > 0):
-        raise DenseCheckpointError(f"{path}: extra.{CALIBRATION_KEY}.likelihood_temperature "
-                                   f"must be a positive number, got {value!r}")
     return float(value)
 
 

@@ -26,6 +26,7 @@ autograd), built from the same core, :func:`point_terms`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -302,8 +303,32 @@ def evaluate_cost(
     )
 
 
+def tempered_weights(w2d: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Weights ``(..., N, 2)`` whose cost is ``cost / temperature``: the likelihood
+    ``exp(-cost / T)`` of a post-hoc calibration (temperature scaling).
+
+    The cost is homogeneous of degree 2 in the weights: the residuals ``f_i`` scale with
+    ``w2d`` and so does the adaptive threshold (``mean(w2d)``), so ``rho`` scales with the
+    square.  Scaling the weights by ``T ** -0.5`` therefore keeps the optimal pose and
+    multiplies the Laplace covariance by ``T`` (:func:`epropnp_lib.pnp.solver.
+    temper_solution` does the same to a solution already computed).  A fixed absolute
+    ``HuberConfig.delta`` breaks the homogeneity in the kernel's linear part.
+
+    Raises:
+        ConfigError: ``temperature`` is not a positive finite number.
+    """
+    check_temperature(temperature)
+    return w2d if temperature == 1.0 else w2d * temperature ** -0.5
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise ``ConfigError`` unless ``temperature`` is a positive finite number."""
+    if isinstance(temperature, bool) or not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"likelihood_temperature must be positive, got {temperature}")
+
+
 __all__ = [
     "NO_KERNEL", "CostTerms", "HuberConfig", "PointSet", "PointTerms", "augmented_normal_matrix",
     "evaluate_cost", "huber", "point_spread_sq",
-    "normal_equations_from_rows", "point_terms",
+    "normal_equations_from_rows", "point_terms", "tempered_weights", "check_temperature",
 ]

@@ -28,6 +28,7 @@ from epropnp_lib.pnp.cost import (
     HuberConfig,
     PointSet,
     augmented_normal_matrix,
+    check_temperature,
     normal_equations_from_rows,
     point_spread_sq,
     point_terms,
@@ -123,6 +124,21 @@ class PnPSolution(NamedTuple):
     covariance: torch.Tensor
     status: torch.Tensor
     iterations: torch.Tensor
+
+
+def temper_solution(solution: PnPSolution, temperature: float) -> PnPSolution:
+    """``solution`` of the tempered likelihood ``exp(-cost / T)``: the same pose, status and
+    iterations, ``cost / T`` and ``T`` times the covariance (the solution of the weights
+    :func:`~epropnp_lib.pnp.cost.tempered_weights`, without solving again).
+
+    Raises:
+        ConfigError: ``temperature`` is not a positive finite number.
+    """
+    check_temperature(temperature)
+    if temperature == 1.0:
+        return solution
+    return solution._replace(cost=solution.cost / temperature,
+                             covariance=solution.covariance * temperature)
 
 
 def normal_equations(terms: CostTerms) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -38,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from epropnp_lib.errors import ConfigError, EProPnPError
 
@@ -142,6 +143,19 @@ class DemoResult(NamedTuple):
     nds: float
     mean_ap: float
     objects: ObjectsResult | None = None
+    street_line: str = ""
+
+
+def street_score_line(scores: dict[str, Any]) -> str:
+    """The street's score line of a closed loop's ``scores.json``: NDS, mAP, mAOE and the
+    fraction of true headings inside the 90 % highest-density region of the posterior
+    samples (with the number of matched detections)."""
+    heading = scores.get("calibration", {}).get("heading_samples", {})
+    frac = heading.get("hdr90_fraction", math.nan)
+    hdr = f"{frac:.2f}" if math.isfinite(frac) else "n/a"
+    return (f"NDS {scores['nds']:.3f}  mAP {scores['mean_ap']:.3f}  "
+            f"mAOE {scores['tp_errors']['orient_err']:.2f} rad  heading HDR90 {hdr} "
+            f"({heading.get('num_matched', 0)} matched)")
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -191,11 +205,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
         detector_params=DEMO_PARAMS + config.detector_params, per_camera=config.per_camera,
     ))
     s = result.scores
-    _step(f"    NDS {s['nds']:.3f}  mAP {s['mean_ap']:.3f}")
+    line = street_score_line(s)
+    _step(f"    {line}")
     objects = _run_objects(config, pose_checkpoint, out) if config.objects else None
     _step(f"done in {time.monotonic() - t0:.0f} s")
     return DemoResult(dataroot, bag, result.results_path, result.scores_path, result.video_path,
-                      loop_out / "frames", float(s["nds"]), float(s["mean_ap"]), objects)
+                      loop_out / "frames", float(s["nds"]), float(s["mean_ap"]), objects,
+                      line)
 
 
 def _run_objects(config: DemoConfig, checkpoint: Path, out: Path) -> ObjectsResult:
@@ -267,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EProPnPError, ConfigError) as exc:
         print(f"epropnp demo: error: {exc}", file=sys.stderr)
         return 2
-    print(f"\nstreet:  NDS {result.nds:.3f}  mAP {result.mean_ap:.3f}  (official DetectionEval, "
-          "detection_cvpr_2019, on the generated mini_val scene)")
+    print(f"\nstreet:  {result.street_line}  (official DetectionEval, detection_cvpr_2019, "
+          "on the generated mini_val scene)")
     objects = result.objects
     if objects is not None:
         print(f"objects: {objects.score_line}  (held-out generated BOP scenes, "

@@ -5,7 +5,11 @@ detections with covariance and posterior samples out (numpy, camera frame).
 (resized by ``input_scale``), solves every candidate once (in undistorted image pixels for a
 distorted camera, :func:`~epropnp_ros.pipeline.to_image_frame`), lets the network select the
 detections (score, BEV NMS) and draws their posterior samples; a batch of images (a camera
-rig) shares one forward per image size, one solve and one sampling call. Shared pieces
+rig) shares one forward per image size, one solve and one sampling call.  The published
+covariances and samples are those of the likelihood ``exp(-cost / T)``, ``T`` the
+checkpoint's calibration (``epropnp-detector-calibrate``, :mod:`epropnp_ros.
+detector_calibration`) unless the settings override it; the detections themselves do not
+depend on ``T``.  Shared pieces
 (intrinsics, outputs, timing, the pose estimator) are in :mod:`epropnp_ros.pipeline`.
 """
 
@@ -23,11 +27,13 @@ import torch
 from epropnp_lib.data.nuscenes import NUSCENES_CLASSES
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_temperature
+from epropnp_lib.nets.deformable import DeformableCheckpointError, DeformableCorrespondenceNet
 from epropnp_lib.nets.deformable.inference import Queries, merge_queries, take_solution
+from epropnp_lib.pnp.cost import check_temperature, tempered_weights
+from epropnp_lib.pnp.solver import temper_solution
 from epropnp_ros.errors import PipelineInputError
 from epropnp_ros.pipeline import (
-    SAMPLE_ITERATIONS,
     DetectorOutput,
     Intrinsics,
     StageTimer,
@@ -49,19 +55,30 @@ class DetectorSettings:
         max_detections: most detections kept (highest scores).
         input_scale: resize factor of the image before the network (0: the network's own).
         num_samples: posterior samples per detection (0: none).
-        sample_iterations: AMIS iterations the samples are resampled from (:data:
-            `SAMPLE_ITERATIONS`).
+        sample_iterations: AMIS iterations the samples are resampled from.  The heading
+            posterior is often bimodal (front and back): the detector draws 64 samples from
+            the paper's 4 iterations where the pose estimator's 32 from
+            :data:`~epropnp_ros.pipeline.SAMPLE_ITERATIONS` suffice, and its calibration
+            (``epropnp-detector-calibrate``) is fitted for this draw.
         seed: seed of the sampling generator (used when the pipeline is built).
+        likelihood_temperature: ``T`` of the likelihood ``exp(-cost / T)`` the covariances
+            and posterior samples are published from (the detections and their poses are
+            the same for any ``T``; the covariance is ``T`` times the Laplace covariance of
+            ``T = 1``); ``None``: the calibration stored in the checkpoint
+            (:attr:`DetectorPipeline.stored_temperature`), else 1.
     """
 
     score_threshold: float = 0.15
     max_detections: int = 50
     input_scale: float = 0.0
-    num_samples: int = 32
-    sample_iterations: int = SAMPLE_ITERATIONS
+    num_samples: int = 64
+    sample_iterations: int = 4
     seed: int = 0
+    likelihood_temperature: float | None = None
 
     def __post_init__(self) -> None:
+        if self.likelihood_temperature is not None:
+            check_temperature(self.likelihood_temperature)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if self.max_detections < 1:
@@ -84,6 +101,8 @@ class DetectorPipeline:
         net: the deformable network (eval mode is set here).
         device: where it runs.
         settings: :class:`DetectorSettings` (replace :attr:`settings` to change them live).
+        stored_temperature: the likelihood temperature the checkpoint was calibrated with,
+            used when ``settings.likelihood_temperature`` is ``None`` (default 1).
     """
 
     def __init__(
@@ -91,10 +110,13 @@ class DetectorPipeline:
         net: DeformableCorrespondenceNet,
         device: torch.device,
         settings: DetectorSettings | None = None,
+        stored_temperature: float | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.device = device
         self.settings = settings or DetectorSettings()
+        self.stored_temperature = 1.0 if stored_temperature is None else float(stored_temperature)
+        check_temperature(self.stored_temperature)
         self.class_names: tuple[str, ...] = tuple(NUSCENES_CLASSES)
         if self.net.config.num_classes != len(self.class_names):
             raise ConfigError(
@@ -108,11 +130,24 @@ class DetectorPipeline:
         cls, path: str | Path, device: str = "cpu", settings: DetectorSettings | None = None
     ) -> DetectorPipeline:
         """Load a deformable-network checkpoint (``CheckpointError`` naming the file when it
-        is missing, malformed or of another kind; ``ConfigError`` for an unavailable device)."""
+        is missing, malformed or of another kind; ``ConfigError`` for an unavailable device);
+        the likelihood temperature is its calibration (:func:`~epropnp_lib.nets.checkpoint.
+        stored_temperature`), else 1."""
         dev = resolve_device(device)
-        net = DeformableCorrespondenceNet.from_checkpoint(path, map_location=dev)
-        logger.info("loaded deformable correspondence net from %s on %s", path, dev)
-        return cls(net, dev, settings)
+        net, extra = DeformableCorrespondenceNet.load(path, map_location=dev)
+        pipe = cls(net, dev, settings,
+                   stored_temperature(extra, path, DeformableCheckpointError))
+        logger.info("loaded deformable correspondence net from %s on %s; likelihood "
+                    "temperature %g (%s)", path, dev, pipe.stored_temperature,
+                    "calibrated" if CALIBRATION_KEY in extra else "uncalibrated")
+        return pipe
+
+    @property
+    def likelihood_temperature(self) -> float:
+        """The temperature the covariances and samples are published with: ``settings.
+        likelihood_temperature``, else the checkpoint's calibration."""
+        t = self.settings.likelihood_temperature
+        return self.stored_temperature if t is None else t
 
     def score_floor(self, threshold: float) -> float:
         """The network's score threshold for a live ``threshold``: never below the
@@ -169,13 +204,16 @@ class DetectorPipeline:
                 timer.lap("pnp")
                 kept = self.net.select(q, sol, score_threshold=floor)
                 boxes = q.boxes(sol)
+                # The calibrated likelihood exp(-cost / T): the same poses, T x covariance.
+                temp = self.likelihood_temperature
+                sol = temper_solution(sol, temp)
                 per_image = [(boxes.select(k), sol.covariance[k]) for k in kept]
                 every = torch.cat(kept)
                 if cfg.num_samples > 0 and every.numel() > 0:
                     drawn = self.net.pose_samples(
-                        q.x3d[every], x2d[every], w2d[every], cams[every],
-                        take_solution(sol, every), cfg.num_samples, self.generator,
-                        cfg.sample_iterations)
+                        q.x3d[every], x2d[every], tempered_weights(w2d[every], temp),
+                        cams[every], take_solution(sol, every), cfg.num_samples,
+                        self.generator, cfg.sample_iterations)
                     samples = list(drawn.split([k.numel() for k in kept], dim=1))
                 timer.lap("sampling")
         return [self._output(cfg, b, c, s, timer)

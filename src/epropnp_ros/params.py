@@ -205,6 +205,14 @@ class CommonParams:
         "training uses the paper's 4, publishing needs fewer).",
         lo=1, hi=8,
     )
+    likelihood_temperature: float = _p(
+        0.0,
+        "Temperature T of the likelihood exp(-cost / T) the covariances and posterior samples "
+        "are published from: the covariance is T times the Laplace covariance, the pose the "
+        "same. 0.0: the calibration stored in the checkpoint (epropnp-detector-calibrate, "
+        "epropnp-pose-calibrate; 1 without one).",
+        lo=0.0, hi=1000.0,
+    )
     publish_markers: bool = _p(True, "Publish the 'markers' MarkerArray.")
     publish_tf: bool = _p(
         False, "Broadcast one TF frame per object on /tf. Read in on_configure."
@@ -252,6 +260,17 @@ class CommonParams:
 class DetectorParams(CommonParams):
     """Parameters of the ``detector`` node (deformable correspondence network, 4DoF)."""
 
+    num_posterior_samples: int = _p(
+        64, "Equally-weighted pose samples per object on the 'pose_samples' PoseArray (0: none). "
+        "The detector's heading posterior is often bimodal (front and back): 64 samples from "
+        "4 AMIS iterations estimate it well enough for its calibration (models/README.md).",
+        lo=0, hi=1024,
+    )
+    posterior_iterations: int = _p(
+        4, "AMIS iterations the published samples are resampled from (K' = 128 samples each; "
+        "the paper's 4).",
+        lo=1, hi=8,
+    )
     score_threshold: float = _p(
         0.15,
         "Least detection score (class score x 3D localisation score) that is published. "
@@ -322,13 +341,6 @@ class PoseEstimatorParams(CommonParams):
     roi_crop_shift: float = _p(
         0.05, "Move of the shifted crops, as a fraction of the region's width and height.",
         lo=0.0, hi=0.5,
-    )
-    likelihood_temperature: float = _p(
-        0.0,
-        "Temperature T of the likelihood exp(-cost / T) the poses are solved and sampled from: "
-        "the covariance is T times the Laplace covariance, the pose the same. 0.0: the "
-        "calibration stored in the checkpoint (epropnp-pose-calibrate; 1 without one).",
-        lo=0.0, hi=1000.0,
     )
 
     def __post_init__(self) -> None:

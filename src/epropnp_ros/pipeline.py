@@ -33,14 +33,15 @@ from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.camera import image_points, pixel_affine
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_temperature
 from epropnp_lib.nets.dense import (
-    CALIBRATION_KEY,
+    DenseCheckpointError,
     DenseCorrespondenceNet,
     pool_views,
     solve_correspondences,
-    stored_temperature,
     training_crop_scale,
 )
+from epropnp_lib.pnp.cost import check_temperature, tempered_weights
 from epropnp_lib.pnp.solver import PnPSolution, SolveStatus
 from epropnp_ros.camera_model import CameraModel, undistort_points
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
@@ -406,9 +407,8 @@ class PoseEstimatorSettings:
                               f"{self.roi_crops}")
         if not 0.0 <= self.roi_crop_shift <= 0.5:
             raise ConfigError(f"roi_crop_shift must be in [0, 0.5], got {self.roi_crop_shift}")
-        t = self.likelihood_temperature
-        if t is not None and not (math.isfinite(t) and t > 0):
-            raise ConfigError(f"likelihood_temperature must be positive (or None), got {t}")
+        if self.likelihood_temperature is not None:
+            check_temperature(self.likelihood_temperature)
         if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
                                                  and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
@@ -453,12 +453,13 @@ class PoseEstimatorPipeline:
         missing, malformed or of another kind; ``ConfigError`` for an unavailable device); the
         training padding is the crop scale stored in it (:func:`~epropnp_lib.nets.dense.
         training_crop_scale`), else :data:`DEFAULT_TRAINING_PADDING`; the likelihood
-        temperature is its calibration (:func:`~epropnp_lib.nets.dense.stored_temperature`),
+        temperature is its calibration (:func:`~epropnp_lib.nets.checkpoint.stored_temperature`),
         else 1."""
         dev = resolve_device(device)
         net, extra = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
         stored = training_crop_scale(extra, path)
-        pipe = cls(net, dev, settings, stored, stored_temperature(extra, path))
+        pipe = cls(net, dev, settings, stored,
+                   stored_temperature(extra, path, DenseCheckpointError))
         logger.info("loaded dense correspondence net from %s on %s; trained on crops of %g x "
                     "the box (%s); likelihood temperature %g (%s)", path, dev,
                     pipe.training_padding,
@@ -534,7 +535,7 @@ class PoseEstimatorPipeline:
         else:
             x2d, w2d = image_points(out.x2d, a), out.w2d * a[:, None, [0, 1], [0, 1]]
         x3d, x2d, w2d = pool_views(out.x3d, x2d, w2d, views)
-        w2d = w2d * self.likelihood_temperature ** -0.5  # cost / T
+        w2d = tempered_weights(w2d, self.likelihood_temperature)
         sol, samples = _solve_and_sample(
             self.net.pnp, (x3d, x2d, w2d, k_img.expand(len(rois), 3, 3)), cfg.num_samples,
             self.generator, timer, cfg.sample_iterations, cfg.multi_start,

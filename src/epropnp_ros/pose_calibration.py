@@ -38,8 +38,8 @@ from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
 from epropnp_lib.errors import EProPnPError
 from epropnp_lib.geometry.rotations import matrix_to_quat
 from epropnp_lib.metrics import calibration, fit_temperature
-from epropnp_lib.nets.checkpoint import load_checkpoint, save_checkpoint
-from epropnp_lib.nets.dense import CALIBRATION_KEY, CHECKPOINT_KIND
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint, save_checkpoint
+from epropnp_lib.nets.dense import CHECKPOINT_KIND
 from epropnp_ros.bop_bag import BopBagConfig, jittered_roi
 from epropnp_ros.errors import CalibrationError
 from epropnp_ros.pipeline import Intrinsics, PoseEstimatorPipeline, PoseEstimatorSettings

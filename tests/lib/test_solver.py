@@ -355,3 +355,40 @@ def test_laplace_covariance_matches_the_chi_square_law(dof: int, flatness: float
     if flatness < 1.0:
         diagonal = torch.diag_embed(sol.covariance.diagonal(dim1=-2, dim2=-1))
         assert stats.kstest(mahalanobis_sq(diagonal), stats.chi2(dof).cdf).statistic > 0.07
+
+
+@pytest.mark.parametrize("dof", [6, 4])
+def test_tempered_likelihood_keeps_the_pose_and_scales_the_covariance(dof: int) -> None:
+    """exp(-cost / T): the weights scaled by T^-1/2 give cost / T at every pose (the adaptive
+    threshold scales with the weights), the same optimum and T x the covariance, which
+    temper_solution gives without solving again."""
+    from epropnp_lib.errors import ConfigError
+    from epropnp_lib.pnp.cost import evaluate_cost, tempered_weights
+    from epropnp_lib.pnp.solver import temper_solution
+
+    p = random_problems(16, 32, dof=dof, noise_std=2.0, dtype=torch.float64, generator=_gen(9))
+    space = Pose6DoF if dof == 6 else Pose4DoF
+    t = 3.5
+    w_hot = tempered_weights(p.w2d, t)
+    probe = space.retract(p.pose, 0.02 * torch.randn(16, space.tangent_dim, generator=_gen(3),
+                                                     dtype=torch.float64))
+    huber = HuberConfig()
+    cold_cost = evaluate_cost(space, probe, p.x3d, p.x2d, p.w2d, p.cam_mats,
+                              huber.threshold(p.x2d, p.w2d)).cost
+    hot_cost = evaluate_cost(space, probe, p.x3d, p.x2d, w_hot, p.cam_mats,
+                             huber.threshold(p.x2d, w_hot)).cost
+    torch.testing.assert_close(hot_cost, cold_cost / t, rtol=1e-12, atol=0.0)
+    cold = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats, dof=dof)
+    hot = solve_pnp(p.x3d, p.x2d, w_hot, p.cam_mats, dof=dof)
+    assert (hot.status == cold.status).all()
+    torch.testing.assert_close(hot.pose, cold.pose, rtol=0.0, atol=1e-7)
+    tempered = temper_solution(cold, t)
+    torch.testing.assert_close(tempered.covariance, hot.covariance, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(tempered.cost, hot.cost, rtol=1e-6, atol=0.0)
+    assert torch.equal(tempered.pose, cold.pose) and torch.equal(tempered.status, cold.status)
+    assert temper_solution(cold, 1.0) is cold and tempered_weights(p.w2d, 1.0) is p.w2d
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="temperature"):
+            tempered_weights(p.w2d, bad)
+        with pytest.raises(ConfigError, match="temperature"):
+            temper_solution(cold, bad)

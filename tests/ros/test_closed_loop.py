@@ -57,6 +57,8 @@ def test_demo_closed_loop_scores_a_tiny_scene(
     calibration = scores["calibration"]
     assert set(calibration) == {"position", "heading", "matches", "plot", "heading_samples"}
     assert set(calibration["heading_samples"]) == {"num_matched", "mean_error", "hdr90_fraction"}
+    assert result.street_line.startswith(f"NDS {result.nds:.3f}  mAP ")
+    assert " mAOE " in result.street_line and " heading HDR90 " in result.street_line
     assert set(calibration["position"]) == {"0.5", "0.9", "0.95", "0.99"}
     assert Path(calibration["plot"]).stat().st_size > 1000  # calibration.png
     assert result.video is not None and result.video.stat().st_size > 0

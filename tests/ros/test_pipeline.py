@@ -20,10 +20,13 @@ from epropnp_lib.data.bop import BopConfig
 from epropnp_lib.epropnp import EProPnP6DoF
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.rotations import quat_to_matrix
-from epropnp_lib.nets.checkpoint import CheckpointError
-from epropnp_lib.nets.deformable import DeformableCorrespondenceNet, small_config
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, CheckpointError
+from epropnp_lib.nets.deformable import (
+    DeformableCheckpointError,
+    DeformableCorrespondenceNet,
+    small_config,
+)
 from epropnp_lib.nets.dense import (
-    CALIBRATION_KEY,
     TRAINING_DATA_KEY,
     DenseCheckpointError,
     DenseCorrespondenceNet,
@@ -34,6 +37,7 @@ from epropnp_ros.detector_pipeline import DetectorPipeline, DetectorSettings
 from epropnp_ros.errors import ImageSizeError, PipelineInputError
 from epropnp_ros.pipeline import (
     DEFAULT_TRAINING_PADDING,
+    DetectorOutput,
     Intrinsics,
     PoseEstimatorPipeline,
     PoseEstimatorSettings,
@@ -207,6 +211,41 @@ def test_detector_pipeline_outputs(detector_ckpt: Path) -> None:
                                   out.samples)
     pipe.settings = dataclasses.replace(settings, score_threshold=1.0)
     assert len(pipe.process(_image(), Intrinsics(K, None, W, H)).pose) == 0
+
+
+def test_detector_likelihood_temperature(detector_ckpt: Path, tmp_path: Path) -> None:
+    """T changes only what is published of the posterior: the same detections and poses,
+    T x the covariance, samples of the wider posterior; the checkpoint's calibration is the
+    default, a setting overrides it, and a bad stored value names the file."""
+    def run(path: Path, t: float | None) -> DetectorOutput:
+        settings = DetectorSettings(score_threshold=0.0, max_detections=4, num_samples=64,
+                                    likelihood_temperature=t)
+        return DetectorPipeline.from_checkpoint(path, "cpu", settings).process(
+            _image(), Intrinsics(K, None, W, H))
+
+    base = run(detector_ckpt, None)
+    assert DetectorPipeline.from_checkpoint(detector_ckpt).likelihood_temperature == 1.0
+    hot = run(detector_ckpt, 9.0)
+    assert len(base.pose) > 0
+    np.testing.assert_array_equal(hot.pose, base.pose)
+    np.testing.assert_array_equal(hot.scores, base.scores)
+    assert hot.class_ids == base.class_ids
+    np.testing.assert_allclose(hot.covariance, 9.0 * base.covariance, rtol=1e-6)
+    # Samples of the tempered posterior spread about 3x as far from the pose.
+    spread = [np.median(np.abs(o.samples[..., :3] - o.pose[:, None, :3])) for o in (base, hot)]
+    assert 1.5 * spread[0] < spread[1] < 6.0 * spread[0]
+    net, extra = DeformableCorrespondenceNet.load(detector_ckpt)
+    calibrated = tmp_path / "calibrated.ckpt"
+    net.save(calibrated, extra={**extra, CALIBRATION_KEY: {"likelihood_temperature": 9.0}})
+    assert DetectorPipeline.from_checkpoint(calibrated).likelihood_temperature == 9.0
+    np.testing.assert_array_equal(run(calibrated, None).covariance, hot.covariance)
+    np.testing.assert_array_equal(run(calibrated, 1.0).covariance, base.covariance)
+    bad = tmp_path / "bad.ckpt"
+    net.save(bad, extra={CALIBRATION_KEY: {"likelihood_temperature": "hot"}})
+    with pytest.raises(DeformableCheckpointError, match="bad.ckpt.*likelihood_temperature"):
+        DetectorPipeline.from_checkpoint(bad)
+    with pytest.raises(ConfigError, match="temperature"):
+        DetectorSettings(likelihood_temperature=0.0)
 
 
 def test_detector_live_settings_never_rewrite_the_network(detector_ckpt: Path) -> None:

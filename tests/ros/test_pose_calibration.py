@@ -11,8 +11,7 @@ import torch
 
 from epropnp_lib.data.bop import BopConfig, BopDataset
 from epropnp_lib.metrics import fit_temperature
-from epropnp_lib.nets.checkpoint import load_checkpoint
-from epropnp_lib.nets.dense import CALIBRATION_KEY
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint
 from epropnp_ros.errors import CalibrationError
 from epropnp_ros.pipeline import PoseEstimatorPipeline, PoseEstimatorSettings
 from epropnp_ros.pose_calibration import (

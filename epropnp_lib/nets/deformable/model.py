@@ -510,7 +510,15 @@ class DeformableCorrespondenceNet(nn.Module):
             DeformableCheckpointError: the stored config is invalid or the tensors do not fit
                 it (the message names the file and the first offending keys).
         """
-        net, _ = load_model(path, kind=CHECKPOINT_KIND, config_class=DeformableNetConfig,
-                            build=cls, error=DeformableCheckpointError,
-                            name="deformable network", map_location=map_location)
-        return net
+        return cls.load(path, map_location)[0]
+
+    @classmethod
+    def load(
+        cls, path: str | Path, map_location: str | torch.device = "cpu"
+    ) -> tuple[DeformableCorrespondenceNet, dict[str, Any]]:
+        """:meth:`from_checkpoint`, and the checkpoint's ``extra`` (e.g. its calibration,
+        :data:`~epropnp_lib.nets.checkpoint.CALIBRATION_KEY`).  Raises as there."""
+        net, ckpt = load_model(path, kind=CHECKPOINT_KIND, config_class=DeformableNetConfig,
+                               build=cls, error=DeformableCheckpointError,
+                               name="deformable network", map_location=map_location)
+        return net, ckpt.extra

@@ -42,6 +42,7 @@ def settings_from_params(params: DetectorParams) -> DetectorSettings:
         input_scale=params.input_scale,
         num_samples=params.num_posterior_samples,
         sample_iterations=params.posterior_iterations,
+        likelihood_temperature=params.likelihood_temperature or None,  # 0: the checkpoint's
         seed=params.seed,
     )
 
