@@ -137,12 +137,12 @@ def calibrate(config: DetectorCalibrationConfig) -> dict[str, Any]:
             sample_iterations=config.sample_iterations, seed=config.seed,
             likelihood_temperature=1.0)
         pipe = DetectorPipeline.from_checkpoint(config.checkpoint, "cpu", settings)
+        by_sample: dict[str, list[NuScenesCameraSample]] = {}
+        for i in range(len(data)):
+            item = data[i]
+            by_sample.setdefault(item.frame.sample_token, []).append(item)
     except EProPnPError as exc:
         raise CalibrationError(f"cannot calibrate: {exc}") from exc
-    by_sample: dict[str, list[NuScenesCameraSample]] = {}
-    for i in range(len(data)):
-        item = data[i]
-        by_sample.setdefault(item.frame.sample_token, []).append(item)
     samples = list(by_sample.values())
     grid: dict[float, HeadingCalibration] = {}
     for t in sorted(set(config.temperatures)):

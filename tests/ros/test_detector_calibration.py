@@ -4,6 +4,8 @@ the detector from there."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,6 +94,13 @@ def test_bad_input_is_an_error_not_a_traceback(
     random_net = write_detector_checkpoint(tmp_path / "random.pt")
     with pytest.raises(CalibrationError, match="nothing to calibrate"):
         calibrate(replace(base, checkpoint=random_net))
+    # An unreadable image of the split.
+    broken = tmp_path / "broken"
+    shutil.copytree(street, broken)
+    jpeg = sorted((broken / "samples" / "CAM_FRONT").glob("*.jpg"))[0]
+    jpeg.write_bytes(b"not a jpeg")
+    with pytest.raises(CalibrationError, match=re.escape(jpeg.name)):
+        calibrate(replace(base, dataroot=broken))
     for bad in ({"mass": 1.0}, {"temperatures": ()}, {"temperatures": (0.0,)},
                 {"num_samples": 1}):
         with pytest.raises(CalibrationError):
