@@ -364,7 +364,7 @@ def _build_module(cfg: TrainConfig, task: Task, ctx: DistContext) -> TrainingMod
             logger.warning("sync_batchnorm needs CUDA; ignored on %s", ctx.device)
     if cfg.init_checkpoint:
         kind = load_weights(module, cfg.init_checkpoint, net_kind=task.net_checkpoint_kind,
-                            model_only=True)
+                            model_only=True).kind
         logger.info("initialised %s from %s (%s)", type(module.model).__name__,
                     cfg.init_checkpoint, kind)
     return module
@@ -509,15 +509,17 @@ def _resume_path(cfg: TrainConfig, resume: bool | str | os.PathLike[str]) -> Pat
 
 def run_evaluation(
     task: Task, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
-    metrics_path: Path | None = None,
+    metrics_path: Path | None = None, likelihood_temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Evaluate ``module`` on ``split`` and write ``metrics.json`` (default in ``out_dir``)."""
+    """Evaluate ``module`` on ``split`` and write ``metrics.json`` (default in ``out_dir``);
+    ``likelihood_temperature``: see :meth:`Task.evaluate`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            metrics = task.evaluate(module, split=split, out_dir=out_dir, device=device)
+            metrics = task.evaluate(module, split=split, out_dir=out_dir, device=device,
+                                    likelihood_temperature=likelihood_temperature)
     finally:
         module.train(was_training)
     target = metrics_path or out_dir / "metrics.json"

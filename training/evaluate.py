@@ -4,7 +4,10 @@
         --checkpoint runs/linemod_b0/model.pt --out metrics.json [--split test] [--set k=v ...]
 
 The checkpoint is either the exported network (``model.pt``, the task's network kind) or a
-training state (``checkpoints/step_*.pt``).  LineMOD reports ADD(-S) at 0.02/0.05/0.1 of the
+training state (``checkpoints/step_*.pt``).  A network calibrated after training
+(``epropnp-detector-calibrate``) has its covariances and posterior samples scored at its stored
+likelihood temperature, as the nodes publish them (``--likelihood-temperature`` overrides it;
+training states and uncalibrated networks: 1).  LineMOD reports ADD(-S) at 0.02/0.05/0.1 of the
 diameter, 2°2cm and 5°5cm; nuScenes writes the official results JSON next to ``--out`` and
 scores it with the devkit's ``DetectionEval`` (``detection_cvpr_2019``).  The default split is
 the config's ``eval_split``.
@@ -23,6 +26,8 @@ from typing import Any
 import torch
 
 from epropnp_lib.errors import ConfigError, EProPnPError
+from epropnp_lib.nets.checkpoint import stored_temperature
+from epropnp_lib.pnp.cost import check_temperature
 
 from .config import load_config, task_module
 from .engine import run_evaluation
@@ -43,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="default: the config's device")
+    parser.add_argument("--likelihood-temperature", type=float, default=0.0,
+                        help="T of the scored posterior exp(-cost / T) (default 0: the "
+                             "checkpoint's calibration, 1 without one)")
     parser.add_argument("--log-level", default="INFO", help="Python logging level")
     return parser
 
@@ -50,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate_checkpoint(
     config_path: str, checkpoint: str, out: str, *, split: str | None = None,
     overrides: Sequence[str] = (), device: str | None = None,
+    likelihood_temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Load the config and checkpoint, evaluate, write ``out``; returns the metrics."""
+    """Load the config and checkpoint, evaluate, write ``out``; returns the metrics.
+    ``likelihood_temperature``: ``None`` for the checkpoint's calibration (1 without one)."""
+    if likelihood_temperature is not None:
+        check_temperature(likelihood_temperature)
     cfg = load_config(config_path, overrides)
     split = split or cfg.eval_split
     if split is None:
@@ -64,12 +76,16 @@ def evaluate_checkpoint(
     dev = torch.device(dev_name)
     task = task_module(cfg.task).build_task(cfg)
     module = task.build_module()
-    kind = load_weights(module, checkpoint, net_kind=task.net_checkpoint_kind, model_only=True)
-    logger.info("loaded %s (%s)", checkpoint, kind)
+    ckpt = load_weights(module, checkpoint, net_kind=task.net_checkpoint_kind, model_only=True)
+    stored = stored_temperature(ckpt.extra, checkpoint)
+    temperature = likelihood_temperature or stored or 1.0
+    logger.info("loaded %s (%s); likelihood temperature %g (%s)", checkpoint, ckpt.kind,
+                temperature, "given" if likelihood_temperature else
+                "the checkpoint's calibration" if stored else "uncalibrated")
     module.to(dev)
     out_path = Path(out)
     return run_evaluation(task, module, split=split, out_dir=out_path.parent, device=dev,
-                          metrics_path=out_path)
+                          metrics_path=out_path, likelihood_temperature=temperature)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         metrics = evaluate_checkpoint(args.config, args.checkpoint, args.out, split=args.split,
-                                      overrides=args.overrides, device=args.device)
+                                      overrides=args.overrides, device=args.device,
+                                      likelihood_temperature=args.likelihood_temperature or None)
     except EProPnPError as exc:
         logger.error("%s", exc)
         return 2

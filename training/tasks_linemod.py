@@ -189,7 +189,8 @@ class LinemodTask(Task):
             path, extra={TRAINING_DATA_KEY: to_dict(self.config.data.bop)})
 
     def evaluate(
-        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
+        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
+        likelihood_temperature: float = 1.0,
     ) -> dict[str, Any]:
         net = task_network(module, DenseCorrespondenceNet)
         data = self.dataset(split)

@@ -186,7 +186,8 @@ class NuScenesTask(Task):
         task_network(module, DeformableCorrespondenceNet).save(path)
 
     def evaluate(
-        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
+        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
+        likelihood_temperature: float = 1.0,
     ) -> dict[str, Any]:
         net = task_network(module, DeformableCorrespondenceNet)
         data = self.config.data
@@ -202,7 +203,8 @@ class NuScenesTask(Task):
             if batch.images is None:
                 raise ConfigError("nuScenes evaluation needs images (load_images=True)")
             dets = net.detect(batch.images.to(device), batch.cam_mats.to(device),
-                              num_pose_samples=data.num_pose_samples, generator=gen)
+                              num_pose_samples=data.num_pose_samples, generator=gen,
+                              likelihood_temperature=likelihood_temperature)
             for det, frame, gt in zip(dets, batch.frames, batch.boxes, strict=True):
                 boxes = to_device(det.boxes, torch.device("cpu"))
                 samples = (det.pose_samples[..., 3].cpu() if det.pose_samples is not None
@@ -232,6 +234,7 @@ class NuScenesTask(Task):
             "tp_errors": scores.tp_errors,
             "per_class_ap": scores.per_class_ap,
             "summary_file": str(scores.summary_path),
+            "likelihood_temperature": likelihood_temperature,
             "heading": _heading_report(headings, with_samples=data.num_pose_samples >= 2),
             "calibration": _calibration_report(CalibrationErrors.cat(covariances),
                                                out_dir / f"calibration_{split}.png"),

@@ -177,7 +177,8 @@ class ToyTask(Task):
         return ToyDataset(self.config.data, "train", self.config.seed)
 
     def evaluate(
-        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device
+        self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
+        likelihood_temperature: float = 1.0,
     ) -> dict[str, Any]:
         if split not in ("train", "val"):
             raise ConfigError(f"toy task: split {split!r} is not 'train' or 'val'")

@@ -15,7 +15,12 @@ import torch.distributed as dist
 from torch import nn
 
 from epropnp_lib.dataclass_io import to_dict
-from epropnp_lib.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from epropnp_lib.nets.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 from .config import TrainConfig
 from .distributed import DistContext, gather
@@ -65,9 +70,10 @@ def find_latest_checkpoint(log_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def load_weights(module: TrainingModule, path: str | os.PathLike[str], *,
-                 net_kind: str, model_only: bool = False) -> str:
+                 net_kind: str, model_only: bool = False) -> Checkpoint:
     """Load a training state (the whole module, or its ``model`` when ``model_only``) or a
-    network checkpoint of kind ``net_kind`` (into ``module.model``); returns the kind.
+    network checkpoint of kind ``net_kind`` (into ``module.model``); returns the file's
+    contents (its ``kind``, and its ``extra``: e.g. a network's calibration).
 
     Raises:
         CheckpointError: unreadable file, another kind, or names/shapes that do not match the
@@ -86,7 +92,7 @@ def load_weights(module: TrainingModule, path: str | os.PathLike[str], *,
         if ckpt.kind == TRAINING_STATE_KIND:
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     _load_state(target, state, path)
-    return ckpt.kind
+    return ckpt
 
 
 def _load_state(target: nn.Module, state: Mapping[str, torch.Tensor], path: Any) -> None:

@@ -250,6 +250,32 @@ def test_detect_is_predict_solve_select_samples() -> None:
         torch.testing.assert_close(x2d_net, q.x2d[sel])
 
 
+def test_detect_at_a_likelihood_temperature() -> None:
+    """A calibrated detect: the same detections, T x the covariance, and the samples of the
+    tempered likelihood (pose_samples of the tempered weights and solution)."""
+    from epropnp_lib.pnp.cost import tempered_weights
+    from epropnp_lib.pnp.solver import temper_solution
+
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(score_threshold=0.0, pre_nms_top_k=4,
+                                                  max_detections=3)).eval()
+    images, cam, _ = scene()
+    cold = net.detect(images, cam)
+    hot = net.detect(images, cam, num_pose_samples=4, generator=torch.Generator().manual_seed(1),
+                     likelihood_temperature=5.0)
+    q = net.predict(images, cam)
+    sol = net.solve(q.x3d, q.x2d, q.w2d, q.cam_mats)
+    gen = torch.Generator().manual_seed(1)
+    for c, h, sel in zip(cold, hot, net.select(q, sol), strict=True):
+        assert torch.equal(c.boxes.center, h.boxes.center)
+        assert torch.equal(c.boxes.scores, h.boxes.scores)
+        torch.testing.assert_close(h.covariance, 5.0 * c.covariance, rtol=1e-6, atol=0)
+        samples = net.pose_samples(q.x3d[sel], q.x2d[sel], tempered_weights(q.w2d[sel], 5.0),
+                                   q.cam_mats[sel], take_solution(temper_solution(sol, 5.0), sel),
+                                   4, gen)
+        torch.testing.assert_close(h.pose_samples, samples, rtol=0, atol=0)
+
+
 def test_predict_arguments_never_rewrite_the_config() -> None:
     torch.manual_seed(0)
     cfg = tiny_config(score_threshold=0.0, pre_nms_top_k=6)

@@ -17,7 +17,7 @@ import yaml
 
 from epropnp_lib.generators.bop import generate_bop_lm
 from epropnp_lib.generators.nuscenes import generate_nuscenes_mini
-from epropnp_lib.nets.checkpoint import load_checkpoint
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint
 from epropnp_lib.nets.deformable import CHECKPOINT_KIND as DEFORMABLE_KIND
 from epropnp_lib.nets.deformable import DeformableCorrespondenceNet
 from epropnp_lib.nets.dense import CHECKPOINT_KIND as DENSE_KIND
@@ -140,3 +140,24 @@ def test_nuscenes_mini_train_checkpoint_evaluate(tmp_path: Path) -> None:
     net = DeformableCorrespondenceNet.from_checkpoint(tmp_path / "run" / "model.pt")
     assert net.config.num_heads == 2
     assert load_checkpoint(tmp_path / "run" / "model.pt").kind == DEFORMABLE_KIND
+    # A calibrated copy is scored at its stored temperature, unless the caller gives another.
+    assert evaluated["likelihood_temperature"] == 1.0
+    calibrated = tmp_path / "calibrated.pt"
+    net.save(calibrated, extra={CALIBRATION_KEY: {"likelihood_temperature": 3.0}})
+    config = str(tmp_path / "run.yaml")
+    hot = evaluate_cli.evaluate_checkpoint(config, str(calibrated),
+                                           str(tmp_path / "hot" / "metrics.json"))
+    assert hot["likelihood_temperature"] == 3.0
+    assert hot["nds"] == pytest.approx(evaluated["nds"])
+    assert hot["num_detections"] == evaluated["num_detections"]
+    cold = evaluate_cli.evaluate_checkpoint(config, str(calibrated),
+                                            str(tmp_path / "cold" / "metrics.json"),
+                                            likelihood_temperature=1.0)
+    assert cold["likelihood_temperature"] == 1.0
+    # The detections written do not depend on it (the covariances: test_deformable_net).
+    written = [json.loads(Path(m["results_file"]).read_text())["results"]
+               for m in (evaluated, hot, cold)]
+    assert written[0] == written[1] == written[2]
+    assert evaluate_cli.main(["--config", config, "--checkpoint", str(calibrated), "--out",
+                              str(tmp_path / "bad.json"), "--likelihood-temperature", "-1"]) == 2
+    assert not (tmp_path / "bad.json").exists()

@@ -48,7 +48,8 @@ from epropnp_lib.nets.deformable.inference import (
 from epropnp_lib.nets.deformable.loss import DeformableLosses, deformable_loss
 from epropnp_lib.nets.fcos_targets import LevelSpec, level_locations, object_extent
 from epropnp_lib.nets.fpn import FPN
-from epropnp_lib.pnp.solver import PnPSolution
+from epropnp_lib.pnp.cost import tempered_weights
+from epropnp_lib.pnp.solver import PnPSolution, temper_solution
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -420,6 +421,7 @@ class DeformableCorrespondenceNet(nn.Module):
         num_pose_samples: int = 0,
         generator: torch.Generator | None = None,
         sample_iterations: int | None = None,
+        likelihood_temperature: float = 1.0,
     ) -> list[Detections]:
         """Detect 3D boxes: :meth:`predict`, :meth:`solve` (pose and Laplace covariance of each
         query in network-input pixels), :meth:`select`, :meth:`pose_samples` of the kept
@@ -432,6 +434,9 @@ class DeformableCorrespondenceNet(nn.Module):
             generator: randomness of the posterior samples.
             sample_iterations: AMIS iterations of the posterior samples (default: the
                 Monte Carlo config's).
+            likelihood_temperature: ``T`` of the likelihood ``exp(-cost / T)`` the
+                covariances and samples are of (a calibration; the detections do not depend
+                on it).
 
         Returns:
             ``B`` :class:`~epropnp_lib.nets.deformable.inference.Detections`.
@@ -444,11 +449,14 @@ class DeformableCorrespondenceNet(nn.Module):
         boxes = q.boxes(sol)
         x2d_image = q.image_points()
         results = []
-        for sel in self.select(q, sol):
+        kept = self.select(q, sol)
+        sol = temper_solution(sol, likelihood_temperature)
+        w2d = tempered_weights(q.w2d, likelihood_temperature)
+        for sel in kept:
             samples = None
             if num_pose_samples > 0:
                 samples = self.pose_samples(
-                    q.x3d[sel], q.x2d[sel], q.w2d[sel], q.cam_mats[sel], take_solution(sol, sel),
+                    q.x3d[sel], q.x2d[sel], w2d[sel], q.cam_mats[sel], take_solution(sol, sel),
                     num_pose_samples, generator, sample_iterations,
                 ) if sel.numel() > 0 else q.x3d.new_zeros(num_pose_samples, 0, 4)
             results.append(Detections(boxes.select(sel), sol.covariance[sel], x2d_image[sel],
