@@ -93,9 +93,12 @@ class TrainConfig:
         warmup_steps: linear warm-up steps from ``warmup_factor * lr``.
         warmup_factor: initial warm-up factor, in (0, 1].
         grad_clip_norm: clip the global gradient norm to this value (``None``: no clipping).
-        amp: mixed precision (``torch.autocast`` + ``GradScaler``); honoured on CUDA only, a
-            warning and full precision elsewhere.
-        amp_dtype: autocast dtype on CUDA.
+        amp: mixed precision (``torch.autocast``, plus ``GradScaler`` on CUDA): on CUDA with
+            either dtype, on the CPU with ``bfloat16`` only (a warning and full precision for
+            ``float16``).  The PnP solve and the Monte Carlo loss run in float32 either way.
+            On a CPU with bfloat16 instructions (AVX512-BF16, AMX) the network runs faster
+            (``bench/README.md``); on one without, slower.
+        amp_dtype: autocast dtype.
         log_dir: run directory: ``train_log.csv``, ``checkpoints/``, ``metrics.json``,
             TensorBoard events (when tensorboard is installed).
         log_interval: steps between log rows (averaged over the interval and the processes).

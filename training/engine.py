@@ -11,7 +11,7 @@ Carlo samples), the per-rank global RNG and the loader workers; a training set w
 each; training-state checkpoints
 (:mod:`.training_state`) every ``checkpoint_interval`` steps and at the end, from which
 ``resume`` takes the very next step (exact for datasets whose items depend on their index only);
-``torch.autocast`` + ``GradScaler`` when ``config.amp`` on CUDA; logs on rank 0 (a tqdm bar,
+``torch.autocast`` (+ ``GradScaler`` on CUDA) when ``config.amp``; logs on rank 0 (a tqdm bar,
 ``train_log.csv`` averaged over the log interval and all processes, plotted into
 ``training_curves.png`` at the end, TensorBoard when installed).
 
@@ -185,9 +185,12 @@ def _tensorboard(log_dir: Path) -> Any:
 
 
 def _amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Whether the step runs under autocast, and its dtype: on CUDA either dtype, on the CPU
+    bfloat16 only (float16 autocast on the CPU is slow and needs loss scaling)."""
     dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
-    if cfg.amp and device.type != "cuda":
-        logger.warning("amp is honoured on CUDA only; training on %s in full precision", device)
+    if cfg.amp and device.type != "cuda" and dtype != torch.bfloat16:
+        logger.warning("amp with float16 is honoured on CUDA only; training on %s in full "
+                       "precision (amp_dtype: bfloat16 runs there)", device)
         return False, dtype
     return cfg.amp, dtype
 
@@ -399,7 +402,8 @@ def _optimisation(cfg: TrainConfig, ctx: DistContext, module: TrainingModule,
     optimizer = build_optimizer(cfg, module)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
     amp, amp_dtype = _amp_settings(cfg, ctx.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # Loss scaling for CUDA's mixed precision (bfloat16 on the CPU keeps float32's exponent).
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and ctx.device.type == "cuda")
     generator = torch.Generator(device=ctx.device)
     generator.manual_seed(derive_seed(cfg.seed, "generator", ctx.rank))
     torch.manual_seed(derive_seed(cfg.seed, "rank", ctx.rank))

@@ -157,9 +157,12 @@ class ToyModule(TrainingModule):
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> StepOutput:
         w2d = self.model(batch["feats"])
-        result = self.pnp(batch["x3d"], batch["x2d"], w2d, batch["cam_mats"],
-                          pose_target=batch["pose"], generator=generator, with_step=False)
-        loss = self.loss(result, norm_factor=w2d.detach().mean())
+        # The PnP solve and the Monte Carlo loss run in float32 even under mixed precision.
+        with torch.autocast(w2d.device.type, enabled=False):
+            w2d = w2d.float()
+            result = self.pnp(batch["x3d"], batch["x2d"], w2d, batch["cam_mats"],
+                              pose_target=batch["pose"], generator=generator, with_step=False)
+            loss = self.loss(result, norm_factor=w2d.detach().mean())
         rot_err = Pose6DoF.rotation_error(result.pose, batch["pose"]).mean()
         return StepOutput(loss, {"rot_err_deg": torch.rad2deg(rot_err)})
 

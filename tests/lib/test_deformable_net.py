@@ -127,6 +127,34 @@ def test_loss_terms_finite_and_counted() -> None:
         net.loss(images, cam, targets[:1])
 
 
+def test_loss_under_bfloat16_autocast_solves_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixed precision (CPU bfloat16 autocast): the network runs in bfloat16, the PnP solve and
+    the Monte Carlo KL in float32, and every term is finite with gradients for all weights."""
+    torch.manual_seed(0)
+    net = DeformableCorrespondenceNet(tiny_config(loss=DeformableLossConfig(max_pose_queries=8)))
+    images, cam, targets = scene()
+    seen: list[torch.dtype] = []
+    layer_forward = type(net.epropnp).forward
+
+    def spy(self: torch.nn.Module, x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor,
+            *args: object, **kwargs: object) -> object:
+        seen.extend([x3d.dtype, x2d.dtype, w2d.dtype, torch.get_autocast_dtype("cpu")
+                     if torch.is_autocast_enabled("cpu") else torch.float32])
+        return layer_forward(self, x3d, x2d, w2d, *args, **kwargs)
+
+    monkeypatch.setattr(type(net.epropnp), "forward", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = net.forward_dense(*net.preprocess(images, cam)[:2])
+        out = net.loss(images, cam, targets, torch.Generator().manual_seed(1))
+    assert dense.cls_logits.dtype == torch.bfloat16
+    assert seen == [torch.float32] * 4  # float32 inputs, autocast off inside
+    for name in ("total", "kl", "reg", "size", "score3d"):
+        assert torch.isfinite(getattr(out, name)), name
+    out.total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in net.parameters() if p.requires_grad)
+
+
 def test_kl_gradients_reach_points_weights_and_backbone() -> None:
     torch.manual_seed(0)
     net = DeformableCorrespondenceNet(tiny_config())

@@ -246,12 +246,43 @@ def test_too_small_dataset_is_a_config_error(tmp_path: Path) -> None:
         train(cfg, build_task(cfg))
 
 
-def test_amp_on_cpu_warns_and_trains_in_full_precision(tmp_path: Path, caplog: Any) -> None:
+def test_float16_amp_on_cpu_warns_and_trains_in_full_precision(
+        tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = toy_config(tmp_path, amp=True, epochs=1, eval_split=None)
+    dtypes = _network_output_dtypes(monkeypatch)
     with caplog.at_level(logging.WARNING):
         result = train(cfg, build_task(cfg))
     assert result.finished and math.isfinite(result.last_loss)
     assert "CUDA only" in caplog.text
+    assert set(dtypes) == {torch.float32}
+
+
+def test_bfloat16_amp_on_cpu_runs_the_network_in_bfloat16(
+        tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU mixed precision: the network's layers in bfloat16, the PnP and the Monte Carlo
+    loss in float32 (the toy module switches autocast off around them), no loss scaling."""
+    cfg = toy_config(tmp_path, amp=True, amp_dtype="bfloat16", epochs=1, eval_split=None)
+    dtypes = _network_output_dtypes(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, build_task(cfg))
+    assert result.finished and math.isfinite(result.last_loss)
+    assert "CUDA only" not in caplog.text
+    assert set(dtypes) == {torch.bfloat16}  # the training steps' forwards (eval: float32)
+
+
+def _network_output_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The dtypes of the toy weight network's first linear layer's outputs in training."""
+    seen: list[torch.dtype] = []
+    forward = torch.nn.Linear.forward
+
+    def spy(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        out = forward(self, x)
+        if torch.is_grad_enabled():
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    return seen
 
 
 def test_evaluate_cli_from_model_and_training_state(tmp_path: Path) -> None:

@@ -128,30 +128,35 @@ def _query_losses(
     cfg, lc = net.config, net.config.loss
     out = net.decode_queries(dense, b_idx, l_idx, gt.labels)
     x2d = out.x2d.detach() if lc.detach_x2d else out.x2d
-    target_pose = gt.pose4()
-    # The solver starts from the ground truth in training: with the still-random
-    # correspondences of early training the closed-form initialisation often lands in a
-    # spurious optimum behind the camera, where the Laplace proposal misses the mass around
-    # the target and the Monte Carlo estimate of the normaliser fails.  The optimum found is
-    # still the network's own.
-    res = net.epropnp(out.x3d, x2d, out.w2d, out.cam_mats, pose_target=target_pose,
-                      pose_init=target_pose if lc.init_from_target else None,
-                      generator=generator, with_step=lc.reg_weight > 0)
+    target_pose = gt.pose4().float()
     terms: dict[str, torch.Tensor] = {}
-    # A DEGENERATE solve (the rule rather than the exception at initialisation: random
-    # correspondences make the optimum recede to infinity) still has a usable Monte Carlo
-    # KL around the layer's broad fallback proposal, and it is the signal that makes the
-    # correspondences consistent; only invalid inputs are left out.
-    status = torch.where(res.status == SolveStatus.DEGENERATE,
-                         torch.full_like(res.status, SolveStatus.MAX_ITERATIONS), res.status)
-    terms["kl"] = net.kl_loss(res._replace(status=status),
-                              norm_factor=out.weight_scale.detach().mean())
-    if res.pose_step is not None:
-        terms["reg"] = derivative_regularization_loss(
-            Pose4DoF, res.pose_step, target_pose, pose_determined(res.valid, res.covariance, lc),
-            position_weight=lc.reg_position_weight,
-            orientation_weight=lc.reg_orientation_weight,
-        )
+    # The PnP solve, the Monte Carlo KL and the regulariser run in float32 even under mixed
+    # precision (autocast would run their small products in bfloat16 or float16).
+    with torch.autocast(out.x3d.device.type, enabled=False):
+        # The solver starts from the ground truth in training: with the still-random
+        # correspondences of early training the closed-form initialisation often lands in a
+        # spurious optimum behind the camera, where the Laplace proposal misses the mass
+        # around the target and the Monte Carlo estimate of the normaliser fails.  The
+        # optimum found is still the network's own.
+        res = net.epropnp(out.x3d.float(), x2d.float(), out.w2d.float(), out.cam_mats.float(),
+                          pose_target=target_pose,
+                          pose_init=target_pose if lc.init_from_target else None,
+                          generator=generator, with_step=lc.reg_weight > 0)
+        # A DEGENERATE solve (the rule rather than the exception at initialisation: random
+        # correspondences make the optimum recede to infinity) still has a usable Monte Carlo
+        # KL around the layer's broad fallback proposal, and it is the signal that makes the
+        # correspondences consistent; only invalid inputs are left out.
+        status = torch.where(res.status == SolveStatus.DEGENERATE,
+                             torch.full_like(res.status, SolveStatus.MAX_ITERATIONS), res.status)
+        terms["kl"] = net.kl_loss(res._replace(status=status),
+                                  norm_factor=out.weight_scale.detach().float().mean())
+        if res.pose_step is not None:
+            terms["reg"] = derivative_regularization_loss(
+                Pose4DoF, res.pose_step, target_pose,
+                pose_determined(res.valid, res.covariance, lc),
+                position_weight=lc.reg_position_weight,
+                orientation_weight=lc.reg_orientation_weight,
+            )
     mean = net.mean_sizes.to(gt.size.dtype)[gt.labels]
     terms["size"] = F.l1_loss(out.log_size, (gt.size / mean).log())
     with torch.no_grad():
