@@ -37,6 +37,7 @@ from epropnp_lib.geometry.boxes import CameraBoxes
 from epropnp_lib.geometry.rotations import wrap_angle
 
 __all__ = [
+    "HDR_MASSES",
     "HeadingCalibration",
     "HeadingImage",
     "hdr_contains",
@@ -49,6 +50,10 @@ __all__ = [
 
 #: Matching radius of nuScenes' TP metrics (metres, centre distance).
 MATCH_DISTANCE = 2.0
+
+#: Masses of the highest-density regions whose coverage the evaluations report (the
+#: heading posterior's calibration curve; 0.9 is the headline figure).
+HDR_MASSES = (0.5, 0.9, 0.95)
 
 #: Smallest kernel bandwidth (radians) of the density estimate (concentrated samples).
 MIN_BANDWIDTH = 1.0e-3

@@ -49,7 +49,7 @@ from epropnp_lib.data.nuscenes.calibration import (
     coverage,
 )
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.heading import HeadingImage, heading_calibration
+from epropnp_lib.heading import HDR_MASSES, HeadingImage, heading_calibration
 from epropnp_lib.nets.deformable import (
     CHECKPOINT_KIND,
     DeformableCorrespondenceNet,
@@ -244,11 +244,15 @@ class NuScenesTask(Task):
 def _heading_report(images: Sequence[HeadingImage], *, with_samples: bool) -> dict[str, Any]:
     """Mean heading error of the detections matched to the camera's annotations
     (:func:`~epropnp_lib.heading.match_boxes`) and, with posterior samples, the fraction of
-    true headings inside their 90 % highest-density regions."""
+    true headings inside their 90 % highest-density regions (and inside the regions of
+    :data:`~epropnp_lib.heading.HDR_MASSES`)."""
     cal = heading_calibration(images, periods=NUSCENES_HEADING_PERIODS)
     report: dict[str, Any] = {"num_matched": cal.num_matched, "mean_error": cal.mean_error}
     if with_samples:
         report["hdr90_fraction"] = cal.fraction
+        report["hdr_fractions"] = {
+            f"{m:g}": heading_calibration(images, m, periods=NUSCENES_HEADING_PERIODS).fraction
+            for m in HDR_MASSES}
     return report
 
 

@@ -48,7 +48,7 @@ from epropnp_lib.data.nuscenes.calibration import (
 from epropnp_lib.data.nuscenes.frames import camera_frame_of, global_to_camera
 from epropnp_lib.dataclass_io import json_default
 from epropnp_lib.geometry.boxes import CameraBoxes
-from epropnp_lib.heading import HeadingImage, heading_calibration
+from epropnp_lib.heading import HDR_MASSES, HeadingImage, heading_calibration
 from epropnp_lib.plots import calibration_diagram
 from epropnp_ros.autoware import attributes_from_classification, velocities_from_detected_objects
 from epropnp_ros.poses import msg_to_pose, pose_rotation
@@ -186,8 +186,10 @@ def _yaw_samples(msg: Any, m: int) -> torch.Tensor:
 
 def heading_report(nusc: Any, images: Sequence[tuple[str, CameraBoxes, Any]],
                    evaluated: set[str]) -> dict[str, Any]:
-    """Heading error and HDR90 coverage of each camera image's own detections ``(sample_data
-    token, boxes, PoseArray of posterior samples)`` over the ``evaluated`` samples."""
+    """Heading error and highest-density-region coverage of each camera image's own
+    detections ``(sample_data token, boxes, PoseArray of posterior samples)`` over the
+    ``evaluated`` samples: the fraction of true headings inside the 90 % region
+    (``hdr90_fraction``) and inside the :data:`HDR_MASSES` regions (``hdr_fractions``)."""
     truth = GroundTruthCache(nusc)
     shots = []
     for sd_token, boxes, samples in images:
@@ -207,4 +209,6 @@ def heading_report(nusc: Any, images: Sequence[tuple[str, CameraBoxes, Any]],
     usable = [s for s in shots if s.yaw_samples.shape[0] >= 2]
     cal = heading_calibration(usable, periods=NUSCENES_HEADING_PERIODS)
     return {"num_matched": cal.num_matched, "mean_error": cal.mean_error,
-            "hdr90_fraction": cal.fraction}
+            "hdr90_fraction": cal.fraction,
+            "hdr_fractions": {f"{m:g}": heading_calibration(
+                usable, m, periods=NUSCENES_HEADING_PERIODS).fraction for m in HDR_MASSES}}

@@ -56,7 +56,11 @@ def test_demo_closed_loop_scores_a_tiny_scene(
     assert (result.results.parent / "metrics_summary.json").is_file()  # the devkit's own file
     calibration = scores["calibration"]
     assert set(calibration) == {"position", "heading", "matches", "plot", "heading_samples"}
-    assert set(calibration["heading_samples"]) == {"num_matched", "mean_error", "hdr90_fraction"}
+    heading = calibration["heading_samples"]
+    assert set(heading) == {"num_matched", "mean_error", "hdr90_fraction", "hdr_fractions"}
+    assert set(heading["hdr_fractions"]) == {"0.5", "0.9", "0.95"}
+    assert heading["hdr_fractions"]["0.9"] == heading["hdr90_fraction"] or (
+        math.isnan(heading["hdr90_fraction"]) and math.isnan(heading["hdr_fractions"]["0.9"]))
     assert result.street_line.startswith(f"NDS {result.nds:.3f}  mAP ")
     assert " mAOE " in result.street_line and " heading HDR90 " in result.street_line
     assert set(calibration["position"]) == {"0.5", "0.9", "0.95", "0.99"}
