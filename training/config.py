@@ -97,7 +97,7 @@ class TrainConfig:
             either dtype, on the CPU with ``bfloat16`` only (a warning and full precision for
             ``float16``).  The PnP solve and the Monte Carlo loss run in float32 either way.
             On a CPU with bfloat16 instructions (AVX512-BF16, AMX) the network runs faster
-            (``bench/README.md``); on one without, slower.
+            (``bench/README.md``); without them bfloat16 is emulated and may be slower.
         amp_dtype: autocast dtype.
         log_dir: run directory: ``train_log.csv``, ``checkpoints/``, ``metrics.json``,
             TensorBoard events (when tensorboard is installed).
