@@ -246,13 +246,14 @@ def _heading_report(images: Sequence[HeadingImage], *, with_samples: bool) -> di
     (:func:`~epropnp_lib.heading.match_boxes`) and, with posterior samples, the fraction of
     true headings inside their 90 % highest-density regions (and inside the regions of
     :data:`~epropnp_lib.heading.HDR_MASSES`)."""
-    cal = heading_calibration(images, periods=NUSCENES_HEADING_PERIODS)
+    masses = HDR_MASSES if with_samples else (0.9,)
+    cals = {m: heading_calibration(images, m, periods=NUSCENES_HEADING_PERIODS)
+            for m in masses}
+    cal = cals[0.9]
     report: dict[str, Any] = {"num_matched": cal.num_matched, "mean_error": cal.mean_error}
     if with_samples:
         report["hdr90_fraction"] = cal.fraction
-        report["hdr_fractions"] = {
-            f"{m:g}": heading_calibration(images, m, periods=NUSCENES_HEADING_PERIODS).fraction
-            for m in HDR_MASSES}
+        report["hdr_fractions"] = {f"{m:g}": c.fraction for m, c in cals.items()}
     return report
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "stored_positive",
     "stored_temperature",
     "wrong_kind_message",
 ]
@@ -166,14 +167,25 @@ def stored_temperature(extra: Mapping[str, Any], path: str | os.PathLike[str] = 
     Raises:
         error: the stored value is not a positive finite number.
     """
-    data = extra.get(CALIBRATION_KEY)
-    if not isinstance(data, dict) or "likelihood_temperature" not in data:
+    return stored_positive(extra, CALIBRATION_KEY, "likelihood_temperature", path, error)
+
+
+def stored_positive(extra: Mapping[str, Any], section: str, name: str,
+                    path: str | os.PathLike[str] = "checkpoint",
+                    error: type[CheckpointError] = CheckpointError) -> float | None:
+    """The number ``extra[section][name]`` of a checkpoint's ``extra``, or ``None`` when it
+    has none.
+
+    Raises:
+        error: the stored value is not a positive finite number.
+    """
+    data = extra.get(section)
+    if not isinstance(data, dict) or name not in data:
         return None
-    value = data["likelihood_temperature"]
+    value = data[name]
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not (math.isfinite(value) and value > 0):
-        raise error(f"{path}: extra.{CALIBRATION_KEY}.likelihood_temperature must be a "
-                    f"positive number, got {value!r}")
+        raise error(f"{path}: extra.{section}.{name} must be a positive number, got {value!r}")
     return float(value)
 
 

@@ -26,7 +26,12 @@ from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.camera import pixel_grid
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
-from epropnp_lib.nets.checkpoint import CheckpointError, load_model, save_checkpoint
+from epropnp_lib.nets.checkpoint import (
+    CheckpointError,
+    load_model,
+    save_checkpoint,
+    stored_positive,
+)
 from epropnp_lib.nets.dense_loss import DenseLossConfig, DenseNetLoss, PoseLossKind, TrainingInit
 from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, solve_pnp
 
@@ -71,15 +76,7 @@ def training_crop_scale(extra: dict[str, Any], path: str | Path = "checkpoint") 
     Raises:
         DenseCheckpointError: the stored value is not a positive finite number.
     """
-    data = extra.get(TRAINING_DATA_KEY)
-    if not isinstance(data, dict) or "crop_scale" not in data:
-        return None
-    value = data["crop_scale"]
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not (math.isfinite(value) and value > 0):
-        raise DenseCheckpointError(f"{path}: extra.{TRAINING_DATA_KEY}.crop_scale must be a "
-                                   f"positive number, got {value!r}")
-    return float(value)
+    return stored_positive(extra, TRAINING_DATA_KEY, "crop_scale", path, DenseCheckpointError)
 
 
 class WeightNormalization(enum.Enum):

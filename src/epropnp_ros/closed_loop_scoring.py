@@ -207,8 +207,9 @@ def heading_report(nusc: Any, images: Sequence[tuple[str, CameraBoxes, Any]],
         shots.append(HeadingImage(boxes, _yaw_samples(samples, int(boxes.center.shape[0])),
                                   gt_boxes))
     usable = [s for s in shots if s.yaw_samples.shape[0] >= 2]
-    cal = heading_calibration(usable, periods=NUSCENES_HEADING_PERIODS)
+    cals = {m: heading_calibration(usable, m, periods=NUSCENES_HEADING_PERIODS)
+            for m in HDR_MASSES}
+    cal = cals[0.9]
     return {"num_matched": cal.num_matched, "mean_error": cal.mean_error,
             "hdr90_fraction": cal.fraction,
-            "hdr_fractions": {f"{m:g}": heading_calibration(
-                usable, m, periods=NUSCENES_HEADING_PERIODS).fraction for m in HDR_MASSES}}
+            "hdr_fractions": {f"{m:g}": c.fraction for m, c in cals.items()}}
