@@ -6,7 +6,10 @@ Ships three Python packages:
 * ``epropnp_ros``       -- ROS glue and nodes (``src/epropnp_ros``),
 * ``epropnp_training``  -- training / evaluation CLIs (``training/``),
 
-plus the ament resource marker, ``package.xml``, launch files and configuration files.
+plus the ament resource marker, ``package.xml``, launch files and configuration files, and the
+solver's fused CPU kernels (``epropnp_lib.pnp._native``, plain C against the Python headers: an
+optional extension, so a machine without a C compiler builds the package without it and the
+solver runs its tensor code; see ``epropnp_lib/pnp/native.py``).
 ``colcon build`` on a ROS 2 distro and ``pip install -e .`` in the venv both use this file.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 from glob import glob
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 PACKAGE_NAME = "epropnp"
 HERE = Path(__file__).resolve().parent
@@ -53,6 +56,10 @@ setup(
         ("share/" + PACKAGE_NAME + "/config", _files("config/*")),
         ("share/" + PACKAGE_NAME + "/config/train", _files("config/train/*.yaml")),
         ("share/" + PACKAGE_NAME + "/models", _files("models/*.pt")),
+    ],
+    ext_modules=[
+        Extension("epropnp_lib.pnp._native", ["epropnp_lib/pnp/_native.c"],
+                  depends=["epropnp_lib/pnp/_native_kernels.h"], optional=True),
     ],
     install_requires=["setuptools"],
     maintainer="epropnp maintainers",

@@ -16,6 +16,8 @@ round by round in one process, and reports the ratios per batch size (``--write-
 that table too); ``--robust-vs-ransac [B]`` compares robust mode with ``solvePnPRansac`` on a
 set with 20 % outliers.  ``--pause-sweep [MS ...]`` times both at B=32
 right after idle pauses of these lengths (the latency of a node that waits for its frames).
+``EPROPNP_NATIVE=0`` in the environment measures the solver without its fused CPU kernels
+(:mod:`epropnp_lib.pnp.native`); every table says which.
 """
 
 from __future__ import annotations
@@ -171,6 +173,16 @@ HEAP_NOTE = {
     "default": "Heap policy: the C library's default (adaptive thresholds).",
 }
 
+def kernels_note() -> str:
+    """How the tables name the solver's fused CPU kernels' state (``EPROPNP_NATIVE``)."""
+    from epropnp_lib.pnp import native
+
+    if native.enabled():
+        return "Fused CPU kernels (`epropnp_lib.pnp.native`): on."
+    why = "not built" if not native.built() else f"{native.ENV_VAR}=0"
+    return f"Fused CPU kernels (`epropnp_lib.pnp.native`): off ({why})."
+
+
 #: OpenCV methods of :func:`compare_opencv`.
 OPENCV_METHODS = ("ITERATIVE", "SQPNP", "EPNP")
 
@@ -220,7 +232,8 @@ def compare_opencv(batches: list[int], rounds: int, threads: int,
     return "\n".join([
         f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
         f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. 1 px noise, "
-        f"{rounds} interleaved rounds: median (best).  {HEAP_NOTE[heap]}  {probe}",
+        f"{rounds} interleaved rounds: median (best).  {HEAP_NOTE[heap]}  {kernels_note()}  "
+        f"{probe}",
         "",
         f"| N | B | EPro-PnP 6DoF LM, init incl. (ms/problem) | {methods} | {ratio_heads} |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -270,7 +283,7 @@ def pause_sweep(pauses_ms: list[float], batch: int, rounds: int, threads: int) -
     return "\n".join([
         f"CPU {platform.processor() or platform.machine()}, {threads} torch threads, OpenCV 1 "
         f"thread; torch {torch.__version__}, OpenCV {cv2.__version__}. B={batch}, N=64, 1 px "
-        f"noise, {rounds} rounds: median (best). {probe}",
+        f"noise, {rounds} rounds: median (best). {kernels_note()} {probe}",
         "",
         "| pause before the call (ms) | EPro-PnP 6DoF LM, init incl. (ms/problem) "
         "| OpenCV ITERATIVE (ms/problem) | ratio of the medians |",
@@ -359,7 +372,7 @@ def robust_vs_ransac(batch: int, rounds: int, threads: int, fraction: float = 0.
         f"{100 * fraction:.0f} % of the image points uniform in the 640x480 image, 1 px noise "
         f"on the others; {rounds} interleaved rounds, a new problem set each: failures and "
         f"median error over all {rounds * batch} problems, time median (best) over the "
-        f"rounds. {probe}",
+        f"rounds. {kernels_note()} {probe}",
         "",
         "| solve | failures > 5° (%) | median rotation error (°) | error / RANSAC "
         "| ms/problem | time / RANSAC |",
@@ -432,7 +445,7 @@ def contended(batches: list[int], rounds: int, heap: str = "keep") -> str:
     return "\n".join([
         f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores); torch "
         f"{torch.__version__}. 6DoF solve, N=64, 1 px noise; median of {rounds} calls quiet "
-        "(the better of before and after) and beside one busy-looping process.",
+        f"(the better of before and after) and beside one busy-looping process. {kernels_note()}",
         "",
         "| torch threads | OMP_WAIT_POLICY | B | quiet (ms) | contended (ms) | contended / quiet |",
         "|---:|---|---:|---:|---:|---:|",
@@ -464,7 +477,7 @@ def table(
         where = f"CPU {cpu}, {threads} threads"
         mem = "peak RSS (MiB)"
     out = [f"Device: {where}; torch {torch.__version__}. Median (best) of the repeats. "
-           f"{HEAP_NOTE[heap]}{probe}",
+           f"{HEAP_NOTE[heap]} {kernels_note()}{probe}",
            "",
            f"| case | ms per call | ms per problem | {mem} |", "|---|---:|---:|---:|"]
     for r in rows:

@@ -88,10 +88,12 @@ env_hash() {
   } | sha256_stdin
 }
 
-# The cheap part: the editable install of the project and its ament index entries. This script is
-# included so that a change of it re-runs that part; bump SETUP_VERSION for a full rebuild.
+# The cheap part: the editable install of the project (which compiles the C extension, hence its
+# sources here) and its ament index entries. This script is included so that a change of it re-runs
+# that part; bump SETUP_VERSION for a full rebuild.
 project_hash() {
-  sha256sum setup.py setup.cfg pyproject.toml package.xml tools/setup_env.sh | sha256_stdin
+  sha256sum setup.py setup.cfg pyproject.toml package.xml tools/setup_env.sh \
+    epropnp_lib/pnp/_native.c epropnp_lib/pnp/_native_kernels.h | sha256_stdin
 }
 
 WANT="$(env_hash)"

@@ -37,6 +37,7 @@ from epropnp_lib.geometry.rotations import (
     quat_to_matrix,
     skew,
 )
+from epropnp_lib.pnp.native import init_6dof_native
 from epropnp_lib.tensor_constants import on
 
 
@@ -373,20 +374,28 @@ def init_6dof(
     # gives the same candidates; a reduction over the size-2 dim is several times slower).
     wu, wv = w2d.unbind(-1)
     w = wu + wv
-    xn = normalized_image_points(x2d, cam_mats)  # (B, 2, N)
-    quat, t, scatter, system = dlt_6dof(x3d, xn, w)
-    dlt = torch.cat((t, quat), dim=-1)
-    if x3d.shape[-2] < 6:
-        need = torch.ones_like(w[..., 0], dtype=torch.bool)
+    native = init_6dof_native(x3d, x2d, w2d, cam_mats, PLANARITY_RATIO)
+    xn: torch.Tensor | None = None
+    if native is not None:  # the fused CPU kernel (epropnp_lib.pnp.native)
+        dlt, need = native.pose, native.need_homography
+        system = DltSystem(native.ata, native.centre)
     else:
-        det = (scatter[:, 0] * torch.linalg.cross(scatter[:, 1], scatter[:, 2], dim=-1)).sum(-1)
-        frob = torch.linalg.matrix_norm(scatter)
-        need = ~(det > PLANARITY_RATIO * frob.pow(3))  # NaN-safe
+        xn = normalized_image_points(x2d, cam_mats)  # (B, 2, N)
+        quat, t, scatter, system = dlt_6dof(x3d, xn, w)
+        dlt = torch.cat((t, quat), dim=-1)
+        if x3d.shape[-2] < 6:
+            need = torch.ones_like(w[..., 0], dtype=torch.bool)
+        else:
+            det = (scatter[:, 0] * torch.linalg.cross(scatter[:, 1], scatter[:, 2],
+                                                      dim=-1)).sum(-1)
+            frob = torch.linalg.matrix_norm(scatter)
+            need = ~(det > PLANARITY_RATIO * frob.pow(3))  # NaN-safe
     idx = need.nonzero().squeeze(-1)
     if idx.numel() == 0:
         return dlt.unsqueeze(0).to(dtype)  # one candidate: nothing to compare
+    xn = normalized_image_points(x2d[idx], cam_mats[idx]) if xn is None else xn[idx]
     homog = dlt.clone()
-    rot_h, _ = homography_6dof(x3d[idx].double(), xn.mT[idx].double(), w[idx].double())
+    rot_h, _ = homography_6dof(x3d[idx].double(), xn.mT.double(), w[idx].double())
     quat_h, t_h = system.select(idx).refine(rot_h)
     homog[idx] = torch.cat((t_h, quat_h), dim=-1)
     return torch.stack((dlt, homog)).to(dtype)

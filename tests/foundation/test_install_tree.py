@@ -2,8 +2,9 @@
 ``requirements/colcon.txt``) of this package in a scratch workspace: executables in
 ``lib/epropnp`` that start with ``#!/usr/bin/env python3`` (so they run in the environment active
 at run time, not the build's), the package's share directory (manifest, launch files,
-configuration, bundled model, ament index marker), Python packages imported from the install
-prefix, and the installed ``detector_node`` started to ``active`` with the installed model."""
+configuration, bundled model, ament index marker), Python packages (and the solver's C
+extension, compiled by the build) imported from the install prefix, and the installed
+``detector_node`` started to ``active`` with the installed model."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _copy_sources(dest: Path) -> None:
                             check=False)
     if listed.returncode != 0:  # not a git checkout: the tree without build products
         shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
-            ".venv", ".git", ".ros_log", "*.egg-info", "__pycache__", "demo_out", "runs"))
+            ".venv", ".git", ".ros_log", "*.egg-info", "__pycache__", "*.so", "demo_out", "runs"))
         return
     for name in listed.stdout.decode().split("\0"):
         if name and (REPO / name).is_file():
@@ -79,11 +80,14 @@ def test_share_directory_and_ament_index(install: Path) -> None:
 
 
 def test_installed_packages_import_from_the_prefix(install: Path, tmp_path: Path) -> None:
-    """The three Python packages come from the install prefix, not the source tree."""
+    """The three Python packages, and the solver's compiled kernels, come from the install
+    prefix, not the source tree."""
     site = next((install / "lib").glob("python3*/site-packages"))
     env = dict(os.environ, PYTHONPATH=str(site))
     code = ("import epropnp_lib, epropnp_ros.pipeline, epropnp_training; "
-            "print(epropnp_lib.__file__, epropnp_ros.__file__, epropnp_training.__file__)")
+            "from epropnp_lib.pnp import _native; "
+            "print(epropnp_lib.__file__, epropnp_ros.__file__, epropnp_training.__file__, "
+            "_native.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout
     assert all(path.startswith(str(site)) for path in out.split())

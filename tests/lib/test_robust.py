@@ -56,13 +56,15 @@ def _ransac_rotation_error_deg(p: PnPProblem) -> torch.Tensor:
 
 def test_the_default_cost_fails_on_gross_outliers() -> None:
     """The paper's cost (documented default): outliers inflate the adaptive Huber threshold and
-    pull the optimum, so many fits end far off while reporting success; robust mode exists for
-    this input."""
+    pull the optimum, so many fits end far off and almost all of them report success (a few
+    end DEGENERATE, e.g. dragged to the camera); robust mode exists for this input."""
     p, _ = _outlier_set(64)
     sol = solve_pnp(p.x3d, p.x2d, p.w2d, p.cam_mats)
     err = _rotation_error_deg(sol.pose, p.pose)
-    assert (err > 5).float().mean() > 0.2
-    assert (sol.status <= SolveStatus.MAX_ITERATIONS).all()
+    failed = err > 5
+    assert failed.float().mean() > 0.2
+    reported_success = sol.status[failed] <= SolveStatus.MAX_ITERATIONS
+    assert reported_success.float().mean() >= 0.9
 
 
 def test_robust_mode_on_twenty_percent_outliers() -> None:

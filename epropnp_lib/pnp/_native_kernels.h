@@ -1,0 +1,200 @@
+/* The per-problem kernels of _native.c for one input type: included once with T = float and
+ * once with T = double (NAME(f) names the instance), so that no load branches on the dtype. */
+
+/* One problem: see the file's header.  x3d (n, 3), x2d (n, 2), w2d (n, 2), cam (3, 3). */
+static void NAME(init_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2d, const T *cam,
+                           double tiny, double planarity, double *out)
+{
+    /* normalized_image_points: K's 2x2 block inverted in closed form */
+    const double k00 = (double)cam[0], k01 = (double)cam[1], cx = (double)cam[2];
+    const double k10 = (double)cam[3], k11 = (double)cam[4], cy = (double)cam[5];
+    const double det_k = k00 * k11 - k01 * k10;
+    const double i00 = k11 / det_k, i01 = -k01 / det_k, i10 = -k10 / det_k, i11 = k00 / det_k;
+
+    /* dlt_gram: the w^2-weighted centroid, w = wu + wv */
+    double sw2 = 0.0, c[3] = {0.0, 0.0, 0.0};
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const double w = (double)w2d[2 * i] + (double)w2d[2 * i + 1], w2 = w * w;
+        sw2 += w2;
+        for (int a = 0; a < 3; ++a) c[a] += w2 * (double)x3d[3 * i + a];
+    }
+    const double denom = sw2 > tiny ? sw2 : tiny;
+    for (int a = 0; a < 3; ++a) c[a] /= denom;
+
+    /* The moments M = sum w^2 X X^T and its u-, v- and (u^2 + v^2)-weighted versions, X =
+     * (x - c, 1); upper triangles, 10 entries each (dlt_normal_matrix's blocks). */
+    double mom[4][10];
+    memset(mom, 0, sizeof mom);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const double w = (double)w2d[2 * i] + (double)w2d[2 * i + 1], w2 = w * w;
+        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
+        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
+        const double p0 = (double)x3d[3 * i] - c[0], p1 = (double)x3d[3 * i + 1] - c[1];
+        const double p2 = (double)x3d[3 * i + 2] - c[2];
+        const double xx[10] = {p0 * p0, p0 * p1, p0 * p2, p0, p1 * p1, p1 * p2, p1, p2 * p2, p2, 1.0};
+        const double f[4] = {w2, w2 * u, w2 * v, w2 * (u * u + v * v)};
+        for (int m = 0; m < 4; ++m)
+            for (int e = 0; e < 10; ++e) mom[m][e] += f[m] * xx[e];
+    }
+    /* full 4x4 blocks: M, Mu, Mv, Muv */
+    static const int UPPER[4][4] = {{0, 1, 2, 3}, {1, 4, 5, 6}, {2, 5, 7, 8}, {3, 6, 8, 9}};
+    double blk[4][16];
+    for (int m = 0; m < 4; ++m)
+        for (int a = 0; a < 4; ++a)
+            for (int b = 0; b < 4; ++b) blk[m][4 * a + b] = mom[m][UPPER[a][b]];
+    const double *bm = blk[0], *bu = blk[1], *bv = blk[2], *buv = blk[3];
+
+    /* dlt_normal_matrix: [[M, 0, -Mu], [0, M, -Mv], [-Mu, -Mv, Muv]] */
+    double *ata = out + OUT_ATA;
+    memset(ata, 0, 144 * sizeof(double));
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+            ata[12 * a + b] = bm[4 * a + b];
+            ata[12 * (4 + a) + 4 + b] = bm[4 * a + b];
+            ata[12 * a + 8 + b] = -bu[4 * a + b];
+            ata[12 * (8 + a) + b] = -bu[4 * a + b];
+            ata[12 * (4 + a) + 8 + b] = -bv[4 * a + b];
+            ata[12 * (8 + a) + 4 + b] = -bv[4 * a + b];
+            ata[12 * (8 + a) + 8 + b] = buv[4 * a + b];
+        }
+
+    /* _dlt_rotation_block: Ku = M^-1 Mu, Kv = M^-1 Mv with M = diag(S, sum w^2);
+     * C = Muv - Mu Ku - Mv Kv; q = -C_qq^-1 C_q1; rows p_1 = Ku (q, 1), p_2 = Kv (q, 1). */
+    const double s3[9] = {bm[0], bm[1], bm[2], bm[4], bm[5], bm[6], bm[8], bm[9], bm[10]};
+    double sinv[9], ku[16], kv[16], cm[16];
+    inv3_sym(s3, sinv);
+    for (int b = 0; b < 4; ++b) {
+        for (int a = 0; a < 3; ++a) {
+            ku[4 * a + b] = sinv[3 * a] * bu[b] + sinv[3 * a + 1] * bu[4 + b] + sinv[3 * a + 2] * bu[8 + b];
+            kv[4 * a + b] = sinv[3 * a] * bv[b] + sinv[3 * a + 1] * bv[4 + b] + sinv[3 * a + 2] * bv[8 + b];
+        }
+        ku[12 + b] = bu[12 + b] / bm[15];
+        kv[12 + b] = bv[12 + b] / bm[15];
+    }
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+            double s = buv[4 * a + b];
+            for (int l = 0; l < 4; ++l) s -= bu[4 * a + l] * ku[4 * l + b] + bv[4 * a + l] * kv[4 * l + b];
+            cm[4 * a + b] = s;
+        }
+    const double c3[9] = {cm[0], cm[1], cm[2], cm[4], cm[5], cm[6], cm[8], cm[9], cm[10]};
+    double cinv[9], q1[4], amat[9];
+    inv3_sym(c3, cinv);
+    for (int a = 0; a < 3; ++a)
+        q1[a] = -(cinv[3 * a] * cm[3] + cinv[3 * a + 1] * cm[7] + cinv[3 * a + 2] * cm[11]);
+    q1[3] = 1.0;
+    for (int a = 0; a < 3; ++a) {
+        amat[a] = ku[4 * a] * q1[0] + ku[4 * a + 1] * q1[1] + ku[4 * a + 2] * q1[2] + ku[4 * a + 3];
+        amat[3 + a] = kv[4 * a] * q1[0] + kv[4 * a + 1] * q1[1] + kv[4 * a + 2] * q1[2] + kv[4 * a + 3];
+        amat[6 + a] = q1[a];
+    }
+    double rot0[9];
+    orthonormalize(amat, rot0);
+    refine_on_so3(ata, rot0, c, out + OUT_POSE);
+
+    /* init_6dof's planarity test on S = M[:3, :3]: det S > ratio ||S||_F^3, NaN-safe */
+    double need = 1.0;
+    if (n >= 6) {
+        double rc[3], frob2 = 0.0;
+        cross3(s3 + 3, s3 + 6, rc);
+        const double det_s = dot3(s3, rc);
+        for (int i = 0; i < 9; ++i) frob2 += s3[i] * s3[i];
+        const double frob = sqrt(frob2);
+        need = det_s > planarity * frob * frob * frob ? 0.0 : 1.0;
+    }
+    out[OUT_NEED] = need;
+    memcpy(out + OUT_CENTRE, c, sizeof c);
+}
+
+/* One problem of cost.point_terms + cost.augmented_normal_matrix for Pose6DoF: the robust cost,
+ * the augmented normal matrix [[H, g], [g^T, sum rho' |f|^2]] (7 x 7) and the depths.  x, wk,
+ * wc are the component-major cost.PointSet arrays with component stride cs and this problem's
+ * n points contiguous; without has_delta, the plain squared cost (no kernel).  The points go
+ * in chunks of STATE_CHUNK: a first pass writes the Jacobian columns (then the residual) of
+ * both image rows, one contiguous array per column, and their rho'-weighted copies; a second
+ * adds the 28 distinct entries as dot products over those arrays (which vectorise, and stay
+ * in the L1 cache). */
+static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T *x, const T *wk,
+                             const T *wc, int has_delta, double delta, double tiny,
+                             double min_depth, T *cost, T *normal, T *depth)
+{
+    const double t0 = (double)pose[0], t1 = (double)pose[1], t2 = (double)pose[2];
+    const double q[4] = {(double)pose[3], (double)pose[4], (double)pose[5],
+                         (double)pose[6]};
+    double r[9];
+    quat_to_matrix(q, r);
+    double col[7][2 * STATE_CHUNK], wcol[7][2 * STATE_CHUNK]; /* [column][row * len + i] */
+    double acc[28];
+    memset(acc, 0, sizeof acc);
+    double total = 0.0;
+    for (Py_ssize_t start = 0; start < n; start += STATE_CHUNK) {
+        const Py_ssize_t len = n - start < STATE_CHUNK ? n - start : STATE_CHUNK;
+        for (Py_ssize_t j = 0; j < len; ++j) {
+            const Py_ssize_t i = start + j;
+            const double x0 = (double)x[i], x1 = (double)x[cs + i], x2 = (double)x[2 * cs + i];
+            const double p0 = r[0] * x0 + r[1] * x1 + r[2] * x2;
+            const double p1 = r[3] * x0 + r[4] * x1 + r[5] * x2;
+            const double p2 = r[6] * x0 + r[7] * x1 + r[8] * x2;
+            const double z = p2 + t2;
+            depth[i] = (T)z;
+            const double inv_z = 1.0 / (z > min_depth ? z : min_depth);
+            const double dz = z <= min_depth ? 0.0 : -inv_z;
+            double c[2][7];
+            double sq = 0.0;
+            for (int row = 0; row < 2; ++row) {
+                /* wk[row][c] = w_row K[row][c]; wc[row] = w_row (u_row - c_row) */
+                const double a0 = (double)wk[(2 * row) * cs + i] * inv_z;
+                const double a1 = (double)wk[(2 * row + 1) * cs + i] * inv_z;
+                const double wr = a0 * (p0 + t0) + a1 * (p1 + t1);
+                const double res = wr - (double)wc[row * cs + i];
+                const double a2 = wr * dz;
+                /* Pose6DoF.rotation_columns: p x a */
+                c[row][0] = a0;
+                c[row][1] = a1;
+                c[row][2] = a2;
+                c[row][3] = p1 * a2 - p2 * a1;
+                c[row][4] = p2 * a0 - p0 * a2;
+                c[row][5] = p0 * a1 - p1 * a0;
+                c[row][6] = res;
+                sq += res * res;
+            }
+            double weight = 1.0, half_rho = 0.5 * sq;
+            if (has_delta) {
+                weight = delta / sqrt(sq > tiny ? sq : tiny);
+                weight = weight < 1.0 ? weight : 1.0;
+                half_rho = sq * (weight - 0.5 * weight * weight);
+            }
+            total += half_rho;
+            for (int a = 0; a < 7; ++a)
+                for (int row = 0; row < 2; ++row) {
+                    col[a][row * len + j] = c[row][a];
+                    wcol[a][row * len + j] = weight * c[row][a];
+                }
+        }
+        const Py_ssize_t m = 2 * len;
+        int k = 0;
+        for (int a = 0; a < 7; ++a) {
+            const double *u = wcol[a];
+            for (int b = a; b < 7; ++b) {
+                const double *v = col[b];
+                double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+                Py_ssize_t j = 0;
+                for (; j + 4 <= m; j += 4) {
+                    s0 += u[j] * v[j];
+                    s1 += u[j + 1] * v[j + 1];
+                    s2 += u[j + 2] * v[j + 2];
+                    s3 += u[j + 3] * v[j + 3];
+                }
+                for (; j < m; ++j) s0 += u[j] * v[j];
+                acc[k++] += (s0 + s1) + (s2 + s3);
+            }
+        }
+    }
+    *cost = (T)total;
+    int k = 0;
+    for (int a = 0; a < 7; ++a)
+        for (int b = a; b < 7; ++b) {
+            normal[7 * a + b] = (T)acc[k];
+            normal[7 * b + a] = (T)acc[k++];
+        }
+}

@@ -1,0 +1,154 @@
+"""The solver's fused CPU kernels (``epropnp_lib/pnp/_native.c``), with the batched tensor code
+as the fallback.
+
+At small and medium batches the solve on a CPU costs per tensor op, not per flop (a few µs
+each; the 6DoF initialisation alone dispatches ~220 ops).  The C extension ``_native`` does the
+initialisation of :func:`epropnp_lib.pnp.init.init_6dof` -- normalised image points, DLT
+moments, the DLT's rotation block, Gram-Schmidt, the Gauss-Newton step on SO(3), the planarity
+test -- in one pass per problem, in float64.  It is built with the package (``setup.py``, an
+optional extension: where no C compiler is found the build goes on without it) and used for CPU
+tensors of float32 or float64; CUDA tensors, a missing extension or ``EPROPNP_NATIVE=0`` in the
+environment run the tensor code, which gives the same candidates up to round-off (the
+extension sums the moments in float64 where the tensor code sums them in the input dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+
+try:
+    from epropnp_lib.pnp import _native  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the tensor code runs
+    _native = None
+
+#: ``EPROPNP_NATIVE=0`` turns the kernels off (read at import; :func:`native_kernels` in code).
+ENV_VAR = "EPROPNP_NATIVE"
+_enabled = os.environ.get(ENV_VAR, "1").strip() not in ("0", "false", "no", "off")
+
+
+def built() -> bool:
+    """Whether the C extension was built and imports."""
+    return _native is not None
+
+
+def enabled() -> bool:
+    """Whether the kernels run for CPU tensors (built and not turned off)."""
+    return _native is not None and _enabled
+
+
+@contextlib.contextmanager
+def native_kernels(on: bool) -> Iterator[None]:
+    """Turn the kernels on or off inside the ``with`` block (for comparisons and tests;
+    process-wide, not thread-local)."""
+    global _enabled
+    before = _enabled
+    _enabled = on
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+class NativeInit(NamedTuple):
+    """The DLT candidate of :func:`init_6dof_native` and what the homography candidate needs.
+
+    Attributes:
+        pose: ``(B, 7)`` float64 ``(t, q_wxyz)``, the DLT refined on SO(3).
+        need_homography: ``(B,)`` bool, near-planar point sets (or fewer than 6 points).
+        ata: ``(B, 12, 12)`` float64 DLT normal matrix (``init.dlt_normal_matrix``) of the
+            points centred on ``centre``.
+        centre: ``(B, 3)`` float64 ``w^2``-weighted centroid of the object points.
+    """
+
+    pose: torch.Tensor
+    need_homography: torch.Tensor
+    ata: torch.Tensor
+    centre: torch.Tensor
+
+
+def init_6dof_native(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor,
+    planarity_ratio: float,
+) -> NativeInit | None:
+    """The 6DoF DLT candidate from the fused kernel, or ``None`` where the kernel does not
+    apply (turned off or not built, not a CPU tensor, not float32/float64, mixed dtypes or
+    shapes other than these).
+
+    Args:
+        x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3,
+            3)`` with last row ``(0, 0, 1)``.
+        planarity_ratio: the threshold of ``init.PLANARITY_RATIO``.
+    """
+    if not enabled() or x3d.device.type != "cpu" or x3d.dim() != 3:
+        return None
+    dtype = x3d.dtype
+    if dtype not in (torch.float32, torch.float64) or any(
+            t.dtype != dtype or t.device.type != "cpu" for t in (x2d, w2d, cam_mats)):
+        return None
+    batch, points = x3d.shape[:2]
+    shapes = (x3d.shape, x2d.shape, w2d.shape, cam_mats.shape)
+    if shapes != ((batch, points, 3), (batch, points, 2), (batch, points, 2), (batch, 3, 3)):
+        return None  # the tensor code raises or broadcasts as it does
+    x3d, x2d, w2d, cam_mats = (t.contiguous() for t in (x3d, x2d, w2d, cam_mats))
+    out = torch.empty(batch, _native.OUT_STRIDE, dtype=torch.float64)
+    if batch:
+        _native.init6(batch, points, x3d.data_ptr(), x2d.data_ptr(), w2d.data_ptr(),
+                      cam_mats.data_ptr(), out.data_ptr(), dtype == torch.float64,
+                      float(planarity_ratio))
+    return NativeInit(out[:, :7], out[:, 7] != 0.0, out[:, 8:152].view(batch, 12, 12),
+                      out[:, 152:155])
+
+
+class NativeState(NamedTuple):
+    """The robust cost and its normal equations at one pose per problem (see
+    :func:`state_6dof_native`), in the dtype of the pose.
+
+    Attributes:
+        cost: ``(B,)`` ``1/2 sum_i rho(||f_i||^2)``.
+        normal: ``(B, 7, 7)`` ``[[H, g], [g^T, sum_i rho'_i |f_i|^2]]``
+            (:func:`epropnp_lib.pnp.cost.augmented_normal_matrix`).
+        depth: ``(B, N)`` camera-frame depth of the points before clamping.
+    """
+
+    cost: torch.Tensor
+    normal: torch.Tensor
+    depth: torch.Tensor
+
+
+def state_6dof_native(
+    pose: torch.Tensor, x: torch.Tensor, wk: torch.Tensor, wc: torch.Tensor,
+    delta: torch.Tensor | None, min_depth: float,
+) -> NativeState | None:
+    """:func:`~epropnp_lib.pnp.cost.point_terms` with the Jacobian, reduced to the cost and the
+    augmented normal matrix, for 6DoF poses ``pose: (B, 7)`` and the arrays of a
+    :class:`~epropnp_lib.pnp.cost.PointSet` (``x: (3, B, N)``, ``wk: (2, 2, B, N)``, ``wc: (2,
+    B, N)``, ``delta: (B, 1)`` or ``None``), summed in float64; ``None`` where the kernel does
+    not apply (as :func:`init_6dof_native`, and for tensors that require grad)."""
+    if not enabled() or pose.device.type != "cpu" or x.dim() != 3:
+        return None
+    dtype = pose.dtype
+    tensors = (pose, x, wk, wc) if delta is None else (pose, x, wk, wc, delta)
+    if dtype not in (torch.float32, torch.float64) or any(
+            t.dtype != dtype or t.device.type != "cpu" or t.requires_grad for t in tensors):
+        return None
+    batch, points = x.shape[1:]
+    if pose.shape != (batch, 7) or wk.shape != (2, 2, batch, points) or wc.shape != (
+            2, batch, points) or (delta is not None and delta.numel() != batch):
+        return None  # not one pose per problem (e.g. several samples each)
+    pose, x, wk, wc = (t.contiguous() for t in (pose, x, wk, wc))
+    if delta is not None:
+        delta = delta.contiguous()
+    cost = torch.empty(batch, dtype=dtype)
+    normal = torch.empty(batch, 7, 7, dtype=dtype)
+    depth = torch.empty(batch, points, dtype=dtype)
+    if batch:
+        _native.state6(batch, points, pose.data_ptr(), x.data_ptr(), wk.data_ptr(),
+                       wc.data_ptr(), 0 if delta is None else delta.data_ptr(),
+                       cost.data_ptr(), normal.data_ptr(), depth.data_ptr(),
+                       dtype == torch.float64, float(min_depth))
+    return NativeState(cost, normal, depth)
