@@ -1,14 +1,20 @@
-/* Fused CPU kernel of the 6DoF initialisation (epropnp_lib.pnp.init, native path).
+/* Fused CPU kernels of the PnP solver (epropnp_lib/pnp/native.py calls them; the tensor code
+ * they replace stays the reference and the fallback, and tests/lib/test_native.py checks one
+ * against the other).
  *
- * One pass per problem, in double precision, of what epropnp_lib/pnp/init.py does with ~220
- * batched tensor ops: normalised image points, the w^2-weighted centroid, the DLT moments, the
- * DLT's rotation block (block elimination), Gram-Schmidt, one Gauss-Newton step on SO(3) of the
- * algebraic error, the quaternion, and the planarity test that decides whether the homography
- * candidate is needed.  The formulas and their derivation are those of the Python functions
- * named in the comments; epropnp_lib/pnp/native.py calls it and tests/lib/test_native_init.py
- * checks it against them.
+ * - init6: one pass per problem, in double precision, of what init.init_6dof does with ~220
+ *   batched tensor ops: normalised image points, the w^2-weighted centroid, the DLT moments,
+ *   the DLT's rotation block (block elimination), Gram-Schmidt, one Gauss-Newton step on SO(3)
+ *   of the algebraic error, the quaternion, and the planarity test that decides whether the
+ *   homography candidate (tensor code) is needed.
+ * - init4: init.init_4dof, the linear least squares in (cos, sin, t) and the translation
+ *   re-solved for the normalised yaw.
+ * - state: cost.point_terms with the Jacobian reduced by cost.augmented_normal_matrix, for
+ *   6DoF and 4DoF poses: the robust cost, the augmented normal matrix and the depths.
+ * The formulas and their derivations are those of the Python functions named in the comments.
  *
- * Conventions: row-major matrices; quaternions (w, x, y, z), Hamilton; the pose is (t, q).
+ * Conventions: row-major matrices; quaternions (w, x, y, z), Hamilton; 6DoF poses (t, q), 4DoF
+ * poses (t, yaw) with the yaw about the camera y axis.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -106,6 +112,39 @@ static void orthonormalize(const double *m, double *r)
     memcpy(r, r0, sizeof r0);
     memcpy(r + 3, r1, sizeof r1);
     memcpy(r + 6, r2, sizeof r2);
+}
+
+/* Solves the d x d system a x = b (d <= 5; a is overwritten) by LU with partial pivoting, as
+ * torch.linalg.solve; a singular system gives non-finite entries. */
+static void solve_lu(int d, double *a, const double *b, double *x)
+{
+    double y[5];
+    memcpy(y, b, (size_t)d * sizeof(double));
+    for (int k = 0; k < d; ++k) {
+        int p = k;
+        for (int i = k + 1; i < d; ++i)
+            if (fabs(a[d * i + k]) > fabs(a[d * p + k])) p = i;
+        if (p != k) {
+            for (int j = 0; j < d; ++j) {
+                const double tmp = a[d * k + j];
+                a[d * k + j] = a[d * p + j];
+                a[d * p + j] = tmp;
+            }
+            const double tmp = y[k];
+            y[k] = y[p];
+            y[p] = tmp;
+        }
+        for (int i = k + 1; i < d; ++i) {
+            const double f = a[d * i + k] / a[d * k + k];
+            for (int j = k; j < d; ++j) a[d * i + j] -= f * a[d * k + j];
+            y[i] -= f * y[k];
+        }
+    }
+    for (int i = d - 1; i >= 0; --i) {
+        double s = y[i];
+        for (int j = i + 1; j < d; ++j) s -= a[d * i + j] * x[j];
+        x[i] = s / a[d * i + i];
+    }
 }
 
 /* init.refine_on_so3 (one Gauss-Newton step of the algebraic error over rotations, translation
@@ -237,22 +276,22 @@ static PyObject *py_init6(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* state6(batch, points, pose, x, wk, wc, delta, cost, normal, depth, is_double, min_depth):
- * pointers to contiguous CPU buffers of one dtype (float32 or float64): pose (B, 7), x (3, B, N),
- * wk (2, 2, B, N), wc (2, B, N), delta (B,) or 0 for none; outputs cost (B,), normal (B, 7, 7),
- * depth (B, N).  Releases the GIL. */
-static PyObject *py_state6(PyObject *self, PyObject *args)
+/* state(batch, points, dof, pose, x, wk, wc, delta, cost, normal, depth, is_double,
+ * min_depth): pointers to contiguous CPU buffers of one dtype (float32 or float64): pose (B, 7)
+ * for dof 6 or (B, 4) for dof 4, x (3, B, N), wk (2, 2, B, N), wc (2, B, N), delta (B,) or 0 for
+ * none; outputs cost (B,), normal (B, dof + 1, dof + 1), depth (B, N).  Releases the GIL. */
+static PyObject *py_state(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_ssize_t batch, n;
+    int dof, dbl;
     unsigned long long ppose, px, pwk, pwc, pdelta, pcost, pnormal, pdepth;
-    int dbl;
     double min_depth;
-    if (!PyArg_ParseTuple(args, "nnKKKKKKKKpd", &batch, &n, &ppose, &px, &pwk, &pwc, &pdelta,
-                          &pcost, &pnormal, &pdepth, &dbl, &min_depth))
+    if (!PyArg_ParseTuple(args, "nniKKKKKKKKpd", &batch, &n, &dof, &ppose, &px, &pwk, &pwc,
+                          &pdelta, &pcost, &pnormal, &pdepth, &dbl, &min_depth))
         return NULL;
-    if (batch < 0 || n < 1) {
-        PyErr_SetString(PyExc_ValueError, "state6: batch must be >= 0 and points >= 1");
+    if (batch < 0 || n < 1 || (dof != 6 && dof != 4)) {
+        PyErr_SetString(PyExc_ValueError, "state: batch >= 0, points >= 1 and dof 4 or 6");
         return NULL;
     }
     const void *pose = (const void *)(uintptr_t)ppose, *x = (const void *)(uintptr_t)px;
@@ -262,19 +301,52 @@ static PyObject *py_state6(PyObject *self, PyObject *args)
     void *depth = (void *)(uintptr_t)pdepth;
     const double tiny = dbl ? DBL_MIN : (double)FLT_MIN;
     const Py_ssize_t cs = batch * n; /* component stride */
+    const size_t pdim = dof == 6 ? 7 : 4, nn = (size_t)(dof + 1) * (size_t)(dof + 1);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t b = 0; b < batch; ++b) {
         const size_t off = (size_t)b * n;
         if (dbl)
-            state6_one_f64(n, cs, (const double *)pose + 7 * b, (const double *)x + off,
-                           (const double *)wk + off, (const double *)wc + off, delta != NULL,
-                           delta ? ((const double *)delta)[b] : 0.0, tiny, min_depth,
-                           (double *)cost + b, (double *)normal + 49 * b, (double *)depth + off);
+            state_one_f64(n, cs, dof, (const double *)pose + pdim * b, (const double *)x + off,
+                          (const double *)wk + off, (const double *)wc + off, delta != NULL,
+                          delta ? ((const double *)delta)[b] : 0.0, tiny, min_depth,
+                          (double *)cost + b, (double *)normal + nn * b, (double *)depth + off);
         else
-            state6_one_f32(n, cs, (const float *)pose + 7 * b, (const float *)x + off,
-                           (const float *)wk + off, (const float *)wc + off, delta != NULL,
-                           delta ? (double)((const float *)delta)[b] : 0.0, tiny, min_depth,
-                           (float *)cost + b, (float *)normal + 49 * b, (float *)depth + off);
+            state_one_f32(n, cs, dof, (const float *)pose + pdim * b, (const float *)x + off,
+                          (const float *)wk + off, (const float *)wc + off, delta != NULL,
+                          delta ? (double)((const float *)delta)[b] : 0.0, tiny, min_depth,
+                          (float *)cost + b, (float *)normal + nn * b, (float *)depth + off);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* init4(batch, points, x3d, x2d, w2d, cam, out, is_double): contiguous CPU buffers of one dtype;
+ * out (B, 4) of that dtype, (t, yaw).  Releases the GIL. */
+static PyObject *py_init4(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_ssize_t batch, n;
+    unsigned long long px3d, px2d, pw2d, pcam, pout;
+    int dbl;
+    if (!PyArg_ParseTuple(args, "nnKKKKKp", &batch, &n, &px3d, &px2d, &pw2d, &pcam, &pout, &dbl))
+        return NULL;
+    if (batch < 0 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "init4: batch must be >= 0 and points >= 1");
+        return NULL;
+    }
+    const void *x3d = (const void *)(uintptr_t)px3d, *x2d = (const void *)(uintptr_t)px2d;
+    const void *w2d = (const void *)(uintptr_t)pw2d, *cam = (const void *)(uintptr_t)pcam;
+    void *out = (void *)(uintptr_t)pout;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t b = 0; b < batch; ++b) {
+        const size_t o3 = (size_t)b * 3 * n, o2 = (size_t)b * 2 * n, oc = (size_t)b * 9;
+        if (dbl)
+            init4_one_f64(n, (const double *)x3d + o3, (const double *)x2d + o2,
+                          (const double *)w2d + o2, (const double *)cam + oc,
+                          (double *)out + 4 * b);
+        else
+            init4_one_f32(n, (const float *)x3d + o3, (const float *)x2d + o2,
+                          (const float *)w2d + o2, (const float *)cam + oc, (float *)out + 4 * b);
     }
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -282,7 +354,8 @@ static PyObject *py_state6(PyObject *self, PyObject *args)
 
 static PyMethodDef METHODS[] = {
     {"init6", py_init6, METH_VARARGS, "Fused 6DoF initialisation (see epropnp_lib.pnp.native)."},
-    {"state6", py_state6, METH_VARARGS, "Fused 6DoF cost and normal matrix (epropnp_lib.pnp.native)."},
+    {"init4", py_init4, METH_VARARGS, "Fused 4DoF initialisation (see epropnp_lib.pnp.native)."},
+    {"state", py_state, METH_VARARGS, "Fused cost and normal matrix (epropnp_lib.pnp.native)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -106,23 +106,30 @@ static void NAME(init_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2
     memcpy(out + OUT_CENTRE, c, sizeof c);
 }
 
-/* One problem of cost.point_terms + cost.augmented_normal_matrix for Pose6DoF: the robust cost,
- * the augmented normal matrix [[H, g], [g^T, sum rho' |f|^2]] (7 x 7) and the depths.  x, wk,
- * wc are the component-major cost.PointSet arrays with component stride cs and this problem's
- * n points contiguous; without has_delta, the plain squared cost (no kernel).  The points go
- * in chunks of STATE_CHUNK: a first pass writes the Jacobian columns (then the residual) of
- * both image rows, one contiguous array per column, and their rho'-weighted copies; a second
- * adds the 28 distinct entries as dot products over those arrays (which vectorise, and stay
- * in the L1 cache). */
-static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T *x, const T *wk,
-                             const T *wc, int has_delta, double delta, double tiny,
-                             double min_depth, T *cost, T *normal, T *depth)
+/* One problem of cost.point_terms + cost.augmented_normal_matrix: the robust cost, the augmented
+ * normal matrix [[H, g], [g^T, sum rho' |f|^2]] ((dof + 1) x (dof + 1)) and the depths, for
+ * Pose6DoF (pose (t, q), dof 6) or Pose4DoF (pose (t, yaw), dof 4).  x, wk, wc are the
+ * component-major cost.PointSet arrays with component stride cs and this problem's n points
+ * contiguous; without has_delta, the plain squared cost (no kernel).  The points go in chunks
+ * of STATE_CHUNK: a first pass writes the Jacobian columns (then the residual) of both image
+ * rows, one contiguous array per column, and their rho'-weighted copies; a second adds the
+ * distinct entries as dot products over those arrays (which vectorise, and stay in the L1
+ * cache). */
+static void NAME(state_one)(Py_ssize_t n, Py_ssize_t cs, int dof, const T *pose, const T *x,
+                            const T *wk, const T *wc, int has_delta, double delta, double tiny,
+                            double min_depth, T *cost, T *normal, T *depth)
 {
     const double t0 = (double)pose[0], t1 = (double)pose[1], t2 = (double)pose[2];
-    const double q[4] = {(double)pose[3], (double)pose[4], (double)pose[5],
-                         (double)pose[6]};
     double r[9];
-    quat_to_matrix(q, r);
+    if (dof == 6) {
+        const double q[4] = {(double)pose[3], (double)pose[4], (double)pose[5], (double)pose[6]};
+        quat_to_matrix(q, r);
+    } else { /* yaw about the camera y axis: Pose4DoF.rotate */
+        const double c = cos((double)pose[3]), s = sin((double)pose[3]);
+        const double ry[9] = {c, 0.0, s, 0.0, 1.0, 0.0, -s, 0.0, c};
+        memcpy(r, ry, sizeof ry);
+    }
+    const int nc = dof + 1; /* Jacobian columns, then the residual */
     double col[7][2 * STATE_CHUNK], wcol[7][2 * STATE_CHUNK]; /* [column][row * len + i] */
     double acc[28];
     memset(acc, 0, sizeof acc);
@@ -148,14 +155,17 @@ static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T
                 const double wr = a0 * (p0 + t0) + a1 * (p1 + t1);
                 const double res = wr - (double)wc[row * cs + i];
                 const double a2 = wr * dz;
-                /* Pose6DoF.rotation_columns: p x a */
                 c[row][0] = a0;
                 c[row][1] = a1;
                 c[row][2] = a2;
-                c[row][3] = p1 * a2 - p2 * a1;
-                c[row][4] = p2 * a0 - p0 * a2;
-                c[row][5] = p0 * a1 - p1 * a0;
-                c[row][6] = res;
+                if (dof == 6) { /* Pose6DoF.rotation_columns: p x a */
+                    c[row][3] = p1 * a2 - p2 * a1;
+                    c[row][4] = p2 * a0 - p0 * a2;
+                    c[row][5] = p0 * a1 - p1 * a0;
+                } else { /* Pose4DoF.rotation_columns: a . (e_y x p) */
+                    c[row][3] = a0 * p2 - a2 * p0;
+                }
+                c[row][dof] = res;
                 sq += res * res;
             }
             double weight = 1.0, half_rho = 0.5 * sq;
@@ -165,7 +175,7 @@ static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T
                 half_rho = sq * (weight - 0.5 * weight * weight);
             }
             total += half_rho;
-            for (int a = 0; a < 7; ++a)
+            for (int a = 0; a < nc; ++a)
                 for (int row = 0; row < 2; ++row) {
                     col[a][row * len + j] = c[row][a];
                     wcol[a][row * len + j] = weight * c[row][a];
@@ -173,9 +183,9 @@ static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T
         }
         const Py_ssize_t m = 2 * len;
         int k = 0;
-        for (int a = 0; a < 7; ++a) {
+        for (int a = 0; a < nc; ++a) {
             const double *u = wcol[a];
-            for (int b = a; b < 7; ++b) {
+            for (int b = a; b < nc; ++b) {
                 const double *v = col[b];
                 double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
                 Py_ssize_t j = 0;
@@ -192,9 +202,70 @@ static void NAME(state6_one)(Py_ssize_t n, Py_ssize_t cs, const T *pose, const T
     }
     *cost = (T)total;
     int k = 0;
-    for (int a = 0; a < 7; ++a)
-        for (int b = a; b < 7; ++b) {
-            normal[7 * a + b] = (T)acc[k];
-            normal[7 * b + a] = (T)acc[k++];
+    for (int a = 0; a < nc; ++a)
+        for (int b = a; b < nc; ++b) {
+            normal[nc * a + b] = (T)acc[k];
+            normal[nc * b + a] = (T)acc[k++];
         }
+}
+
+/* One problem of init.init_4dof: yaw and translation by linear least squares in (cos, sin, t),
+ * then the translation re-solved for the normalised (cos, sin).  Writes (t, yaw). */
+static void NAME(init4_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2d,
+                            const T *cam, T *pose)
+{
+    const double k00 = (double)cam[0], k01 = (double)cam[1], cx = (double)cam[2];
+    const double k10 = (double)cam[3], k11 = (double)cam[4], cy = (double)cam[5];
+    const double det_k = k00 * k11 - k01 * k10;
+    const double i00 = k11 / det_k, i01 = -k01 / det_k, i10 = -k10 / det_k, i11 = k00 / det_k;
+    double ata[25], atb[5];
+    memset(ata, 0, sizeof ata);
+    memset(atb, 0, sizeof atb);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
+        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
+        const double bx = (double)x3d[3 * i], by = (double)x3d[3 * i + 1], bz = (double)x3d[3 * i + 2];
+        const double wu = (double)w2d[2 * i] * k00, wv = (double)w2d[2 * i + 1] * k11;
+        const double ru[5] = {wu * (u * bz - bx), -wu * (u * bx + bz), -wu, 0.0, wu * u};
+        const double rv[5] = {wv * v * bz, -wv * v * bx, 0.0, -wv, wv * v};
+        const double b_v = wv * by; /* b_u = 0 */
+        for (int a = 0; a < 5; ++a) {
+            for (int b = a; b < 5; ++b) ata[5 * a + b] += ru[a] * ru[b] + rv[a] * rv[b];
+            atb[a] += rv[a] * b_v;
+        }
+    }
+    double diag_max = 0.0;
+    for (int a = 0; a < 5; ++a) {
+        for (int b = 0; b < a; ++b) ata[5 * a + b] = ata[5 * b + a];
+        const double d = fabs(ata[6 * a]);
+        diag_max = d > diag_max ? d : diag_max;
+    }
+    const double ridge = 1e-9 * (diag_max > 1e-30 ? diag_max : 1e-30);
+    for (int a = 0; a < 5; ++a) ata[6 * a] += ridge;
+    double sol[5];
+    solve_lu(5, ata, atb, sol);
+    const double yaw = atan2(sol[1], sol[0]), c = cos(yaw), s = sin(yaw);
+    double m[9], rhs[3];
+    memset(m, 0, sizeof m);
+    memset(rhs, 0, sizeof rhs);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
+        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
+        const double bx = (double)x3d[3 * i], by = (double)x3d[3 * i + 1], bz = (double)x3d[3 * i + 2];
+        const double wu = (double)w2d[2 * i] * k00, wv = (double)w2d[2 * i + 1] * k11;
+        const double cu = c * (u * bz - bx) - s * (u * bx + bz);
+        const double cv = c * v * bz - s * v * bx - by;
+        const double au[3] = {-wu, 0.0, wu * u}, av[3] = {0.0, -wv, wv * v};
+        for (int a = 0; a < 3; ++a) {
+            for (int b = 0; b < 3; ++b) m[3 * a + b] += au[a] * au[b] + av[a] * av[b];
+            rhs[a] -= au[a] * wu * cu + av[a] * wv * cv;
+        }
+    }
+    for (int a = 0; a < 3; ++a) m[4 * a] += 1e-12;
+    double t[3];
+    solve_lu(3, m, rhs, t);
+    pose[0] = (T)t[0];
+    pose[1] = (T)t[1];
+    pose[2] = (T)t[2];
+    pose[3] = (T)yaw;
 }

@@ -37,7 +37,7 @@ from epropnp_lib.geometry.rotations import (
     quat_to_matrix,
     skew,
 )
-from epropnp_lib.pnp.native import init_6dof_native
+from epropnp_lib.pnp.native import init_4dof_native, init_6dof_native
 from epropnp_lib.tensor_constants import on
 
 
@@ -410,6 +410,9 @@ def init_4dof(
     gives two equations linear in ``u = (c, s, tx, ty, tz)``:
     ``c (xn Z - X) - s (xn X + Z) - tx + xn tz = 0`` and ``c yn Z - s yn X - ty + yn tz = Y``.
     """
+    native = init_4dof_native(x3d, x2d, w2d, cam_mats)
+    if native is not None:  # the fused CPU kernel (epropnp_lib.pnp.native)
+        return native.unsqueeze(0)
     dtype = x3d.dtype
     x3d64, k64 = x3d.double(), cam_mats.double()
     xn = normalized_image_points(x2d.double(), k64)

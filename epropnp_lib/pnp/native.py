@@ -3,13 +3,17 @@ as the fallback.
 
 At small and medium batches the solve on a CPU costs per tensor op, not per flop (a few µs
 each; the 6DoF initialisation alone dispatches ~220 ops).  The C extension ``_native`` does the
-initialisation of :func:`epropnp_lib.pnp.init.init_6dof` -- normalised image points, DLT
+initialisations of :func:`epropnp_lib.pnp.init.init_6dof` (normalised image points, DLT
 moments, the DLT's rotation block, Gram-Schmidt, the Gauss-Newton step on SO(3), the planarity
-test -- in one pass per problem, in float64.  It is built with the package (``setup.py``, an
+test) and :func:`~epropnp_lib.pnp.init.init_4dof`, and each evaluation of the cost's normal
+equations in the solver's loop (:func:`~epropnp_lib.pnp.cost.point_terms` reduced by
+:func:`~epropnp_lib.pnp.cost.augmented_normal_matrix`, 6DoF and 4DoF), in one pass per
+problem, in float64.  It is built with the package (``setup.py``, an
 optional extension: where no C compiler is found the build goes on without it) and used for CPU
 tensors of float32 or float64; CUDA tensors, a missing extension or ``EPROPNP_NATIVE=0`` in the
-environment run the tensor code, which gives the same candidates up to round-off (the
-extension sums the moments in float64 where the tensor code sums them in the input dtype).
+environment run the tensor code, which gives the same results up to round-off (the extension
+sums in float64 where the tensor code sums the DLT moments and the normal equations in the
+input dtype).
 """
 
 from __future__ import annotations
@@ -76,20 +80,17 @@ def init_6dof_native(
     planarity_ratio: float,
 ) -> NativeInit | None:
     """The 6DoF DLT candidate from the fused kernel, or ``None`` where the kernel does not
-    apply (turned off or not built, not a CPU tensor, not float32/float64, mixed dtypes or
-    shapes other than these).
+    apply (turned off or not built, not a CPU tensor, not float32/float64, mixed dtypes,
+    tensors that require grad, or shapes other than these).
 
     Args:
         x3d: ``(B, N, 3)``; x2d: ``(B, N, 2)`` pixels; w2d: ``(B, N, 2)``; cam_mats: ``(B, 3,
             3)`` with last row ``(0, 0, 1)``.
         planarity_ratio: the threshold of ``init.PLANARITY_RATIO``.
     """
-    if not enabled() or x3d.device.type != "cpu" or x3d.dim() != 3:
+    if x3d.dim() != 3 or not _applies(x3d.dtype, x3d, x2d, w2d, cam_mats):
         return None
     dtype = x3d.dtype
-    if dtype not in (torch.float32, torch.float64) or any(
-            t.dtype != dtype or t.device.type != "cpu" for t in (x2d, w2d, cam_mats)):
-        return None
     batch, points = x3d.shape[:2]
     shapes = (x3d.shape, x2d.shape, w2d.shape, cam_mats.shape)
     if shapes != ((batch, points, 3), (batch, points, 2), (batch, points, 2), (batch, 3, 3)):
@@ -106,11 +107,11 @@ def init_6dof_native(
 
 class NativeState(NamedTuple):
     """The robust cost and its normal equations at one pose per problem (see
-    :func:`state_6dof_native`), in the dtype of the pose.
+    :func:`state_native`), in the dtype of the pose; ``D`` is the tangent dimension.
 
     Attributes:
         cost: ``(B,)`` ``1/2 sum_i rho(||f_i||^2)``.
-        normal: ``(B, 7, 7)`` ``[[H, g], [g^T, sum_i rho'_i |f_i|^2]]``
+        normal: ``(B, D + 1, D + 1)`` ``[[H, g], [g^T, sum_i rho'_i |f_i|^2]]``
             (:func:`epropnp_lib.pnp.cost.augmented_normal_matrix`).
         depth: ``(B, N)`` camera-frame depth of the points before clamping.
     """
@@ -120,35 +121,63 @@ class NativeState(NamedTuple):
     depth: torch.Tensor
 
 
-def state_6dof_native(
-    pose: torch.Tensor, x: torch.Tensor, wk: torch.Tensor, wc: torch.Tensor,
+def _applies(dtype: torch.dtype, *tensors: torch.Tensor) -> bool:
+    """Whether the kernels take ``tensors``: turned on, CPU, float32 or float64, all of
+    ``dtype``, none requiring grad."""
+    return enabled() and dtype in (torch.float32, torch.float64) and all(
+        t.dtype == dtype and t.device.type == "cpu" and not t.requires_grad for t in tensors)
+
+
+def state_native(
+    dof: int, pose: torch.Tensor, x: torch.Tensor, wk: torch.Tensor, wc: torch.Tensor,
     delta: torch.Tensor | None, min_depth: float,
 ) -> NativeState | None:
     """:func:`~epropnp_lib.pnp.cost.point_terms` with the Jacobian, reduced to the cost and the
-    augmented normal matrix, for 6DoF poses ``pose: (B, 7)`` and the arrays of a
+    augmented normal matrix, for the poses ``pose: (B, 7)`` (``dof`` 6, ``(t, q_wxyz)``) or
+    ``(B, 4)`` (``dof`` 4, ``(t, yaw)``) and the arrays of a
     :class:`~epropnp_lib.pnp.cost.PointSet` (``x: (3, B, N)``, ``wk: (2, 2, B, N)``, ``wc: (2,
     B, N)``, ``delta: (B, 1)`` or ``None``), summed in float64; ``None`` where the kernel does
-    not apply (as :func:`init_6dof_native`, and for tensors that require grad)."""
-    if not enabled() or pose.device.type != "cpu" or x.dim() != 3:
+    not apply (as :func:`init_6dof_native`, and for tensors that require grad or several poses
+    per problem)."""
+    if dof not in (4, 6) or x.dim() != 3:
         return None
-    dtype = pose.dtype
     tensors = (pose, x, wk, wc) if delta is None else (pose, x, wk, wc, delta)
-    if dtype not in (torch.float32, torch.float64) or any(
-            t.dtype != dtype or t.device.type != "cpu" or t.requires_grad for t in tensors):
+    if not _applies(pose.dtype, *tensors):
         return None
     batch, points = x.shape[1:]
-    if pose.shape != (batch, 7) or wk.shape != (2, 2, batch, points) or wc.shape != (
-            2, batch, points) or (delta is not None and delta.numel() != batch):
-        return None  # not one pose per problem (e.g. several samples each)
+    if pose.shape != (batch, 7 if dof == 6 else 4) or wk.shape != (2, 2, batch, points) or (
+            wc.shape != (2, batch, points)) or (delta is not None and delta.numel() != batch):
+        return None
     pose, x, wk, wc = (t.contiguous() for t in (pose, x, wk, wc))
     if delta is not None:
         delta = delta.contiguous()
+    dtype = pose.dtype
     cost = torch.empty(batch, dtype=dtype)
-    normal = torch.empty(batch, 7, 7, dtype=dtype)
+    normal = torch.empty(batch, dof + 1, dof + 1, dtype=dtype)
     depth = torch.empty(batch, points, dtype=dtype)
     if batch:
-        _native.state6(batch, points, pose.data_ptr(), x.data_ptr(), wk.data_ptr(),
-                       wc.data_ptr(), 0 if delta is None else delta.data_ptr(),
-                       cost.data_ptr(), normal.data_ptr(), depth.data_ptr(),
-                       dtype == torch.float64, float(min_depth))
+        _native.state(batch, points, dof, pose.data_ptr(), x.data_ptr(), wk.data_ptr(),
+                      wc.data_ptr(), 0 if delta is None else delta.data_ptr(),
+                      cost.data_ptr(), normal.data_ptr(), depth.data_ptr(),
+                      dtype == torch.float64, float(min_depth))
     return NativeState(cost, normal, depth)
+
+
+def init_4dof_native(
+    x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, cam_mats: torch.Tensor,
+) -> torch.Tensor | None:
+    """The 4DoF initial poses ``(B, 4)`` ``(t, yaw)`` of :func:`epropnp_lib.pnp.init.init_4dof`
+    from the fused kernel (in float64, returned in the input dtype), or ``None`` where it does
+    not apply (as :func:`init_6dof_native`).  Shapes as there."""
+    if x3d.dim() != 3 or not _applies(x3d.dtype, x3d, x2d, w2d, cam_mats):
+        return None
+    batch, points = x3d.shape[:2]
+    shapes = (x3d.shape, x2d.shape, w2d.shape, cam_mats.shape)
+    if shapes != ((batch, points, 3), (batch, points, 2), (batch, points, 2), (batch, 3, 3)):
+        return None
+    x3d, x2d, w2d, cam_mats = (t.contiguous() for t in (x3d, x2d, w2d, cam_mats))
+    out = torch.empty(batch, 4, dtype=x3d.dtype)
+    if batch:
+        _native.init4(batch, points, x3d.data_ptr(), x2d.data_ptr(), w2d.data_ptr(),
+                      cam_mats.data_ptr(), out.data_ptr(), x3d.dtype == torch.float64)
+    return out

@@ -22,7 +22,7 @@ import torch
 
 from epropnp_lib.conventions import MIN_DEPTH
 from epropnp_lib.errors import ConfigError
-from epropnp_lib.geometry.pose import Pose6DoF, PoseSpace, pose_space
+from epropnp_lib.geometry.pose import PoseSpace, pose_space
 from epropnp_lib.pnp.cost import (
     CostTerms,
     HuberConfig,
@@ -39,7 +39,7 @@ from epropnp_lib.pnp.init import (
     init_6dof,
     normalized_image_points,
 )
-from epropnp_lib.pnp.native import state_6dof_native
+from epropnp_lib.pnp.native import state_native
 from epropnp_lib.pnp.p3p import p3p_candidates
 from epropnp_lib.pnp.validation import ValidatedProblem, validate_problem
 
@@ -402,10 +402,10 @@ class SolverState(NamedTuple):
 
 
 def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> SolverState:
-    if space is Pose6DoF:  # the fused CPU kernel where it applies (epropnp_lib.pnp.native)
-        native = state_6dof_native(pose, pts.x, pts.wk, pts.wc, pts.delta, MIN_DEPTH)
-        if native is not None:
-            return SolverState(pose, *native)
+    # The fused CPU kernel where it applies (epropnp_lib.pnp.native).
+    native = state_native(space.tangent_dim, pose, pts.x, pts.wk, pts.wc, pts.delta, MIN_DEPTH)
+    if native is not None:
+        return SolverState(pose, *native)
     terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
     return SolverState(pose, terms.half_rho.sum(-1),

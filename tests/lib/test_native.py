@@ -1,8 +1,8 @@
 """The solver's fused CPU kernels (epropnp_lib.pnp.native) against the tensor code they replace:
-the 6DoF initialisation and the cost's normal equations give the same numbers (float64: to
-round-off; float32: the kernels sum in float64, the tensor code in float32), the whole solve
-ends on the same poses with the same statuses, and every case the kernels do not cover falls
-back to the tensor code."""
+the 6DoF and 4DoF initialisations and the cost's normal equations give the same numbers
+(float64: to round-off; float32: the kernels sum in float64, the tensor code in float32), the
+whole solve ends on the same poses with the same statuses, and every case the kernels do not
+cover falls back to the tensor code."""
 
 from __future__ import annotations
 
@@ -14,28 +14,28 @@ import pytest
 import torch
 
 from epropnp_lib.conventions import MIN_DEPTH
-from epropnp_lib.geometry.pose import Pose6DoF
+from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
 from epropnp_lib.pnp import native
 from epropnp_lib.pnp.cost import HuberConfig, PointSet, augmented_normal_matrix, point_terms
-from epropnp_lib.pnp.init import PLANARITY_RATIO, init_6dof
+from epropnp_lib.pnp.init import PLANARITY_RATIO, init_4dof, init_6dof
 from epropnp_lib.pnp.problems import PnPProblem, random_problems
 from epropnp_lib.pnp.solver import SolveStatus, solve_pnp
 
 
 def _problems(batch: int, points: int, dtype: torch.dtype, seed: int, flatness: float = 1.0,
-              noise: float = 1.0) -> PnPProblem:
+              noise: float = 1.0, dof: int = 6) -> PnPProblem:
     """Random problems with uneven per-axis weights and a skewed camera with fx != fy (every
     entry of the kernels' formulas non-trivial)."""
     gen = torch.Generator().manual_seed(seed)
-    p = random_problems(batch, points, noise_std=noise, flatness=flatness, dtype=dtype,
+    p = random_problems(batch, points, dof=dof, noise_std=noise, flatness=flatness, dtype=dtype,
                         generator=gen)
     w2d = 0.2 + torch.rand(p.w2d.shape, generator=gen, dtype=dtype)
     cam = p.cam_mats.clone()
     cam[:, 0, 1] = 3.0
     cam[:, 1, 1] *= 1.1
     # Re-project with the new camera so that the points stay consistent with the pose.
-    rot = Pose6DoF.rotation(p.pose)
-    cam_pts = p.x3d @ rot.mT + p.pose[:, None, :3]
+    space: type[PoseSpace] = Pose6DoF if dof == 6 else Pose4DoF
+    cam_pts = p.x3d @ space.rotation(p.pose).mT + p.pose[:, None, :3]
     pix = cam_pts @ cam.mT
     x2d = pix[..., :2] / pix[..., 2:] + noise * torch.randn(p.x2d.shape, generator=gen,
                                                             dtype=dtype)
@@ -93,24 +93,26 @@ def test_init_outputs_of_the_kernel() -> None:
         torch.testing.assert_close(out.ata, out.ata.mT, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dof", [6, 4])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kernel", [True, False])
-def test_state_matches_the_tensor_code(dtype: torch.dtype, kernel: bool) -> None:
+def test_state_matches_the_tensor_code(dof: int, dtype: torch.dtype, kernel: bool) -> None:
     """Cost, augmented normal matrix and depths at poses off the optimum, with and without the
     Huber kernel, including points behind the camera (clamped depth, zero depth derivative)."""
-    p = _problems(16, 40, dtype, seed=6)
-    pose = Pose6DoF.canonical(p.pose + 0.05 * torch.randn(p.pose.shape, dtype=dtype,
-                                                          generator=torch.Generator()
-                                                          .manual_seed(7)))
+    space: type[PoseSpace] = Pose6DoF if dof == 6 else Pose4DoF
+    p = _problems(16, 40, dtype, seed=6, dof=dof)
+    noise = torch.randn(p.pose.shape, dtype=dtype, generator=torch.Generator().manual_seed(7))
+    pose = space.canonical(p.pose + 0.05 * noise)
     pose[0, 2] = -3.0  # the whole object (within 1.8 of its origin) behind the camera
     pose[1, 2] = 0.3  # partly behind
     delta = HuberConfig().threshold(p.x2d, p.w2d) if kernel else None
     pts = PointSet.from_tensors(p.x3d, p.x2d, p.w2d, p.cam_mats, delta)
-    fused = native.state_6dof_native(pose, pts.x, pts.wk, pts.wc, pts.delta, MIN_DEPTH)
+    fused = native.state_native(dof, pose, pts.x, pts.wk, pts.wc, pts.delta, MIN_DEPTH)
     assert fused is not None
-    terms = point_terms(Pose6DoF, pose, pts, with_jacobian=True)
+    terms = point_terms(space, pose, pts, with_jacobian=True)
     assert terms.rows is not None
     normal = augmented_normal_matrix(terms.rows, terms.robust_weight)
+    assert fused.normal.shape == normal.shape == (16, dof + 1, dof + 1)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     scale = normal.abs().amax((-2, -1), keepdim=True)
     torch.testing.assert_close(fused.normal / scale, normal / scale, rtol=tol, atol=tol)
@@ -120,17 +122,33 @@ def test_state_matches_the_tensor_code(dtype: torch.dtype, kernel: bool) -> None
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_solve_with_and_without_the_kernels(dtype: torch.dtype) -> None:
+def test_init_4dof_matches_the_tensor_code(dtype: torch.dtype) -> None:
+    """The 4DoF linear initialisation, noisy and noise-free (then exact)."""
+    for noise in (1.0, 0.0):
+        p = _problems(64, 32, dtype, seed=11, noise=noise, dof=4)
+        fused = init_4dof(p.x3d, p.x2d, p.w2d, p.cam_mats)
+        with native.native_kernels(False):
+            tensor = init_4dof(p.x3d, p.x2d, p.w2d, p.cam_mats)
+        assert fused.shape == tensor.shape == (1, 64, 4) and fused.dtype == dtype
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(fused, tensor, rtol=tol, atol=tol)
+        if noise == 0.0 and dtype == torch.float64:
+            torch.testing.assert_close(fused[0], p.pose, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("dof", [6, 4])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_solve_with_and_without_the_kernels(dof: int, dtype: torch.dtype) -> None:
     """The whole solve, with a poisoned element and a degenerate one among ordinary problems:
     the same statuses and iterations, the same poses (to the dtype's round-off), and the
     poisoned element leaves the others alone."""
-    p = _problems(32, 48, dtype, seed=8)
+    p = _problems(32, 48, dtype, seed=8, dof=dof)
     x3d, x2d, w2d = p.x3d.clone(), p.x2d.clone(), p.w2d.clone()
     x2d[3, 5, 0] = float("nan")  # invalid input
     w2d[7] = 0.0  # no weight at all: degenerate
-    fused = solve_pnp(x3d, x2d, w2d, p.cam_mats)
+    fused = solve_pnp(x3d, x2d, w2d, p.cam_mats, dof=dof)
     with native.native_kernels(False):
-        tensor = solve_pnp(x3d, x2d, w2d, p.cam_mats)
+        tensor = solve_pnp(x3d, x2d, w2d, p.cam_mats, dof=dof)
     assert fused.status[3] == SolveStatus.INVALID_INPUT
     assert fused.status[7] == SolveStatus.DEGENERATE
     assert fused.status.tolist() == tensor.status.tolist()
@@ -139,7 +157,7 @@ def test_solve_with_and_without_the_kernels(dtype: torch.dtype) -> None:
     torch.testing.assert_close(fused.pose[ok], tensor.pose[ok], rtol=tol, atol=tol)
     assert (fused.iterations[ok] - tensor.iterations[ok]).abs().max() <= (
         0 if dtype == torch.float64 else 1)
-    alone = solve_pnp(p.x3d[:3], p.x2d[:3], p.w2d[:3], p.cam_mats[:3])
+    alone = solve_pnp(p.x3d[:3], p.x2d[:3], p.w2d[:3], p.cam_mats[:3], dof=dof)
     torch.testing.assert_close(fused.pose[:3], alone.pose, rtol=0, atol=0)
 
 
@@ -154,11 +172,14 @@ def test_cases_the_kernels_leave_to_the_tensor_code() -> None:
     assert native.init_6dof_native(p.x3d.double(), *args[1:]) is None
     with native.native_kernels(False):
         assert native.init_6dof_native(*args) is None
+    assert native.init_4dof_native(p.x3d.double(), *args[1:4]) is None
     pts = PointSet.from_tensors(p.x3d, p.x2d, p.w2d, p.cam_mats, None)
     pose = p.pose.clone().requires_grad_()
-    assert native.state_6dof_native(pose, pts.x, pts.wk, pts.wc, None, MIN_DEPTH) is None
-    assert native.state_6dof_native(p.pose[None], pts.x, pts.wk, pts.wc, None,
-                                    MIN_DEPTH) is None  # (K, B, 7): several poses per problem
+    assert native.state_native(6, pose, pts.x, pts.wk, pts.wc, None, MIN_DEPTH) is None
+    assert native.state_native(6, p.pose[None], pts.x, pts.wk, pts.wc, None,
+                               MIN_DEPTH) is None  # (K, B, 7): several poses per problem
+    assert native.state_native(4, p.pose, pts.x, pts.wk, pts.wc, None,
+                               MIN_DEPTH) is None  # a 6DoF pose given as 4DoF
 
 
 def test_empty_batch() -> None:
