@@ -7,9 +7,9 @@ Ships three Python packages:
 * ``epropnp_training``  -- training / evaluation CLIs (``training/``),
 
 plus the ament resource marker, ``package.xml``, launch files and configuration files, and the
-solver's fused CPU kernels (``epropnp_lib.pnp._native``, plain C against the Python headers: an
+solver's fused CPU kernels (``epropnp_lib._native``, plain C against the Python headers: an
 optional extension, so a machine without a C compiler builds the package without it and the
-solver runs its tensor code; see ``epropnp_lib/pnp/native.py``).
+solver runs its tensor code; see ``epropnp_lib/native.py``).
 ``colcon build`` on a ROS 2 distro and ``pip install -e .`` in the venv both use this file.
 """
 
@@ -58,8 +58,8 @@ setup(
         ("share/" + PACKAGE_NAME + "/models", _files("models/*.pt")),
     ],
     ext_modules=[
-        Extension("epropnp_lib.pnp._native", ["epropnp_lib/pnp/_native.c"],
-                  depends=["epropnp_lib/pnp/_native_kernels.h"], optional=True),
+        Extension("epropnp_lib._native", ["epropnp_lib/_native.c"],
+                  depends=["epropnp_lib/_native_kernels.h"], optional=True),
     ],
     install_requires=["setuptools"],
     maintainer="epropnp maintainers",

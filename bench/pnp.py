@@ -17,7 +17,7 @@ that table too); ``--robust-vs-ransac [B]`` compares robust mode with ``solvePnP
 set with 20 % outliers.  ``--pause-sweep [MS ...]`` times both at B=32
 right after idle pauses of these lengths (the latency of a node that waits for its frames).
 ``EPROPNP_NATIVE=0`` in the environment measures the solver without its fused CPU kernels
-(:mod:`epropnp_lib.pnp.native`); every table says which.
+(:mod:`epropnp_lib.native`); every table says which.
 """
 
 from __future__ import annotations
@@ -175,12 +175,12 @@ HEAP_NOTE = {
 
 def kernels_note() -> str:
     """How the tables name the solver's fused CPU kernels' state (``EPROPNP_NATIVE``)."""
-    from epropnp_lib.pnp import native
+    from epropnp_lib import native
 
     if native.enabled():
-        return "Fused CPU kernels (`epropnp_lib.pnp.native`): on."
+        return "Fused CPU kernels (`epropnp_lib.native`): on."
     why = "not built" if not native.built() else f"{native.ENV_VAR}=0"
-    return f"Fused CPU kernels (`epropnp_lib.pnp.native`): off ({why})."
+    return f"Fused CPU kernels (`epropnp_lib.native`): off ({why})."
 
 
 #: OpenCV methods of :func:`compare_opencv`.

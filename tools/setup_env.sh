@@ -93,7 +93,7 @@ env_hash() {
 # that part; bump SETUP_VERSION for a full rebuild.
 project_hash() {
   sha256sum setup.py setup.cfg pyproject.toml package.xml tools/setup_env.sh \
-    epropnp_lib/pnp/_native.c epropnp_lib/pnp/_native_kernels.h | sha256_stdin
+    epropnp_lib/_native.c epropnp_lib/_native_kernels.h | sha256_stdin
 }
 
 WANT="$(env_hash)"

@@ -49,6 +49,7 @@ from epropnp_lib.distributions._common import (
     work_dtype,
 )
 from epropnp_lib.errors import DTypeError
+from epropnp_lib.native import acg_fit_native
 
 _LOG_AREA_S3 = math.log(2.0 * math.pi**2)
 #: Default number of Tyler fixed-point iterations in :meth:`AngularCentralGaussian.fit`.
@@ -221,6 +222,9 @@ class AngularCentralGaussian(Proposal):
                 torch.zeros_like(samples),
             )
             w = normalized_weights(log_weights, valid)  # 0 where not valid (and x = 0)
+            fused = acg_fit_native(x, w, num_iter, eps)  # the fused CPU kernel where it applies
+            if fused is not None:
+                return cls(fused, dtype)
             xs = x.movedim(0, -2)  # (*batch, K, 4): the samples of an element as rows
             ws = w.movedim(0, -1).unsqueeze(-1)  # (*batch, K, 1)
             lam, jitter = _regularised(xs.mT @ (ws * xs), eps)

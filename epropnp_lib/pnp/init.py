@@ -37,7 +37,7 @@ from epropnp_lib.geometry.rotations import (
     quat_to_matrix,
     skew,
 )
-from epropnp_lib.pnp.native import init_4dof_native, init_6dof_native
+from epropnp_lib.native import init_4dof_native, init_6dof_native
 from epropnp_lib.tensor_constants import on
 
 
@@ -376,7 +376,7 @@ def init_6dof(
     w = wu + wv
     native = init_6dof_native(x3d, x2d, w2d, cam_mats, PLANARITY_RATIO)
     xn: torch.Tensor | None = None
-    if native is not None:  # the fused CPU kernel (epropnp_lib.pnp.native)
+    if native is not None:  # the fused CPU kernel (epropnp_lib.native)
         dlt, need = native.pose, native.need_homography
         system = DltSystem(native.ata, native.centre)
     else:
@@ -411,7 +411,7 @@ def init_4dof(
     ``c (xn Z - X) - s (xn X + Z) - tx + xn tz = 0`` and ``c yn Z - s yn X - ty + yn tz = Y``.
     """
     native = init_4dof_native(x3d, x2d, w2d, cam_mats)
-    if native is not None:  # the fused CPU kernel (epropnp_lib.pnp.native)
+    if native is not None:  # the fused CPU kernel (epropnp_lib.native)
         return native.unsqueeze(0)
     dtype = x3d.dtype
     x3d64, k64 = x3d.double(), cam_mats.double()

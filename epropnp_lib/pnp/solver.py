@@ -23,6 +23,7 @@ import torch
 from epropnp_lib.conventions import MIN_DEPTH
 from epropnp_lib.errors import ConfigError
 from epropnp_lib.geometry.pose import PoseSpace, pose_space
+from epropnp_lib.native import state_native
 from epropnp_lib.pnp.cost import (
     CostTerms,
     HuberConfig,
@@ -39,7 +40,6 @@ from epropnp_lib.pnp.init import (
     init_6dof,
     normalized_image_points,
 )
-from epropnp_lib.pnp.native import state_native
 from epropnp_lib.pnp.p3p import p3p_candidates
 from epropnp_lib.pnp.validation import ValidatedProblem, validate_problem
 
@@ -402,7 +402,7 @@ class SolverState(NamedTuple):
 
 
 def _state(space: type[PoseSpace], pose: torch.Tensor, pts: PointSet) -> SolverState:
-    # The fused CPU kernel where it applies (epropnp_lib.pnp.native).
+    # The fused CPU kernel where it applies (epropnp_lib.native).
     native = state_native(space.tangent_dim, pose, pts.x, pts.wk, pts.wc, pts.delta, MIN_DEPTH)
     if native is not None:
         return SolverState(pose, *native)

@@ -85,7 +85,7 @@ def test_installed_packages_import_from_the_prefix(install: Path, tmp_path: Path
     site = next((install / "lib").glob("python3*/site-packages"))
     env = dict(os.environ, PYTHONPATH=str(site))
     code = ("import epropnp_lib, epropnp_ros.pipeline, epropnp_training; "
-            "from epropnp_lib.pnp import _native; "
+            "from epropnp_lib import _native; "
             "print(epropnp_lib.__file__, epropnp_ros.__file__, epropnp_training.__file__, "
             "_native.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,

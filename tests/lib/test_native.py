@@ -1,8 +1,8 @@
-"""The solver's fused CPU kernels (epropnp_lib.pnp.native) against the tensor code they replace:
-the 6DoF and 4DoF initialisations and the cost's normal equations give the same numbers
-(float64: to round-off; float32: the kernels sum in float64, the tensor code in float32), the
-whole solve ends on the same poses with the same statuses, and every case the kernels do not
-cover falls back to the tensor code."""
+"""The fused CPU kernels (epropnp_lib.native) against the tensor code they replace: the 6DoF and
+4DoF initialisations, the cost's normal equations and the orientation proposal's fit give the
+same numbers (float64: to round-off; float32: the kernels sum in float64, the tensor code in
+float32), the whole solve ends on the same poses with the same statuses, and every case the
+kernels do not cover falls back to the tensor code."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
+from epropnp_lib import native
 from epropnp_lib.conventions import MIN_DEPTH
+from epropnp_lib.distributions.angular_central_gaussian import AngularCentralGaussian
 from epropnp_lib.geometry.pose import Pose4DoF, Pose6DoF, PoseSpace
-from epropnp_lib.pnp import native
 from epropnp_lib.pnp.cost import HuberConfig, PointSet, augmented_normal_matrix, point_terms
 from epropnp_lib.pnp.init import PLANARITY_RATIO, init_4dof, init_6dof
 from epropnp_lib.pnp.problems import PnPProblem, random_problems
@@ -45,7 +46,7 @@ def _problems(batch: int, points: int, dtype: torch.dtype, seed: int, flatness: 
 def test_the_kernels_are_built() -> None:
     """The package's set-up compiles the extension (a silent fallback would hide a broken
     build behind slower solves)."""
-    assert native.built(), "epropnp_lib.pnp._native was not built (run `make setup`)"
+    assert native.built(), "epropnp_lib._native was not built (run `make setup`)"
     assert native.enabled()
 
 
@@ -191,8 +192,54 @@ def test_empty_batch() -> None:
 
 
 def test_environment_variable_turns_the_kernels_off() -> None:
-    code = "from epropnp_lib.pnp import native; print(native.built(), native.enabled())"
+    code = "from epropnp_lib import native; print(native.built(), native.enabled())"
     env = dict(os.environ, **{native.ENV_VAR: "0"})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["True", "False"]
+
+
+@pytest.mark.parametrize("num_iter", [10, 0])
+@pytest.mark.parametrize("samples", [128, 7])
+def test_acg_fit_matches_the_tensor_code(num_iter: int, samples: int) -> None:
+    """Tyler's fit of the orientation proposal: concentrated, diffuse, collapsed-weight and
+    NaN-sample elements give the tensor code's factor (Lambda has trace 4, so its factor's
+    entries are O(1); Tyler's iteration carries the float64 round-off of the two paths along,
+    most with few samples: up to ~5e-7 at 7)."""
+    gen = torch.Generator().manual_seed(12)
+    base = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64),
+                                         dim=-1)
+    x = base + 0.05 * torch.randn(samples, 6, 4, generator=gen, dtype=torch.float64)
+    x[:, 0] = torch.randn(samples, 4, generator=gen, dtype=torch.float64)  # diffuse
+    x[1, 2] = float("nan")  # one invalid sample
+    x[:, 3] = base[3]  # all samples equal: a rank-1 moment, regularised by eps
+    log_w = 3.0 * torch.randn(samples, 6, generator=gen, dtype=torch.float64)
+    log_w[:, 4] = float("-inf")  # no weight at all: uniform fallback
+    log_w[:, 5] = 0.0
+    log_w[0, 5] = 50.0  # one sample carries all the weight
+    for dtype in (torch.float64, torch.float32):
+        fused = AngularCentralGaussian.fit(x.to(dtype), log_w.to(dtype), num_iter=num_iter)
+        with native.native_kernels(False):
+            tensor = AngularCentralGaussian.fit(x.to(dtype), log_w.to(dtype), num_iter=num_iter)
+        assert fused.scale_tril.dtype == tensor.scale_tril.dtype == torch.float64
+        torch.testing.assert_close(fused.scale_tril, tensor.scale_tril, rtol=1e-6, atol=1e-6)
+        q = torch.nn.functional.normalize(torch.randn(5, 6, 4, generator=gen, dtype=dtype),
+                                          dim=-1)
+        # (element 5's proposal is as sharp as eps allows: its densities amplify round-off)
+        torch.testing.assert_close(fused.log_prob(q), tensor.log_prob(q), rtol=1e-4, atol=1e-5)
+
+
+def test_acg_fit_batch_shapes() -> None:
+    """Batch shapes beyond one dimension are flattened and restored; no kernel for inputs that
+    are not (K, *batch, 4) float64 CPU tensors."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.nn.functional.normalize(torch.randn(16, 2, 3, 4, generator=gen,
+                                                  dtype=torch.float64), dim=-1)
+    w = torch.full((16, 2, 3), 1.0 / 16, dtype=torch.float64)
+    out = native.acg_fit_native(x, w, 5, 1e-12)
+    assert out is not None and out.shape == (2, 3, 4, 4)
+    alone = native.acg_fit_native(x[:, 1, 2], w[:, 1, 2], 5, 1e-12)
+    assert alone is not None
+    torch.testing.assert_close(out[1, 2], alone, rtol=0, atol=0)
+    assert native.acg_fit_native(x.float(), w.float(), 5, 1e-12) is None
+    assert native.acg_fit_native(x[..., :3], w, 5, 1e-12) is None

@@ -1,19 +1,24 @@
-"""The solver's fused CPU kernels (``epropnp_lib/pnp/_native.c``), with the batched tensor code
-as the fallback.
+"""Fused CPU kernels (``epropnp_lib/_native.c``) of the PnP solver and of the AMIS orientation
+proposal, with the batched tensor code as the fallback.
 
 At small and medium batches the solve on a CPU costs per tensor op, not per flop (a few µs
-each; the 6DoF initialisation alone dispatches ~220 ops).  The C extension ``_native`` does the
-initialisations of :func:`epropnp_lib.pnp.init.init_6dof` (normalised image points, DLT
-moments, the DLT's rotation block, Gram-Schmidt, the Gauss-Newton step on SO(3), the planarity
-test) and :func:`~epropnp_lib.pnp.init.init_4dof`, and each evaluation of the cost's normal
-equations in the solver's loop (:func:`~epropnp_lib.pnp.cost.point_terms` reduced by
-:func:`~epropnp_lib.pnp.cost.augmented_normal_matrix`, 6DoF and 4DoF), in one pass per
-problem, in float64.  It is built with the package (``setup.py``, an
-optional extension: where no C compiler is found the build goes on without it) and used for CPU
-tensors of float32 or float64; CUDA tensors, a missing extension or ``EPROPNP_NATIVE=0`` in the
-environment run the tensor code, which gives the same results up to round-off (the extension
-sums in float64 where the tensor code sums the DLT moments and the normal equations in the
-input dtype).
+each; the 6DoF initialisation alone dispatches ~220 ops).  The C extension ``_native`` does, in
+one pass per problem and in float64:
+
+- the initialisations of :func:`epropnp_lib.pnp.init.init_6dof` (normalised image points, DLT
+  moments, the DLT's rotation block, Gram-Schmidt, the Gauss-Newton step on SO(3), the
+  planarity test) and :func:`~epropnp_lib.pnp.init.init_4dof`;
+- each evaluation of the cost's normal equations in the solver's loop
+  (:func:`~epropnp_lib.pnp.cost.point_terms` reduced by
+  :func:`~epropnp_lib.pnp.cost.augmented_normal_matrix`, 6DoF and 4DoF);
+- Tyler's fixed point of :meth:`~epropnp_lib.distributions.angular_central_gaussian.
+  AngularCentralGaussian.fit` (the 6DoF orientation proposal of every AMIS iteration).
+
+It is built with the package (``setup.py``, an optional extension: where no C compiler is
+found the build goes on without it) and used for CPU tensors of float32 or float64 that need no
+gradient; CUDA tensors, a missing extension or ``EPROPNP_NATIVE=0`` in the environment run the
+tensor code, which gives the same results up to round-off (the extension sums in float64 where
+the tensor code sums the DLT moments and the normal equations in the input dtype).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 try:
-    from epropnp_lib.pnp import _native  # type: ignore[attr-defined]
+    from epropnp_lib import _native  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler: the tensor code runs
     _native = None
 
@@ -180,4 +185,26 @@ def init_4dof_native(
     if batch:
         _native.init4(batch, points, x3d.data_ptr(), x2d.data_ptr(), w2d.data_ptr(),
                       cam_mats.data_ptr(), out.data_ptr(), x3d.dtype == torch.float64)
+    return out
+
+
+def acg_fit_native(
+    x: torch.Tensor, w: torch.Tensor, num_iter: int, eps: float
+) -> torch.Tensor | None:
+    """Tyler's fixed point of :meth:`epropnp_lib.distributions.angular_central_gaussian.
+    AngularCentralGaussian.fit` from its prepared inputs: ``x: (K, *batch, 4)`` unit
+    quaternions (zero rows for invalid samples) and their normalised weights ``w: (K,
+    *batch)``, both float64 on the CPU; returns the Cholesky factor ``(*batch, 4, 4)`` (float64)
+    of the fitted ``Lambda``, or ``None`` where the kernel does not apply."""
+    if x.dim() < 2 or x.shape[0] == 0 or not _applies(torch.float64, x, w):
+        return None
+    batch_shape = x.shape[1:-1]
+    if x.shape[-1] != 4 or w.shape != x.shape[:-1]:
+        return None
+    x, w = x.contiguous(), w.contiguous()
+    batch = w[0].numel()
+    out = torch.empty(*batch_shape, 4, 4, dtype=torch.float64)
+    if batch:
+        _native.acg_fit(x.shape[0], batch, x.data_ptr(), w.data_ptr(), out.data_ptr(),
+                        int(num_iter), float(eps))
     return out

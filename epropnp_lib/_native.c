@@ -1,4 +1,4 @@
-/* Fused CPU kernels of the PnP solver (epropnp_lib/pnp/native.py calls them; the tensor code
+/* Fused CPU kernels of the PnP solver and its proposals (epropnp_lib/native.py calls them; the tensor code
  * they replace stays the reference and the fallback, and tests/lib/test_native.py checks one
  * against the other).
  *
@@ -11,6 +11,8 @@
  *   re-solved for the normalised yaw.
  * - state: cost.point_terms with the Jacobian reduced by cost.augmented_normal_matrix, for
  *   6DoF and 4DoF poses: the robust cost, the augmented normal matrix and the depths.
+ * - acg_fit: Tyler's fixed point of distributions.angular_central_gaussian (the AMIS
+ *   orientation proposal's fit), with safe_cholesky's jitter and fallback.
  * The formulas and their derivations are those of the Python functions named in the comments.
  *
  * Conventions: row-major matrices; quaternions (w, x, y, z), Hamilton; 6DoF poses (t, q), 4DoF
@@ -240,6 +242,144 @@ static void refine_on_so3(const double *ata, const double *rot0, const double *c
 #undef T
 #undef NAME
 
+/* ---- distributions.angular_central_gaussian.AngularCentralGaussian.fit (Tyler's fixed point) */
+
+/* Lower Cholesky factor l of the symmetric 4x4 a (its lower triangle read, as LAPACK's); 0 when
+ * every pivot is positive and the factor finite, 1 otherwise (a NaN fails). */
+static int chol4(const double *a, double *l)
+{
+    memset(l, 0, 16 * sizeof(double));
+    for (int j = 0; j < 4; ++j) {
+        double d = a[5 * j];
+        for (int k = 0; k < j; ++k) d -= l[4 * j + k] * l[4 * j + k];
+        if (!(d > 0.0)) return 1;
+        const double ljj = sqrt(d);
+        l[5 * j] = ljj;
+        for (int i = j + 1; i < 4; ++i) {
+            double s = a[4 * i + j];
+            for (int k = 0; k < j; ++k) s -= l[4 * i + k] * l[4 * j + k];
+            l[4 * i + j] = s / ljj;
+        }
+    }
+    for (int i = 0; i < 16; ++i)
+        if (!isfinite(l[i])) return 1;
+    return 0;
+}
+
+/* distributions._common.safe_cholesky for one 4x4 matrix: retries with jitter 10^r I added
+ * (r = 1..4), then the diagonal factor sqrt(max(diag, jitter)) (1 where not finite). */
+static void safe_chol4(const double *mat, double jitter, double *l)
+{
+    if (!chol4(mat, l)) return;
+    double m[16];
+    double scale = jitter;
+    for (int r = 1; r <= 4; ++r) {
+        scale *= 10.0;
+        memcpy(m, mat, sizeof m);
+        for (int i = 0; i < 4; ++i) m[5 * i] += scale;
+        if (!chol4(m, l)) return;
+    }
+    memset(l, 0, 16 * sizeof(double));
+    for (int i = 0; i < 4; ++i) {
+        const double v = mat[5 * i];
+        const double d = sqrt(isnan(v) ? v : (v > jitter ? v : jitter));
+        l[5 * i] = isfinite(d) ? d : 1.0;
+    }
+}
+
+/* angular_central_gaussian._regularised: symmetrised, trace 4 (the identity where the trace is
+ * not finite and positive), plus eps I.  Takes the 10 upper entries (00 01 02 03 11 12 13 22 23
+ * 33) of a symmetric sum and writes the full matrix. */
+static void regularise4(const double *e, double eps, double *lam)
+{
+    static const int IDX[4][4] = {{0, 1, 2, 3}, {1, 4, 5, 6}, {2, 5, 7, 8}, {3, 6, 8, 9}};
+    const double tr = e[0] + e[4] + e[7] + e[9];
+    const int ok = isfinite(tr) && tr > DBL_MIN;
+    const double f = ok ? 4.0 / tr : 0.0;
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j)
+            lam[4 * i + j] = (ok ? f * e[IDX[i][j]] : (i == j ? 1.0 : 0.0)) + (i == j ? eps : 0.0);
+}
+
+/* One element: samples x[k * stride] (unit quaternions, or zero rows for invalid ones) and
+ * normalised weights w[k * wstride], k < n; q is scratch of 10 n doubles.  Writes the factor. */
+static void acg_fit_one(Py_ssize_t n, const double *x, Py_ssize_t stride, const double *w,
+                        Py_ssize_t wstride, int iters, double eps, double *q, double *tril)
+{
+    /* q[e][k]: the 10 distinct products x_i x_j of sample k (both the quadratic form
+     * x^T Lambda^-1 x and the weighted second moment are linear in them). */
+    static const int PAIR[10][2] = {{0, 0}, {0, 1}, {0, 2}, {0, 3}, {1, 1},
+                                    {1, 2}, {1, 3}, {2, 2}, {2, 3}, {3, 3}};
+    for (Py_ssize_t k = 0; k < n; ++k) {
+        const double *xk = x + k * stride;
+        for (int e = 0; e < 10; ++e) q[e * n + k] = xk[PAIR[e][0]] * xk[PAIR[e][1]];
+    }
+    double sums[10], lam[16], l[16];
+    for (int e = 0; e < 10; ++e) {
+        double s = 0.0;
+        for (Py_ssize_t k = 0; k < n; ++k) s += w[k * wstride] * q[e * n + k];
+        sums[e] = s;
+    }
+    regularise4(sums, eps, lam);
+    for (int it = 0; it < iters; ++it) {
+        safe_chol4(lam, eps, l);
+        /* P = (L L^T)^-1 = L^-T L^-1 from the inverse of the triangular factor */
+        double li[16];
+        memset(li, 0, sizeof li);
+        for (int j = 0; j < 4; ++j) {
+            li[5 * j] = 1.0 / l[5 * j];
+            for (int i = j + 1; i < 4; ++i) {
+                double s = 0.0;
+                for (int k = j; k < i; ++k) s -= l[4 * i + k] * li[4 * k + j];
+                li[4 * i + j] = s / l[5 * i];
+            }
+        }
+        double pe[10]; /* x^T P x = sum_e pe[e] q[e]: off-diagonal entries counted twice */
+        for (int e = 0; e < 10; ++e) {
+            const int a = PAIR[e][0], b = PAIR[e][1];
+            double s = 0.0;
+            for (int r = 0; r < 4; ++r) s += li[4 * r + a] * li[4 * r + b];
+            pe[e] = a == b ? s : 2.0 * s;
+        }
+        for (int e = 0; e < 10; ++e) sums[e] = 0.0;
+        for (Py_ssize_t k = 0; k < n; ++k) {
+            double m = 0.0;
+            for (int e = 0; e < 10; ++e) m += pe[e] * q[e * n + k];
+            const double c = w[k * wstride] / (m > DBL_MIN ? m : DBL_MIN);
+            for (int e = 0; e < 10; ++e) sums[e] += c * q[e * n + k];
+        }
+        regularise4(sums, eps, lam);
+    }
+    safe_chol4(lam, eps, tril);
+}
+
+/* acg_fit(samples, batch, x, w, out, iters, eps): x (samples, batch, 4) and w (samples, batch)
+ * contiguous float64 CPU buffers, out (batch, 4, 4) float64.  Releases the GIL. */
+static PyObject *py_acg_fit(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_ssize_t n, batch;
+    unsigned long long px, pw, pout;
+    int iters;
+    double eps;
+    if (!PyArg_ParseTuple(args, "nnKKKid", &n, &batch, &px, &pw, &pout, &iters, &eps))
+        return NULL;
+    if (n < 1 || batch < 0 || iters < 0) {
+        PyErr_SetString(PyExc_ValueError, "acg_fit: samples >= 1, batch >= 0, iters >= 0");
+        return NULL;
+    }
+    const double *x = (const double *)(uintptr_t)px, *w = (const double *)(uintptr_t)pw;
+    double *out = (double *)(uintptr_t)pout;
+    double *q = PyMem_RawMalloc((size_t)10 * (size_t)n * sizeof(double));
+    if (q == NULL) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t b = 0; b < batch; ++b)
+        acg_fit_one(n, x + 4 * b, 4 * batch, w + b, batch, iters, eps, q, out + 16 * b);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(q);
+    Py_RETURN_NONE;
+}
+
 /* init6(batch, points, x3d, x2d, w2d, cam, out, is_double, planarity): the pointers are
  * addresses of contiguous CPU buffers (float32 or float64 as is_double says, out float64 of
  * batch x OUT_STRIDE).  Releases the GIL. */
@@ -353,9 +493,10 @@ static PyObject *py_init4(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef METHODS[] = {
-    {"init6", py_init6, METH_VARARGS, "Fused 6DoF initialisation (see epropnp_lib.pnp.native)."},
-    {"init4", py_init4, METH_VARARGS, "Fused 4DoF initialisation (see epropnp_lib.pnp.native)."},
-    {"state", py_state, METH_VARARGS, "Fused cost and normal matrix (epropnp_lib.pnp.native)."},
+    {"init6", py_init6, METH_VARARGS, "Fused 6DoF initialisation (see epropnp_lib.native)."},
+    {"init4", py_init4, METH_VARARGS, "Fused 4DoF initialisation (see epropnp_lib.native)."},
+    {"state", py_state, METH_VARARGS, "Fused cost and normal matrix (epropnp_lib.native)."},
+    {"acg_fit", py_acg_fit, METH_VARARGS, "Tyler's fit of the angular central Gaussian."},
     {NULL, NULL, 0, NULL},
 };
 
