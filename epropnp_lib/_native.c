@@ -61,6 +61,19 @@ static void inv3_sym(const double *m, double *out)
     for (int i = 0; i < 9; ++i) out[i] = adj[i] / det;
 }
 
+/* K's 2x2 block inverted (i00..i11), the principal point and the focal lengths. */
+typedef struct {
+    double k00, k11, cx, cy, i00, i01, i10, i11;
+} InvK;
+
+/* Normalised camera coordinates K^-1 (px, py, 1) of a pixel. */
+static inline void normalized(const InvK *ik, double px, double py, double *u, double *v)
+{
+    const double dx = px - ik->cx, dy = py - ik->cy;
+    *u = ik->i00 * dx + ik->i01 * dy;
+    *v = ik->i10 * dx + ik->i11 * dy;
+}
+
 /* geometry.rotations.quat_to_matrix (unit q). */
 static void quat_to_matrix(const double *q, double *r)
 {

@@ -1,15 +1,42 @@
 /* The per-problem kernels of _native.c for one input type: included once with T = float and
  * once with T = double (NAME(f) names the instance), so that no load branches on the dtype. */
 
+/* normalized_image_points' closed-form inverse of K's 2x2 block, from the row-major cam. */
+static InvK NAME(inv_k)(const T *cam)
+{
+    InvK ik;
+    ik.k00 = (double)cam[0];
+    ik.k11 = (double)cam[4];
+    ik.cx = (double)cam[2];
+    ik.cy = (double)cam[5];
+    const double k01 = (double)cam[1], k10 = (double)cam[3];
+    const double det = ik.k00 * ik.k11 - k01 * k10;
+    ik.i00 = ik.k11 / det;
+    ik.i01 = -k01 / det;
+    ik.i10 = -k10 / det;
+    ik.i11 = ik.k00 / det;
+    return ik;
+}
+
+/* init_4dof's per-point terms: normalised image point (u, v), object point, and the weights
+ * scaled by the focal lengths (wrow). */
+static inline void NAME(point4)(const InvK *ik, const T *x3d, const T *x2d, const T *w2d,
+                                Py_ssize_t i, double *u, double *v, double *bx, double *by,
+                                double *bz, double *wu, double *wv)
+{
+    normalized(ik, (double)x2d[2 * i], (double)x2d[2 * i + 1], u, v);
+    *bx = (double)x3d[3 * i];
+    *by = (double)x3d[3 * i + 1];
+    *bz = (double)x3d[3 * i + 2];
+    *wu = (double)w2d[2 * i] * ik->k00;
+    *wv = (double)w2d[2 * i + 1] * ik->k11;
+}
+
 /* One problem: see the file's header.  x3d (n, 3), x2d (n, 2), w2d (n, 2), cam (3, 3). */
 static void NAME(init_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2d, const T *cam,
                            double tiny, double planarity, double *out)
 {
-    /* normalized_image_points: K's 2x2 block inverted in closed form */
-    const double k00 = (double)cam[0], k01 = (double)cam[1], cx = (double)cam[2];
-    const double k10 = (double)cam[3], k11 = (double)cam[4], cy = (double)cam[5];
-    const double det_k = k00 * k11 - k01 * k10;
-    const double i00 = k11 / det_k, i01 = -k01 / det_k, i10 = -k10 / det_k, i11 = k00 / det_k;
+    const InvK ik = NAME(inv_k)(cam);
 
     /* dlt_gram: the w^2-weighted centroid, w = wu + wv */
     double sw2 = 0.0, c[3] = {0.0, 0.0, 0.0};
@@ -27,8 +54,8 @@ static void NAME(init_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2
     memset(mom, 0, sizeof mom);
     for (Py_ssize_t i = 0; i < n; ++i) {
         const double w = (double)w2d[2 * i] + (double)w2d[2 * i + 1], w2 = w * w;
-        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
-        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
+        double u, v;
+        normalized(&ik, (double)x2d[2 * i], (double)x2d[2 * i + 1], &u, &v);
         const double p0 = (double)x3d[3 * i] - c[0], p1 = (double)x3d[3 * i + 1] - c[1];
         const double p2 = (double)x3d[3 * i + 2] - c[2];
         const double xx[10] = {p0 * p0, p0 * p1, p0 * p2, p0, p1 * p1, p1 * p2, p1, p2 * p2, p2, 1.0};
@@ -214,18 +241,13 @@ static void NAME(state_one)(Py_ssize_t n, Py_ssize_t cs, int dof, const T *pose,
 static void NAME(init4_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w2d,
                             const T *cam, T *pose)
 {
-    const double k00 = (double)cam[0], k01 = (double)cam[1], cx = (double)cam[2];
-    const double k10 = (double)cam[3], k11 = (double)cam[4], cy = (double)cam[5];
-    const double det_k = k00 * k11 - k01 * k10;
-    const double i00 = k11 / det_k, i01 = -k01 / det_k, i10 = -k10 / det_k, i11 = k00 / det_k;
+    const InvK ik = NAME(inv_k)(cam);
     double ata[25], atb[5];
     memset(ata, 0, sizeof ata);
     memset(atb, 0, sizeof atb);
     for (Py_ssize_t i = 0; i < n; ++i) {
-        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
-        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
-        const double bx = (double)x3d[3 * i], by = (double)x3d[3 * i + 1], bz = (double)x3d[3 * i + 2];
-        const double wu = (double)w2d[2 * i] * k00, wv = (double)w2d[2 * i + 1] * k11;
+        double u, v, bx, by, bz, wu, wv;
+        NAME(point4)(&ik, x3d, x2d, w2d, i, &u, &v, &bx, &by, &bz, &wu, &wv);
         const double ru[5] = {wu * (u * bz - bx), -wu * (u * bx + bz), -wu, 0.0, wu * u};
         const double rv[5] = {wv * v * bz, -wv * v * bx, 0.0, -wv, wv * v};
         const double b_v = wv * by; /* b_u = 0 */
@@ -249,10 +271,8 @@ static void NAME(init4_one)(Py_ssize_t n, const T *x3d, const T *x2d, const T *w
     memset(m, 0, sizeof m);
     memset(rhs, 0, sizeof rhs);
     for (Py_ssize_t i = 0; i < n; ++i) {
-        const double dx = (double)x2d[2 * i] - cx, dy = (double)x2d[2 * i + 1] - cy;
-        const double u = i00 * dx + i01 * dy, v = i10 * dx + i11 * dy;
-        const double bx = (double)x3d[3 * i], by = (double)x3d[3 * i + 1], bz = (double)x3d[3 * i + 2];
-        const double wu = (double)w2d[2 * i] * k00, wv = (double)w2d[2 * i + 1] * k11;
+        double u, v, bx, by, bz, wu, wv;
+        NAME(point4)(&ik, x3d, x2d, w2d, i, &u, &v, &bx, &by, &bz, &wu, &wv);
         const double cu = c * (u * bz - bx) - s * (u * bx + bz);
         const double cv = c * v * bz - s * v * bx - by;
         const double au[3] = {-wu, 0.0, wu * u}, av[3] = {0.0, -wv, wv * v};
