@@ -22,6 +22,10 @@ systems) and the homography in float64; the candidates are returned in the input
 From float32 inputs the candidates then differ from an all-float64 initialisation by at most
 ~1e-3 posterior standard deviations at N = 64 (the moments sum over centred points), and the
 solves end on the same optima.
+
+On the CPU, :func:`init_6dof` (but for the homography candidate) and :func:`init_4dof` run as
+fused kernels (:mod:`epropnp_lib.native`: the same formulas in one pass per problem, all in
+float64); the functions here are their reference and run everywhere else.
 """
 
 from __future__ import annotations
