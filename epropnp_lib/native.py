@@ -25,14 +25,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 
+#: The extension's entry points; an extension built from older sources that lacks one is not
+#: used (a stale in-place build: ``make setup`` or ``pip install -e .`` rebuilds it).
+_FUNCTIONS = ("init6", "init4", "state", "acg_fit")
+
 try:
     from epropnp_lib import _native  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler: the tensor code runs
+    _native = None
+if _native is not None and not all(hasattr(_native, f) for f in _FUNCTIONS):
+    warnings.warn(f"{_native.__file__} is stale (built from older sources): the fused CPU "
+                  "kernels are off until it is rebuilt (make setup / pip install -e .)",
+                  RuntimeWarning, stacklevel=1)
     _native = None
 
 #: ``EPROPNP_NATIVE=0`` turns the kernels off (read at import; :func:`native_kernels` in code).

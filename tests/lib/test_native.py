@@ -243,3 +243,22 @@ def test_acg_fit_batch_shapes() -> None:
     torch.testing.assert_close(out[1, 2], alone, rtol=0, atol=0)
     assert native.acg_fit_native(x.float(), w.float(), 5, 1e-12) is None
     assert native.acg_fit_native(x[..., :3], w, 5, 1e-12) is None
+
+
+def test_a_stale_extension_is_not_used() -> None:
+    """An extension built from older sources (an entry point missing) is ignored with a
+    warning, and the tensor code runs."""
+    code = (
+        "import sys, types, warnings\n"
+        "fake = types.ModuleType('epropnp_lib._native')\n"
+        "fake.__file__ = 'stale.so'\n"
+        "fake.init6 = fake.state = lambda *args: None\n"
+        "sys.modules['epropnp_lib._native'] = fake\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from epropnp_lib import native\n"
+        "print(native.built(), any('stale' in str(w.message) for w in caught))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]
