@@ -112,12 +112,21 @@ class CostTerms(NamedTuple):
     depth: torch.Tensor
 
 
+#: Smallest squared residual the Huber weight's ``s^(-1/2)`` sees (its derivative ``s^(-3/2)``
+#: stays within float32); only thresholds ``d < 2e-10`` reach it.
+_HUBER_FLOOR = 1e-20
+
+
 def _huber(sq_norm: torch.Tensor, d: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`huber` with ``d`` already broadcastable against ``sq_norm``."""
     if d is None:
         return 0.5 * sq_norm, torch.ones_like(sq_norm)
     # rho'(s) = min(1, d / sqrt(s)), and 1/2 rho(s) = 1/2 s rho' (2 - rho') on both branches.
-    weight = (d * sq_norm.clamp_min(torch.finfo(sq_norm.dtype).tiny).rsqrt()).clamp_max(1.0)
+    # s is floored at d^2 / 4, where the clamp holds the weight at 1 anyway: the floor keeps
+    # the derivative of s^(-1/2) finite for the residuals near 0 of points whose weight nearly
+    # vanished (in float32 it overflows below s ~ 1e-26, and the clamp's zero times it is NaN).
+    floor = (0.25 * d * d).clamp_min(_HUBER_FLOOR)
+    weight = (d * torch.maximum(sq_norm, floor).rsqrt()).clamp_max(1.0)
     return sq_norm * torch.addcmul(weight, weight, weight, value=-0.5), weight  # s w (1 - w/2)
 
 
