@@ -138,7 +138,8 @@ class DenseLosses(NamedTuple):
         mask: surrogate mask loss.
         reg: derivative regularisation (Eq. 10).
         valid_fraction: fraction of batch elements whose PnP solve was usable.
-        result: the EPro-PnP forward result (``None`` for the reprojection loss).
+        result: the EPro-PnP forward result (``None`` for the reprojection loss and when
+            ``pose_weight`` and ``reg_weight`` are both 0: no solve).
     """
 
     total: torch.Tensor
@@ -204,7 +205,9 @@ class DenseNetLoss(nn.Module):
         result: EProPnPResult | None = None
         pose = reg = zero
         valid_fraction = out.x3d.new_ones(())
-        if cfg.pose_loss is PoseLossKind.REPROJECTION:
+        if cfg.pose_weight == 0 and cfg.reg_weight == 0:
+            pass  # no pose term: the solve is skipped (e.g. a coordinate-only first stage)
+        elif cfg.pose_loss is PoseLossKind.REPROJECTION:
             pose = reprojection_nll(layer, x3d, x2d, w2d, out.cam_mats, pose_gt)
         else:
             init = training_init(layer, cfg.training_init, x3d, x2d, w2d, out.cam_mats, pose_gt)
