@@ -3,7 +3,8 @@
 # (config/train/linemod_synthetic_small.yaml): generate the BOP-format training scenes, the
 # held-out validation scenes and the held-out test scenes, train in two stages (from scratch
 # on 16 scenes, then continued on those and 16 scenes of a second draw), evaluate the test
-# split at the end of each stage, and calibrate the covariance on the validation split.
+# split at the end of each stage, and calibrate the weights and the covariance on the
+# validation split.
 # Leaves the model in runs/linemod_synthetic_small/model.pt, which is the bundled model
 # (models/README.md: metrics, sha256, times).
 #   tools/train_pose_model.sh [DATA_DIR]   (default: runs/pose_data in the repository)
@@ -29,7 +30,7 @@ rm -rf "$DATA/lm/train"
 "${GEN[@]}" --num-scenes 16 --seed 0
 python -m epropnp_lib.generators.bop --out "$DATA" --split test --num-scenes 4 \
     --images-per-scene 25 --width 320 --height 240 --seed 1
-# The validation split (a seed of its own) is what the covariance is calibrated on: the test
+# The validation split (a seed of its own) is what the model is calibrated on: the test
 # split stays for reporting only.
 rm -rf "$DATA/lm/val"
 python -m epropnp_lib.generators.bop --out "$DATA" --split val --num-scenes 4 \
@@ -46,9 +47,9 @@ python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
 python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
     --set "log_dir=$RUN" --set "init_checkpoint=${RUN}_stage1/model.pt" \
     --set max_steps=14000 --set lr=1.5e-3 --set warmup_steps=100
-# The covariance's calibration: the likelihood temperature that puts 95 % of the validation
-# truths inside their 95 % ellipsoids, through the node's processing (epropnp_ros.
-# pose_calibration), stored in the model.
+# The calibration, through the node's processing (epropnp_ros.pose_calibration), stored in the
+# model: the weight temperature of best validation pose accuracy, then at it the likelihood
+# temperature that puts 95 % of the validation truths inside their 95 % ellipsoids.
 python -m epropnp_ros.pose_calibration --checkpoint "$RUN/model.pt" --bop-root "$DATA" \
     --split val --out "$RUN/model.pt"
 echo "model: $RUN/model.pt, metrics: $RUN/metrics.json"

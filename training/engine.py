@@ -514,16 +514,18 @@ def _resume_path(cfg: TrainConfig, resume: bool | str | os.PathLike[str]) -> Pat
 def run_evaluation(
     task: Task, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
     metrics_path: Path | None = None, likelihood_temperature: float = 1.0,
+    weight_temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate ``module`` on ``split`` and write ``metrics.json`` (default in ``out_dir``);
-    ``likelihood_temperature``: see :meth:`Task.evaluate`."""
+    ``likelihood_temperature``, ``weight_temperature``: see :meth:`Task.evaluate`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
             metrics = task.evaluate(module, split=split, out_dir=out_dir, device=device,
-                                    likelihood_temperature=likelihood_temperature)
+                                    likelihood_temperature=likelihood_temperature,
+                                    weight_temperature=weight_temperature)
     finally:
         module.train(was_training)
     target = metrics_path or out_dir / "metrics.json"

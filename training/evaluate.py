@@ -7,7 +7,9 @@ The checkpoint is either the exported network (``model.pt``, the task's network 
 training state (``checkpoints/step_*.pt``).  A network calibrated after training
 (``epropnp-detector-calibrate``) has its covariances and posterior samples scored at its stored
 likelihood temperature, as the nodes publish them (``--likelihood-temperature`` overrides it;
-training states and uncalibrated networks: 1).  LineMOD reports ADD(-S) at 0.02/0.05/0.1 of the
+training states and uncalibrated networks: 1); a dense network calibrated with
+``epropnp-pose-calibrate`` runs at its stored weight temperature, as the pose estimator does.
+LineMOD reports ADD(-S) at 0.02/0.05/0.1 of the
 diameter, 2°2cm and 5°5cm; nuScenes writes the official results JSON next to ``--out`` and
 scores it with the devkit's ``DetectionEval`` (``detection_cvpr_2019``).  The default split is
 the config's ``eval_split``.
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 
 from epropnp_lib.errors import ConfigError, EProPnPError
-from epropnp_lib.nets.checkpoint import stored_temperature
+from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_positive, stored_temperature
 from epropnp_lib.pnp.cost import check_temperature
 
 from .config import load_config, task_module
@@ -79,13 +81,17 @@ def evaluate_checkpoint(
     ckpt = load_weights(module, checkpoint, net_kind=task.net_checkpoint_kind, model_only=True)
     stored = stored_temperature(ckpt.extra, checkpoint)
     temperature = likelihood_temperature or stored or 1.0
-    logger.info("loaded %s (%s); likelihood temperature %g (%s)", checkpoint, ckpt.kind,
-                temperature, "given" if likelihood_temperature else
-                "the checkpoint's calibration" if stored else "uncalibrated")
+    weight_temperature = stored_positive(ckpt.extra, CALIBRATION_KEY, "weight_temperature",
+                                         checkpoint) or 1.0
+    logger.info("loaded %s (%s); likelihood temperature %g (%s); weight temperature %g",
+                checkpoint, ckpt.kind, temperature, "given" if likelihood_temperature else
+                "the checkpoint's calibration" if stored else "uncalibrated",
+                weight_temperature)
     module.to(dev)
     out_path = Path(out)
     return run_evaluation(task, module, split=split, out_dir=out_path.parent, device=dev,
-                          metrics_path=out_path, likelihood_temperature=temperature)
+                          metrics_path=out_path, likelihood_temperature=temperature,
+                          weight_temperature=weight_temperature)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

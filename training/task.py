@@ -87,13 +87,16 @@ class Task(ABC):
     @abstractmethod
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
-        likelihood_temperature: float = 1.0,
+        likelihood_temperature: float = 1.0, weight_temperature: float = 1.0,
     ) -> dict[str, Any]:
         """Metrics of ``module.model`` (in eval mode, on ``device``) on ``split``; may write
         files (e.g. a results JSON) into ``out_dir``.  ``likelihood_temperature``: the ``T``
         of the likelihood ``exp(-cost / T)`` whose covariances and posterior samples are
         scored (a calibrated checkpoint's, :func:`~epropnp_lib.nets.checkpoint.
-        stored_temperature`); tasks that score no posterior leave it unused."""
+        stored_temperature`); tasks that score no posterior leave it unused.
+        ``weight_temperature``: the dense network's (a calibrated checkpoint's,
+        :func:`~epropnp_lib.nets.dense.stored_weight_temperature`); other tasks leave it
+        unused."""
 
     def export_model(self, module: TrainingModule, path: Path) -> None:
         """Write the network alone as a checkpoint of kind :attr:`net_checkpoint_kind` (the

@@ -190,7 +190,7 @@ class LinemodTask(Task):
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
-        likelihood_temperature: float = 1.0,
+        likelihood_temperature: float = 1.0, weight_temperature: float = 1.0,
     ) -> dict[str, Any]:
         net = task_network(module, DenseCorrespondenceNet)
         data = self.dataset(split)
@@ -201,7 +201,7 @@ class LinemodTask(Task):
         failed = 0
         for batch in loader:
             images, cam_mats = batch.image.to(device), batch.cam_mats.to(device)
-            _, sol = net.predict_pose(images, cam_mats)
+            _, sol = net.predict_pose(images, cam_mats, weight_temperature=weight_temperature)
             pose = sol.pose.detach().cpu().float()
             failed += int((sol.status.cpu() > SolveStatus.MAX_ITERATIONS).sum())
             for obj_id in batch.obj_id.unique().tolist():

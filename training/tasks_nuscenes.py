@@ -187,7 +187,7 @@ class NuScenesTask(Task):
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
-        likelihood_temperature: float = 1.0,
+        likelihood_temperature: float = 1.0, weight_temperature: float = 1.0,
     ) -> dict[str, Any]:
         net = task_network(module, DeformableCorrespondenceNet)
         data = self.config.data

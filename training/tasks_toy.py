@@ -181,7 +181,7 @@ class ToyTask(Task):
 
     def evaluate(
         self, module: TrainingModule, *, split: str, out_dir: Path, device: torch.device,
-        likelihood_temperature: float = 1.0,
+        likelihood_temperature: float = 1.0, weight_temperature: float = 1.0,
     ) -> dict[str, Any]:
         if split not in ("train", "val"):
             raise ConfigError(f"toy task: split {split!r} is not 'train' or 'val'")

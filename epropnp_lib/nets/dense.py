@@ -27,6 +27,7 @@ from epropnp_lib.geometry.camera import pixel_grid
 from epropnp_lib.geometry.pose import Pose6DoF
 from epropnp_lib.nets.backbone import BackboneConfig, ResNetBackbone
 from epropnp_lib.nets.checkpoint import (
+    CALIBRATION_KEY,
     CheckpointError,
     load_model,
     save_checkpoint,
@@ -39,6 +40,8 @@ __all__ = [
     "CHECKPOINT_KIND",
     "TRAINING_DATA_KEY",
     "training_crop_scale",
+    "stored_weight_temperature",
+    "check_weight_temperature",
     "DenseCheckpointError",
     "DenseCorrespondenceNet",
     "DenseNetConfig",
@@ -78,6 +81,27 @@ def training_crop_scale(extra: dict[str, Any], path: str | Path = "checkpoint") 
     """
     return stored_positive(extra, TRAINING_DATA_KEY, "crop_scale", path, DenseCheckpointError)
 
+
+
+def stored_weight_temperature(extra: dict[str, Any], path: str | Path = "checkpoint"
+                              ) -> float | None:
+    """The weight temperature (:meth:`DenseCorrespondenceNet.forward`) a checkpoint was
+    calibrated with, stored in its ``extra`` under
+    :data:`~epropnp_lib.nets.checkpoint.CALIBRATION_KEY` (``epropnp-pose-calibrate``), or
+    ``None`` when it has none.
+
+    Raises:
+        DenseCheckpointError: the stored value is not a positive finite number.
+    """
+    return stored_positive(extra, CALIBRATION_KEY, "weight_temperature", path,
+                           DenseCheckpointError)
+
+
+def check_weight_temperature(value: float) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a finite number > 0 (a weight temperature)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"weight_temperature must be a finite number > 0, got {value!r}")
 
 class WeightNormalization(enum.Enum):
     """How the two weight channels become correspondence weights."""
@@ -256,7 +280,9 @@ class DenseCorrespondenceNet(nn.Module):
         self.register_buffer("image_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1),
                              persistent=False)
 
-    def forward(self, images: torch.Tensor, cam_mats: torch.Tensor) -> DenseNetOutput:
+    def forward(
+        self, images: torch.Tensor, cam_mats: torch.Tensor, weight_temperature: float = 1.0
+    ) -> DenseNetOutput:
         """Correspondences for object crops.
 
         The two weight channels become weights by a spatial Softmax over the ``h * w`` cells
@@ -266,10 +292,15 @@ class DenseCorrespondenceNet(nn.Module):
         Args:
             images: ``(B, 3, S, S)`` crops, RGB in [0, 1], ``S = config.crop_size``.
             cam_mats: ``(B, 3, 3)`` intrinsics of the crops (pixels of the crop).
+            weight_temperature: ``tau``, the weight logits are divided by it before the
+                normalisation (1 in training; ``tau > 1`` spreads the weights over more cells:
+                a calibration, :func:`stored_weight_temperature`).  ``weight_logits`` stays
+                the raw logits.
 
         Returns:
             :class:`DenseNetOutput`.
         """
+        check_weight_temperature(weight_temperature)
         cfg = self.config
         s = cfg.crop_size
         dims = check_shape(images, ["B", 3, s, s], "images")
@@ -284,9 +315,10 @@ class DenseCorrespondenceNet(nn.Module):
         b, _, h, w = maps.shape
         coord_map = maps[:, :3] * cfg.object_extent
         logits = maps[:, 3:]
+        tempered = logits if weight_temperature == 1.0 else logits / weight_temperature
         log_scale = self.scale_head(feats[3].mean(dim=(2, 3))).clamp(-20.0, 20.0)
         scale = log_scale.exp()  # (B, 2)
-        flat_logits = logits.flatten(2)  # (B, 2, h*w)
+        flat_logits = tempered.flatten(2)  # (B, 2, h*w)
         if cfg.weight_normalization is WeightNormalization.SPATIAL_SOFTMAX:
             norm = flat_logits.softmax(dim=-1)
         else:
@@ -307,12 +339,13 @@ class DenseCorrespondenceNet(nn.Module):
 
     @torch.no_grad()
     def predict_pose(
-        self, images: torch.Tensor, cam_mats: torch.Tensor, multi_start: bool = True
+        self, images: torch.Tensor, cam_mats: torch.Tensor, multi_start: bool = True,
+        weight_temperature: float = 1.0,
     ) -> tuple[DenseNetOutput, PnPSolution]:
         """Network outputs and the PnP solution (pose ``(B, 7)``, covariance ``(B, 6, 6)``,
         status ``(B,)``) of ``images: (B, 3, S, S)`` seen with ``cam_mats: (B, 3, 3)`` (see
-        :func:`predict_pose`)."""
-        out = self.forward(images, cam_mats)
+        :func:`predict_pose`; ``weight_temperature``: see :meth:`forward`)."""
+        out = self.forward(images, cam_mats, weight_temperature)
         return out, predict_pose(self.pnp, out, multi_start)
 
     def make_loss(self) -> DenseNetLoss:

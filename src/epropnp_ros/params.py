@@ -342,6 +342,13 @@ class PoseEstimatorParams(CommonParams):
         0.05, "Move of the shifted crops, as a fraction of the region's width and height.",
         lo=0.0, hi=0.5,
     )
+    weight_temperature: float = _p(
+        0.0,
+        "Temperature of the network's weight Softmax over the map cells (the weight logits "
+        "divided by it; > 1 spreads the weights over more cells). 0.0: the calibration stored "
+        "in the checkpoint (epropnp-pose-calibrate; 1, as trained, without one).",
+        lo=0.0, hi=100.0,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -37,8 +37,10 @@ from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_temperature
 from epropnp_lib.nets.dense import (
     DenseCheckpointError,
     DenseCorrespondenceNet,
+    check_weight_temperature,
     pool_views,
     solve_correspondences,
+    stored_weight_temperature,
     training_crop_scale,
 )
 from epropnp_lib.pnp.cost import check_temperature, tempered_weights
@@ -388,6 +390,11 @@ class PoseEstimatorSettings:
             solved and sampled from (the pose is the same for any ``T``; the covariance is
             ``T`` times the Laplace covariance of ``T = 1``); ``None``: the calibration stored
             in the checkpoint (:attr:`PoseEstimatorPipeline.stored_temperature`), else 1.
+        weight_temperature: ``tau`` of the network's weight Softmax (its logits divided by
+            ``tau``; ``tau > 1`` spreads the weights over more cells,
+            :meth:`~epropnp_lib.nets.dense.DenseCorrespondenceNet.forward`); ``None``: the
+            calibration stored in the checkpoint (:attr:`PoseEstimatorPipeline.
+            stored_weight_temperature`), else 1.
     """
 
     num_samples: int = 32
@@ -399,6 +406,7 @@ class PoseEstimatorSettings:
     roi_crops: int = 5
     roi_crop_shift: float = 0.05
     likelihood_temperature: float | None = None
+    weight_temperature: float | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self.num_samples, self.sample_iterations)
@@ -409,6 +417,8 @@ class PoseEstimatorSettings:
             raise ConfigError(f"roi_crop_shift must be in [0, 0.5], got {self.roi_crop_shift}")
         if self.likelihood_temperature is not None:
             check_temperature(self.likelihood_temperature)
+        if self.weight_temperature is not None:
+            check_weight_temperature(self.weight_temperature)
         if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
                                                  and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
@@ -425,6 +435,8 @@ class PoseEstimatorPipeline:
             ``settings.roi_padding`` is ``None`` (default :data:`DEFAULT_TRAINING_PADDING`).
         stored_temperature: the likelihood temperature the checkpoint was calibrated with,
             used when ``settings.likelihood_temperature`` is ``None`` (default 1).
+        stored_weight_temperature: the weight temperature the checkpoint was calibrated
+            with, used when ``settings.weight_temperature`` is ``None`` (default 1).
     """
 
     def __init__(
@@ -434,6 +446,7 @@ class PoseEstimatorPipeline:
         settings: PoseEstimatorSettings | None = None,
         training_padding: float | None = None,
         stored_temperature: float | None = None,
+        stored_weight_temperature: float | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.device = device
@@ -441,6 +454,9 @@ class PoseEstimatorPipeline:
         self.training_padding = (DEFAULT_TRAINING_PADDING if training_padding is None
                                  else float(training_padding))
         self.stored_temperature = 1.0 if stored_temperature is None else float(stored_temperature)
+        self.stored_weight_temperature = (1.0 if stored_weight_temperature is None
+                                          else float(stored_weight_temperature))
+        check_weight_temperature(self.stored_weight_temperature)
         self.crop_size = int(net.config.crop_size)
         self.object_extent = float(net.config.object_extent)
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
@@ -454,17 +470,19 @@ class PoseEstimatorPipeline:
         training padding is the crop scale stored in it (:func:`~epropnp_lib.nets.dense.
         training_crop_scale`), else :data:`DEFAULT_TRAINING_PADDING`; the likelihood
         temperature is its calibration (:func:`~epropnp_lib.nets.checkpoint.stored_temperature`),
-        else 1."""
+        else 1, and so is the weight temperature (:func:`~epropnp_lib.nets.dense.
+        stored_weight_temperature`)."""
         dev = resolve_device(device)
         net, extra = DenseCorrespondenceNet.from_checkpoint(path, map_location=dev)
         stored = training_crop_scale(extra, path)
         pipe = cls(net, dev, settings, stored,
-                   stored_temperature(extra, path, DenseCheckpointError))
+                   stored_temperature(extra, path, DenseCheckpointError),
+                   stored_weight_temperature(extra, path))
         logger.info("loaded dense correspondence net from %s on %s; trained on crops of %g x "
-                    "the box (%s); likelihood temperature %g (%s)", path, dev,
-                    pipe.training_padding,
+                    "the box (%s); likelihood temperature %g, weight temperature %g (%s)",
+                    path, dev, pipe.training_padding,
                     "stored in the checkpoint" if stored is not None else "training default",
-                    pipe.stored_temperature,
+                    pipe.stored_temperature, pipe.stored_weight_temperature,
                     "calibrated" if CALIBRATION_KEY in extra else "uncalibrated")
         return pipe
 
@@ -474,6 +492,13 @@ class PoseEstimatorPipeline:
         likelihood_temperature``, else the checkpoint's calibration."""
         t = self.settings.likelihood_temperature
         return self.stored_temperature if t is None else t
+
+    @property
+    def weight_temperature(self) -> float:
+        """The temperature of the network's weight Softmax: ``settings.weight_temperature``,
+        else the checkpoint's calibration."""
+        t = self.settings.weight_temperature
+        return self.stored_weight_temperature if t is None else t
 
     @property
     def roi_padding(self) -> float:
@@ -526,7 +551,7 @@ class PoseEstimatorPipeline:
         if len(rois) == 0:
             return self._output(None, None, rois, scores, timer, ids)
         with torch.inference_mode():
-            out = self.net(images, a @ k_img)
+            out = self.net(images, a @ k_img, self.weight_temperature)
         timer.lap("network")
         # The crops' correspondences in the pixels of the (undistorted) image, where the crops
         # of one region meet; the weights scaled by the crops' zoom, so the cost is unchanged.

@@ -1,12 +1,18 @@
 """Post-hoc calibration of a pose model's covariances (``epropnp-pose-calibrate``; ROS-free).
 
 A network trained with the KL loss learns its likelihood, but the Laplace covariance of that
-likelihood can still be too narrow or too wide for the errors the model makes (the bundled
-model's before and after: ``models/README.md``).  This tool fits the
-one number that fixes the 95 % level, the likelihood temperature ``T`` (the node then solves
-and samples ``exp(-cost / T)``: the same pose, ``T`` times the covariance;
-:func:`epropnp_lib.metrics.fit_temperature`), and stores it in a copy of the checkpoint
-(``extra.calibration``), which the ``pose_estimator`` node uses by default.
+likelihood can still be too narrow or too wide for the errors the model makes, and its weights
+can sit on fewer map cells than the pose is best solved from (the bundled model's before and
+after: ``models/README.md``).  This tool fits two numbers and stores them in a copy of the
+checkpoint (``extra.calibration``), which the ``pose_estimator`` node uses by default:
+
+1. the **weight temperature** ``tau`` (the network's weight logits divided by ``tau`` before
+   their spatial Softmax, :meth:`~epropnp_lib.nets.dense.DenseCorrespondenceNet.forward`):
+   of :data:`WEIGHT_TEMPERATURES`, the one with the best pose accuracy on the split (the mean
+   of ADD(-S)-0.1d and 5deg5cm, :func:`pose_accuracy`; the first of equals);
+2. at that ``tau``, the **likelihood temperature** ``T`` that fixes the 95 % level of the
+   covariance (the node then solves and samples ``exp(-cost / T)``: the same pose, ``T``
+   times the covariance; :func:`epropnp_lib.metrics.fit_temperature`).
 
 It runs :class:`~epropnp_ros.pipeline.PoseEstimatorPipeline` -- the node's processing without
 ROS -- at ``T = 1`` over every instance of a BOP split, on the regions the bag converter
@@ -25,8 +31,8 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +41,30 @@ import numpy as np
 import torch
 
 from epropnp_lib.data.bop import BopConfig, BopDataError, BopDataset
-from epropnp_lib.errors import EProPnPError
+from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_lib.geometry.rotations import matrix_to_quat
 from epropnp_lib.metrics import calibration, fit_temperature
 from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint, save_checkpoint
-from epropnp_lib.nets.dense import CHECKPOINT_KIND
+from epropnp_lib.nets.dense import CHECKPOINT_KIND, check_weight_temperature
 from epropnp_ros.bop_bag import BopBagConfig, jittered_roi
 from epropnp_ros.errors import CalibrationError
 from epropnp_ros.pipeline import Intrinsics, PoseEstimatorPipeline, PoseEstimatorSettings
-from epropnp_ros.pose_scores import COVERAGE_LEVELS, Estimate, mahalanobis_of, model_specs
+from epropnp_ros.pose_scores import (
+    COVERAGE_LEVELS,
+    Estimate,
+    ModelSpec,
+    mahalanobis_of,
+    model_specs,
+    score_estimates,
+)
 
 logger = logging.getLogger(__name__)
 
 _BAG = BopBagConfig(root="", output="")
 _NODE = PoseEstimatorSettings()
+
+#: The weight temperatures :func:`calibrate` chooses from (1: the weights as trained).
+WEIGHT_TEMPERATURES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -65,8 +81,10 @@ class PoseCalibrationConfig:
         mass: the coverage level fitted (0.95: 95 % of the truths inside the 95 % ellipsoid).
         jitter, seed, min_visib_fract: the regions, as the bag converter makes them
             (:class:`~epropnp_ros.bop_bag.BopBagConfig`).
-        roi_crops, roi_crop_shift: the crops per region the temperature is fitted for (the
-            node's defaults; the temperature depends on them).
+        roi_crops, roi_crop_shift: the crops per region the temperatures are fitted for (the
+            node's defaults; the temperatures depend on them).
+        weight_temperatures: the weight temperatures to choose from (``(1.0,)``: keep the
+            weights as trained).
     """
 
     checkpoint: Path
@@ -81,6 +99,13 @@ class PoseCalibrationConfig:
     roi_crops: int = _NODE.roi_crops
     roi_crop_shift: float = _NODE.roi_crop_shift
     coverage_levels: tuple[float, ...] = field(default=COVERAGE_LEVELS)
+    weight_temperatures: tuple[float, ...] = WEIGHT_TEMPERATURES
+
+    def __post_init__(self) -> None:
+        if not self.weight_temperatures:
+            raise ConfigError("weight_temperatures is empty: give at least one weight_temperature")
+        for tau in self.weight_temperatures:
+            check_weight_temperature(tau)
 
 
 def _estimates(pipe: PoseEstimatorPipeline, data: BopDataset, config: PoseCalibrationConfig
@@ -111,9 +136,17 @@ def _estimates(pipe: PoseEstimatorPipeline, data: BopDataset, config: PoseCalibr
     return estimates
 
 
+def pose_accuracy(estimates: Sequence[Estimate], specs: Mapping[str, ModelSpec]) -> float:
+    """The accuracy the weight temperature is chosen by: the mean of ADD(-S)-0.1d and 5deg5cm
+    (each the mean over objects, in %; a failed solve counts as a miss)."""
+    mean = score_estimates(estimates, specs)["mean"]
+    return 0.5 * (float(mean["add_01"]) + float(mean["deg5_cm5"]))
+
+
 def calibrate(config: PoseCalibrationConfig) -> dict[str, Any]:
-    """Fit the likelihood temperature (module docstring), write ``config.out``, and return the
-    report: the temperature, the coverage before and after, and what it was fitted on.
+    """Fit the weight and likelihood temperatures (module docstring), write ``config.out``,
+    and return the report: both temperatures, the accuracy of each weight temperature tried,
+    the coverage before and after, and what they were fitted on.
 
     Raises:
         CalibrationError: unreadable data or checkpoint, or no solved instance to fit on.
@@ -129,8 +162,19 @@ def calibrate(config: PoseCalibrationConfig) -> dict[str, Any]:
         pipe = PoseEstimatorPipeline.from_checkpoint(config.checkpoint, "cpu", settings)
     except (BopDataError, EProPnPError) as exc:
         raise CalibrationError(f"cannot calibrate: {exc}") from exc
-    estimates = _estimates(pipe, data, config)
-    d2 = mahalanobis_of(estimates, model_specs(data.models.values()))
+    specs = model_specs(data.models.values())
+    accuracy: dict[float, float] = {}
+    chosen: tuple[float, list[Estimate]] | None = None
+    for tau in config.weight_temperatures:
+        pipe.settings = replace(settings, weight_temperature=tau)
+        found = _estimates(pipe, data, config)
+        accuracy[tau] = pose_accuracy(found, specs)
+        logger.info("weight temperature %g: pose accuracy %.2f %%", tau, accuracy[tau])
+        if chosen is None or accuracy[tau] > accuracy[chosen[0]]:
+            chosen = (tau, found)
+    assert chosen is not None  # weight_temperatures is not empty
+    weight_temperature, estimates = chosen
+    d2 = mahalanobis_of(estimates, specs)
     if not bool(torch.isfinite(d2).any()):
         raise CalibrationError(f"no instance of {config.bop_root}/{config.dataset}/"
                               f"{config.split} was solved: nothing to calibrate on")
@@ -139,6 +183,7 @@ def calibrate(config: PoseCalibrationConfig) -> dict[str, Any]:
     after = calibration(d2 / temperature, 6, config.coverage_levels)
     fitted = {
         "likelihood_temperature": temperature,
+        "weight_temperature": weight_temperature,
         "mass": config.mass,
         "instances": len(estimates),
         "solved": before.count,
@@ -150,6 +195,7 @@ def calibrate(config: PoseCalibrationConfig) -> dict[str, Any]:
     save_checkpoint(config.out, kind=ckpt.kind, config=ckpt.config, state_dict=ckpt.state_dict,
                     extra={**ckpt.extra, CALIBRATION_KEY: fitted})
     return {**fitted,
+            "pose_accuracy": {f"{k:g}": v for k, v in accuracy.items()},
             "coverage_before": {f"{k:g}": v for k, v in before.coverage.items()},
             "coverage_after": {f"{k:g}": v for k, v in after.coverage.items()},
             "out": str(config.out)}
@@ -158,9 +204,10 @@ def calibrate(config: PoseCalibrationConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="epropnp-pose-calibrate",
-        description="Fit the likelihood temperature of a pose model on a held-out BOP split "
-                    "(95 %% of the truths inside their 95 %% ellipsoids) and write a copy of "
-                    "the checkpoint that carries it.")
+        description="Fit the weight temperature (best pose accuracy) and the likelihood "
+                    "temperature (95 %% of the truths inside their 95 %% ellipsoids) of a pose "
+                    "model on a held-out BOP split and write a copy of the checkpoint that "
+                    "carries them.")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--bop-root", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path,
@@ -169,14 +216,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="held-out split to fit on (default val; never the reported one)")
     parser.add_argument("--dataset", default="lm")
     parser.add_argument("--mass", type=float, default=0.95)
+    parser.add_argument("--weight-temperatures", type=float, nargs="+",
+                        default=list(WEIGHT_TEMPERATURES), metavar="TAU",
+                        help="weight temperatures to choose from by pose accuracy (default "
+                             "%(default)s; 1 alone keeps the weights as trained)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 < args.mass < 1.0 or not math.isfinite(args.mass):
         parser.error(f"--mass must be in (0, 1), got {args.mass}")
     try:
-        report = calibrate(PoseCalibrationConfig(
+        config = PoseCalibrationConfig(
             checkpoint=args.checkpoint, bop_root=args.bop_root, out=args.out, split=args.split,
-            dataset=args.dataset, mass=args.mass))
+            dataset=args.dataset, mass=args.mass,
+            weight_temperatures=tuple(args.weight_temperatures))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        report = calibrate(config)
     except CalibrationError as exc:
         print(f"epropnp-pose-calibrate: {exc}", file=sys.stderr)
         return 1

@@ -104,6 +104,42 @@ def test_top_k_points_and_exp_weights() -> None:
     assert float(out.weight_map.detach().flatten(2).sum(-1).min()) > 10.0
 
 
+@pytest.mark.parametrize("normalization", list(WeightNormalization))
+def test_weight_temperature_divides_the_logits(normalization: WeightNormalization) -> None:
+    """``tau`` divides the weight logits before their normalisation: the same coordinates,
+    logits and scale; tau = 1 is the default; a large tau spreads the Softmax towards
+    uniform; and it is the same function of the logits as the default forward."""
+    torch.manual_seed(0)
+    net = DenseCorrespondenceNet(tiny_config(weight_normalization=normalization)).eval()
+    with torch.no_grad():
+        net.head[-1].weight[3:].mul_(30.0)  # sharp logits, so that tempering shows
+        base = net(images(2), crop_camera(2))
+        same = net(images(2), crop_camera(2), weight_temperature=1.0)
+        warm = net(images(2), crop_camera(2), weight_temperature=2.5)
+        hot = net(images(2), crop_camera(2), weight_temperature=1e4)
+    torch.testing.assert_close(same.w2d, base.w2d, rtol=0, atol=0)
+    for out in (warm, hot):
+        torch.testing.assert_close(out.x3d, base.x3d)
+        torch.testing.assert_close(out.weight_logits, base.weight_logits)
+        torch.testing.assert_close(out.scale, base.scale)
+    logits = base.weight_logits.flatten(2) / 2.5
+    if normalization is WeightNormalization.SPATIAL_SOFTMAX:
+        expected = logits.softmax(-1)
+        cells = logits.shape[-1]
+        torch.testing.assert_close(hot.weight_map.flatten(2),
+                                   torch.full_like(expected, 1.0 / cells), atol=1e-4, rtol=0)
+        # Flatter: the largest weight falls, the smallest rises.
+        assert bool((warm.weight_map.amax((2, 3)) < base.weight_map.amax((2, 3))).all())
+        assert bool((warm.weight_map.amin((2, 3)) > base.weight_map.amin((2, 3))).all())
+    else:
+        expected = logits.clamp(max=30.0).exp()
+    torch.testing.assert_close(warm.weight_map.flatten(2), expected)
+    torch.testing.assert_close(warm.w2d, expected.transpose(1, 2) * warm.scale[:, None, :])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="weight_temperature"):
+            net(images(1), crop_camera(1), weight_temperature=bad)
+
+
 def test_bad_inputs_and_configs() -> None:
     net = DenseCorrespondenceNet(tiny_config())
     with pytest.raises(ShapeError):
@@ -175,6 +211,37 @@ def test_adam_steps_lower_the_kl_loss() -> None:
         opt.step()
         values.append(float(losses.pose.detach()))
     assert min(values[-3:]) < values[0] - 0.1 * abs(values[0]), values
+
+
+def test_no_pose_term_skips_the_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pose_weight`` and ``reg_weight`` both 0: no PnP solve (no result, pose and reg 0), the
+    same coordinate and mask losses, and gradients still reach the coordinates."""
+    torch.manual_seed(0)
+    cfg = tiny_config(loss=DenseLossConfig(pose_weight=0.0, reg_weight=0.0, coord_weight=1.0,
+                                           mask_weight=1.0))
+    net = DenseCorrespondenceNet(cfg)
+    out = net(images(2), crop_camera(2))
+    coords, mask = torch.zeros(2, 3, 8, 8), torch.ones(2, 1, 8, 8)
+    full = DenseNetLoss(replace(cfg.loss, pose_weight=0.02, reg_weight=0.1),
+                        coord_scale=cfg.object_extent)(
+        net.pnp, out, target_poses(2), coords, mask, generator=torch.Generator().manual_seed(0))
+
+    def no_solve(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the PnP layer ran")
+
+    monkeypatch.setattr(type(net.pnp), "forward", no_solve)
+    monkeypatch.setattr(type(net.pnp), "solve", no_solve)
+    losses = net.make_loss()(net.pnp, out, target_poses(2), coords, mask)
+    assert losses.result is None
+    assert float(losses.pose) == 0.0 and float(losses.reg) == 0.0
+    assert float(losses.valid_fraction) == 1.0
+    torch.testing.assert_close(losses.coord, full.coord)
+    torch.testing.assert_close(losses.mask, full.mask)
+    torch.testing.assert_close(losses.total, losses.coord + losses.mask)
+    losses.total.backward()
+    final = net.head[-1]
+    assert isinstance(final, torch.nn.Conv2d) and final.weight.grad is not None
+    assert float(final.weight.grad[:3].abs().sum()) > 0
 
 
 def test_coordinate_and_mask_losses() -> None:

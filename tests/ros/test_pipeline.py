@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -491,6 +492,42 @@ def test_likelihood_temperature_widens_the_covariance_not_the_pose(
         PoseEstimatorPipeline.from_checkpoint(bad)
 
 
+def test_weight_temperature_is_the_checkpoints_unless_set(
+        dense_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network runs at the weight temperature stored in the checkpoint's calibration (1
+    without one); an explicit setting wins; a malformed stored value is refused."""
+    seen: list[float] = []
+    forward = DenseCorrespondenceNet.forward
+
+    def spy(self: DenseCorrespondenceNet, images: torch.Tensor, cams: torch.Tensor,
+            weight_temperature: float = 1.0) -> Any:
+        seen.append(weight_temperature)
+        return forward(self, images, cams, weight_temperature)
+
+    monkeypatch.setattr(DenseCorrespondenceNet, "forward", spy)
+    rois = np.array([[10.0, 10.0, 50.0, 40.0]])
+
+    def run(path: Path, tau: float | None) -> PoseOutput:
+        settings = PoseEstimatorSettings(num_samples=0, weight_temperature=tau)
+        return PoseEstimatorPipeline.from_checkpoint(path, "cpu", settings).process(
+            _image(), Intrinsics(K, None, W, H), rois)
+
+    base = run(dense_ckpt, None)
+    net, extra = DenseCorrespondenceNet.from_checkpoint(dense_ckpt)
+    calibrated = tmp_path / "calibrated.ckpt"
+    net.save(calibrated, extra={**extra, CALIBRATION_KEY: {"weight_temperature": 3.0}})
+    assert PoseEstimatorPipeline.from_checkpoint(calibrated).weight_temperature == 3.0
+    warm = run(calibrated, None)
+    again = run(calibrated, 1.0)
+    assert seen == [1.0, 3.0, 1.0]
+    np.testing.assert_allclose(again.pose, base.pose, rtol=1e-6)
+    assert not np.allclose(warm.covariance, base.covariance)
+    bad = tmp_path / "bad.ckpt"
+    net.save(bad, extra={CALIBRATION_KEY: {"weight_temperature": 0.0}})
+    with pytest.raises(DenseCheckpointError, match="weight_temperature"):
+        PoseEstimatorPipeline.from_checkpoint(bad)
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ConfigError, match="score_threshold"):
         DetectorSettings(score_threshold=2.0)
@@ -508,6 +545,8 @@ def test_settings_validate() -> None:
         PoseEstimatorSettings(roi_crop_shift=-0.1)
     with pytest.raises(ConfigError, match="likelihood_temperature"):
         PoseEstimatorSettings(likelihood_temperature=0.0)
+    with pytest.raises(ConfigError, match="weight_temperature"):
+        PoseEstimatorSettings(weight_temperature=-1.0)
     with pytest.raises(ConfigError, match="sample_iterations"):
         DetectorSettings(sample_iterations=9)
 

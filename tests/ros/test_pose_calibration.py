@@ -1,5 +1,5 @@
-"""epropnp-pose-calibrate: the likelihood temperature fitted on a held-out BOP split, stored in
-a copy of the checkpoint, and used by the pose estimator from there."""
+"""epropnp-pose-calibrate: the weight and likelihood temperatures fitted on a held-out BOP
+split, stored in a copy of the checkpoint, and used by the pose estimator from there."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from epropnp_lib.data.bop import BopConfig, BopDataset
+from epropnp_lib.errors import ConfigError
 from epropnp_lib.metrics import fit_temperature
 from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint
 from epropnp_ros.errors import CalibrationError
 from epropnp_ros.pipeline import PoseEstimatorPipeline, PoseEstimatorSettings
 from epropnp_ros.pose_calibration import (
+    WEIGHT_TEMPERATURES,
     PoseCalibrationConfig,
     _estimates,
     calibrate,
     main,
+    pose_accuracy,
 )
 from epropnp_ros.pose_scores import mahalanobis_of, model_specs
 
@@ -40,12 +43,23 @@ def test_the_fitted_temperature_is_stored_and_used(
                                    out=out, split="val")
     report = calibrate(config)
     assert report["instances"] == 6 and report["solved"] == 6
-    # The temperature is fit_temperature of the uncalibrated distances of the same instances.
-    pipe = PoseEstimatorPipeline.from_checkpoint(
-        dense_fixture_checkpoint, "cpu", PoseEstimatorSettings(num_samples=0))
+    # The weight temperature is the first of the grid with the best pose accuracy, each
+    # accuracy that of the node's processing at that temperature.
+    accuracy = {float(k): v for k, v in report["pose_accuracy"].items()}
+    assert list(accuracy) == list(WEIGHT_TEMPERATURES)
+    tau = report["weight_temperature"]
+    assert tau == next(k for k, v in accuracy.items() if v == max(accuracy.values()))
     data = BopDataset(val_root, "val", config=BopConfig(crop_size=0, render_coords=False,
                                                         min_visib_fract=config.min_visib_fract))
-    d2 = mahalanobis_of(_estimates(pipe, data, config), model_specs(data.models.values()))
+    specs = model_specs(data.models.values())
+    pipe = PoseEstimatorPipeline.from_checkpoint(
+        dense_fixture_checkpoint, "cpu",
+        PoseEstimatorSettings(num_samples=0, weight_temperature=tau))
+    estimates = _estimates(pipe, data, config)
+    assert pose_accuracy(estimates, specs) == pytest.approx(accuracy[tau])
+    # The likelihood temperature is fit_temperature of the uncalibrated distances of the same
+    # instances at that weight temperature.
+    d2 = mahalanobis_of(estimates, specs)
     t = report["likelihood_temperature"]
     assert t == pytest.approx(fit_temperature(d2, 6, 0.95), rel=1e-9)
     # The copy: the same weights, the calibration in its extra; the pipeline's default.
@@ -54,9 +68,10 @@ def test_the_fitted_temperature_is_stored_and_used(
     for name, value in before.state_dict.items():
         assert torch.equal(after.state_dict[name], value), name
     stored = after.extra[CALIBRATION_KEY]
-    assert stored["likelihood_temperature"] == t
+    assert stored["likelihood_temperature"] == t and stored["weight_temperature"] == tau
     assert (stored["roi_crops"], stored["roi_crop_shift"], stored["mass"]) == (5, 0.05, 0.95)
-    assert PoseEstimatorPipeline.from_checkpoint(out).likelihood_temperature == t
+    calibrated = PoseEstimatorPipeline.from_checkpoint(out)
+    assert (calibrated.likelihood_temperature, calibrated.weight_temperature) == (t, tau)
     coverage = report["coverage_after"]
     assert set(coverage) == {"0.5", "0.9", "0.95"}
     assert all(0.0 <= v <= 1.0 for v in coverage.values())
@@ -77,3 +92,25 @@ def test_bad_input_is_an_error_not_a_traceback(
                  "--out", str(tmp_path / "x.ckpt")]) == 1
     assert "epropnp-pose-calibrate: cannot calibrate" in capsys.readouterr().err
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_a_grid_of_one_keeps_the_weights_as_trained(
+        val_root: Path, dense_fixture_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibrated.ckpt"
+    report = calibrate(PoseCalibrationConfig(checkpoint=dense_fixture_checkpoint,
+                                             bop_root=val_root, out=out, split="val",
+                                             weight_temperatures=(1.0,)))
+    assert report["weight_temperature"] == 1.0 and list(report["pose_accuracy"]) == ["1"]
+    assert PoseEstimatorPipeline.from_checkpoint(out).weight_temperature == 1.0
+
+
+@pytest.mark.parametrize("grid", [(), (1.0, 0.0), (float("nan"),), (-2.0,)])
+def test_a_bad_weight_temperature_grid_is_refused(grid: tuple[float, ...], tmp_path: Path
+                                                   ) -> None:
+    with pytest.raises(ConfigError, match="weight_temperature"):
+        PoseCalibrationConfig(checkpoint=tmp_path / "a.ckpt", bop_root=tmp_path,
+                              out=tmp_path / "b.ckpt", weight_temperatures=grid)
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path / "a.ckpt"), "--bop-root", str(tmp_path),
+              "--out", str(tmp_path / "b.ckpt"), "--weight-temperatures", "0"])
+    assert exc.value.code == 2

@@ -63,7 +63,8 @@ def _train_then_evaluate(tmp_path: Path, mapping: dict[str, Any]) -> tuple[dict[
     return trained["metrics"], evaluated["metrics"]
 
 
-def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path) -> None:
+def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "bop"
     for split, seed in (("train", 0), ("test", 1)):
         generate_bop_lm(root, num_scenes=2, images_per_scene=2, objects=["lblock", "eggbox"],
@@ -94,6 +95,20 @@ def test_linemod_bop_train_checkpoint_evaluate(tmp_path: Path) -> None:
     # the reader options travel with the network: the node crops with the same scale
     assert training_crop_scale(extra) == 1.4 and extra["bop"]["box_jitter"] == 0.1
     assert load_checkpoint(tmp_path / "run" / "model.pt").kind == DENSE_KIND
+    # A calibrated network is evaluated at its stored weight temperature, as the node runs it.
+    calibrated = tmp_path / "calibrated.pt"
+    net.save(calibrated, extra={**extra, CALIBRATION_KEY: {"weight_temperature": 2.5}})
+    seen: list[float] = []
+    forward = DenseCorrespondenceNet.forward
+
+    def spy(self: DenseCorrespondenceNet, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("weight_temperature", args[2] if len(args) > 2 else 1.0))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DenseCorrespondenceNet, "forward", spy)
+    assert evaluate_cli.main(["--config", str(tmp_path / "run.yaml"), "--checkpoint",
+                              str(calibrated), "--out", str(tmp_path / "warm.json")]) == 0
+    assert seen and set(seen) == {2.5}
 
 
 def test_nuscenes_mini_train_checkpoint_evaluate(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def settings_from_params(params: PoseEstimatorParams) -> PoseEstimatorSettings:
         roi_crops=params.roi_crops,
         roi_crop_shift=params.roi_crop_shift,
         likelihood_temperature=params.likelihood_temperature or None,  # 0: the checkpoint's
+        weight_temperature=params.weight_temperature or None,  # 0: the checkpoint's
     )
 
 
