@@ -82,7 +82,6 @@ def training_crop_scale(extra: dict[str, Any], path: str | Path = "checkpoint") 
     return stored_positive(extra, TRAINING_DATA_KEY, "crop_scale", path, DenseCheckpointError)
 
 
-
 def stored_weight_temperature(extra: dict[str, Any], path: str | Path = "checkpoint"
                               ) -> float | None:
     """The weight temperature (:meth:`DenseCorrespondenceNet.forward`) a checkpoint was
@@ -102,6 +101,7 @@ def check_weight_temperature(value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not (math.isfinite(value) and value > 0):
         raise ConfigError(f"weight_temperature must be a finite number > 0, got {value!r}")
+
 
 class WeightNormalization(enum.Enum):
     """How the two weight channels become correspondence weights."""

@@ -1,4 +1,5 @@
-"""Post-hoc calibration of a pose model's covariances (``epropnp-pose-calibrate``; ROS-free).
+"""Post-hoc calibration of a pose model's weights and covariances (``epropnp-pose-calibrate``;
+ROS-free).
 
 A network trained with the KL loss learns its likelihood, but the Laplace covariance of that
 likelihood can still be too narrow or too wide for the errors the model makes, and its weights
@@ -138,8 +139,11 @@ def _estimates(pipe: PoseEstimatorPipeline, data: BopDataset, config: PoseCalibr
 
 def pose_accuracy(estimates: Sequence[Estimate], specs: Mapping[str, ModelSpec]) -> float:
     """The accuracy the weight temperature is chosen by: the mean of ADD(-S)-0.1d and 5deg5cm
-    (each the mean over objects, in %; a failed solve counts as a miss)."""
+    (each the mean over objects, in %; a failed solve counts as a miss); 0 without any
+    estimate."""
     mean = score_estimates(estimates, specs)["mean"]
+    if not mean:
+        return 0.0
     return 0.5 * (float(mean["add_01"]) + float(mean["deg5_cm5"]))
 
 

@@ -114,3 +114,15 @@ def test_a_bad_weight_temperature_grid_is_refused(grid: tuple[float, ...], tmp_p
         main(["--checkpoint", str(tmp_path / "a.ckpt"), "--bop-root", str(tmp_path),
               "--out", str(tmp_path / "b.ckpt"), "--weight-temperatures", "0"])
     assert exc.value.code == 2
+
+
+def test_a_split_without_estimates_is_an_error(
+        val_root: Path, dense_fixture_checkpoint: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import epropnp_ros.pose_calibration as pose_calibration
+
+    monkeypatch.setattr(pose_calibration, "_estimates", lambda *args: [])
+    with pytest.raises(CalibrationError, match="nothing to calibrate on"):
+        calibrate(PoseCalibrationConfig(checkpoint=dense_fixture_checkpoint, bop_root=val_root,
+                                        out=tmp_path / "x.ckpt", split="val"))
+    assert not (tmp_path / "x.ckpt").exists()
