@@ -35,14 +35,14 @@ python -m epropnp_lib.generators.bop --out "$DATA" --split test --num-scenes 4 \
 rm -rf "$DATA/lm/val"
 python -m epropnp_lib.generators.bop --out "$DATA" --split val --num-scenes 4 \
     --images-per-scene 25 --width 320 --height 240 --seed 3
-# Stage 1: from scratch on the first draw (scenes 1-16).
+# Stage 1: from scratch on the first draw (scenes 1-16), the coordinate and mask losses alone:
+# without the PnP solve and the Monte Carlo pose loss in the step, the coordinates, which limit
+# the accuracy, get 24000 steps in about 42 min (models/README.md).
 python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
-    --set "log_dir=${RUN}_stage1"
+    --set "log_dir=${RUN}_stage1" --set net.loss.pose_weight=0.0 --set net.loss.reg_weight=0.0
 # Stage 2: a second draw (seed 2) added to the training split as scenes 17-32, and 14000 more
-# steps on all 32 from the stage-1 model, at half the learning rate.  The stage-1 model
-# underfits: its coordinate loss was still falling when its schedule ended, and its
-# coordinates are nearly as far off on its training images as on unseen ones
-# (models/README.md).
+# steps on all 32 from the stage-1 model, at half the learning rate, with all the losses (the
+# KL pose loss and the derivative regulariser train the weights and their scale).
 "${GEN[@]}" --num-scenes 16 --seed 2 --first-scene-id 17
 python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
     --set "log_dir=$RUN" --set "init_checkpoint=${RUN}_stage1/model.pt" \
