@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from epropnp_lib.errors import ConfigError, EProPnPError
-from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_positive, stored_temperature
+from epropnp_lib.nets.checkpoint import stored_temperature
+from epropnp_lib.nets.dense import stored_weight_temperature
 from epropnp_lib.pnp.cost import check_temperature
 
 from .config import load_config, task_module
@@ -81,8 +82,7 @@ def evaluate_checkpoint(
     ckpt = load_weights(module, checkpoint, net_kind=task.net_checkpoint_kind, model_only=True)
     stored = stored_temperature(ckpt.extra, checkpoint)
     temperature = likelihood_temperature or stored or 1.0
-    weight_temperature = stored_positive(ckpt.extra, CALIBRATION_KEY, "weight_temperature",
-                                         checkpoint) or 1.0
+    weight_temperature = stored_weight_temperature(ckpt.extra, checkpoint) or 1.0
     logger.info("loaded %s (%s); likelihood temperature %g (%s); weight temperature %g",
                 checkpoint, ckpt.kind, temperature, "given" if likelihood_temperature else
                 "the checkpoint's calibration" if stored else "uncalibrated",

@@ -34,6 +34,7 @@ from epropnp_lib.nets.checkpoint import (
     stored_positive,
 )
 from epropnp_lib.nets.dense_loss import DenseLossConfig, DenseNetLoss, PoseLossKind, TrainingInit
+from epropnp_lib.pnp.cost import check_temperature
 from epropnp_lib.pnp.solver import PnPSolution, SolverConfig, solve_pnp
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "TRAINING_DATA_KEY",
     "training_crop_scale",
     "stored_weight_temperature",
-    "check_weight_temperature",
     "DenseCheckpointError",
     "DenseCorrespondenceNet",
     "DenseNetConfig",
@@ -94,13 +94,6 @@ def stored_weight_temperature(extra: dict[str, Any], path: str | Path = "checkpo
     """
     return stored_positive(extra, CALIBRATION_KEY, "weight_temperature", path,
                            DenseCheckpointError)
-
-
-def check_weight_temperature(value: float) -> None:
-    """Raise ``ConfigError`` unless ``value`` is a finite number > 0 (a weight temperature)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"weight_temperature must be a finite number > 0, got {value!r}")
 
 
 class WeightNormalization(enum.Enum):
@@ -300,7 +293,7 @@ class DenseCorrespondenceNet(nn.Module):
         Returns:
             :class:`DenseNetOutput`.
         """
-        check_weight_temperature(weight_temperature)
+        check_temperature(weight_temperature, "weight_temperature")
         cfg = self.config
         s = cfg.crop_size
         dims = check_shape(images, ["B", 3, s, s], "images")

@@ -330,10 +330,11 @@ def tempered_weights(w2d: torch.Tensor, temperature: float) -> torch.Tensor:
     return w2d if temperature == 1.0 else w2d * temperature ** -0.5
 
 
-def check_temperature(temperature: float) -> None:
-    """Raise ``ConfigError`` unless ``temperature`` is a positive finite number."""
+def check_temperature(temperature: float, name: str = "likelihood_temperature") -> None:
+    """Raise ``ConfigError`` unless ``temperature`` (the setting ``name``) is a positive finite
+    number."""
     if isinstance(temperature, bool) or not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"likelihood_temperature must be positive, got {temperature}")
+        raise ConfigError(f"{name} must be positive, got {temperature}")
 
 
 __all__ = [

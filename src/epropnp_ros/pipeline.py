@@ -37,7 +37,6 @@ from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, stored_temperature
 from epropnp_lib.nets.dense import (
     DenseCheckpointError,
     DenseCorrespondenceNet,
-    check_weight_temperature,
     pool_views,
     solve_correspondences,
     stored_weight_temperature,
@@ -418,7 +417,7 @@ class PoseEstimatorSettings:
         if self.likelihood_temperature is not None:
             check_temperature(self.likelihood_temperature)
         if self.weight_temperature is not None:
-            check_weight_temperature(self.weight_temperature)
+            check_temperature(self.weight_temperature, "weight_temperature")
         if self.roi_padding is not None and not (math.isfinite(self.roi_padding)
                                                  and self.roi_padding >= 1.0):
             raise ConfigError(f"roi_padding must be >= 1 (or None), got {self.roi_padding}")
@@ -456,7 +455,7 @@ class PoseEstimatorPipeline:
         self.stored_temperature = 1.0 if stored_temperature is None else float(stored_temperature)
         self.stored_weight_temperature = (1.0 if stored_weight_temperature is None
                                           else float(stored_weight_temperature))
-        check_weight_temperature(self.stored_weight_temperature)
+        check_temperature(self.stored_weight_temperature, "weight_temperature")
         self.crop_size = int(net.config.crop_size)
         self.object_extent = float(net.config.object_extent)
         self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)

@@ -46,7 +46,8 @@ from epropnp_lib.errors import ConfigError, EProPnPError
 from epropnp_lib.geometry.rotations import matrix_to_quat
 from epropnp_lib.metrics import calibration, fit_temperature
 from epropnp_lib.nets.checkpoint import CALIBRATION_KEY, load_checkpoint, save_checkpoint
-from epropnp_lib.nets.dense import CHECKPOINT_KIND, check_weight_temperature
+from epropnp_lib.nets.dense import CHECKPOINT_KIND
+from epropnp_lib.pnp.cost import check_temperature
 from epropnp_ros.bop_bag import BopBagConfig, jittered_roi
 from epropnp_ros.errors import CalibrationError
 from epropnp_ros.pipeline import Intrinsics, PoseEstimatorPipeline, PoseEstimatorSettings
@@ -106,7 +107,7 @@ class PoseCalibrationConfig:
         if not self.weight_temperatures:
             raise ConfigError("weight_temperatures is empty: give at least one weight_temperature")
         for tau in self.weight_temperatures:
-            check_weight_temperature(tau)
+            check_temperature(tau, "weight_temperature")
 
 
 def _estimates(pipe: PoseEstimatorPipeline, data: BopDataset, config: PoseCalibrationConfig
