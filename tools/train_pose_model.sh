@@ -42,7 +42,8 @@ python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
     --set "log_dir=${RUN}_stage1" --set net.loss.pose_weight=0.0 --set net.loss.reg_weight=0.0
 # Stage 2: a second draw (seed 2) added to the training split as scenes 17-32, and 14000 more
 # steps on all 32 from the stage-1 model, at half the learning rate, with all the losses (the
-# KL pose loss and the derivative regulariser train the weights and their scale).
+# KL pose loss and the derivative regulariser, at the config's weights, train the weights and
+# their scale, and correct the object's apparent size that the depth comes from).
 "${GEN[@]}" --num-scenes 16 --seed 2 --first-scene-id 17
 python -m epropnp_training.train --config "$CONFIG" --set "data.root=$DATA" \
     --set "log_dir=$RUN" --set "init_checkpoint=${RUN}_stage1/model.pt" \
