@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ class Driver:
         from vision_msgs.msg import Classification, Detection3DArray
         from visualization_msgs.msg import MarkerArray
 
+        #: The node process's log file, whose tail a timed-out wait prints.
+        self.node_log: Path | None = None
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("epropnp_test_driver", context=self.context)
@@ -146,21 +149,44 @@ class Driver:
         while not predicate():
             if time.monotonic() > deadline:
                 text = what() if callable(what) else what
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {text}")
+                log = "" if self.node_log is None else "\nnode log (tail):\n" + _log(self.node_log)
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {text}{log}")
             self.executor.spin_once(timeout_sec=0.05)
 
-    def call(self, client: Any, request: Any, timeout: float = TIMEOUT) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = TIMEOUT,
+             resend_after: float | None = None) -> Any:
+        """Call ``client`` and wait for the response. ``resend_after`` (idempotent requests
+        only): send the request again when no response came within that many seconds. A
+        response can be lost while discovery is incomplete: ``service_is_ready`` means this
+        side matched the service, yet the service's reply writer may not have matched this
+        client's reply reader yet (Fast DDS then drops the reply)."""
         self.wait_until(lambda: client.service_is_ready(), f"service {client.srv_name}",
                         START_TIMEOUT)
-        future = client.call_async(request)
-        self.wait_until(future.done, f"response of {client.srv_name}", timeout)
-        return future.result()
+        futures = [client.call_async(request)]
+        sent = time.monotonic()
+
+        def answered() -> bool:
+            nonlocal sent
+            if any(f.done() for f in futures):
+                return True
+            if resend_after is not None and time.monotonic() - sent > resend_after:
+                futures.append(client.call_async(request))
+                sent = time.monotonic()
+            return False
+
+        self.wait_until(answered, lambda: f"response of {client.srv_name} "
+                        f"({len(futures)} request(s) sent)", timeout)
+        return next(f for f in futures if f.done()).result()
 
     # --- lifecycle & parameters ------------------------------------------------------------
     def state(self) -> str:
+        """The node's lifecycle state label. GetState is idempotent, so it is re-sent when a
+        response is late; the first call thereby also completes the discovery that the other
+        (non-idempotent) service calls rely on."""
         from lifecycle_msgs.srv import GetState
 
-        label: str = self.call(self.get_state, GetState.Request()).current_state.label
+        label: str = self.call(self.get_state, GetState.Request(), timeout=START_TIMEOUT,
+                               resend_after=5.0).current_state.label
         return label
 
     def transition(self, transition_id: int) -> bool:
@@ -299,6 +325,10 @@ def driver(ros_in_process: None, ros_runtime: None) -> Iterator[Driver]:
         d.close()
 
 
+def _reached(deadline: float) -> bool:
+    return time.monotonic() >= deadline
+
+
 def _log(log: Path) -> str:
     return log.read_text(errors="replace")[-4000:]
 
@@ -320,6 +350,7 @@ def test_detector_node_end_to_end(
     from lifecycle_msgs.msg import Transition
 
     proc, ckpt, log = detector_process
+    driver.node_log = log
 
     # 1. Unconfigured at start; configure fails with the reason logged while the checkpoint
     #    does not exist (never random weights), and the node stays unconfigured.
@@ -474,7 +505,7 @@ def test_detector_node_end_to_end(
     #    and counted, latency stays bounded (no backlog).
     driver.wait_until(driver.settled, lambda: f"the node to settle: {driver.counters()}")
     c0 = dict(driver.counters())
-    frame_ms = float(driver.diagnostics["stage_ms"]["total"])  # type: ignore[index]
+    frame_ms = float(driver.diagnostics["stage_ms"]["total"])
     diag_before = driver.diagnostics_count
     t_start = time.monotonic()
     last = None
@@ -517,7 +548,7 @@ def test_detector_node_end_to_end(
     # Bounded latency: the newest frame comes out within a few frame times of the end of the
     # burst (a backlog of ~100 frames would take ~100 frame times).
     assert delay < 4 * frame_ms / 1000.0 + 3.0, (delay, frame_ms)
-    latency = driver.diagnostics["latency_ms"]  # type: ignore[index]
+    latency = driver.diagnostics["latency_ms"]
     assert latency["n"] > 0 and latency["p95"] < 4 * frame_ms + 3000.0, latency
     # Most of the burst was dropped as stale: the status turned WARN and says so.
     driver.wait_until(
@@ -534,7 +565,7 @@ def test_detector_node_end_to_end(
                       + [(i * period + delay, "info", i) for i in range(n_late)])
     t0 = time.monotonic()
     for at, kind, i in schedule:
-        driver.wait_until(lambda at=at: time.monotonic() - t0 >= at, "the publishing schedule")
+        driver.wait_until(partial(_reached, t0 + at), "the publishing schedule")
         header = make_header(FRAME, 5000 * 1_000_000_000 + round(i * period * 1e9))
         if kind == "image":
             driver.image_pub.publish(array_to_image(rgb, "rgb8", header))
